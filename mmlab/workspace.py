@@ -1,0 +1,67 @@
+"""Where the workspace keeps its files: one place so every module agrees.
+
+The workspace root is `MMLAB_HOME` if set, else the checkout that holds this package
+(a folder with pyproject.toml and notebooks/), else the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def root() -> Path:
+    env = os.environ.get("MMLAB_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").exists() and (checkout / "notebooks").is_dir():
+        return checkout
+    return Path.cwd().resolve()
+
+
+def data_dir() -> Path:
+    """Generated and downloaded datasets."""
+    return Path(os.environ.get("MMLAB_DATA_DIR") or root() / "data")
+
+
+def cache_dir() -> Path:
+    """Feature cache and other derived, rebuildable files."""
+    return Path(os.environ.get("MMLAB_CACHE_DIR") or root() / "cache")
+
+
+def runs_dir() -> Path:
+    """Executed notebooks of batches."""
+    return root() / "runs"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI wins; else a SQLite store in the workspace."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root() / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    """Artifacts of the embedded store live beside it."""
+    return (root() / "mlartifacts").as_uri()
+
+
+@contextmanager
+def atomic_path(final: Path):
+    """Yield a temporary sibling path; rename it onto `final` only if the block succeeds.
+
+    Works for files and directories: nothing half-written ever carries the final name.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    target = tmp / final.name
+    try:
+        yield target
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(target, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
