@@ -1,0 +1,32 @@
+"""Encoders for every modality behind one registry, and the feature cache.
+
+    extractor = mmlab.features.create("image", "efficientnet_lite0", image_size=128)
+    vectors = extractor.extract(pil_images)            # [N, 1280]
+    grid = mmlab.features.create("image", "efficientnet_lite0", image_size=128,
+                                 kind="grid", layer="mid").extract(pil_images)  # [N, 112, 8, 8]
+
+`available(modality)` lists the names; `mmlab.features.cache.features(...)` stores and reuses
+the features of a dataset split.
+"""
+
+from __future__ import annotations
+
+from . import audio, image, text, video  # noqa: F401  (importing registers the encoders)
+from .base import KINDS, Extractor
+from .device import resolve_device
+from .registry import MODALITIES, lookup, names
+
+
+def create(modality: str, name: str, **options) -> Extractor:
+    """The extractor `name` of `modality`; an unknown name raises KeyError listing valid ones."""
+    return lookup(modality, name)(name=name, **options)
+
+
+def available(modality: str | None = None) -> list[str] | dict[str, list[str]]:
+    """Encoder names of one modality, or of all of them as a dict."""
+    if modality is None:
+        return {m: names(m) for m in MODALITIES}
+    return names(modality)
+
+
+__all__ = ["KINDS", "MODALITIES", "Extractor", "available", "create", "resolve_device"]

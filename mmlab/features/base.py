@@ -1,0 +1,119 @@
+"""The one face every encoder shows: `extract(items) -> Tensor` plus what the tensor means.
+
+A subclass sets `modality`, `name`, `kind`, `dim`, fills `options` (everything that changes
+the output, for the cache key) and implements `preprocess` (one raw item -> something
+`collate` can batch) and `forward` (a collated batch -> features). Extraction runs batched
+under `torch.inference_mode`, with DataLoader workers where decoding is the heavy part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .device import resolve_device
+
+Kind = Literal["pooled", "sequence", "grid"]
+KINDS = ("pooled", "sequence", "grid")
+
+
+def check_kind(kind: str, allowed: Sequence[str], name: str) -> str:
+    if kind not in allowed:
+        raise ValueError(f"{name}: kind={kind!r} is not offered; choose one of {list(allowed)}")
+    return kind
+
+
+class _Mapped(Dataset):
+    """Items seen through `preprocess`, so DataLoader workers can do the decoding."""
+
+    def __init__(self, items: Sequence, fn):
+        self.items, self.fn = items, fn
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.fn(self.items[i])
+
+
+class Extractor:
+    modality: str = ""
+    name: str = ""
+    kind: Kind = "pooled"
+    dim: int = 0
+    default_batch_size: int = 64
+    default_workers: int = 0  # decoding-heavy modalities (video) raise this
+
+    def __init__(self, device: str | torch.device | None = "auto"):
+        self.device = resolve_device(device)
+        self.options: dict[str, Any] = {}
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the output (not the device): the feature cache key."""
+        return {"modality": self.modality, "name": self.name, "kind": self.kind, **self.options}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"<{self.modality} extractor {self.name} kind={self.kind} dim={self.dim} {opts}>"
+
+    # -- to implement ---------------------------------------------------------------------
+    def preprocess(self, item) -> Any:
+        return item
+
+    def collate(self, batch: list) -> Any:
+        return torch.stack(batch) if isinstance(batch[0], torch.Tensor) else batch
+
+    def forward(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    def extract(
+        self,
+        items: Sequence,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        progress: bool | str = False,
+    ) -> torch.Tensor:
+        """Features of `items` on the CPU: `[N, D]`, `[N, D, H, W]` or `[N, T, D]` (zero-padded)."""
+        if len(items) == 0:
+            raise ValueError(f"{self.name}: no items to extract features from")
+        workers = self.default_workers if num_workers is None else num_workers
+        loader = DataLoader(
+            _Mapped(items, self.preprocess),
+            batch_size=batch_size or self.default_batch_size,
+            num_workers=min(workers, len(items)),
+            collate_fn=self.collate,
+        )
+        outputs = []
+        with torch.inference_mode():
+            for batch in _progress(loader, progress, f"{self.modality}:{self.name}"):
+                outputs.append(self.forward(batch).float().cpu())
+        return pad_cat(outputs) if self.kind == "sequence" else torch.cat(outputs)
+
+
+def pad_cat(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate `[B, T_i, D]` chunks along the batch, zero-padding T to the longest."""
+    longest = max(c.shape[1] for c in chunks)
+    padded = [torch.nn.functional.pad(c, (0, 0, 0, longest - c.shape[1])) for c in chunks]
+    return torch.cat(padded)
+
+
+def _progress(loader, progress: bool | str, desc: str):
+    if not progress:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=progress if isinstance(progress, str) else desc, leave=False)
+
+
+@contextmanager
+def seeded(seed: int):
+    """A private RNG scope: random-init weights are reproducible and leave global RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
