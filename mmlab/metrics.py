@@ -1,0 +1,359 @@
+"""Caption metrics: n-gram scores from the COCO caption toolkit, grounded object scores, retrieval.
+
+N-gram scores (`caption_scores`) are BLEU-1..4, METEOR, ROUGE-L and CIDEr-D exactly as
+`pycocoevalcap` computes them, after its PTB tokenisation (lower case, punctuation removed).
+Two things to know when reading them:
+
+- CIDEr-D weighs n-grams by an IDF taken from the references of the images being scored. On
+  a handful of images the IDF is noisy (on one image every n-gram has IDF 0 and CIDEr is 0), so
+  small-sample CIDEr is not comparable with large-corpus figures; compare runs on the same split
+  and size.
+- METEOR and the PTB tokenizer run Java. Each evaluation starts at most one Java process per
+  tool (METEOR loads its paraphrase table, a few seconds). Without `java` on PATH METEOR is left
+  out, with the reason in `CaptionEvaluation.skipped` and a warning, and tokenisation falls back
+  to `python_tokenize`, a re-implementation that agrees with the PTB tokenizer on caption text.
+
+Grounded scores (`grounded_scores`) compare the objects a caption names with the objects in the
+scene, in the spirit of CHAIR (Rohrbach et al., 2018); retrieval scores (`retrieval_scores`) turn
+a similarity matrix into Recall@K and ranks.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+NGRAM_METRICS = ("bleu", "meteor", "rouge_l", "cider")
+
+
+# --------------------------------------------------------------------------- tokenisation
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def _toolkit_dir() -> Path:
+    import pycocoevalcap
+
+    return Path(next(iter(pycocoevalcap.__path__))).resolve()  # a namespace package
+
+
+def _ptb_punctuation() -> frozenset[str]:
+    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
+
+    return frozenset(PUNCTUATIONS)
+
+
+def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
+    """The toolkit's tokenisation: Stanford PTBTokenizer (Java, one process), punctuation dropped.
+
+    Same command and filter as `pycocoevalcap.tokenizer.PTBTokenizer`, but the input goes through
+    a temporary file outside the (possibly read-only) package folder and Java's chatter is kept off
+    the console.
+    """
+    jar = _toolkit_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
+    lines = [s.replace("\n", " ").replace("\r", " ") for s in sentences]
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8") as tmp:
+        tmp.write("\n".join(lines))
+        tmp.flush()
+        cmd = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer",
+               "-preserveLines", "-lowerCase", tmp.name]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"PTBTokenizer failed ({' '.join(cmd)}): {done.stderr.decode()[-500:]}")
+    out = done.stdout.decode("utf-8").split("\n")[: len(lines)]
+    out += [""] * (len(lines) - len(out))  # trailing empty captions
+    punct = _ptb_punctuation()
+    return [" ".join(w for w in line.rstrip().split(" ") if w and w not in punct) for line in out]
+
+
+# Rules of the PTB tokenizer that matter once punctuation tokens are dropped: brackets become
+# -lrb- style tokens (which survive the toolkit's upper-case filter), clitics split off, and
+# punctuation splits from words except inside numbers (3.5, 1,000) and abbreviations (u.s.).
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_SPLIT_WORDS = {"cannot": "can not", "gonna": "gon na", "wanna": "wan na", "gotta": "got ta"}
+_TOKEN = re.compile(
+    r"\.\.\.|--|[a-z](?:\.[a-z])+\.|\$|%|&"  # ellipsis, dash, u.s. / p.m., symbols
+    r"|\b(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|etc|inc|ltd|corp|mt)\."  # common abbreviations
+    r"|\d+(?:[.,:/]\d+)*"  # numbers keep their inner punctuation
+    r"|n't|'(?:s|re|ve|ll|d|m)\b"  # clitics (split off below)
+    r"|[^\s.,;:?!\"'`$%&()\[\]{}]+(?:['.][^\s.,;:?!\"'`$%&()\[\]{}]+)*"  # words (o'clock, e.g)
+    r"|\S"
+)
+_CLITIC = re.compile(r"(\w)(n't|'(?:s|re|ve|ll|d|m))\b")
+
+
+def python_tokenize(sentences: Sequence[str]) -> list[str]:
+    """A Java-free equivalent of `ptb_tokenize` for caption text (tested against it)."""
+    punct = _ptb_punctuation() | {'"', "`"}
+    out = []
+    for sentence in sentences:
+        s = _CLITIC.sub(r"\1 \2", sentence.lower().replace("\n", " "))
+        s = re.sub(r"\b(can)('t)\b", r"ca n\2", s)
+        tokens = []
+        for tok in _TOKEN.findall(s):
+            tok = _BRACKETS.get(tok, tok)
+            tokens.extend(_SPLIT_WORDS.get(tok, tok).split())
+        out.append(" ".join(t for t in tokens if t not in punct))
+    return out
+
+
+TOKENIZERS: dict[str, Callable[[Sequence[str]], list[str]]] = {
+    "ptb": ptb_tokenize,
+    "python": python_tokenize,
+}
+
+
+def resolve_tokenizer(name: str = "auto") -> str:
+    """`auto` is the toolkit's PTB tokenizer where Java exists, else the Python equivalent."""
+    if name == "auto":
+        return "ptb" if java_available() else "python"
+    if name not in TOKENIZERS:
+        raise KeyError(f"unknown tokenizer {name!r}; valid: auto, {', '.join(TOKENIZERS)}")
+    return name
+
+
+# --------------------------------------------------------------------------- n-gram scorers
+# Each scorer takes tokenised {id: [refs]} and {id: [hypothesis]} and returns
+# (corpus scores, per-image scores), both keyed by metric name.
+Scored = tuple[dict[str, float], dict[str, np.ndarray]]
+
+
+def _bleu(gts, res) -> Scored:
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    corpus, per_image = Bleu(4).compute_score(gts, res, verbose=0)
+    names = [f"bleu{n}" for n in range(1, 5)]
+    scores = {k: float(v) for k, v in zip(names, corpus, strict=True)}
+    return scores, {k: np.asarray(v) for k, v in zip(names, per_image, strict=True)}
+
+
+def _rouge_l(gts, res) -> Scored:
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    corpus, per_image = Rouge().compute_score(gts, res)
+    return {"rouge_l": float(corpus)}, {"rouge_l": np.asarray(per_image)}
+
+
+def _cider(gts, res) -> Scored:
+    from pycocoevalcap.cider.cider import Cider  # CIDEr-D: clipped counts, length penalty
+
+    corpus, per_image = Cider().compute_score(gts, res)
+    return {"cider": float(corpus)}, {"cider": np.asarray(per_image)}
+
+
+class Meteor:
+    """METEOR 1.5 through the toolkit's jar; one Java process serves many evaluations.
+
+    Starting it costs seconds (it loads a paraphrase table), so `evaluate_many` opens one process
+    for all its prediction sets. Same protocol as `pycocoevalcap.meteor.Meteor`.
+    """
+
+    def __init__(self):
+        jar = _toolkit_dir() / "meteor" / "meteor-1.5.jar"
+        self.cmd = ["java", "-XX:+UseSerialGC", "-Xmx2G", "-jar", jar.name,
+                    "-", "-", "-stdio", "-l", "en", "-norm"]  # fmt: skip
+        self.proc = subprocess.Popen(self.cmd, cwd=jar.parent, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, encoding="utf-8")  # fmt: skip
+
+    def _send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def _read(self) -> str:
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"METEOR ({' '.join(self.cmd)}) exited with code {self.proc.poll()}")
+        return answer.strip()
+
+    def __call__(self, gts, res) -> Scored:
+        stats = []
+        for key in gts:
+            hyp = res[key][0].replace("|||", "").replace("  ", " ")
+            self._send(" ||| ".join(["SCORE", *gts[key], hyp]))
+            stats.append(self._read())
+        self._send("EVAL ||| " + " ||| ".join(stats))
+        per_image = [float(self._read()) for _ in stats]
+        return {"meteor": float(self._read())}, {"meteor": np.asarray(per_image)}
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# Scorer factories: each evaluation call builds its scorers once (METEOR's Java process).
+SCORERS: dict[str, Callable[[], Callable[[dict, dict], Scored]]] = {
+    "bleu": lambda: _bleu,
+    "meteor": Meteor,  # started once per `evaluate_many` call, then called per set
+    "rouge_l": lambda: _rouge_l,
+    "cider": lambda: _cider,
+}
+NEEDS_JAVA = frozenset({"meteor"})
+MISSING_JAVA = "java not found on PATH (pycocoevalcap runs METEOR 1.5 in Java)"
+
+
+# --------------------------------------------------------------------------- caption scores
+@dataclass
+class CaptionEvaluation:
+    """Corpus scores, one row of per-image scores per id, and what was left out and why."""
+
+    scores: dict[str, float]
+    per_image: pd.DataFrame
+    skipped: dict[str, str] = field(default_factory=dict)
+    tokenizer: str = "ptb"
+
+    def notes(self) -> str:
+        """One line for a log or an MLflow tag: tokenizer used and metrics left out."""
+        left_out = "; ".join(f"{name} left out: {why}" for name, why in self.skipped.items())
+        return f"tokenizer={self.tokenizer}" + (f"; {left_out}" if left_out else "")
+
+
+def _check_inputs(references: Mapping[str, Sequence[str]], predictions: Mapping[str, str]):
+    if not predictions:
+        raise ValueError("predictions is empty: nothing to score")
+    missing = [k for k in predictions if k not in references]
+    if missing:
+        raise KeyError(f"no references for {len(missing)} predicted id(s), e.g. {missing[:5]}")
+    for key, caption in predictions.items():
+        if not isinstance(caption, str):
+            raise TypeError(f"prediction for {key!r} must be a str, got {type(caption).__name__}")
+        refs = references[key]
+        if isinstance(refs, str) or not refs:
+            raise ValueError(
+                f"references for {key!r} must be a non-empty list of str, got {refs!r}"
+            )
+
+
+def _tokenized(jobs: Mapping[str, tuple[Mapping, Mapping]], tokenizer: str) -> dict:
+    """Tokenise every reference and prediction of every job in one call (one Java start)."""
+    flat = []
+    for references, predictions in jobs.values():
+        flat += [predictions[k] for k in predictions]
+        flat += [r for k in predictions for r in references[k]]
+    tokens = iter(TOKENIZERS[tokenizer](flat))
+    out = {}
+    for name, (references, predictions) in jobs.items():
+        res = {k: [next(tokens)] for k in predictions}
+        gts = {k: [next(tokens) for _ in references[k]] for k in predictions}
+        out[name] = (gts, res)
+    return out
+
+
+def _check_metrics(metrics: Iterable[str]) -> list[str]:
+    metrics = list(metrics)
+    unknown = [m for m in metrics if m not in SCORERS]
+    if unknown:
+        raise KeyError(f"unknown caption metric(s) {unknown}; valid: {', '.join(SCORERS)}")
+    return metrics
+
+
+def evaluate_many(
+    jobs: Mapping[str, tuple[Mapping[str, Sequence[str]], Mapping[str, str]]],
+    metrics: Iterable[str] = NGRAM_METRICS,
+    tokenizer: str = "auto",
+) -> dict[str, CaptionEvaluation]:
+    """Several evaluations `{name: (references, predictions)}` sharing one tokenizer call and one
+    METEOR process (e.g. every beam size plus the human-agreement row)."""
+    metrics = _check_metrics(metrics)
+    for references, predictions in jobs.values():
+        _check_inputs(references, predictions)
+    tokenizer = resolve_tokenizer(tokenizer)
+    tokenized = _tokenized(jobs, tokenizer)
+    skipped = {m: MISSING_JAVA for m in metrics if m in NEEDS_JAVA and not java_available()}
+    for name, why in skipped.items():
+        warnings.warn(f"{name} left out: {why}", RuntimeWarning, stacklevel=3)
+    scorers = {m: SCORERS[m]() for m in metrics if m not in skipped}
+    try:
+        out = {}
+        for name, (gts, res) in tokenized.items():
+            scores: dict[str, float] = {}
+            per_image: dict[str, np.ndarray] = {}
+            for scorer in scorers.values():
+                corpus, images = scorer(gts, res)
+                scores.update(corpus)
+                per_image.update(images)
+            table = pd.DataFrame(per_image, index=pd.Index(list(res), name="id"))
+            out[name] = CaptionEvaluation(scores, table, dict(skipped), tokenizer)
+        return out
+    finally:
+        for scorer in scorers.values():
+            if hasattr(scorer, "close"):
+                scorer.close()
+
+
+def evaluate_captions(
+    references: Mapping[str, Sequence[str]],
+    predictions: Mapping[str, str],
+    metrics: Iterable[str] = NGRAM_METRICS,
+    tokenizer: str = "auto",
+) -> CaptionEvaluation:
+    """Score `predictions` (id -> caption) against `references` (id -> captions) with the toolkit.
+
+    Only the predicted ids are scored (references may hold more). Metrics needing Java are left
+    out, with a warning and a reason in `.skipped`, when Java is missing.
+    """
+    return evaluate_many({"": (references, predictions)}, metrics, tokenizer)[""]
+
+
+def caption_scores(
+    references: Mapping[str, Sequence[str]],
+    predictions: Mapping[str, str],
+    metrics: Iterable[str] = NGRAM_METRICS,
+    per_image: bool = False,
+    tokenizer: str = "auto",
+):
+    """Corpus scores `{bleu1..bleu4, meteor, rouge_l, cider}`; with `per_image=True` also a
+    DataFrame of per-image scores indexed by id: `(scores, per_image)`.
+
+    For per-epoch validation pass `metrics=("bleu", "cider")`: no METEOR Java start-up.
+    """
+    evaluation = evaluate_captions(references, predictions, metrics, tokenizer)
+    return (evaluation.scores, evaluation.per_image) if per_image else evaluation.scores
+
+
+def human_agreement(
+    references: Mapping[str, Sequence[str]],
+    metrics: Iterable[str] = NGRAM_METRICS,
+    tokenizer: str = "auto",
+) -> CaptionEvaluation:
+    """Each reference scored against the image's other references: see `leave_one_out`."""
+    return evaluate_captions(*leave_one_out(references), metrics, tokenizer)
+
+
+def leave_one_out(
+    references: Mapping[str, Sequence[str]],
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """(references, predictions) that score each reference against the image's other ones.
+
+    The context every caption score needs: what a human-written caption gets. All held-out
+    references form one evaluation (one Java start), as pseudo-images `id#j`; CIDEr's IDF
+    then comes from that expanded corpus, whose document frequencies scale with it. Images with a
+    single reference are skipped (nothing to compare against).
+    """
+    held_out: dict[str, str] = {}
+    others: dict[str, list[str]] = {}
+    for key, refs in references.items():
+        if len(refs) < 2:
+            continue
+        for j, ref in enumerate(refs):
+            held_out[f"{key}#{j}"] = ref
+            others[f"{key}#{j}"] = [r for i, r in enumerate(refs) if i != j]
+    if not held_out:
+        raise ValueError("human agreement needs images with at least two references each")
+    return others, held_out
