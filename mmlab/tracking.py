@@ -1,0 +1,406 @@
+"""MLflow conventions: the one module that knows run names, tags, artifacts and the store.
+
+Notebooks call `start(...)` once, log through the helpers below and end with `headline(...)`.
+Under the runner, `MLFLOW_RUN_ID` names the run the runner created and `start` resumes it; opened
+by hand (JupyterLab, plain papermill) a notebook starts its own run in the workspace store.
+
+Logging is batched (one `log_batch` call per dict or curve) and every store call is retried
+when SQLite reports "database is locked": MLflow sets a busy timeout, but a transaction that
+reads before it writes can still get SQLITE_BUSY at once when several processes write together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
+
+import mlflow
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mmlab import workspace
+
+HEADLINE_TAG = "mmlab.headline"
+NOTEBOOK_TAG = "mmlab.notebook"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+
+T = TypeVar("T")
+
+# The run this kernel works in, and whether this module started it (so `finish` may end it).
+_state: dict[str, Any] = {"run": None, "owned": False, "params": None}
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else the workspace's SQLite store."""
+    return workspace.tracking_uri()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:"):
+        return None
+    path = unquote(urlparse(uri).path)
+    return Path(path) if path and path != "/:memory:" else None
+
+
+def default_artifact_root(uri: str | None = None) -> str | None:
+    """Where a SQLite store keeps artifacts: `mlartifacts/` beside the database file.
+
+    For the workspace store that is `workspace.artifact_root()`. A server store decides itself.
+    """
+    db = _sqlite_path(uri or tracking_uri())
+    if db is None:
+        return None
+    if db.parent.resolve() == workspace.root():
+        return workspace.artifact_root()
+    return (db.parent / "mlartifacts").resolve().as_uri()
+
+
+def _is_locked(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -> T:
+    """Call `fn`, retrying with jittered exponential backoff while SQLite reports a lock."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:  # MlflowException or sqlalchemy OperationalError
+            if not _is_locked(error) or attempt == attempts - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+_ready_stores: set[str] = set()
+
+
+def ensure_store(uri: str | None = None) -> str:
+    """Make sure the store exists with MLflow's schema; return its URI.
+
+    Several processes opening a fresh SQLite store at once would all run MLflow's schema
+    migrations and collide. So a missing database is built under a temporary name, under a
+    file lock, and renamed into place: a database file that exists is always complete.
+    """
+    uri = uri or tracking_uri()
+    if uri in _ready_stores:
+        return uri
+    db = _sqlite_path(uri)
+    if db is None:
+        retry(MlflowClient(uri).search_experiments, max_results=1)
+    elif not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.parent / f".{db.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not db.exists():
+                with workspace.atomic_path(db) as tmp:
+                    MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
+    _ready_stores.add(uri)
+    return uri
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    """An MlflowClient on the (ready) tracking store."""
+    return MlflowClient(ensure_store(uri))
+
+
+def experiment_id(name: str, uri: str | None = None) -> str:
+    """The id of the experiment `name`, created (artifacts beside a SQLite store) if missing."""
+    mlf = client(uri)
+    found = retry(mlf.get_experiment_by_name, name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            retry(mlf.restore_experiment, found.experiment_id)
+        return found.experiment_id
+    root = default_artifact_root(uri)
+    location = f"{root}/{name}" if root else None
+    try:
+        return retry(mlf.create_experiment, name, artifact_location=location)
+    except MlflowException as error:  # another process created it first
+        found = retry(mlf.get_experiment_by_name, name)
+        if found is None:
+            raise error
+        return found.experiment_id
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts become `a.b.c` keys; values become strings MLflow accepts."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            flat[name] = text[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def start(
+    notebook: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> mlflow.ActiveRun:
+    """Start (or resume, under the runner) this notebook's run and log its parameters.
+
+    With `MLFLOW_RUN_ID` set, the runner's run is resumed and left for the runner to end.
+    Otherwise a new run starts in the experiment named after the notebook. Calling it again
+    in the same kernel returns the same run; with changed parameters, a run this module
+    started is finished and a fresh one begins (re-running a cell after editing a knob).
+    """
+    flat = flatten(params or {})
+    current = _state["run"]
+    if current is not None and mlflow.active_run() is not None:
+        if flat == _state["params"] or not _state["owned"]:
+            log_params(params or {})
+            return current
+        finish()
+    uri = ensure_store()
+    mlflow.set_tracking_uri(uri)
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    all_tags = {NOTEBOOK_TAG: notebook, **(tags or {})}
+    if run_id:
+        run = retry(mlflow.start_run, run_id=run_id)
+    else:
+        run = retry(mlflow.start_run, experiment_id=experiment_id(notebook, uri), tags=all_tags)
+    _state.update(run=run, owned=not run_id, params=flat)
+    if run_id:
+        set_tags(all_tags)
+    log_params(params or {})
+    return run
+
+
+def active_run_id() -> str:
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
+    return run.info.run_id
+
+
+def finish(status: str = "FINISHED") -> None:
+    """End the run `start` began itself; a run the runner owns is left for the runner."""
+    if _state["run"] is None:
+        return
+    if _state["owned"]:
+        while mlflow.active_run() is not None:  # close children left open, then the run
+            retry(mlflow.end_run, status=status)
+    _state.update(run=None, owned=False, params=None)
+
+
+@contextlib.contextmanager
+def child_run(
+    name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """A nested run (one fusion method x seed...). Helpers log to it while the block runs."""
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError("child_run needs an active run: call mmlab.tracking.start first")
+    child = retry(
+        mlflow.start_run,
+        run_name=name,
+        nested=True,
+        experiment_id=parent.info.experiment_id,
+        tags=dict(tags or {}),
+    )
+    try:
+        log_params(params or {})
+        yield child
+    except BaseException:
+        retry(mlflow.end_run, status="FAILED")
+        raise
+    retry(mlflow.end_run, status="FINISHED")
+
+
+# --------------------------------------------------------------------------- logging helpers
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log (flattened) parameters in one batch."""
+    flat = flatten(params)
+    if flat:
+        items = [Param(k, v) for k, v in flat.items()]
+        retry(client().log_batch, active_run_id(), params=items)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    if tags:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        retry(client().log_batch, active_run_id(), tags=items)
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log a dict of metrics in one batched call."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+    if items:
+        retry(client().log_batch, active_run_id(), metrics=items)
+
+
+def log_history(history: Mapping[str, list[float]], start_step: int = 0) -> None:
+    """Log whole curves (`{"loss": [..], "val_loss": [..]}`), step = index, in one batch."""
+    now = int(time.time() * 1000)
+    items = [
+        Metric(name, float(value), now, start_step + i)
+        for name, values in history.items()
+        for i, value in enumerate(values)
+    ]
+    if items:
+        retry(client().log_batch, active_run_id(), metrics=items)
+
+
+def headline(metric: str, value: float) -> None:
+    """Log the metric this notebook is judged by and tag the run so summaries show it.
+
+    It is logged at the metric's last step so it is the value MLflow shows as latest.
+    """
+    history = retry(client().get_metric_history, active_run_id(), metric)
+    log_metrics({metric: value}, step=max((m.step for m in history), default=0))
+    set_tags({HEADLINE_TAG: metric})
+
+
+def log_figure(fig: Any, name: str) -> None:
+    """Log a matplotlib figure as an image artifact (`name` like `"curves.png"`)."""
+    retry(client().log_figure, active_run_id(), fig, name)
+
+
+def _write_csv(df: Any, path: Path) -> None:
+    df.to_csv(path, index=False)
+
+
+def _write_json(df: Any, path: Path) -> None:
+    df.to_json(path, orient="records", indent=1)
+
+
+def _write_html(df: Any, path: Path) -> None:
+    path.write_text(df.to_html(index=False))
+
+
+TABLE_WRITERS: dict[str, Callable[[Any, Path], None]] = {
+    ".csv": _write_csv,
+    ".json": _write_json,
+    ".html": _write_html,
+}
+
+
+def log_table(df: Any, name: str) -> None:
+    """Log a pandas DataFrame as an artifact; the suffix of `name` picks the format."""
+    suffix = Path(name).suffix
+    if suffix not in TABLE_WRITERS:
+        raise ValueError(
+            f"log_table({name!r}): unknown format {suffix!r}; use {sorted(TABLE_WRITERS)}"
+        )
+    log_file(lambda path: TABLE_WRITERS[suffix](df, path), name)
+
+
+def log_file(write: Callable[[Path], None], name: str) -> None:
+    """Log an artifact written by `write(path)`; `name` may hold folders (`env/pip.txt`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        write(path)
+        folder = str(Path(name).parent) if Path(name).parent != Path(".") else None
+        retry(client().log_artifact, active_run_id(), str(path), folder)
+
+
+def log_text(text: str, name: str) -> None:
+    log_file(lambda path: path.write_text(text), name)
+
+
+def device() -> str:
+    """`MMLAB_DEVICE` if set, else cuda, mps or cpu (whichever torch can use)."""
+    forced = os.environ.get("MMLAB_DEVICE")
+    if forced:
+        return forced
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def environment() -> dict[str, Any]:
+    """What the run ran on: python, platform, torch version/threads/device, CPU count."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "device": device(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+    }
+    if "torch" in sys.modules or _installed("torch"):
+        import torch
+
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    return info
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def pip_freeze() -> str:
+    """Installed distributions as `name==version` lines (pip freeze without a subprocess)."""
+    names = {
+        f"{dist.metadata['Name']}=={dist.version}"
+        for dist in metadata.distributions()
+        if dist.metadata["Name"]
+    }
+    return "\n".join(sorted(names, key=str.lower)) + "\n"
+
+
+def log_environment() -> dict[str, Any]:
+    """Log the environment as `env.*` params plus `environment/requirements.txt`."""
+    info = environment()
+    log_params({"env": info})
+    log_text(pip_freeze(), "environment/requirements.txt")
+    return info
+
+
+def log_dataset(dataset: Mapping[str, Any], fingerprint: str, name: str, source: str = "") -> None:
+    """Record a dataset (a DatasetDict or any split -> table mapping) as a run input.
+
+    MLflow keeps the name, the fingerprint as digest, the split sizes as profile and the
+    columns as schema; the run is tagged with the fingerprint too, for searching.
+    """
+    splits = {split: len(table) for split, table in dataset.items()}
+    first = next(iter(dataset.values()), None)
+    columns = getattr(first, "column_names", None)  # datasets.Dataset; else a DataFrame
+    if columns is None:
+        columns = list(getattr(first, "columns", []))
+    entity = Dataset(
+        name=name,
+        digest=fingerprint[:36],
+        source_type="local",
+        source=json.dumps({"source": source or name}),
+        schema=json.dumps({"columns": [str(c) for c in columns]}),
+        profile=json.dumps({"num_rows": splits}),
+    )
+    inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", ",".join(splits))])]
+    retry(client().log_inputs, active_run_id(), datasets=inputs)
+    set_tags({"mmlab.dataset": name, "mmlab.dataset.fingerprint": fingerprint})
