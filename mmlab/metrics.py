@@ -357,3 +357,253 @@ def leave_one_out(
     if not held_out:
         raise ValueError("human agreement needs images with at least two references each")
     return others, held_out
+
+
+# --------------------------------------------------------------------------- grounded scores
+# A caption names objects as "[size] colour [size] shape" (the synthetic captions say
+# "a large red circle"); a relation phrase between two named objects states where the first is
+# relative to the second ("a red circle left of a blue square"). An object is its colour and
+# shape (unique within a synthetic scene); size is an attribute checked on named objects.
+GROUNDED_METRICS = ("object_precision", "object_recall", "chair_i", "chair_s",
+                    "colour_error", "shape_error", "size_error", "relation_error")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Mention:
+    colour: str
+    shape: str
+    size: str | None
+    start: int  # word positions in the caption: [start, end)
+    end: int
+
+
+@dataclass(frozen=True)
+class Relation:
+    first: Mention
+    relation: str
+    second: Mention
+
+
+ARTICLES = frozenset({"a", "an"})
+
+
+def _lexicon() -> dict[str, tuple[str, str]]:
+    from mmlab.data.synthetic import LEXICON
+
+    return LEXICON
+
+
+def _phrases(
+    caption: str, lexicon: Mapping[str, tuple[str, str]]
+) -> list[tuple[str, str, int, int]]:
+    """(kind, canonical, start, end) of every lexicon phrase, longest match first; articles
+    between phrases are dropped first (the positions then make "A left of a B" adjacent)."""
+    words = [w for w in re.findall(r"[a-z]+", caption.lower()) if w not in ARTICLES]
+    longest = max(len(p.split()) for p in lexicon)
+    found, i = [], 0
+    while i < len(words):
+        for span in range(min(longest, len(words) - i), 0, -1):
+            hit = lexicon.get(" ".join(words[i : i + span]))
+            if hit:
+                found.append((*hit, i, i + span))
+                i += span
+                break
+        else:
+            i += 1
+    return found
+
+
+def parse_caption(
+    caption: str, lexicon: Mapping[str, tuple[str, str]] | None = None
+) -> tuple[list[Mention], list[Relation]]:
+    """The objects a caption names and the relations it states between neighbouring ones.
+
+    Words must be adjacent: "red circle", "big red circle", "red big circle" are mentions, "red
+    and a circle" is not; "A left of B" needs the relation phrase right between A and B.
+    """
+    phrases = _phrases(caption, lexicon or _lexicon())
+    items: list = []  # mentions and the phrases between them, in caption order
+    i = 0
+    while i < len(phrases):
+        mention, i_next = _mention_at(phrases, i)
+        items.append(mention or phrases[i])
+        i = i_next if mention else i + 1
+    mentions = [m for m in items if isinstance(m, Mention)]
+    relations = [
+        Relation(a, rel[1], b)
+        for a, rel, b in zip(items, items[1:], items[2:], strict=False)
+        if isinstance(a, Mention) and isinstance(b, Mention) and isinstance(rel, tuple)
+        and rel[0] == "relation" and a.end == rel[2] and rel[3] == b.start
+    ]  # fmt: skip
+    return mentions, relations
+
+
+def _mention_at(phrases, i: int) -> tuple[Mention | None, int]:
+    """A mention starting at phrase i: size? colour size? shape, each word right after the last."""
+    attrs: dict[str, str] = {}
+    start, end, j = phrases[i][2], phrases[i][2], i
+    for kind in ("size", "colour", "size", "shape"):
+        if (
+            j < len(phrases)
+            and phrases[j][0] == kind
+            and phrases[j][2] == end
+            and kind not in attrs
+        ):
+            attrs[kind] = phrases[j][1]
+            end, j = phrases[j][3], j + 1
+    if "colour" in attrs and "shape" in attrs:
+        return Mention(attrs["colour"], attrs["shape"], attrs.get("size"), start, end), j
+    return None, i
+
+
+def _error_kind(mention: Mention, scene: Sequence[Mapping]) -> str | None:
+    """Which attribute makes a mention wrong: None (right), size, colour, shape or object."""
+    same = [o for o in scene if (o["colour"], o["shape"]) == (mention.colour, mention.shape)]
+    if same:
+        return None if mention.size in (None, same[0]["size"]) else "size"
+    if any(o["shape"] == mention.shape for o in scene):
+        return "colour"
+    if any(o["colour"] == mention.colour for o in scene):
+        return "shape"
+    return "object"  # neither its colour nor its shape is in the scene
+
+
+def _grounded_row(caption: str, scene: Sequence[Mapping], lexicon) -> dict[str, int]:
+    from mmlab.data.synthetic import relation as true_relation
+
+    mentions, relations = parse_caption(caption, lexicon)
+    errors = [_error_kind(m, scene) for m in mentions]
+    hallucinated = sum(e not in (None, "size") for e in errors)
+    named = {
+        (m.colour, m.shape) for m, e in zip(mentions, errors, strict=True) if e in (None, "size")
+    }
+    by_look = {(o["colour"], o["shape"]): o for o in scene}
+    checkable = [r for r in relations if {(r.first.colour, r.first.shape),
+                                          (r.second.colour, r.second.shape)} <= named]  # fmt: skip
+    wrong_relations = sum(
+        true_relation(by_look[(r.first.colour, r.first.shape)],
+                      by_look[(r.second.colour, r.second.shape)]) != r.relation
+        for r in checkable
+    )  # fmt: skip
+    return {
+        "mentions": len(mentions),
+        "hallucinated": hallucinated,
+        "scene_objects": len(scene),
+        "named_objects": len(named),
+        **{f"{kind}_errors": errors.count(kind) for kind in ("colour", "shape", "size", "object")},
+        "relations": len(checkable),
+        "relation_errors": wrong_relations,
+    }
+
+
+def _scene(key: str, scene) -> list[Mapping]:
+    """A scene as a list of object dicts (`datasets` may hand a dict of columns instead)."""
+    if isinstance(scene, Mapping) and all(isinstance(v, list) for v in scene.values()):
+        scene = [
+            dict(zip(scene, values, strict=True)) for values in zip(*scene.values(), strict=True)
+        ]
+    if not isinstance(scene, (list, tuple)):
+        raise TypeError(
+            f"objects[{key!r}] must be a list of object dicts, got {type(scene).__name__}"
+        )
+    for obj in scene:
+        missing = {"colour", "shape", "size", "x", "y"} - set(obj)
+        if missing:
+            raise ValueError(f"objects[{key!r}] has an object without {sorted(missing)}: {obj!r}")
+    return list(scene)
+
+
+def grounded_table(
+    predictions: Mapping[str, str],
+    objects: Mapping[str, Sequence[Mapping]],
+    lexicon: Mapping[str, tuple[str, str]] | None = None,
+) -> pd.DataFrame:
+    """Per-caption counts: mentions, hallucinated ones, named scene objects, errors by kind."""
+    missing = [k for k in predictions if k not in objects]
+    if missing:
+        raise KeyError(f"no scene objects for {len(missing)} predicted id(s), e.g. {missing[:5]}")
+    lexicon = lexicon or _lexicon()
+    rows = {}
+    for key, caption in predictions.items():
+        rows[key] = _grounded_row(caption, _scene(key, objects[key]), lexicon)
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("id")
+
+
+def _share(part: float, whole: float) -> float:
+    return float(part / whole) if whole else float("nan")
+
+
+def grounded_scores(
+    predictions: Mapping[str, str],
+    objects: Mapping[str, Sequence[Mapping]],
+    lexicon: Mapping[str, tuple[str, str]] | None = None,
+    per_image: bool = False,
+):
+    """CHAIR-style scores of captions against the objects in each scene (corpus totals).
+
+    - `chair_i`: named objects (colour + shape) not in the scene / objects named;
+      `object_precision` = 1 - `chair_i`.
+    - `chair_s`: captions naming at least one object not in the scene / captions.
+    - `object_recall`: scene objects the caption names / scene objects.
+    - `colour_error`, `shape_error`, `size_error`: mentions wrong in just that attribute (the
+      scene has the object with another colour / shape / size) / objects named; a mention whose
+      colour and shape are both absent counts in `chair_i` only. A wrong size is not a
+      hallucination (the object is there).
+    - `relation_error`: stated relations between two objects that are in the scene, which are
+      wrong / such relations.
+    A share with nothing to count (no mention at all) is NaN. With `per_image=True` also returns
+    the per-caption counts table (`grounded_table`).
+    """
+    table = grounded_table(predictions, objects, lexicon)
+    total = table.sum()
+    mentions = total["mentions"]
+    scores = {
+        "object_precision": _share(mentions - total["hallucinated"], mentions),
+        "object_recall": _share(total["named_objects"], total["scene_objects"]),
+        "chair_i": _share(total["hallucinated"], mentions),
+        "chair_s": _share((table["hallucinated"] > 0).sum(), len(table)),
+        **{
+            f"{k}_error": _share(total[f"{k}_errors"], mentions)
+            for k in ("colour", "shape", "size")
+        },
+        "relation_error": _share(total["relation_errors"], total["relations"]),
+    }
+    return (scores, table) if per_image else scores
+
+
+# --------------------------------------------------------------------------- retrieval
+def retrieval_ranks(similarity, targets: Sequence | None = None) -> np.ndarray:
+    """1-based rank of the first correct item for each query (row) of a similarity matrix.
+
+    `targets[i]` is the correct column of row i, or a collection of correct columns (an image
+    with five captions); default: the diagonal. Ties count against the model: the rank is 1 + the
+    number of wrong items scoring at least as high as the best correct one, so a constant matrix
+    ranks every query last.
+    """
+    sim = np.asarray(similarity, dtype=float)
+    if sim.ndim != 2:
+        raise ValueError(f"similarity must be a 2-D [queries, items] matrix, got shape {sim.shape}")
+    if targets is None:
+        if sim.shape[0] > sim.shape[1]:
+            raise ValueError(f"no targets given and {sim.shape} has no full diagonal")
+        targets = range(sim.shape[0])
+    if len(targets) != sim.shape[0]:
+        raise ValueError(f"{len(targets)} targets for {sim.shape[0]} queries")
+    correct = np.zeros(sim.shape, dtype=bool)
+    for row, target in enumerate(targets):
+        correct[row, np.atleast_1d(np.asarray(target, dtype=int))] = True
+    if not correct.any(axis=1).all():
+        raise ValueError("every query needs at least one correct item")
+    best = np.where(correct, sim, -np.inf).max(axis=1, keepdims=True)
+    return 1 + ((sim >= best) & ~correct).sum(axis=1)
+
+
+def retrieval_scores(
+    similarity, targets: Sequence | None = None, ks: Iterable[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """`recall_at_K` (share of queries whose first correct item ranks within K), `median_rank`,
+    `mean_rank`, from a [queries, items] similarity matrix (see `retrieval_ranks`)."""
+    ranks = retrieval_ranks(similarity, targets)
+    scores = {f"recall_at_{k}": float((ranks <= k).mean()) for k in ks}
+    scores.update(median_rank=float(np.median(ranks)), mean_rank=float(ranks.mean()))
+    return scores

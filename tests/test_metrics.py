@@ -150,3 +150,93 @@ def test_validation_sized_call():
     preds = {k: v[0] for k, v in refs.items()}
     s = metrics.caption_scores(refs, preds, ("bleu", "cider"))
     assert s["bleu1"] == pytest.approx(1.0, abs=1e-6) and s["cider"] > 0
+
+
+# --------------------------------------------------------------------------- grounded (CHAIR)
+SCENE = [
+    {"colour": "red", "shape": "circle", "size": "large", "x": 0.2, "y": 0.5},
+    {"colour": "blue", "shape": "square", "size": "small", "x": 0.8, "y": 0.5},
+]
+CAPTIONS = {
+    "right": "a large red circle to the left of a small blue square",
+    "colour": "a green circle right of a blue square",  # green circle: wrong colour
+    "size": "a small red circle",  # the red circle is there, but large
+    "shape": "a crimson wedge above an azure box",  # red triangle: wrong shape
+    "object": "a yellow diamond",  # neither colour nor shape in the scene
+    "relation": "a red circle right of a blue square",  # both there, relation wrong
+    "none": "a picture with nothing named",
+}
+
+
+def test_parse_caption_finds_mentions_and_relations():
+    mentions, relations = metrics.parse_caption("a big crimson plus sign to the left of a tiny box")
+    assert [(m.colour, m.shape, m.size) for m in mentions] == [("red", "cross", "large")]
+    assert relations == []  # "tiny box" has no colour: not an object mention
+    mentions, relations = metrics.parse_caption("A red circle, under a BLUE big square.")
+    assert [(m.colour, m.shape, m.size) for m in mentions] == [
+        ("red", "circle", None),
+        ("blue", "square", "large"),
+    ]
+    assert [r.relation for r in relations] == ["below"]
+    assert metrics.parse_caption("a red and a circle") == ([], [])  # words must be adjacent
+
+
+def test_grounded_scores_by_hand():
+    objects = {k: SCENE for k in CAPTIONS}
+    s, table = metrics.grounded_scores(CAPTIONS, objects, per_image=True)
+    # 10 objects named, 3 not in the scene (colour, shape, object); 3 of 7 captions affected
+    assert s["chair_i"] == pytest.approx(3 / 10)
+    assert s["object_precision"] == pytest.approx(7 / 10)
+    assert s["chair_s"] == pytest.approx(3 / 7)
+    # 14 scene objects; named: right 2, colour 1, size 1, shape 1, relation 2
+    assert s["object_recall"] == pytest.approx(7 / 14)
+    assert s["colour_error"] == s["shape_error"] == s["size_error"] == pytest.approx(1 / 10)
+    # checkable relations (both ends in the scene): "right" (true) and "relation" (false)
+    assert s["relation_error"] == pytest.approx(1 / 2)
+    assert table.loc["object", "object_errors"] == 1 and table.loc["none", "mentions"] == 0
+
+
+def test_grounded_scores_accept_columnar_scenes_and_name_bad_input():
+    columnar = {key: [obj[key] for obj in SCENE] for key in SCENE[0]}  # as `datasets` may give it
+    s = metrics.grounded_scores({"a": CAPTIONS["right"]}, {"a": columnar})
+    assert s["object_precision"] == 1.0 and s["object_recall"] == 1.0
+    assert math.isnan(metrics.grounded_scores({"a": "nothing"}, {"a": SCENE})["chair_i"])
+    with pytest.raises(KeyError, match="no scene objects.*'b'"):
+        metrics.grounded_scores({"b": "a red circle"}, {"a": SCENE})
+    with pytest.raises(ValueError, match=r"objects\['a'\].*\['size'\]"):
+        metrics.grounded_scores({"a": "a red circle"}, {"a": [{"colour": "red", "shape": "circle",
+                                                               "x": 0, "y": 0}]})  # fmt: skip
+
+
+def test_references_of_the_synthetic_dataset_are_perfectly_grounded():
+    """The generator's own captions name every object rightly: the parser agrees with it."""
+    from mmlab.data import synthetic
+
+    rng = np.random.default_rng(0)
+    captions, objects = {}, {}
+    for i in range(200):
+        scene = synthetic.sample_scene(rng)
+        captions[str(i)] = synthetic.caption(rng, scene)
+        objects[str(i)] = [o.as_dict() for o in scene.objects]
+    s, table = metrics.grounded_scores(captions, objects, per_image=True)
+    assert s["object_precision"] == 1.0 and s["object_recall"] == 1.0
+    assert s["chair_s"] == 0.0 and s["relation_error"] == 0.0
+    assert table["relations"].sum() > 20  # relations were actually checked
+
+
+# --------------------------------------------------------------------------- retrieval
+def test_retrieval_on_a_3x3_matrix_by_hand():
+    sim = [[0.9, 0.1, 0.3], [0.8, 0.5, 0.2], [0.1, 0.7, 0.4]]
+    assert metrics.retrieval_ranks(sim).tolist() == [1, 2, 2]
+    s = metrics.retrieval_scores(sim, ks=(1, 2))
+    assert s == pytest.approx(
+        {"recall_at_1": 1 / 3, "recall_at_2": 1.0, "median_rank": 2.0, "mean_rank": 5 / 3}
+    )
+    # image -> captions: query 1 counts as right if either of its captions (1 or 0) ranks first
+    assert metrics.retrieval_ranks(sim, targets=[[0], [1, 0], [2]]).tolist() == [1, 1, 2]
+
+
+def test_retrieval_ties_count_against_the_model():
+    assert metrics.retrieval_ranks(np.ones((4, 4))).tolist() == [4, 4, 4, 4]
+    with pytest.raises(ValueError, match="2 targets for 3 queries"):
+        metrics.retrieval_ranks(np.eye(3), targets=[0, 1])
