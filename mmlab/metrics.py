@@ -359,6 +359,24 @@ def leave_one_out(
     return others, held_out
 
 
+# --------------------------------------------------------------------------- caption statistics
+def caption_lengths(captions: Iterable[str]) -> np.ndarray:
+    """Words per caption, counted after the toolkit's tokenisation (Java-free equivalent)."""
+    return np.array([len(t.split()) for t in python_tokenize(list(captions))], dtype=int)
+
+
+def vocabulary_use(captions: Iterable[str], max_n: int = 4) -> dict[str, float]:
+    """How varied the wording is: `distinct_n` (distinct n-grams over all captions) and
+    `distinct_n_ratio` (distinct / all n-grams; 1 = nothing repeated) for n = 1..max_n."""
+    tokens = [t.split() for t in python_tokenize(list(captions))]
+    out: dict[str, float] = {}
+    for n in range(1, max_n + 1):
+        grams = [tuple(words[i : i + n]) for words in tokens for i in range(len(words) - n + 1)]
+        out[f"distinct_{n}"] = float(len(set(grams)))
+        out[f"distinct_{n}_ratio"] = _share(len(set(grams)), len(grams))
+    return out
+
+
 # --------------------------------------------------------------------------- grounded scores
 # A caption names objects as "[size] colour [size] shape" (the synthetic captions say
 # "a large red circle"); a relation phrase between two named objects states where the first is

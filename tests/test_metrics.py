@@ -240,3 +240,36 @@ def test_retrieval_ties_count_against_the_model():
     assert metrics.retrieval_ranks(np.ones((4, 4))).tolist() == [4, 4, 4, 4]
     with pytest.raises(ValueError, match="2 targets for 3 queries"):
         metrics.retrieval_ranks(np.eye(3), targets=[0, 1])
+
+
+# --------------------------------------------------------------------------- caption statistics
+def test_lengths_and_vocabulary_use_by_hand():
+    assert metrics.caption_lengths(["A red circle.", "", "a b, c d"]).tolist() == [3, 0, 4]
+    use = metrics.vocabulary_use(["a red circle", "a red square"], max_n=2)
+    # unigrams a, red, circle, a, red, square: 4 distinct of 6; bigrams 3 distinct of 4
+    assert use == pytest.approx(
+        {"distinct_1": 4, "distinct_1_ratio": 4 / 6, "distinct_2": 3, "distinct_2_ratio": 3 / 4}
+    )
+
+
+def test_evaluation_figures_draw():
+    """The notebook's figures build from the shapes the captioner and the metrics return."""
+    import pandas as pd
+    import torch
+    from PIL import Image
+
+    from mmlab.plots import evaluation as plots
+
+    images = [Image.new("RGB", (40 + 8 * i, 32), (200, 40 * i, 0)) for i in range(2)]
+    fig = plots.caption_examples(images, ["a red circle", ""], [["a red disc"], ["x"]], [1.5, 0])
+    assert len(fig.axes) == 2 and "CIDEr 1.50" in fig.axes[0].get_title()
+    words = [["a", "red", "circle"], ["a"]]
+    fig = plots.attention_maps(images, words, [torch.rand(3, 4, 4), torch.rand(1, 4, 4)])
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["image", "a", "red", "circle"]
+    maps = plots.upsample_attention(torch.rand(3, 4, 4), (32, 48))
+    assert maps.shape == (3, 32, 48)
+    table = pd.DataFrame({"bleu4": [0.5, 0.6], "cider": [1.0, 1.2]}, index=[1, 3])
+    assert len(plots.metrics_by_beam(table, {"cider": 2.0}).axes) == 2
+    plots.caption_lengths({"beam 1": [3, 4], "references": [5, 6, 7]})
+    use = pd.DataFrame({"beam 1": metrics.vocabulary_use(["a b c"])}).T
+    assert len(plots.vocabulary_use(use).axes) == 1
