@@ -589,6 +589,64 @@ def grounded_scores(
     return (scores, table) if per_image else scores
 
 
+# --------------------------------------------------------------------------- reports
+HUMAN = "human"
+
+
+@dataclass
+class EvaluationReport:
+    """Scores of several prediction sets (e.g. one per beam size) and of the human references.
+
+    `table`: a row per set (plus `"human"`: each reference scored against the image's others),
+    columns n-gram scores, grounded scores, `mean_length` and distinct n-grams. `per_image`: per
+    set, the per-image n-gram scores joined with the grounded counts. `notes`: tokenizer used and
+    metrics left out (for the log and an MLflow tag).
+    """
+
+    table: pd.DataFrame
+    per_image: dict
+    notes: str
+
+    def row(self, name, prefix: str = "") -> dict[str, float]:
+        """One set's scores as `{prefix + metric: value}`, NaN (nothing to count) left out."""
+        values = self.table.loc[name].dropna()
+        return {f"{prefix}{k}": float(v) for k, v in values.items()}
+
+
+def evaluate_sets(
+    references: Mapping[str, Sequence[str]],
+    prediction_sets: Mapping,
+    objects: Mapping[str, Sequence[Mapping]] | None = None,
+    metrics: Iterable[str] = NGRAM_METRICS,
+    tokenizer: str = "auto",
+    human: bool = True,
+) -> EvaluationReport:
+    """Score every `{name: {id: caption}}` set against `references` in one toolkit pass (one
+    tokenizer and one METEOR start), with grounded scores where `objects` (id -> scene) is given,
+    and the leave-one-out human row unless `human=False`."""
+    jobs = {name: (references, predictions) for name, predictions in prediction_sets.items()}
+    if human:
+        jobs[HUMAN] = leave_one_out(references)
+    evaluations = evaluate_many(jobs, metrics, tokenizer)
+    rows, per_image = {}, {}
+    for name, evaluation in evaluations.items():
+        predictions = jobs[name][1]
+        row, table = dict(evaluation.scores), evaluation.per_image
+        if objects is not None:
+            image_of = (lambda k: k.rsplit("#", 1)[0]) if name == HUMAN else (lambda k: k)
+            scenes = {k: objects[image_of(k)] for k in predictions}
+            grounded, counts = grounded_scores(predictions, scenes, per_image=True)
+            row.update(grounded)
+            table = table.join(counts)
+        # one caption per image, as for a model: the human row's wording is the first reference's
+        captions = [c for k, c in predictions.items() if name != HUMAN or k.endswith("#0")]
+        row["mean_length"] = float(caption_lengths(captions).mean())
+        row.update(vocabulary_use(captions))
+        rows[name], per_image[name] = row, table
+    notes = next(iter(evaluations.values())).notes()
+    return EvaluationReport(pd.DataFrame.from_dict(rows, orient="index"), per_image, notes)
+
+
 # --------------------------------------------------------------------------- retrieval
 def retrieval_ranks(similarity, targets: Sequence | None = None) -> np.ndarray:
     """1-based rank of the first correct item for each query (row) of a similarity matrix.

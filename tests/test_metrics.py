@@ -273,3 +273,21 @@ def test_evaluation_figures_draw():
     plots.caption_lengths({"beam 1": [3, 4], "references": [5, 6, 7]})
     use = pd.DataFrame({"beam 1": metrics.vocabulary_use(["a b c"])}).T
     assert len(plots.vocabulary_use(use).axes) == 1
+
+
+# --------------------------------------------------------------------------- reports
+def test_evaluate_sets_scores_every_set_and_the_human_row():
+    refs = {k: [CAPTIONS["right"], "a big crimson ball left of a tiny blue box"] for k in "ab"}
+    objects = {k: SCENE for k in "ab"}
+    sets = {1: {"a": CAPTIONS["right"], "b": CAPTIONS["right"]},
+            3: {"a": CAPTIONS["colour"], "b": CAPTIONS["right"]}}  # fmt: skip
+    report = metrics.evaluate_sets(refs, sets, objects, metrics=("bleu", "cider"))
+    assert list(report.table.index) == [1, 3, "human"]
+    assert report.table.loc[1, "bleu1"] == pytest.approx(1.0, abs=1e-6)
+    assert report.table.loc[3, "chair_i"] == pytest.approx(1 / 4)  # green circle of 4 named
+    assert report.table.loc["human", "object_precision"] == 1.0
+    assert report.table.loc["human", "mean_length"] == 12  # first reference of each image
+    assert set(report.per_image[3].columns) >= {"bleu4", "cider", "hallucinated"}
+    row = report.row(1, prefix="test_")
+    assert row["test_chair_i"] == 0.0 and "test_cider" in row
+    assert "tokenizer=" in report.notes
