@@ -516,15 +516,16 @@ def _check_split(ds, split: str) -> tuple[dict[str, list[str]], dict[int, tuple[
             if path is None:  # embedded bytes (hub datasets) or an optional file
                 column_digests.append("none")
                 continue
+            digest = "missing"
             try:
-                column_digests.append(fp.file_digest(path))
+                digest = fp.file_digest(path)
                 check(path)
             except FileNotFoundError:
                 bad.setdefault(row, (path, f"{column} file not found"))
             except Exception as e:  # any decoder error means an unreadable file
-                bad.setdefault(
-                    row, (path, f"unreadable {column} file ({e.__class__.__name__}: {e})")
-                )
+                reason = f"unreadable {column} file ({e.__class__.__name__}: {e})"
+                bad.setdefault(row, (path, reason))
+            column_digests.append(digest)
         digests[column] = column_digests
     return digests, bad
 
