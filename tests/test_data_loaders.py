@@ -13,8 +13,7 @@ import datasets
 import pytest
 from PIL import Image
 
-from mmlab.data import DataError, fingerprint, load_dataset
-from mmlab.data import synthetic
+from mmlab.data import DataError, fingerprint, load_dataset, synthetic
 
 CAPTIONS = {
     "img0": ["a red circle", "a crimson disc on a background"],
