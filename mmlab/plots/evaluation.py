@@ -17,9 +17,19 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
+BEAM_METRICS = ("bleu4", "meteor", "rouge_l", "cider", "object_precision", "object_recall",
+                "chair_s", "relation_error")  # fmt: skip
+
 
 def _wrap(text: str, width: int = 30) -> str:
     return "\n".join(textwrap.wrap(text, width)) or "(empty)"
+
+
+def set_label(name) -> str:
+    """Row names of `mmlab.metrics.EvaluationReport.table` as legend labels."""
+    if name == "human":
+        return "references"
+    return f"beam {name}" if isinstance(name, (int, np.integer)) else str(name)
 
 
 def caption_examples(
@@ -48,6 +58,23 @@ def caption_examples(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def ranked_examples(
+    images: Mapping[str, Image.Image],
+    predictions: Mapping[str, str],
+    references: Mapping[str, Sequence[str]],
+    scores: pd.Series,
+    n: int = 4,
+    worst: bool = False,
+    score_name: str = "CIDEr",
+) -> Figure:
+    """`caption_examples` for the `n` best (or worst) images by `scores` (a Series by id)."""
+    chosen = scores.sort_values(ascending=worst).index[:n]
+    title = f"{'worst' if worst else 'best'} {len(chosen)} by {score_name}"
+    return caption_examples([images[k] for k in chosen], [predictions[k] for k in chosen],
+                            [references[k] for k in chosen], scores[chosen].tolist(), title,
+                            score_name)  # fmt: skip
 
 
 def upsample_attention(attention: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -87,8 +114,9 @@ def metrics_by_beam(
     table: pd.DataFrame, human: Mapping[str, float] | None = None, metrics: Sequence[str] = ()
 ) -> Figure:
     """Each metric against beam size (`table`: index = beam size, a column per metric), with the
-    human-agreement value as a dashed line where given."""
-    metrics = list(metrics) or [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+    human-agreement value as a dashed line where given. Default metrics: `BEAM_METRICS` that
+    the table has."""
+    metrics = [m for m in (metrics or BEAM_METRICS) if m in table.columns]
     cols = min(4, len(metrics))
     rows = -(-len(metrics) // cols)
     fig = Figure(figsize=(3.0 * cols, 2.4 * rows), layout="constrained")
@@ -130,7 +158,7 @@ def vocabulary_use(table: pd.DataFrame, max_n: int = 4) -> Figure:
     width = 0.8 / len(table)
     x = np.arange(1, max_n + 1)
     for i, (name, row) in enumerate(table.iterrows()):
-        ax.bar(x + i * width, [row[f"distinct_{n}"] for n in x], width, label=str(name))
+        ax.bar(x + i * width, [row[f"distinct_{n}"] for n in x], width, label=set_label(name))
     ax.set_xticks(x + width * (len(table) - 1) / 2, [f"{n}-grams" for n in x])
     ax.set_yscale("log")
     ax.set_ylabel("distinct n-grams")
