@@ -1,0 +1,187 @@
+"""The `mmlab` command: subcommands live in a registry (name -> arguments, handler).
+
+    mmlab run PARAMS.yaml [--jobs N] [--only STAGE] [--set k=v] [--dry-run] [--force]
+    mmlab ui [--host 127.0.0.1] [--port 5000]
+    mmlab data synth --out DIR --n N --seed S [--image-size 128]
+    mmlab caption IMAGE... --model URI [--beam 3]
+
+Heavy modules (runner, data, captioning) are imported by the handler that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """Bad input on the command line: printed without a traceback, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    from mmlab.executors import EXECUTORS
+
+    p.add_argument("params", type=Path, help="batch file (YAML)")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="parallel executions (cores)")
+    p.add_argument("--only", action="append", default=[], metavar="STAGE", help="run one stage")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a parameter (key=value, or stage.key=value)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="print the expanded plan only")
+    p.add_argument("--force", action="store_true", help="re-run executions found in the cache")
+    p.add_argument("--executor", default="local", choices=sorted(EXECUTORS))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mmlab import runner
+    from mmlab.config import BatchError
+
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: expected at least 1")
+    try:
+        report = runner.run(
+            args.params,
+            jobs=args.jobs,
+            only=args.only,
+            overrides=args.overrides,
+            force=args.force,
+            dry_run=args.dry_run,
+            executor=args.executor,
+        )
+    except BatchError as error:
+        raise UsageError(str(error)) from None
+    return 0 if report is None or report.ok else 1
+
+
+# --------------------------------------------------------------------------- ui
+
+
+def _ui_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+
+
+def ui_command(host: str, port: int) -> list[str]:
+    """The `mlflow ui` command line for the workspace store (artifacts beside it)."""
+    from mmlab import tracking
+
+    uri = tracking.ensure_store()
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    artifacts = tracking.default_artifact_root(uri)
+    if artifacts:
+        command += ["--default-artifact-root", artifacts]
+    return command + ["--host", host, "--port", str(port)]
+
+
+def _ui(args: argparse.Namespace) -> int:
+    command = ui_command(args.host, args.port)
+    print(f"MLflow UI on http://{args.host}:{args.port}  ({command[5]})", flush=True)
+    return subprocess.call(command)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    synth = sub.add_parser("synth", help="generate the embedded synthetic dataset")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--n", type=int, default=3000)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--image-size", type=int, default=128)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from mmlab.data import synthetic
+
+    if args.n < 1 or args.image_size < 8:
+        raise UsageError(f"--n {args.n} / --image-size {args.image_size}: expected n>=1, size>=8")
+    out = synthetic.generate(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
+    print(f"wrote {args.n} examples to {out or args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- caption
+
+
+def _caption_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--model", required=True, help="MLflow run id, runs:/ URI or local path")
+    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
+
+
+def open_images(paths: list[Path]) -> list:
+    """Load every image, or fail naming the first file that is missing or unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such image file")
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as error:
+            raise UsageError(f"{path}: not a readable image ({error})") from None
+    return images
+
+
+def _caption(args: argparse.Namespace) -> int:
+    if args.beam < 1:
+        raise UsageError(f"--beam {args.beam}: expected at least 1")
+    images = open_images(args.images)  # before the (slow) model load
+    from mmlab.captioning import load_captioner
+
+    captions = load_captioner(args.model).caption(images, beam_size=args.beam)
+    for path, caption in zip(args.images, captions, strict=True):
+        print(f"{path}\t{caption}")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command("run a batch of notebooks", _run_arguments, _run),
+    "ui": Command("MLflow UI on the workspace store", _ui_arguments, _ui),
+    "data": Command("datasets", _data_arguments, _data),
+    "caption": Command("caption images with a trained model", _caption_arguments, _caption),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="mmlab", description=__doc__.split("\n\n")[0])
+    top.add_argument("--home", type=Path, help="workspace root (default: $MMLAB_HOME or checkout)")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.arguments(sub.add_parser(name, help=command.help))
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.home:
+        os.environ["MMLAB_HOME"] = str(args.home.resolve())
+    try:
+        return COMMANDS[args.command].handler(args)
+    except UsageError as error:
+        print(f"mmlab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

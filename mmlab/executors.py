@@ -1,0 +1,144 @@
+"""Where executions run. The runner hands a `Job` to an executor and gets a Future[Outcome].
+
+`execute(job)` is the whole unit of work (Papermill run, HTML rendering, artifacts); an
+executor only decides where it runs. The local one is a process pool; a distributed engine
+(Ray: `ray.remote(execute).remote(job).future()`) plugs in by adding a class to EXECUTORS.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from mmlab import workspace
+
+
+@dataclass(frozen=True)
+class Job:
+    notebook: Path
+    output: Path  # executed notebook; the HTML rendering goes beside it
+    parameters: dict[str, Any]
+    env: dict[str, str]  # added to the kernel's environment (MLflow run, thread counts)
+    run_id: str
+    tracking_uri: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    error: str = ""  # the error's last line, for the summary
+    seconds: float = 0.0  # wall time of the whole job
+    kernel_seconds: float = 0.0  # time the kernel spent in cells (from the notebook)
+
+
+def _error_line(error: BaseException) -> str:
+    ename, evalue = getattr(error, "ename", None), getattr(error, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}".strip()
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"
+
+
+def _kernel_seconds(nb: Any) -> float:
+    total = 0.0
+    for cell in nb.cells:
+        pm = cell.get("metadata", {}).get("papermill", {})
+        total += pm.get("duration") or 0.0
+    return total
+
+
+def _render_html(notebook: Path, html: Path) -> None:
+    import nbconvert
+    import nbformat
+
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    with workspace.atomic_path(html) as tmp:
+        tmp.write_text(body, encoding="utf-8")
+
+
+def execute(job: Job) -> Outcome:
+    """Run the notebook with Papermill, render it, attach both to the job's MLflow run.
+
+    A raising cell or a dead kernel is a failed Outcome, never an exception: the executed
+    notebook (with the failing cell and traceback) is still saved and attached.
+    """
+    import nbformat
+    import papermill
+    from mlflow.tracking import MlflowClient
+
+    start = time.perf_counter()
+    os.environ.update(job.env)  # the kernel inherits this process's environment
+    error: BaseException | None = None
+    with workspace.atomic_path(job.output) as tmp:
+        try:
+            papermill.execute_notebook(
+                str(job.notebook),
+                str(tmp),
+                parameters=job.parameters,
+                kernel_name="python3",
+                progress_bar=False,
+                cwd=str(job.notebook.parent),
+            )
+        except Exception as raised:  # PapermillExecutionError, DeadKernelError, ...
+            error = raised
+        if not tmp.exists():  # failed before Papermill wrote anything (e.g. no kernel)
+            nbformat.write(nbformat.read(job.notebook, as_version=4), tmp)
+    nb = nbformat.read(job.output, as_version=4)
+    html = job.output.with_suffix(".html")
+    client = MlflowClient(job.tracking_uri)
+    try:
+        _render_html(job.output, html)
+        client.log_artifact(job.run_id, str(html), "notebook")
+    except Exception as raised:  # a rendering problem must not hide the run's own result
+        error = error or raised
+    client.log_artifact(job.run_id, str(job.output), "notebook")
+    return Outcome(
+        ok=error is None,
+        error=_error_line(error) if error else "",
+        seconds=time.perf_counter() - start,
+        kernel_seconds=_kernel_seconds(nb),
+    )
+
+
+def safe_execute(job: Job) -> Outcome:
+    """`execute`, with anything unexpected turned into a failed Outcome (keeps the pool alive)."""
+    try:
+        return execute(job)
+    except Exception as error:
+        traceback.print_exc()
+        return Outcome(ok=False, error=_error_line(error))
+
+
+class Executor(Protocol):
+    def submit(self, job: Job) -> Future[Outcome]: ...
+
+    def shutdown(self) -> None: ...
+
+
+class LocalExecutor:
+    """A pool of `jobs` worker processes on this machine (spawned: no forked MLflow state)."""
+
+    def __init__(self, jobs: int):
+        context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context)
+
+    def submit(self, job: Job) -> Future[Outcome]:
+        return self.pool.submit(safe_execute, job)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+EXECUTORS: dict[str, type] = {"local": LocalExecutor}
+
+
+def create(name: str, jobs: int) -> Executor:
+    if name not in EXECUTORS:
+        raise KeyError(f"unknown executor {name!r}; available: {', '.join(sorted(EXECUTORS))}")
+    return EXECUTORS[name](jobs)

@@ -1,0 +1,401 @@
+"""Run a batch: executions in dependency order, in parallel, resumable, failures contained.
+
+For each execution the runner creates the MLflow run (tags: batch, stage, notebook, git
+commit, parameter and code hashes), hands it to the kernel through the environment, lets an
+executor run the notebook and sets the run's final status. An execution whose parameter hash
+and code hash match a FINISHED run is skipped as cached (unless forced), so an interrupted
+batch resumes where it stopped. The runner knows nothing about models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from mlflow.entities import RunTag
+
+from mmlab import config, executors, tracking, workspace
+from mmlab.config import Batch, BatchError, Execution
+
+Print = Callable[[str], None]
+
+
+@dataclass
+class Result:
+    execution: Execution
+    status: str = "pending"  # pending, cached, running, done, failed, skipped
+    run_id: str = ""
+    error: str = ""
+    seconds: float = 0.0
+    kernel_seconds: float = 0.0
+    headline: str = ""
+    started: float = 0.0
+    looked_up: bool = False  # the cache was searched (and missed) for this execution
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "cached")
+
+
+@dataclass
+class Report:
+    batch: Batch
+    batch_id: str
+    results: list[Result] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def by_label(self) -> dict[str, Result]:
+        return {r.execution.label: r for r in self.results}
+
+
+# --------------------------------------------------------------------------- identity
+
+
+@cache
+def source_hash() -> str:
+    """A hash of the mmlab package's Python source: code changes invalidate cached runs."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def code_hash(notebook: Path) -> str:
+    digest = hashlib.sha256(notebook.read_bytes())
+    digest.update(source_hash().encode())
+    return digest.hexdigest()[:16]
+
+
+def git_state(folder: Path) -> tuple[str, bool]:
+    """(commit, dirty) of the repository holding `folder`; ("unknown", False) outside git."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(done.stderr)
+        return done.stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, RuntimeError):
+        return "unknown", False
+
+
+def relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(workspace.root()))
+    except ValueError:
+        return str(path)
+
+
+def output_path(batch: Batch, execution: Execution) -> Path:
+    stem = execution.notebook.stem if execution.name == execution.stage else execution.name
+    return workspace.runs_dir() / batch.name / execution.stage / f"{stem}.ipynb"
+
+
+def find_cached(experiment: str, params_hash: str, code: str) -> str | None:
+    """The newest FINISHED run of this notebook with these parameters and this code."""
+    client = tracking.client()
+    found = tracking.retry(
+        client.search_runs,
+        [experiment],
+        filter_string=(
+            f"tags.`mmlab.params_hash` = '{params_hash}' and tags.`mmlab.code_hash` = '{code}' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def headline_of(run_id: str) -> str:
+    run = tracking.retry(tracking.client().get_run, run_id)
+    metric = run.data.tags.get(tracking.HEADLINE_TAG)
+    if not metric or metric not in run.data.metrics:
+        return ""
+    return f"{metric}={run.data.metrics[metric]:.4g}"
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def select(batch: Batch, only: list[str]) -> set[str]:
+    """The stages to consider: `only` and every stage they need (taken from cache if possible)."""
+    if not only:
+        return set(batch.stages)
+    unknown = [s for s in only if s not in batch.stages]
+    if unknown:
+        raise BatchError(
+            f"{batch.path}: --only {', '.join(unknown)}: unknown stage "
+            f"(stages: {', '.join(batch.stages)})"
+        )
+    chosen: set[str] = set()
+    todo = list(only)
+    while todo:
+        stage = todo.pop()
+        if stage not in chosen:
+            chosen.add(stage)
+            todo.extend(batch.needs[stage])
+    return chosen
+
+
+def kernel_threads(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+class BatchRun:
+    """One invocation of a batch: the scheduling loop and its bookkeeping."""
+
+    def __init__(
+        self,
+        batch: Batch,
+        jobs: int,
+        only: list[str],
+        force: bool,
+        executor: str,
+        out: Print,
+    ):
+        self.batch, self.jobs, self.force, self.out = batch, jobs, force, out
+        self.executor_name = executor
+        self.stages = select(batch, only)
+        self.forced = set(only) if only else set(batch.stages)
+        self.batch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.results = [Result(e) for e in batch.executions if e.stage in self.stages]
+        self.commit, self.dirty = git_state(batch.path.parent.resolve())
+        self.started = time.perf_counter()
+
+    # ----- helpers
+    def stage_results(self, stage: str) -> list[Result]:
+        return [r for r in self.results if r.execution.stage == stage]
+
+    def run_ids(self) -> dict[str, str]:
+        return {r.execution.stage: r.run_id for r in self.results if r.ok}
+
+    def show(self, result: Result) -> None:
+        total = len(self.results)
+        index = self.results.index(result) + 1
+        clock = f"{result.seconds:7.1f}s" if result.status in ("done", "failed") else " " * 8
+        extra = result.error or result.headline
+        line = f"[{index:>{len(str(total))}}/{total}] {result.status:<8}{clock}  {result.execution.label}"
+        self.out(f"{line}  {extra}".rstrip())
+
+    def blocked_by(self, result: Result) -> str | None:
+        """A needed stage that failed (or was skipped), or None."""
+        for need in result.execution.needs:
+            if any(r.status in ("failed", "skipped") for r in self.stage_results(need)):
+                return need
+        return None
+
+    def ready(self, result: Result) -> bool:
+        return all(r.ok for need in result.execution.needs for r in self.stage_results(need))
+
+    # ----- one execution
+    def identity(self, result: Result) -> tuple[dict, str, str, str]:
+        """(resolved parameters, parameter hash, code hash, experiment id) of an execution."""
+        execution = result.execution
+        params = execution.resolve(self.run_ids())
+        experiment = tracking.experiment_id(execution.notebook.stem)
+        return params, config.parameter_hash(params), code_hash(execution.notebook), experiment
+
+    def reuse(self, result: Result) -> bool:
+        """Settle the execution as cached if a FINISHED run has its parameters and code."""
+        if result.looked_up or (self.force and result.execution.stage in self.forced):
+            return False
+        result.looked_up = True
+        _, params_hash, code, experiment = self.identity(result)
+        cached = find_cached(experiment, params_hash, code)
+        if cached:
+            result.status, result.run_id = "cached", cached
+            result.headline = headline_of(cached)
+        return bool(cached)
+
+    def prepare(self, result: Result) -> executors.Job:
+        """Create the execution's MLflow run and the job that runs its notebook."""
+        execution = result.execution
+        params, params_hash, code, experiment = self.identity(result)
+        output = output_path(self.batch, execution)
+        tags = {
+            "mmlab.batch": self.batch.name,
+            "mmlab.batch_id": self.batch_id,
+            "mmlab.stage": execution.stage,
+            "mmlab.execution": execution.name,
+            tracking.NOTEBOOK_TAG: execution.notebook.stem,
+            "mmlab.notebook_path": relative(execution.notebook),
+            "mmlab.output": relative(output),
+            "mmlab.git_commit": self.commit,
+            "mmlab.git_dirty": str(self.dirty).lower(),
+            "mmlab.params_hash": params_hash,
+            "mmlab.code_hash": code,
+            "mlflow.source.name": relative(execution.notebook),
+            "mlflow.source.git.commit": self.commit,
+        }
+        client = tracking.client()
+        run = tracking.retry(
+            client.create_run,
+            experiment,
+            run_name=execution.label,
+            tags=tags,
+        )
+        result.run_id = run.info.run_id
+        threads = str(kernel_threads(self.jobs))
+        env = {
+            "MLFLOW_RUN_ID": run.info.run_id,
+            "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+            "MLFLOW_EXPERIMENT_NAME": execution.notebook.stem,
+            "MMLAB_HOME": str(workspace.root()),
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+        }
+        return executors.Job(
+            execution.notebook, output, params, env, run.info.run_id, tracking.tracking_uri()
+        )
+
+    def finish(self, result: Result, outcome: executors.Outcome) -> None:
+        result.status = "done" if outcome.ok else "failed"
+        result.error, result.seconds = outcome.error, outcome.seconds
+        result.kernel_seconds = outcome.kernel_seconds
+        client = tracking.client()
+        if outcome.error:
+            tag = RunTag("mmlab.error", outcome.error[:5000])
+            tracking.retry(client.log_batch, result.run_id, tags=[tag])
+        status = "FINISHED" if outcome.ok else "FAILED"
+        tracking.retry(client.set_terminated, result.run_id, status)
+        if outcome.ok:
+            result.headline = headline_of(result.run_id)
+
+    # ----- the loop
+    def run(self) -> Report:
+        tracking.ensure_store()
+        executor = executors.create(self.executor_name, self.jobs)
+        running: dict[Future, Result] = {}
+        try:
+            while True:
+                self.schedule(executor, running)
+                if not running:
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = running.pop(future)
+                    try:
+                        outcome = future.result()
+                    except Exception as error:  # the worker process itself died
+                        outcome = executors.Outcome(ok=False, error=f"worker died: {error!r}")
+                    self.finish(result, outcome)
+                    self.show(result)
+        except BaseException:
+            for result in running.values():  # an interrupted batch leaves no RUNNING runs
+                tracking.client().set_terminated(result.run_id, "KILLED")
+                result.status, result.error = "failed", "interrupted"
+            raise
+        finally:
+            executor.shutdown()
+        return Report(self.batch, self.batch_id, self.results)
+
+    def schedule(self, executor: executors.Executor, running: dict[Future, Result]) -> None:
+        """Settle what can be settled now (skipped, cached) and submit what is ready."""
+        progress = True
+        while progress:
+            progress = False
+            for result in self.results:
+                if result.status != "pending":
+                    continue
+                blocker = self.blocked_by(result)
+                if blocker:
+                    result.status, result.error = "skipped", f"needs {blocker!r}, which failed"
+                    self.show(result)
+                    progress = True
+                elif not self.ready(result):
+                    continue
+                elif self.reuse(result):
+                    self.show(result)
+                    progress = True
+                elif len(running) < self.jobs:
+                    job = self.prepare(result)
+                    result.status, result.started = "running", time.perf_counter()
+                    running[executor.submit(job)] = result
+                    self.show(result)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def plan(batch: Batch, only: list[str] = (), out: Print = print) -> None:
+    """Print the expanded plan: every execution with its parameters and output."""
+    stages = select(batch, list(only))
+    out(f"batch {batch.name!r} from {batch.path}: {len(batch.executions)} executions")
+    for stage, runs in batch.stages.items():
+        if stage not in stages:
+            continue
+        needs = f"  (needs {', '.join(batch.needs[stage])})" if batch.needs[stage] else ""
+        out(f"{stage}: {relative(runs[0].notebook)}{needs}")
+        for execution in runs:
+            params = " ".join(f"{k}={v!r}" for k, v in execution.parameters.items())
+            out(f"  {execution.label:<30} -> {relative(output_path(batch, execution))}")
+            if params:
+                out(f"      {params}")
+
+
+def summary(report: Report) -> list[str]:
+    """The end-of-batch table: stage, varying parameters, status, duration, run, headline."""
+    rows = [("stage", "parameters", "status", "time", "mlflow run", "headline / error")]
+    for r in report.results:
+        varying = report.batch.varying(r.execution.stage)
+        params = ",".join(f"{k}={r.execution.parameters[k]}" for k in varying) or "-"
+        duration = f"{r.seconds:.1f}s" if r.status in ("done", "failed") else "-"
+        rows.append(
+            (r.execution.stage, params, r.status, duration, r.run_id or "-", r.error or r.headline)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return [line.rstrip() for line in lines]
+
+
+def run(
+    path: str | Path,
+    *,
+    jobs: int | None = None,
+    only: list[str] = (),
+    overrides: list[str] = (),
+    force: bool = False,
+    dry_run: bool = False,
+    executor: str = "local",
+    out: Print = print,
+) -> Report | None:
+    """Load, validate and run a batch file; returns the report (None for a dry run).
+
+    Raises BatchError (before anything runs) for a batch file that cannot run.
+    """
+    batch = config.load(path, list(overrides))
+    jobs = jobs or os.cpu_count() or 1
+    if dry_run:
+        plan(batch, list(only), out)
+        return None
+    batch_run = BatchRun(batch, jobs, list(only), force, executor, out)
+    out(
+        f"batch {batch.name!r} ({batch_run.batch_id}): {len(batch_run.results)} executions, "
+        f"{jobs} jobs, tracking {tracking.tracking_uri()}"
+    )
+    report = batch_run.run()
+    for line in summary(report):
+        out(line)
+    sys.stdout.flush()
+    return report
