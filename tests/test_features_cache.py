@@ -83,9 +83,7 @@ def test_different_identity_or_split_misses(dataset_dict):
 def test_damaged_entry_is_rebuilt(dataset_dict, caplog):
     ex = Counting(F.create("image", "small_cnn", image_size=32, seed=7, device="cpu"))
     good = cache.features(dataset_dict, "train", ex)
-    key = cache.cache_key(
-        cache.dataset_fingerprint(dataset_dict), "train", "image", ex.identity
-    )
+    key = cache.cache_key(cache.dataset_fingerprint(dataset_dict), "train", "image", ex.identity)
     entry = cache.entry_path(key, ex, "train")
     manifest = json.loads((entry / cache.MANIFEST).read_text())
     arrow = next(entry.glob("data/*.arrow"))

@@ -49,14 +49,21 @@ def features(
     """Features of `dataset_dict[split][column]`, read from the cache or computed and stored.
 
     `column` defaults to the modality's usual column (`image`, `captions`, `audio`, `video`).
-    A list-valued text column (captions) is encoded by its first entry.
+    A list-valued text column (captions) is encoded by its first entry. Extractors that need
+    fitting (TF-IDF, GRU/LSTM vocabularies) are fitted on the train split first.
     """
     column = column or DEFAULT_COLUMNS[extractor.modality]
     if split not in dataset_dict:
         raise KeyError(f"split {split!r} not in the dataset; it has {list(dataset_dict)}")
     split_ds = dataset_dict[split]
     if column not in split_ds.column_names:
-        raise KeyError(f"column {column!r} not in split {split!r}; columns: {split_ds.column_names}")
+        raise KeyError(
+            f"column {column!r} not in split {split!r}; columns: {split_ds.column_names}"
+        )
+    if getattr(extractor, "needs_fit", False) and not extractor.fitted:
+        # One vocabulary for every split: fitted on train (its hash joins the identity).
+        fit_on = dataset_dict["train"] if "train" in dataset_dict else split_ds
+        extractor.fit(column_items(fit_on, column, extractor.modality))
     key = cache_key(dataset_fingerprint(dataset_dict), split, column, extractor.identity)
     entry = entry_path(key, extractor, split)
     ids = split_ds["id"] if "id" in split_ds.column_names else None
@@ -98,7 +105,11 @@ class ColumnItems(Sequence):
     """One column of a split, decoded row by row (images stay lazy; workers can share it)."""
 
     def __init__(self, ds: datasets.Dataset, column: str, first_of_list: bool):
-        self.ds, self.column, self.first_of_list = ds.select_columns([column]), column, first_of_list
+        self.ds, self.column, self.first_of_list = (
+            ds.select_columns([column]),
+            column,
+            first_of_list,
+        )
 
     def __len__(self) -> int:
         return len(self.ds)

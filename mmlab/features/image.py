@@ -73,7 +73,9 @@ class CNNExtractor(Extractor):
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         with torch.inference_mode():
-            probe = self.module(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))
+            probe = self.module(
+                torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
+            )
         self.dim = probe.shape[1]
         self.grid_size = tuple(probe.shape[2:])
 
@@ -86,7 +88,9 @@ class CNNExtractor(Extractor):
             raise TypeError(f"{self.name}: expected a PIL image or an image path, got {type(item)}")
         pixels = TF.pil_to_tensor(item.convert("RGB"))
         size = [self.image_size, self.image_size]
-        return TF.resize(pixels, size, antialias=True) if pixels.shape[1:] != tuple(size) else pixels
+        return (
+            TF.resize(pixels, size, antialias=True) if pixels.shape[1:] != tuple(size) else pixels
+        )
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 `[B, 3, S, S]` -> the float input the weights expect."""

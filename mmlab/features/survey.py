@@ -1,0 +1,117 @@
+"""Notebook 01's loop in one place: encode splits through the cache, time, probe.
+
+results = survey.encode_all(ds, {"image": ["efficientnet_lite0"]}, image_size=128)
+table = survey.probe_table(results, ds, targets=("first_shape", "first_colour"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from .. import probe
+from . import cache, create
+from .base import Extractor
+
+
+@dataclass
+class Encoded:
+    """One encoder's features per split, its output shape and its measured speed."""
+
+    modality: str
+    name: str
+    extractor: Extractor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    items_per_s: float = float("nan")
+
+    @property
+    def label(self) -> str:
+        return f"{self.modality}:{self.name}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(next(iter(self.features.values())).shape[1:])
+
+
+def throughput(extractor: Extractor, items: Sequence, batch_size: int | None = None) -> float:
+    """Items per second of an uncached extraction of `items`, after a one-item warm-up."""
+    extractor.extract([items[0]], batch_size=1)
+    return probe.timed(lambda: extractor.extract(items, batch_size=batch_size)).items_per_s
+
+
+def encode(
+    ds,
+    modality: str,
+    name: str,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    batch_size: int | None = None,
+    throughput_items: int = 64,
+    progress: bool = True,
+    **options,
+) -> Encoded:
+    """Features of `splits` (cached), plus throughput timed on the first test items, uncached."""
+    extractor = create(modality, name, **options)
+    result = Encoded(modality, name, extractor)
+    for split in splits:
+        result.features[split] = cache.features(
+            ds, split, extractor, batch_size=batch_size, progress=progress and f"{name} {split}"
+        )
+    column = cache.column_items(ds[splits[-1]], cache.DEFAULT_COLUMNS[modality], modality)
+    sample = [column[i] for i in range(min(throughput_items, len(column)))]
+    result.items_per_s = throughput(extractor, sample, batch_size)
+    return result
+
+
+def encode_all(
+    ds,
+    encoders: Mapping[str, Sequence[str]],
+    *,
+    image_size: int | None = None,
+    device: str = "auto",
+    **kwargs,
+) -> list[Encoded]:
+    """`encode` every `{modality: [names]}`; `image_size` goes to image encoders only."""
+    results = []
+    for modality, names in encoders.items():
+        for name in names:
+            options = {"device": device}
+            if image_size is not None and modality == "image":
+                options["image_size"] = image_size
+            results.append(encode(ds, modality, name, **options, **kwargs))
+    return results
+
+
+def summary_table(results: Sequence[Encoded]) -> pd.DataFrame:
+    """One row per encoder: kind, output shape, dimension, items/s."""
+    return pd.DataFrame(
+        [{"modality": r.modality, "encoder": r.name, "kind": r.extractor.kind,
+          "shape": "x".join(map(str, r.shape)), "dim": r.extractor.dim,
+          "items_per_s": round(r.items_per_s, 1)} for r in results]
+    )  # fmt: skip
+
+
+def probe_table(
+    results: Sequence[Encoded],
+    ds,
+    targets: Sequence[str] = ("first_shape", "first_colour"),
+    train: str = "train",
+    test: str = "test",
+) -> pd.DataFrame:
+    """Linear-probe accuracy (train on `train`, score on `test`) per encoder and target,
+    with the majority-class rate as the floor to beat."""
+    rows = []
+    for target in targets:
+        for split in (train, test):
+            if target not in ds[split].column_names:
+                raise KeyError(f"probe target {target!r} is not a column of split {split!r}")
+        y_train, y_test = ds[train][target], ds[test][target]
+        chance = max(y_test.count(v) for v in set(y_test)) / len(y_test)
+        for r in results:
+            acc = probe.linear_probe(r.features[train], y_train, r.features[test], y_test)
+            rows.append({"modality": r.modality, "encoder": r.name, "target": target,
+                         "accuracy": acc, "majority": chance})  # fmt: skip
+    return pd.DataFrame(rows)

@@ -1,0 +1,1 @@
+"""Figures the notebooks show and log, one module per area (`mmlab.plots.features`, ...)."""

@@ -1,0 +1,75 @@
+"""Figures of notebook 01: sample grid, 2-D projections, probe accuracies, throughput."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+
+def sample_grid(images: Sequence, captions: Sequence[str], ncols: int = 4, width: int = 34):
+    """Images with their (wrapped) captions underneath."""
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(image)
+        ax.set_title(textwrap.fill(caption, width), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def projections(points: dict[str, np.ndarray], labels: Sequence, title: str = ""):
+    """One scatter per `name -> [N, 2]` projection, coloured by `labels` (a scene attribute)."""
+    names = list(points)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False)
+    classes = sorted(set(labels))
+    colours = plt.get_cmap("tab10")
+    labels = np.asarray(labels)
+    for ax, name in zip(axes[0], names, strict=True):
+        xy = points[name]
+        for i, cls in enumerate(classes):
+            mask = labels == cls
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=8, alpha=0.7, color=colours(i % 10), label=cls)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def probe_accuracies(table: pd.DataFrame):
+    """Grouped bars: probe accuracy per encoder and target, majority rate dashed."""
+    pivot = table.assign(label=table["modality"] + ":" + table["encoder"]).pivot_table(
+        index="label", columns="target", values="accuracy", sort=False
+    )
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(pivot)), 3.8))
+    pivot.plot.bar(ax=ax, rot=30)
+    for target, floor in table.groupby("target")["majority"].first().items():
+        ax.axhline(floor, ls="--", lw=1, color="grey")
+        ax.annotate(f"majority {target}", (0, floor), fontsize=7, color="grey", va="bottom")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("linear-probe accuracy (test)")
+    ax.set_xlabel("")
+    fig.tight_layout()
+    return fig
+
+
+def throughput(table: pd.DataFrame):
+    """Horizontal bars of items/s per encoder (log scale: encoders differ by orders)."""
+    labels = table["modality"] + ":" + table["encoder"]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(table) + 1))
+    ax.barh(labels, table["items_per_s"], color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel("items / s (batched, this machine)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
