@@ -17,10 +17,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,7 @@ SPLIT_NAMES = {
 }
 SPLIT_ORDER = ("train", "validation", "test")
 ON_ERROR = ("raise", "skip")
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -87,15 +90,30 @@ def load_dataset(
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     kind, reader = _detect(source)
-    splits = reader(source, image_root)
-    splits = _finish(splits, str(source), limit)
-    report = LoadReport(source=str(source))
-    splits, digests = _check_files(splits, on_error, report)
+    with _quiet():
+        splits = reader(source, image_root)
+        splits = _finish(splits, str(source), limit)
+        report = LoadReport(source=str(source))
+        splits, digests = _check_files(splits, on_error, report)
+    if report.skipped:
+        log.warning("%s: skipped %d rows with bad files", source, report.n_skipped)
     result = datasets.DatasetDict({s: splits[s] for s in _ordered(splits)})
     result.load_report = report
     result.source_kind = kind
     fp.remember(result, fp.compute(result, digests))
     return result
+
+
+@contextmanager
+def _quiet():
+    """No `datasets` progress bars for the small steps of a load (restored afterwards)."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
 
 
 def _ordered(splits) -> list[str]:
@@ -195,8 +213,10 @@ def _read_imagefolder(source, image_root=None) -> dict:
             f"{root} has no metadata.jsonl or metadata.csv: an imagefolder needs one with a "
             f"'file_name' column and a caption column ({', '.join(CAPTION_COLUMNS)})"
         )
-    try:
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=hf_cache_dir())
+    try:  # naming the metadata files spares `datasets` walking every file of the tree
+        loaded = datasets.load_dataset(
+            "imagefolder", data_files=_metadata_files(root), cache_dir=hf_cache_dir()
+        )
     except Exception as e:  # datasets' own message, prefixed with the folder
         raise DataError(f"could not read imagefolder {root}: {e}") from e
     splits = {}
@@ -213,13 +233,31 @@ def _read_imagefolder(source, image_root=None) -> dict:
     return out
 
 
+def _metadata_files(root: Path) -> dict[str, list[str]]:
+    """Metadata files by split: the split is the first folder under `root` when it is a split
+    name (train/, val/, test/ ...), else `train` (a `split` column may redistribute rows)."""
+    by_split: dict[str, list[str]] = {}
+    for meta in _find_metadata(root):
+        top = meta.relative_to(root).parts[0] if meta.parent != root else ""
+        split = SPLIT_NAMES.get(top.lower(), "train")
+        by_split.setdefault(split, []).append(str(meta))
+    return by_split
+
+
+def _find_metadata(root: Path) -> list[Path]:
+    names = ("metadata.jsonl", "metadata.csv")
+    found = sorted(p for name in names for p in root.rglob(name) if p.is_file())
+    kinds = {p.suffix for p in found}
+    if len(kinds) > 1:
+        raise DataError(f"{root} mixes metadata.jsonl and metadata.csv files; use one kind")
+    return found
+
+
 def _metadata_dirs(root: Path) -> dict[str, Path]:
     """Map each image path named in a metadata file to that file's folder (where relative
     audio/video paths start)."""
     owners = {}
-    for meta in sorted(root.rglob("metadata.*")):
-        if meta.name not in ("metadata.jsonl", "metadata.csv"):
-            continue
+    for meta in _find_metadata(root):
         for name in _file_names(meta):
             owners[os.path.normpath(meta.parent / name)] = meta.parent
     return owners
