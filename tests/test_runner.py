@@ -1,0 +1,182 @@
+"""The runner on small notebooks: real Papermill kernels, a real MLflow SQLite store.
+
+One batch (tests/batches/demo.yaml) is executed once per module and inspected by several
+tests: grid expansion, needs ordering, `${stage.run_id}`, a failure with a dependent, a killed
+kernel, parallel jobs. Re-runs check caching and `--force`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mmlab import runner, tracking
+
+HERE = Path(__file__).resolve().parent
+DEMO = HERE / "batches" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A workspace and store of this module's own (the cache must not see other runs)."""
+    home = tmp_path_factory.mktemp("runner-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMLAB_HOME", str(home))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        yield home
+
+
+@pytest.fixture(scope="module")
+def demo(home):
+    lines: list[str] = []
+    report = runner.run(DEMO, jobs=2, out=lines.append)
+    return report, lines
+
+
+@pytest.fixture(scope="module")
+def client(home):
+    return MlflowClient(tracking.tracking_uri())
+
+
+def runs_of(report):
+    return {label: r for label, r in report.by_label().items()}
+
+
+def test_statuses_summary_and_exit(demo):
+    report, lines = demo
+    status = {label: r.status for label, r in runs_of(report).items()}
+    assert status == {
+        "grid[x=1]": "done",
+        "grid[x=2]": "done",
+        "single": "done",
+        "consume": "done",
+        "fail": "failed",
+        "after_fail": "skipped",
+        "crash": "failed",
+    }
+    assert not report.ok
+    text = "\n".join(lines)
+    assert "ValueError: boom 1" in text and "needs 'fail', which failed" in text
+    header = next(line for line in lines if line.startswith("stage "))
+    assert header.split()[:5] == ["stage", "parameters", "status", "time", "mlflow"]
+    grid_row = next(line for line in lines if line.startswith("grid ") and "x=2" in line)
+    assert "done" in grid_row and runs_of(report)["grid[x=2]"].run_id in grid_row
+    assert "value=4" in grid_row  # the notebook's declared headline metric
+
+
+def test_grid_runs_land_in_mlflow_with_tags_and_notebooks(demo, client, home):
+    report, _ = demo
+    for x in (1, 2):
+        result = runs_of(report)[f"grid[x={x}]"]
+        run = client.get_run(result.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params == {"x": str(x), "label": "base", "work": "0"}
+        tags = run.data.tags
+        assert tags["mmlab.batch"] == "demo" and tags["mmlab.batch_id"] == report.batch_id
+        assert tags["mmlab.stage"] == "grid" and tags["mmlab.notebook_path"].endswith("ok.ipynb")
+        assert len(tags["mmlab.git_commit"]) in (40, 7) and tags["mmlab.git_dirty"] in (
+            "true",
+            "false",
+        )
+        assert tags["mmlab.params_hash"] and tags["mmlab.code_hash"]
+        assert tags["kernel.omp_num_threads"] == str(max(1, (os.cpu_count() or 1) // 2))
+        assert client.get_experiment(run.info.experiment_id).name == "ok"
+        assert (home / "runs" / "demo" / "grid" / f"x={x}.ipynb").is_file()
+        assert (home / "runs" / "demo" / "grid" / f"x={x}.html").is_file()
+        artifacts = {a.path for a in client.list_artifacts(result.run_id, "notebook")}
+        assert artifacts == {f"notebook/x={x}.ipynb", f"notebook/x={x}.html"}
+
+
+def test_reference_resolves_to_the_needed_stage_run_after_it_finished(demo, client):
+    report, _ = demo
+    single, consume = runs_of(report)["single"], runs_of(report)["consume"]
+    run = client.get_run(consume.run_id)
+    assert run.data.params == {"upstream": single.run_id}
+    assert run.data.metrics["upstream_value"] == 10.0
+    assert consume.headline == "upstream_value=10"
+    single_end = client.get_run(single.run_id).info.end_time
+    assert run.info.start_time >= single_end  # needs ordering: created only after it finished
+
+
+def test_failing_notebook_is_failed_with_traceback_attached(demo, client):
+    report, _ = demo
+    failed = runs_of(report)["fail"]
+    run = client.get_run(failed.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mmlab.error"] == "ValueError: boom 1"
+    executed = client.download_artifacts(failed.run_id, "notebook/fail.ipynb")
+    nb = nbformat.read(executed, as_version=4)
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
+    assert errors and errors[0]["evalue"] == "boom 1" and errors[0]["traceback"]
+    assert runs_of(report)["after_fail"].run_id == ""  # never started
+
+
+def test_killed_kernel_is_a_failure(demo, client):
+    report, _ = demo
+    crash = runs_of(report)["crash"]
+    assert "DeadKernelError" in crash.error
+    assert client.get_run(crash.run_id).info.status == "FAILED"
+
+
+def test_parallel_jobs_overlap(demo, home):
+    """With --jobs 2 the two grid executions ran at the same time (Papermill's timestamps)."""
+    spans = []
+    for x in (1, 2):
+        nb = nbformat.read(home / "runs" / "demo" / "grid" / f"x={x}.ipynb", as_version=4)
+        pm = nb.metadata.papermill
+        spans.append((datetime.fromisoformat(pm.start_time), datetime.fromisoformat(pm.end_time)))
+    assert max(s for s, _ in spans) < min(e for _, e in spans)
+
+
+def test_rerun_uses_cache_and_force_reruns(demo, client):
+    report, _ = demo
+    first = runs_of(report)
+    lines: list[str] = []
+    again = runner.run(DEMO, jobs=2, only=["consume", "grid"], out=lines.append)
+    status = {label: (r.status, r.run_id) for label, r in runs_of(again).items()}
+    assert status == {
+        label: ("cached", first[label].run_id)
+        for label in ("grid[x=1]", "grid[x=2]", "single", "consume")
+    }
+    assert again.ok and any("cached" in line and "grid[x=1]" in line for line in lines)
+
+    forced = runner.run(DEMO, jobs=2, only=["single"], force=True, out=lines.append)
+    (result,) = forced.results
+    assert result.status == "done" and result.run_id != first["single"].run_id
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+
+
+def test_dry_run_prints_plan_without_running(home, client):
+    lines: list[str] = []
+    before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    assert runner.run(DEMO, dry_run=True, overrides=["x=9"], out=lines.append) is None
+    text = "\n".join(lines)
+    assert "grid[x=1]" not in text and "x=9" in text  # --set pins the grid axis
+    assert "${single.run_id}" in text and "needs single" in text
+    after = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    assert before == after
+
+
+def test_plain_papermill_run_starts_its_own_run(home, client, tmp_path):
+    """By hand, with no runner environment, the notebook creates its run in the store."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    papermill = Path(sys.executable).parent / "papermill"
+    out = tmp_path / "out.ipynb"
+    cmd = [str(papermill), str(HERE / "notebooks" / "ok.ipynb"), str(out), "-p", "x", "21"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    exp = client.get_experiment_by_name("ok")
+    runs = client.search_runs([exp.experiment_id], filter_string="params.x = '21'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.metrics["value"] == 42.0
+    assert "mmlab.batch" not in run.data.tags
