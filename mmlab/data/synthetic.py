@@ -71,7 +71,7 @@ SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("relation", "above"): ("above", "over"),
     ("relation", "below"): ("below", "under", "beneath"),
 }
-CANONICAL_WEIGHT = 0.65  # probability of the first (canonical) surface form
+CANONICAL_WEIGHT = 0.7  # probability of the first (canonical) surface form
 
 LEXICON: dict[str, tuple[str, str]] = {
     word: key for key, words in SYNONYMS.items() for word in words
@@ -81,19 +81,19 @@ LEXICON: dict[str, tuple[str, str]] = {
 # {rel}: relation of A to B; {rel_ba}: of B to A. Templates marked True state a relation.
 TEMPLATES: dict[int, tuple[tuple[str, float, bool], ...]] = {
     1: (
-        ("{A} on a textured background", 4, False),
+        ("{A} on a textured background", 6, False),
         ("there is {A} in the picture", 2, False),
         ("{A}", 2, False),
         ("a picture of {A}", 2, False),
     ),
     2: (
-        ("{A} {rel} {B}", 5, True),
+        ("{A} {rel} {B}", 6, True),
         ("there is {A} {rel} {B}", 2, True),
         ("{B} {rel_ba} {A}", 2, True),
         ("{A} and {B}", 1, False),
     ),
     3: (
-        ("{A} {rel} {B} and {C}", 5, True),
+        ("{A} {rel} {B} and {C}", 6, True),
         ("there is {A} {rel} {B} and {C}", 2, True),
         ("{B} {rel_ba} {A} and {C}", 2, True),
         ("{A} , {B} and {C}", 1, False),
@@ -391,10 +391,16 @@ def clip_offsets(motion: str) -> list[tuple[float, float]]:
     return [(dx * s, dy * s) for s in steps]
 
 
-def _write_wav(path: Path, wave: np.ndarray) -> None:
-    import soundfile
+def _write_wav(path: Path, samples: np.ndarray) -> None:
+    """16-bit mono PCM WAV (the standard library's writer: no flush per file)."""
+    import wave
 
-    soundfile.write(str(path), wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    pcm = np.clip(np.rint(samples * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm.tobytes())
 
 
 def _write_mp4(path: Path, frames: list[Image.Image]) -> None:
