@@ -1,0 +1,479 @@
+"""Fusion methods behind one registry: each maps a dict of modality inputs to class logits.
+
+Every method projects each modality to a common width `hidden`, fuses, and classifies with
+the same small head, so a comparison measures the fusion, not the head. A method declares the
+input form it needs (`input_form`): `"pooled"` methods take one vector per modality, `"tokens"`
+methods take token-level inputs (an image grid, a caption as vocabulary ids, a sequence).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+Kind = Literal["pooled", "grid", "sequence", "ids"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one modality's input looks like.
+
+    kind: `pooled` [N, dim], `grid` [N, dim, H, W], `sequence` [N, T, dim] (zero rows are
+    padding), `ids` [N, T] token ids of a vocabulary of size `dim` padded with `pad_id`.
+    shape: the grid's (H, W) or the sequence's maximum length T (sizes position embeddings).
+    """
+
+    kind: Kind
+    dim: int
+    shape: tuple[int, ...] = ()
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("pooled", "grid", "sequence", "ids"):
+            raise ValueError(
+                f"InputSpec kind {self.kind!r} is not one of pooled, grid, sequence, ids"
+            )
+        if self.kind == "grid" and len(self.shape) != 2:
+            raise ValueError(f"a grid InputSpec needs shape=(H, W), got {self.shape!r}")
+        if self.kind == "sequence" and len(self.shape) != 1:
+            raise ValueError(f"a sequence InputSpec needs shape=(T,), got {self.shape!r}")
+
+    @classmethod
+    def of(cls, value: int | InputSpec) -> InputSpec:
+        """An int is the width of a pooled vector."""
+        return value if isinstance(value, InputSpec) else cls("pooled", int(value))
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+class FeatureNorm(nn.BatchNorm1d):
+    """Standardise each feature with batch statistics (running ones at eval) over any leading
+    shape [..., D]. Per-feature, unlike LayerNorm, which would mix a sample's features."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
+
+
+def projection(dim: int, hidden: int, dropout: float) -> nn.Module:
+    """Standardise a modality's features (encoders differ wildly in scale), map to `hidden`."""
+    return nn.Sequential(FeatureNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout))
+
+
+def head(width: int, hidden: int, num_classes: int, dropout: float) -> nn.Module:
+    """The classifier every method ends with."""
+    return nn.Sequential(
+        nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+    )
+
+
+class FusionModule(nn.Module):
+    """Base class: `forward(inputs: dict[str, Tensor]) -> logits [N, num_classes]`."""
+
+    input_form: ClassVar[Literal["pooled", "tokens"]] = "pooled"
+    accepts: ClassVar[tuple[str, ...]] = ("pooled",)
+
+    def __init__(self, specs: Mapping[str, InputSpec], num_classes: int):
+        super().__init__()
+        if not specs:
+            raise ValueError(f"{type(self).__name__} needs at least one modality, got none")
+        for modality, spec in specs.items():
+            if spec.kind not in self.accepts:
+                raise ValueError(
+                    f"{type(self).__name__} takes {'/'.join(self.accepts)} inputs, but modality "
+                    f"{modality!r} is {spec.kind}"
+                )
+        self.modalities = list(specs)
+        self.specs = dict(specs)
+        self.num_classes = num_classes
+
+    def modality_weights(self, inputs: Mapping[str, Tensor]) -> Tensor | None:
+        """Per-sample weight of each modality [N, M] where the method learns one, else None."""
+        return None
+
+
+class PooledFusion(FusionModule):
+    """Projects each pooled modality to `hidden`: subclasses fuse the list `self.project(...)`."""
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
+        super().__init__(specs, num_classes)
+        self.hidden = hidden
+        self.projections = nn.ModuleDict(
+            {m: projection(s.dim, hidden, dropout) for m, s in specs.items()}
+        )
+
+    def project(self, inputs: Mapping[str, Tensor]) -> list[Tensor]:
+        missing = [m for m in self.modalities if m not in inputs]
+        if missing:
+            raise KeyError(f"inputs lack modalities {missing}; got {sorted(inputs)}")
+        return [self.projections[m](inputs[m].float()) for m in self.modalities]
+
+
+# ----------------------------------------------------------------------------- pooled methods
+
+
+class Unimodal(PooledFusion):
+    """Baseline: one modality alone (the others are ignored)."""
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, modality: str | None = None):
+        if modality is None or modality not in specs:
+            raise ValueError(f"unimodal needs modality= one of {list(specs)}, got {modality!r}")
+        super().__init__({modality: specs[modality]}, num_classes, hidden, dropout)
+        self.head = head(hidden, hidden, num_classes, dropout)
+
+    def forward(self, inputs):
+        return self.head(self.project(inputs)[0])
+
+
+class Concat(PooledFusion):
+    """Early fusion: concatenate the projected modalities."""
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
+        super().__init__(specs, num_classes, hidden, dropout)
+        self.head = head(hidden * len(specs), hidden, num_classes, dropout)
+
+    def forward(self, inputs):
+        return self.head(torch.cat(self.project(inputs), dim=-1))
+
+
+class WeightedSum(PooledFusion):
+    """A learned, softmax-normalised weight per modality (the same for every sample)."""
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
+        super().__init__(specs, num_classes, hidden, dropout)
+        self.logits = nn.Parameter(torch.zeros(len(specs)))
+        self.head = head(hidden, hidden, num_classes, dropout)
+
+    def forward(self, inputs):
+        z = torch.stack(self.project(inputs), dim=1)  # [N, M, H]
+        return self.head((self.logits.softmax(0)[None, :, None] * z).sum(1))
+
+    def modality_weights(self, inputs):
+        n = next(iter(inputs.values())).shape[0]
+        return self.logits.softmax(0).expand(n, -1)
+
+
+class Attention(PooledFusion):
+    """Weights computed per sample from the features themselves (additive attention)."""
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
+        super().__init__(specs, num_classes, hidden, dropout)
+        self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.head = head(hidden, hidden, num_classes, dropout)
+
+    def _alpha(self, z: Tensor) -> Tensor:
+        return self.score(z).squeeze(-1).softmax(-1)  # [N, M]
+
+    def forward(self, inputs):
+        z = torch.stack(self.project(inputs), dim=1)
+        return self.head((self._alpha(z).unsqueeze(-1) * z).sum(1))
+
+    def modality_weights(self, inputs):
+        return self._alpha(torch.stack(self.project(inputs), dim=1))
+
+
+class Gated(PooledFusion):
+    """Gated multimodal unit (Arevalo et al., 2017), generalised to M modalities.
+
+    h_m = tanh(W_m x_m); gates z = softmax_m(W_z [x_1..x_M]) per feature; h = sum_m z_m * h_m.
+    With two modalities the softmax is exactly the paper's sigmoid gate z and 1 - z.
+    """
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
+        super().__init__(specs, num_classes, hidden, dropout)
+        m = len(specs)
+        self.transforms = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(m))
+        self.gate = nn.Linear(hidden * m, hidden * m)
+        self.head = head(hidden, hidden, num_classes, dropout)
+
+    def _gates(self, x: list[Tensor]) -> Tensor:
+        return self.gate(torch.cat(x, -1)).view(x[0].shape[0], len(x), -1).softmax(1)
+
+    def forward(self, inputs):
+        x = self.project(inputs)
+        h = torch.stack(
+            [torch.tanh(t(xi)) for t, xi in zip(self.transforms, x, strict=True)], dim=1
+        )
+        return self.head((self._gates(x) * h).sum(1))
+
+    def modality_weights(self, inputs):
+        return self._gates(self.project(inputs)).mean(-1)
+
+
+def _with_one(z: Tensor) -> Tensor:
+    """Append a constant 1 so products keep every unimodal and lower-order term."""
+    return torch.cat([z, z.new_ones(z.shape[0], 1)], dim=-1)
+
+
+class Tensor_(PooledFusion):
+    """Tensor fusion (Zadeh et al., 2017): the outer product of the [z_m, 1] vectors.
+
+    The product has prod(d_m + 1) entries, so modalities are first reduced to `tensor_dim`
+    (default: 32 for two modalities, smaller for more, keeping the product near 20k).
+    """
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, tensor_dim: int | None = None):
+        super().__init__(specs, num_classes, hidden, dropout)
+        m = len(specs)
+        d = tensor_dim or max(2, min(32, round(20000 ** (1 / m)) - 1))
+        self.reduce = nn.ModuleList(nn.Linear(hidden, d) for _ in range(m))
+        self.head = head((d + 1) ** m, hidden, num_classes, dropout)
+
+    def forward(self, inputs):
+        zs = [_with_one(r(z)) for r, z in zip(self.reduce, self.project(inputs), strict=True)]
+        fused = zs[0]
+        for z in zs[1:]:  # batched outer product, flattened: [N, prod(d+1)]
+            fused = (fused.unsqueeze(-1) * z.unsqueeze(1)).flatten(1)
+        return self.head(fused)
+
+
+class LowRank(PooledFusion):
+    """Low-rank multimodal fusion (Liu et al., 2018): tensor fusion with rank-r factor weights.
+
+    fused = sum_r prod_m ([z_m, 1] W_m^(r)), never building the outer product.
+    """
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, rank: int = 8):
+        super().__init__(specs, num_classes, hidden, dropout)
+        self.factors = nn.ParameterList(
+            nn.Parameter(torch.randn(rank, hidden + 1, hidden) / math.sqrt(hidden + 1))
+            for _ in specs
+        )
+        self.rank_weights = nn.Parameter(torch.full((rank,), 1.0 / rank))
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.head = head(hidden, hidden, num_classes, dropout)
+
+    def forward(self, inputs):
+        product = None
+        for w, z in zip(self.factors, self.project(inputs), strict=True):
+            part = torch.einsum("nd,rdh->nrh", _with_one(z), w)  # [N, rank, H]
+            product = part if product is None else product * part
+        return self.head(torch.einsum("r,nrh->nh", self.rank_weights, product) + self.bias)
+
+
+class Late(PooledFusion):
+    """Late fusion: a head per modality; the prediction is the average of their probabilities."""
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
+        super().__init__(specs, num_classes, hidden, dropout)
+        self.heads = nn.ModuleList(head(hidden, hidden, num_classes, dropout) for _ in specs)
+
+    def forward(self, inputs):
+        probs = [h(z).softmax(-1) for h, z in zip(self.heads, self.project(inputs), strict=True)]
+        return torch.stack(probs).mean(0).clamp_min(1e-8).log()  # log of the mean: CE-ready
+
+
+class CrossAttention(PooledFusion):
+    """A small transformer over modality tokens (each pooled modality is one token) + [CLS]."""
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, heads=4, layers=2):
+        super().__init__(specs, num_classes, hidden, dropout)
+        self.cls = nn.Parameter(torch.zeros(1, 1, hidden))
+        self.modality_embedding = nn.Parameter(torch.randn(1, len(specs), hidden) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = head(hidden, hidden, num_classes, dropout)
+
+    def forward(self, inputs):
+        tokens = torch.stack(self.project(inputs), dim=1) + self.modality_embedding
+        tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return self.head(self.encoder(tokens)[:, 0])
+
+
+# ----------------------------------------------------------------------------- token methods
+
+
+class GridTokens(nn.Module):
+    """An image feature grid [N, C, H, W] as H*W tokens with learned 2-D position embeddings."""
+
+    def __init__(self, spec: InputSpec, hidden: int, dropout: float):
+        super().__init__()
+        h, w = spec.shape
+        self.project = projection(spec.dim, hidden, dropout)
+        self.rows = nn.Parameter(torch.randn(h, 1, hidden) * 0.02)
+        self.cols = nn.Parameter(torch.randn(1, w, hidden) * 0.02)
+
+    def forward(self, grid: Tensor) -> tuple[Tensor, Tensor]:
+        if grid.shape[-2:] != (self.rows.shape[0], self.cols.shape[1]):
+            raise ValueError(
+                f"grid input is {tuple(grid.shape[-2:])}, the model was built for "
+                f"{(self.rows.shape[0], self.cols.shape[1])}"
+            )
+        tokens = self.project(grid.float().flatten(2).transpose(1, 2))  # [N, H*W, hidden]
+        tokens = tokens + (self.rows + self.cols).flatten(0, 1)
+        return tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool)
+
+
+class SequenceTokens(nn.Module):
+    """Precomputed sequence features [N, T, D] (all-zero rows are padding) + 1-D positions."""
+
+    def __init__(self, spec: InputSpec, hidden: int, dropout: float):
+        super().__init__()
+        self.project = projection(spec.dim, hidden, dropout)
+        self.positions = nn.Parameter(torch.randn(spec.shape[0], hidden) * 0.02)
+
+    def forward(self, seq: Tensor) -> tuple[Tensor, Tensor]:
+        seq = seq.float()[:, : self.positions.shape[0]]
+        mask = seq.abs().sum(-1) > 0
+        return self.project(seq) + self.positions[: seq.shape[1]], mask
+
+
+class PooledToken(nn.Module):
+    """A pooled vector as a single token."""
+
+    def __init__(self, spec: InputSpec, hidden: int, dropout: float):
+        super().__init__()
+        self.project = projection(spec.dim, hidden, dropout)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        tokens = self.project(x.float()).unsqueeze(1)
+        return tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool)
+
+
+class GRUTokens(nn.Module):
+    """A trainable text encoder: word embeddings and a bidirectional GRU over vocabulary ids."""
+
+    def __init__(self, spec: InputSpec, hidden: int, dropout: float, embed_dim: int = 64):
+        super().__init__()
+        self.pad_id = spec.pad_id
+        self.embed = nn.Embedding(spec.dim, embed_dim, padding_idx=spec.pad_id)
+        self.gru = nn.GRU(embed_dim, hidden // 2, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        mask = ids != self.pad_id
+        lengths = mask.sum(1).clamp_min(1).cpu()
+        packed = pack_padded_sequence(
+            self.dropout(self.embed(ids)), lengths, batch_first=True, enforce_sorted=False
+        )
+        out, _ = pad_packed_sequence(
+            self.gru(packed)[0], batch_first=True, total_length=ids.shape[1]
+        )
+        return out, mask
+
+
+TOKENIZERS: dict[str, Callable[..., nn.Module]] = {
+    "grid": GridTokens,
+    "sequence": SequenceTokens,
+    "pooled": PooledToken,
+    "ids": GRUTokens,
+}
+
+
+class GridCrossAttention(FusionModule):
+    """Words attend over image-grid tokens that know where they are.
+
+    The query modality (the caption: GRU over vocabulary ids, or sequence features) yields one
+    token per word; the other modalities become tokens (a grid gets learned 2-D position
+    embeddings). Each word cross-attends over them and is compared with what it found
+    ([q, c, q * c, q - c]); a GRU reads the compared words in order, so the head sees which
+    words were matched and in what sequence.
+    """
+
+    input_form = "tokens"
+    accepts = ("grid", "sequence", "pooled", "ids")
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, heads=4, query="text"):
+        super().__init__(specs, num_classes)
+        if query not in specs or len(specs) < 2:
+            raise ValueError(
+                f"grid_cross_attention needs the query modality {query!r} and at least one "
+                f"other among {list(specs)}"
+            )
+        if specs[query].kind not in ("ids", "sequence"):
+            raise ValueError(
+                f"the query modality {query!r} must be ids or sequence, got {specs[query].kind}"
+            )
+        self.query = query
+        self.tokenizers = nn.ModuleDict(
+            {m: TOKENIZERS[s.kind](s, hidden, dropout) for m, s in specs.items()}
+        )
+        self.modality_embedding = nn.ParameterDict(
+            {m: nn.Parameter(torch.randn(hidden) * 0.02) for m in specs if m != query}
+        )
+        self.attend = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(hidden)
+        self.compare = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.GELU(), nn.Dropout(dropout))
+        self.read = nn.GRU(hidden, hidden, batch_first=True)
+        self.head = head(2 * hidden, hidden, num_classes, dropout)
+
+    def _memory(self, inputs) -> tuple[Tensor, Tensor]:
+        parts = [self.tokenizers[m](inputs[m]) for m in self.modalities if m != self.query]
+        tokens = torch.cat(
+            [
+                t + self.modality_embedding[m]
+                for m, (t, _) in zip(self.modality_embedding, parts, strict=True)
+            ],
+            dim=1,
+        )
+        return tokens, torch.cat([mask for _, mask in parts], dim=1)
+
+    def forward(self, inputs):
+        q, q_mask = self.tokenizers[self.query](inputs[self.query])
+        memory, m_mask = self._memory(inputs)
+        context, _ = self.attend(self.norm(q), memory, memory, key_padding_mask=~m_mask)
+        compared = self.compare(torch.cat([q, context, q * context, q - context], dim=-1))
+        lengths = q_mask.sum(1).clamp_min(1)
+        read, _ = self.read(compared)
+        last = read[torch.arange(read.shape[0]), lengths - 1]  # the GRU state after the last word
+        worst = compared.masked_fill(~q_mask.unsqueeze(-1), -1e4).amax(1)  # strongest signal
+        return self.head(torch.cat([last, worst], dim=-1))
+
+
+# ----------------------------------------------------------------------------- registry
+
+METHODS: dict[str, type[FusionModule]] = {
+    "concat": Concat,
+    "weighted_sum": WeightedSum,
+    "attention": Attention,
+    "gated": Gated,
+    "tensor": Tensor_,
+    "low_rank": LowRank,
+    "late": Late,
+    "cross_attention": CrossAttention,
+    "grid_cross_attention": GridCrossAttention,
+    "unimodal": Unimodal,
+}
+
+
+def available() -> list[str]:
+    return list(METHODS)
+
+
+def method_class(name: str) -> type[FusionModule]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown fusion method {name!r}; valid names: {', '.join(METHODS)}"
+        ) from None
+
+
+def input_form(name: str) -> str:
+    """`"pooled"` or `"tokens"`: which inputs the method `name` needs."""
+    return method_class(name).input_form
+
+
+def create(
+    name: str,
+    dims: Mapping[str, int | InputSpec],
+    num_classes: int = 2,
+    hidden: int = 128,
+    **options,
+) -> FusionModule:
+    """Build fusion method `name` for modalities `dims` (an int is a pooled width).
+
+    `unimodal` needs `modality=`; other options are the method's own (e.g. `rank` of
+    low_rank, `tensor_dim` of tensor, `heads`, `dropout`).
+    """
+    cls = method_class(name)
+    specs = {m: InputSpec.of(d) for m, d in dims.items()}
+    return cls(specs, num_classes, hidden=hidden, **options)

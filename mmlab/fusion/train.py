@@ -1,0 +1,170 @@
+"""One training loop for every fusion method: same optimiser, budget, early stopping, seeds.
+
+Inputs are whole tensors held in memory (features are small); batches are index slices of
+them, so an epoch is a handful of tensor operations, never a Python loop over samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import Tensor, nn
+
+Inputs = Mapping[str, Tensor]
+
+
+@dataclass
+class Split:
+    """One split of a fusion task: the inputs by modality, labels and (optionally) a group
+    per sample for breakdowns (the hard-negative kind of the match task)."""
+
+    inputs: dict[str, Tensor]
+    labels: Tensor
+    groups: list[str] | None = None
+
+    def __post_init__(self):
+        n = len(self.labels)
+        for modality, x in self.inputs.items():
+            if len(x) != n:
+                raise ValueError(
+                    f"modality {modality!r} has {len(x)} rows but there are {n} labels"
+                )
+        if self.groups is not None and len(self.groups) != n:
+            raise ValueError(f"{len(self.groups)} groups for {n} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        return {m: x[index] for m, x in self.inputs.items()}, self.labels[index]
+
+
+@dataclass
+class TrainConfig:
+    """The recipe shared by every method. Validation accuracy selects the epoch kept."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 5  # epochs without a better validation accuracy before stopping
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # with the weights of the best validation epoch
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
+    epochs_run: int = 0
+    train_seconds: float = 0.0
+
+
+def _to(inputs: Inputs, device: str) -> dict[str, Tensor]:
+    return {m: x.to(device) for m, x in inputs.items()}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, inputs: Inputs, batch_size: int = 1024, device: str = "cpu"
+) -> Tensor:
+    """Logits [N, C] for whole-tensor inputs, in eval mode, batch by batch."""
+    model.eval()
+    n = len(next(iter(inputs.values())))
+    out = [
+        model(_to({m: x[i : i + batch_size] for m, x in inputs.items()}, device)).float().cpu()
+        for i in range(0, n, batch_size)
+    ]
+    return torch.cat(out)
+
+
+def scores(labels: Tensor, predicted: Tensor, groups: list[str] | None = None) -> dict[str, float]:
+    """Accuracy, macro F1 and, with groups, accuracy per group (`accuracy/<group>`)."""
+    y, p = labels.numpy(), predicted.numpy()
+    result = {
+        "accuracy": float((y == p).mean()),
+        "f1": float(f1_score(y, p, average="macro", zero_division=0)),
+    }
+    if groups is not None:
+        g = np.asarray(groups)
+        for name in sorted(set(groups)):
+            result[f"accuracy/{name}"] = float((y[g == name] == p[g == name]).mean())
+    return result
+
+
+def evaluate(model: nn.Module, split: Split, device: str = "cpu") -> dict[str, float]:
+    return scores(
+        split.labels, predict(model, split.inputs, device=device).argmax(-1), split.groups
+    )
+
+
+def fit(model: nn.Module, train: Split, validation: Split, config: TrainConfig) -> TrainResult:
+    """Train with AdamW and cross-entropy; keep the weights of the best validation accuracy.
+
+    Seeds the shuffling from `config.seed` (build the model under the same seed for a fully
+    repeatable run: `torch.manual_seed(seed)` before `create`).
+    """
+    model.to(config.device)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(config.seed)
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+    best, best_state, best_epoch, stale = -1.0, None, 0, 0
+    start = time.perf_counter()
+    epoch = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        total = 0.0
+        for i in range(0, len(train), config.batch_size):
+            x, y = train.take(order[i : i + config.batch_size])
+            if len(y) < 2:  # a lone leftover sample: batch statistics need two
+                continue
+            loss = loss_fn(model(_to(x, config.device)), y.to(config.device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(y)
+        logits = predict(model, validation.inputs, device=config.device)
+        accuracy = float((logits.argmax(-1) == validation.labels).float().mean())
+        history["train_loss"].append(total / len(train))
+        history["val_loss"].append(float(loss_fn(logits, validation.labels)))
+        history["val_accuracy"].append(accuracy)
+        if accuracy > best:
+            best, best_epoch, stale = accuracy, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    return TrainResult(model, history, best_epoch, epoch, time.perf_counter() - start)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def latency_ms(
+    model: nn.Module, inputs: Inputs, batch_size: int = 1, repeats: int = 20, device: str = "cpu"
+) -> float:
+    """Median milliseconds of one forward pass on `batch_size` samples (after a warm-up)."""
+    model.eval()
+    batch = _to({m: x[:batch_size] for m, x in inputs.items()}, device)
+    model(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(batch)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))

@@ -1,0 +1,190 @@
+"""Fusion methods and the shared training loop, on small random tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmlab import fusion
+from mmlab.fusion import InputSpec
+
+torch.set_num_threads(1)  # small models: one thread is as fast and immune to contention
+
+DIMS = {"image": 12, "text": 8, "audio": 5}
+
+
+def _pooled(n=64, dims=DIMS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(n, d, generator=g) for m, d in dims.items()}
+
+
+def _options(name, dims=DIMS):
+    return {"modality": next(iter(dims))} if name == "unimodal" else {}
+
+
+POOLED = [m for m in fusion.available() if fusion.input_form(m) == "pooled"]
+
+
+@pytest.mark.parametrize("name", POOLED)
+def test_pooled_methods_give_logits_and_gradients_for_every_modality(name):
+    model = fusion.create(name, DIMS, num_classes=3, hidden=16, **_options(name))
+    inputs = {m: x.requires_grad_() for m, x in _pooled().items()}
+    logits = model(inputs)
+    assert logits.shape == (64, 3) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    used = model.modalities
+    assert used == (["image"] if name == "unimodal" else list(DIMS))
+    for m in DIMS:  # each modality the method uses influences its output, the others not
+        assert (inputs[m].grad is not None and inputs[m].grad.abs().sum() > 0) == (m in used)
+
+
+@pytest.mark.parametrize("name", ["concat", "gated", "tensor", "low_rank", "cross_attention"])
+def test_methods_work_with_one_two_and_four_modalities(name):
+    for dims in (
+        {"image": 6},
+        {"image": 6, "text": 4},
+        {"image": 6, "text": 4, "audio": 3, "video": 5},
+    ):
+        model = fusion.create(name, dims, hidden=8)
+        assert model(_pooled(5, dims)).shape == (5, 2)
+
+
+def test_modality_weights_are_normalised_per_sample():
+    inputs = _pooled(10)
+    for name in ("weighted_sum", "attention", "gated"):
+        w = fusion.create(name, DIMS, hidden=16).modality_weights(inputs)
+        assert w.shape == (10, 3)
+        assert torch.allclose(w.sum(1), torch.ones(10), atol=1e-5)
+    assert fusion.create("concat", DIMS).modality_weights(inputs) is None
+    # attention weights depend on the sample, weighted_sum ones do not
+    a = fusion.create("attention", DIMS, hidden=16).modality_weights(inputs)
+    assert a.std(0).sum() > 0
+    assert fusion.create("weighted_sum", DIMS).modality_weights(inputs).std(0).sum() == 0
+
+
+def test_late_fusion_averages_unimodal_probabilities():
+    model = fusion.create("late", DIMS, hidden=16).eval()
+    inputs = _pooled(7)
+    z = model.project(inputs)
+    expected = torch.stack([h(x).softmax(-1) for h, x in zip(model.heads, z, strict=True)]).mean(0)
+    assert torch.allclose(model(inputs).exp(), expected, atol=1e-6)
+
+
+def test_tensor_fusion_size_follows_the_outer_product():
+    model = fusion.create("tensor", {"image": 6, "text": 4}, hidden=8, tensor_dim=3)
+    assert model.head[0].in_features == 4 * 4
+
+
+def test_unknown_method_and_bad_options_are_clear_errors():
+    with pytest.raises(KeyError, match="valid names: concat"):
+        fusion.create("nope", DIMS)
+    with pytest.raises(ValueError, match="modality= one of"):
+        fusion.create("unimodal", DIMS)
+    with pytest.raises(ValueError, match="takes pooled inputs"):
+        fusion.create("concat", {"image": InputSpec("grid", 4, (2, 2))})
+    with pytest.raises(ValueError, match="needs shape"):
+        InputSpec("grid", 4)
+    with pytest.raises(KeyError, match="inputs lack modalities"):
+        fusion.create("concat", DIMS)({"image": torch.randn(2, 12)})
+
+
+def _token_inputs(n=48, vocab=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, 6), generator=g)
+    ids[: n // 2, 4:] = 0  # padded captions of different lengths
+    return {"image": torch.randn(n, 5, 3, 4, generator=g), "text": ids}
+
+
+TOKEN_SPECS = {"image": InputSpec("grid", 5, (3, 4)), "text": InputSpec("ids", 11, pad_id=0)}
+
+
+def test_grid_cross_attention_takes_tokens_and_ignores_padding():
+    assert fusion.input_form("grid_cross_attention") == "tokens"
+    model = fusion.create("grid_cross_attention", TOKEN_SPECS, hidden=16).eval()
+    inputs = _token_inputs()
+    logits = model(inputs)
+    assert logits.shape == (48, 2)
+    # changing the pad positions' ids must not change a padded caption's output
+    changed = dict(inputs, text=inputs["text"].clone())
+    changed["text"][0, 4:] = 0
+    assert torch.allclose(model(changed)[0], logits[0], atol=1e-5)
+    # grid positions matter: moving the image content changes the output
+    flipped = dict(inputs, image=inputs["image"].flip(-1))
+    assert not torch.allclose(model(flipped), logits)
+
+
+def test_grid_cross_attention_validates_its_inputs():
+    with pytest.raises(ValueError, match="query modality 'text'"):
+        fusion.create("grid_cross_attention", {"image": TOKEN_SPECS["image"]})
+    model = fusion.create("grid_cross_attention", TOKEN_SPECS, hidden=16)
+    with pytest.raises(ValueError, match="built for"):
+        model({"image": torch.randn(2, 5, 4, 4), "text": torch.ones(2, 3, dtype=torch.long)})
+
+
+PAIR = {"image": 8, "text": 8}
+
+
+def _task(n, seed):
+    """Label = whether the image and text features agree in sign: needs both modalities."""
+    x = _pooled(n, PAIR, seed)
+    y = ((x["image"][:, 0] > 0) == (x["text"][:, 0] > 0)).long()
+    return fusion.Split(x, y, groups=["a" if v else "b" for v in y.tolist()])
+
+
+def test_fit_learns_an_interaction_that_no_single_modality_predicts():
+    train, val, test = _task(512, 0), _task(128, 1), _task(256, 2)
+    config = fusion.TrainConfig(epochs=30, lr=3e-3, patience=8)
+    torch.manual_seed(0)
+    fused = fusion.fit(fusion.create("concat", PAIR, hidden=32), train, val, config)
+    torch.manual_seed(0)
+    alone = fusion.fit(
+        fusion.create("unimodal", PAIR, hidden=32, modality="image"), train, val, config
+    )
+    fused_acc = fusion.evaluate(fused.model, test)["accuracy"]
+    alone_acc = fusion.evaluate(alone.model, test)["accuracy"]
+    assert fused_acc > 0.8, fused_acc
+    assert alone_acc < 0.65, alone_acc
+
+
+def test_fit_keeps_the_best_validation_epoch_and_stops_early():
+    train, val = _task(128, 0), _task(64, 1)
+    torch.manual_seed(0)
+    model = fusion.create("concat", PAIR, hidden=16)
+    result = fusion.fit(model, train, val, fusion.TrainConfig(epochs=50, patience=2, lr=0.3))
+    h = result.history
+    assert len(h["val_accuracy"]) == result.epochs_run == len(h["train_loss"])
+    assert h["val_accuracy"][result.best_epoch - 1] == max(h["val_accuracy"])
+    kept = fusion.evaluate(result.model, val)["accuracy"]
+    assert kept == pytest.approx(max(h["val_accuracy"]))
+    if result.epochs_run < 50:  # stopped: exactly `patience` epochs after the best
+        assert result.epochs_run == result.best_epoch + 2
+
+
+def test_same_seed_same_result_different_seed_different_result():
+    train, val = _task(128, 0), _task(64, 1)
+
+    def run(seed):
+        torch.manual_seed(seed)
+        model = fusion.create("gated", PAIR, hidden=16)
+        return fusion.fit(model, train, val, fusion.TrainConfig(epochs=3, seed=seed)).history
+
+    assert run(1) == run(1)
+    assert run(1)["train_loss"] != run(2)["train_loss"]
+
+
+def test_scores_break_accuracy_down_by_group():
+    s = fusion.scores(torch.tensor([1, 0, 1, 1]), torch.tensor([1, 1, 1, 0]), ["x", "x", "y", "y"])
+    assert s["accuracy"] == 0.5
+    assert s["accuracy/x"] == 0.5 and s["accuracy/y"] == 0.5
+    assert 0 < s["f1"] < 1
+
+
+def test_split_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="modality 'image' has 3 rows"):
+        fusion.Split({"image": torch.zeros(3, 2)}, torch.zeros(4, dtype=torch.long))
+
+
+def test_cost_measures():
+    model = fusion.create("concat", {"image": 4, "text": 4}, hidden=8)
+    assert fusion.parameter_count(model) == sum(p.numel() for p in model.parameters())
+    assert fusion.latency_ms(model, _pooled(4, {"image": 4, "text": 4})) > 0
