@@ -260,7 +260,7 @@ def test_missing_source_and_empty_split(tmp_path, images):
         load_dataset(tmp_path / "nowhere")
     folder = _imagefolder_jsonl(images, tmp_path / "ds")
     (folder / "test" / "metadata.jsonl").write_text("")
-    with pytest.raises(DataError, match="test"):
+    with pytest.raises(DataError, match="split folder 'test' .* is empty"):
         load_dataset(folder)
 
 

@@ -227,10 +227,15 @@ def test_lexicon_maps_every_surface_form():
     ]
 
 
-def test_default_dataset_is_generated_once_and_reused(monkeypatch):
+def test_default_dataset_is_generated_once_and_reused():
+    from mmlab import workspace
+
+    stale = workspace.data_dir() / ".synthetic-v1-n6-s1-i32-noaudio-novideo.abc.tmp" / "x"
+    stale.mkdir(parents=True)  # what a killed generation leaves
     first = synthetic.default_dataset(n=6, seed=1, image_size=32, audio=False, video=False)
     stamp = (first / synthetic.INFO_FILE).stat().st_mtime_ns
     again = synthetic.default_dataset(n=6, seed=1, image_size=32, audio=False, video=False)
     assert again == first and (first / synthetic.INFO_FILE).stat().st_mtime_ns == stamp
     row = _rows(first)[0]
     assert "audio" not in row and "video" not in row
+    assert not stale.parent.exists()

@@ -258,7 +258,11 @@ def _metadata_dirs(root: Path) -> dict[str, Path]:
     audio/video paths start)."""
     owners = {}
     for meta in _find_metadata(root):
-        for name in _file_names(meta):
+        names = _file_names(meta)
+        if not names:
+            where = meta.parent.relative_to(root).as_posix()
+            raise DataError(f"{meta} has no rows: split folder {where!r} of {root} is empty")
+        for name in names:
             owners[os.path.normpath(meta.parent / name)] = meta.parent
     return owners
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -560,6 +561,8 @@ def default_dataset(
     with open(path.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_generated(path):
+            for stale in path.parent.glob(f".{name}.*.tmp"):  # left by a killed generation
+                shutil.rmtree(stale, ignore_errors=True)
             generate(
                 path,
                 n=n,
