@@ -11,7 +11,7 @@ import pandas as pd
 
 
 def sample_grid(images: Sequence, captions: Sequence[str], ncols: int = 4, width: int = 34):
-    """Images with their (wrapped) captions underneath."""
+    """Images with their (wrapped) captions above; a list of captions shows its first."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.4 * nrows), squeeze=False)
@@ -19,6 +19,7 @@ def sample_grid(images: Sequence, captions: Sequence[str], ncols: int = 4, width
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions, strict=False):
         ax.imshow(image)
+        caption = caption[0] if isinstance(caption, (list, tuple)) else caption
         ax.set_title(textwrap.fill(caption, width), fontsize=8)
     fig.tight_layout()
     return fig
