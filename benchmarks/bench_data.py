@@ -25,7 +25,13 @@ def main(n: int = 300) -> None:
         (Path(tmp) / "notebooks").mkdir()
         from mmlab.data import fingerprint, load_dataset, synthetic
 
+        cpu = time.process_time()
         serial, _ = timed(lambda: synthetic.generate(Path(tmp) / "a", n=n, workers=1))
+        cpu = time.process_time() - cpu
+        print(
+            f"CPU time: {cpu / n * 1000:.0f} ms per sample, {cpu / n * 3000:.0f} CPU-s per 3000 "
+            f"(~{cpu / n * 1500:.0f} s wall on 2 idle cores)"
+        )
         pooled, out = timed(lambda: synthetic.generate(Path(tmp) / "b", n=n, workers=2))
         print(
             f"generate {n} samples (128 px, audio, video): 1 process {serial:.1f} s, "

@@ -1,16 +1,34 @@
 """Data: the embedded synthetic dataset, loaders for real formats (one schema), the content
-fingerprint, and the captioning tokenizer/vocabulary (`mmlab.data.text`)."""
+fingerprint, and the captioning tokenizer/vocabulary (`mmlab.data.text`).
 
-from mmlab.data.fingerprinting import fingerprint
-from mmlab.data.loaders import CAPTION_COLUMNS, DataError, LoadReport, load_dataset
-from mmlab.data.synthetic import default_dataset, scene_objects
+Names are imported on first use, so the generator's worker processes do not pay for
+importing `datasets`.
+"""
 
-__all__ = [
-    "CAPTION_COLUMNS",
-    "DataError",
-    "LoadReport",
-    "default_dataset",
-    "fingerprint",
-    "load_dataset",
-    "scene_objects",
-]
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS = {
+    "CAPTION_COLUMNS": "mmlab.data.loaders",
+    "DataError": "mmlab.data.loaders",
+    "LoadReport": "mmlab.data.loaders",
+    "load_dataset": "mmlab.data.loaders",
+    "fingerprint": "mmlab.data.fingerprinting",
+    "default_dataset": "mmlab.data.synthetic",
+    "scene_objects": "mmlab.data.synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mmlab.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
