@@ -108,10 +108,11 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 def _data(args: argparse.Namespace) -> int:
     from mmlab.data import synthetic
 
-    if args.n < 1 or args.image_size < 8:
-        raise UsageError(f"--n {args.n} / --image-size {args.image_size}: expected n>=1, size>=8")
-    out = synthetic.generate(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
-    print(f"wrote {args.n} examples to {out or args.out}")
+    try:
+        out = synthetic.generate(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
+    except ValueError as error:  # bad --n / --image-size, explained by the generator
+        raise UsageError(str(error)) from None
+    print(f"wrote {args.n} examples to {out}")
     return 0
 
 
