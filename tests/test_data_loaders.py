@@ -104,9 +104,9 @@ def _by_image(ds_dict) -> dict[str, tuple[str, list[str]]]:
     return out
 
 
-def _check_schema(ds_dict) -> None:
+def _check_schema(ds_dict, splits=("train", "validation", "test")) -> None:
     assert isinstance(ds_dict, datasets.DatasetDict)
-    assert list(ds_dict) == ["train", "validation", "test"]
+    assert list(ds_dict) == list(splits)
     for ds in ds_dict.values():
         assert ds.column_names[:3] == ["id", "image", "captions"]
         assert ds.features["id"] == datasets.Value("string")
@@ -132,7 +132,7 @@ def test_all_formats_give_the_same_schema_and_captions(images, tmp_path):
 def test_coco_annotations_with_an_image_root(images, tmp_path):
     ann = _coco(images, tmp_path / "coco" / "annotations" / "captions_val2017.json", CAPTIONS)
     ds_dict = load_dataset(ann, image_root=images)
-    assert list(ds_dict) == ["validation"]
+    _check_schema(ds_dict, ["validation"])
     assert _by_image(ds_dict) == {n: ("validation", CAPTIONS[n]) for n in CAPTIONS}
     assert ds_dict["validation"]["id"] == ["0", "1", "2", "3"]
 
@@ -145,6 +145,29 @@ def test_coco_image_root_is_found_beside_the_annotations(images, tmp_path):
     lonely = _coco(images, tmp_path / "elsewhere" / "captions_val2014.json", ["img0"])
     with pytest.raises(DataError, match="image_root"):
         load_dataset(lonely)
+
+
+def test_audio_paths_resolve_from_the_metadata_folder(images, tmp_path):
+    """A root metadata.jsonl with a `split` column and `audio_path` relative to the root."""
+    import wave
+
+    root = tmp_path / "with_audio"
+    (root / "pics").mkdir(parents=True)
+    (root / "sounds").mkdir()
+    with open(root / "metadata.jsonl", "w") as f:
+        for name, split in SPLITS.items():
+            shutil.copy(images / f"{name}.png", root / "pics" / f"{name}.png")
+            with wave.open(str(root / "sounds" / f"{name}.wav"), "wb") as w:
+                w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+                w.writeframes(b"\x01\x00" * 800)
+            row = {"file_name": f"pics/{name}.png", "caption": CAPTIONS[name][0], "split": split}
+            f.write(json.dumps({**row, "audio_path": f"sounds/{name}.wav", "label": 1}) + "\n")
+    ds_dict = load_dataset(root)
+    _check_schema(ds_dict)
+    train = ds_dict["train"]
+    assert train.column_names == ["id", "image", "captions", "audio", "label"]
+    assert train["audio"] == [str(root / "sounds" / "img0.wav"), str(root / "sounds" / "img1.wav")]
+    assert train["captions"] == [CAPTIONS["img0"][:1], CAPTIONS["img1"][:1]]
 
 
 def test_synthetic_sources_read_the_embedded_dataset(tiny_synthetic):
