@@ -239,3 +239,24 @@ def test_default_dataset_is_generated_once_and_reused():
     row = _rows(first)[0]
     assert "audio" not in row and "video" not in row
     assert not stale.parent.exists()
+
+
+def test_more_match_pairs_come_from_the_rows_own_scene(tiny_synthetic):
+    for row in _all_rows(tiny_synthetic):
+        scene = synthetic.scene_from_row(row)
+        assert [o.as_dict() for o in scene.objects] == row["objects"]
+        pairs = synthetic.more_match_pairs(row, 6, seed=1)
+        assert pairs == synthetic.more_match_pairs(row, 6, seed=1)
+        for text, label, kind in pairs:
+            said = {(c, s) for (k1, c), (k2, s) in _pairs(synthetic.mentions(text))}
+            truth = {(o["colour"], o["shape"]) for o in row["objects"]}
+            if label == 1 or kind in ("size", "relation"):
+                assert said == truth, (text, row["objects"])
+            else:
+                assert said != truth
+
+
+def _pairs(found):
+    colours = [m for m in found if m[0] == "colour"]
+    shapes = [m for m in found if m[0] == "shape"]
+    return zip(colours, shapes, strict=True)

@@ -19,6 +19,7 @@ The layout is Hugging Face's imagefolder: `{train,validation,test}/metadata.json
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -307,6 +308,27 @@ def match_pair(rng: np.random.Generator, scene: Scene) -> tuple[str, int, str]:
         perm = tuple(int(i) for i in rng.permutation(n))
         text = caption(rng, changed, order=perm, with_size=True, relational=True)
     return text, 0, kind
+
+
+def scene_from_row(row: dict) -> Scene:
+    """The Scene of a dataset row (its `objects` and `motion` columns)."""
+    objects = []
+    for o in row["objects"]:
+        col = min(GRID - 1, int(o["x"] * GRID))
+        r = min(GRID - 1, int(o["y"] * GRID))
+        dx, dy = o["x"] - (col + 0.5) / GRID, o["y"] - (r + 0.5) / GRID
+        objects.append(Obj(o["shape"], o["colour"], o["size"], r, col, dx, dy))
+    return Scene(objects=_sorted(objects), motion=row.get("motion", MOTIONS[0]))
+
+
+def more_match_pairs(row: dict, k: int, seed: int = 0) -> list[tuple[str, int, str]]:
+    """`k` further (caption, label, kind) match pairs for a dataset row, drawn like the
+    `match_*` columns: more training pairs per image for fusion heads. Deterministic in
+    (row id, seed); use them on the training split only."""
+    digest = hashlib.blake2b(str(row.get("id", "")).encode(), digest_size=8).digest()
+    rng = np.random.default_rng([seed, int.from_bytes(digest, "little")])
+    scene = scene_from_row(row)
+    return [match_pair(rng, scene) for _ in range(k)]
 
 
 # ----------------------------------------------------------------------------- rendering
