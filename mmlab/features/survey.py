@@ -70,18 +70,21 @@ def encode_all(
     ds,
     encoders: Mapping[str, Sequence[str]],
     *,
+    options: Mapping[str, Mapping] | None = None,
     image_size: int | None = None,
     device: str = "auto",
     **kwargs,
 ) -> list[Encoded]:
-    """`encode` every `{modality: [names]}`; `image_size` goes to image encoders only."""
+    """`encode` every `{modality: [names]}` with per-modality `options` (e.g.
+    `{"video": {"num_frames": 4}}`); `image_size` is a shortcut for image encoders."""
+    options = {m: dict(o) for m, o in (options or {}).items()}
+    if image_size is not None:
+        options.setdefault("image", {})["image_size"] = image_size
     results = []
     for modality, names in encoders.items():
         for name in names:
-            options = {"device": device}
-            if image_size is not None and modality == "image":
-                options["image_size"] = image_size
-            results.append(encode(ds, modality, name, **options, **kwargs))
+            opts = {"device": device, **options.get(modality, {})}
+            results.append(encode(ds, modality, name, **opts, **kwargs))
     return results
 
 
@@ -115,3 +118,15 @@ def probe_table(
             rows.append({"modality": r.modality, "encoder": r.name, "target": target,
                          "accuracy": acc, "majority": chance})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def metrics(summary: pd.DataFrame, probes: pd.DataFrame) -> dict[str, float]:
+    """Flat MLflow metrics: `items_per_s.<modality>.<encoder>`, `dim.<...>` and
+    `probe.<target>.<modality>.<encoder>`."""
+    out = {}
+    for row in summary.itertuples():
+        out[f"items_per_s.{row.modality}.{row.encoder}"] = float(row.items_per_s)
+        out[f"dim.{row.modality}.{row.encoder}"] = float(row.dim)
+    for row in probes.itertuples():
+        out[f"probe.{row.target}.{row.modality}.{row.encoder}"] = float(row.accuracy)
+    return out

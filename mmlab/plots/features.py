@@ -25,14 +25,18 @@ def sample_grid(images: Sequence, captions: Sequence[str], ncols: int = 4, width
     return fig
 
 
-def projections(points: dict[str, np.ndarray], labels: Sequence, title: str = ""):
+def projections(points: dict[str, np.ndarray], labels: Sequence, title: str = "", ncols: int = 4):
     """One scatter per `name -> [N, 2]` projection, coloured by `labels` (a scene attribute)."""
     names = list(points)
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False)
+    ncols = min(ncols, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.4 * nrows), squeeze=False)
     classes = sorted(set(labels))
     colours = plt.get_cmap("tab10")
     labels = np.asarray(labels)
-    for ax, name in zip(axes[0], names, strict=True):
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names, strict=False):
         xy = points[name]
         for i, cls in enumerate(classes):
             mask = labels == cls
@@ -40,10 +44,11 @@ def projections(points: dict[str, np.ndarray], labels: Sequence, title: str = ""
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0][-1].legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    handles, names_ = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names_, fontsize=8, markerscale=2, loc="center right")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     return fig
 
 
