@@ -1,0 +1,171 @@
+"""Notebook 02's loop: every method x seed under one recipe, each a nested MLflow run.
+
+comparison = compare.run(data, ["concat", "gated", "unimodal"], seeds=[0, 1, 2])
+comparison.summary()    # mean, std, 95% t-interval per method, cost columns
+comparison.by_group()   # accuracy per hard-negative kind and method
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+import pandas as pd
+import torch
+
+from mmlab import stats
+from mmlab.fusion.inputs import FusionData
+from mmlab.fusion.methods import create, input_form, method_class
+from mmlab.fusion.train import TrainConfig, evaluate, fit, latency_ms, parameter_count
+
+METRIC = "test_accuracy"
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """A registry method with its options, under the label the table and MLflow show."""
+
+    label: str
+    name: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def form(self) -> str:
+        return input_form(self.name)
+
+
+def expand(methods: Iterable[str], modalities: Sequence[str]) -> list[MethodChoice]:
+    """Method names to choices: `unimodal` becomes one baseline per modality
+    (`unimodal_image`, ...); `unimodal:text` picks one."""
+    choices = []
+    for spec in methods:
+        name, _, modality = spec.partition(":")
+        method_class(name)  # unknown names fail here, listing the valid ones
+        if name != "unimodal":
+            choices.append(MethodChoice(spec, name))
+            continue
+        for m in [modality] if modality else modalities:
+            if m not in modalities:
+                raise ValueError(f"{spec!r}: modality {m!r} is not among {list(modalities)}")
+            choices.append(MethodChoice(f"unimodal_{m}", name, (("modality", m),)))
+    return choices
+
+
+@dataclass
+class Comparison:
+    """Results of every method x seed: a row per run, curves and learned modality weights."""
+
+    runs: pd.DataFrame
+    histories: dict[tuple[str, int], dict[str, list[float]]] = field(default_factory=dict)
+    weights: pd.DataFrame = field(default_factory=pd.DataFrame)
+    chance: float = 0.5
+
+    def summary(self, metric: str = METRIC, confidence: float = 0.95) -> pd.DataFrame:
+        """Per method: n, mean, std, t-interval of `metric`, mean test_f1 and costs, and the
+        paired (by seed) t-test p-value against the best method."""
+        extra = ["test_f1", "n_parameters", "train_seconds", "latency_ms", "best_epoch"]
+        table = stats.summarize(self.runs, "method", metric, confidence, extra=extra)
+        best = self._per_seed(table["method"].iloc[0], metric)
+        table["p_vs_best"] = [
+            stats.paired_p_value(self._per_seed(m, metric), best) for m in table["method"]
+        ]
+        return table
+
+    def _per_seed(self, method: str, metric: str) -> list[float]:
+        rows = self.runs[self.runs["method"] == method].sort_values("seed")
+        return rows[metric].tolist()
+
+    @property
+    def best_method(self) -> str:
+        return str(self.summary()["method"].iloc[0])
+
+    def by_group(self) -> pd.DataFrame:
+        """Mean test accuracy per method (rows, best first) and sample group (columns)."""
+        columns = [c for c in self.runs.columns if c.startswith(f"{METRIC}/")]
+        table = self.runs.groupby("method", sort=False)[columns].mean()
+        table.columns = [c.split("/", 1)[1] for c in columns]
+        return table.loc[self.summary()["method"]]
+
+
+def run_one(
+    data: FusionData, choice: MethodChoice, seed: int, config: TrainConfig, hidden: int
+) -> tuple[dict, dict[str, list[float]], dict[str, float] | None]:
+    """Train and test one method under one seed: (metrics row, curves, modality weights)."""
+    form = choice.form
+    train, val, test = (data.split(form, s) for s in ("train", "validation", "test"))
+    torch.manual_seed(seed)
+    model = create(
+        choice.name, data.specs[form], data.num_classes, hidden=hidden, **dict(choice.options)
+    )
+    result = fit(model, train, val, replace(config, seed=seed))
+    scores = evaluate(result.model, test, device=config.device)
+    row = {f"test_{k}": v for k, v in scores.items()}
+    row.update(
+        n_parameters=parameter_count(result.model),
+        train_seconds=result.train_seconds,
+        latency_ms=latency_ms(result.model, test.inputs, device=config.device),
+        best_epoch=result.best_epoch,
+        epochs_run=result.epochs_run,
+    )
+    weights = None
+    with torch.no_grad():
+        result.model.eval()
+        inputs = {m: x.to(config.device) for m, x in test.inputs.items()}
+        alpha = result.model.modality_weights(inputs)
+    if alpha is not None:
+        weights = dict(zip(result.model.modalities, alpha.mean(0).tolist(), strict=True))
+    return row, result.history, weights
+
+
+def run(
+    data: FusionData,
+    methods: Iterable[str],
+    seeds: Sequence[int] = (0, 1, 2),
+    config: TrainConfig | None = None,
+    hidden: int = 128,
+    log: bool = True,
+    progress: Callable[[str], None] | None = print,
+) -> Comparison:
+    """Every method x seed; with `log`, each is a nested MLflow run (`tracking.child_run`)
+    tagged `fusion_method`, `seed`, `modalities`, holding its metrics and validation curves."""
+    config = config or TrainConfig()
+    choices = expand(methods, data.modalities)
+    rows, histories, weights = [], {}, []
+    for choice in choices:
+        for seed in seeds:
+            modalities = _modalities(data, choice)
+            tags = {"fusion_method": choice.label, "seed": str(seed), "modalities": modalities}
+            if log:
+                from mmlab import tracking
+
+                params = {**tags, "input_form": choice.form, "hidden": hidden,
+                          **{f"option.{k}": v for k, v in choice.options},
+                          **{f"train.{k}": v for k, v in vars(config).items() if k != "seed"}}  # fmt: skip
+                with tracking.child_run(f"{choice.label}-seed{seed}", tags=tags, params=params):
+                    row, history, w = run_one(data, choice, seed, config, hidden)
+                    tracking.log_metrics(row)
+                    tracking.log_history(history, start_step=1)
+            else:
+                row, history, w = run_one(data, choice, seed, config, hidden)
+            rows.append({"method": choice.label, "seed": seed, "modalities": modalities, **row})
+            histories[(choice.label, seed)] = history
+            weights += [{"method": choice.label, "seed": seed, "modality": m, "weight": v}
+                        for m, v in (w or {}).items()]  # fmt: skip
+            if progress:
+                progress(
+                    f"{choice.label:<22} seed {seed}: accuracy {row[METRIC]:.3f} "
+                    f"(epoch {row['best_epoch']}/{row['epochs_run']}, "
+                    f"{row['train_seconds']:.1f} s)"
+                )
+    return Comparison(pd.DataFrame(rows), histories, pd.DataFrame(weights), chance=_chance(data))
+
+
+def _modalities(data: FusionData, choice: MethodChoice) -> str:
+    options = dict(choice.options)
+    return options.get("modality") or ",".join(data.specs[choice.form])
+
+
+def _chance(data: FusionData) -> float:
+    """Accuracy of always answering the most frequent test class."""
+    labels = data.split(next(iter(data.splits)), "test").labels
+    return float(labels.bincount().max() / len(labels))

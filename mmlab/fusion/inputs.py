@@ -1,0 +1,210 @@
+"""Build a fusion task's inputs from a dataset through the feature cache.
+
+Pooled methods get one vector per modality (`encoders`); token methods get token-level inputs
+(`token_encoders`): an image grid, a caption as `Vocabulary` ids for a trainable GRU (the
+encoder name `"vocab"`), or sequence features. An encoder is a name, `"name:key=value,..."`
+or a dict `{"name": ..., **options}`:
+
+    data = build(ds, task="match",
+                 encoders={"image": "efficientnet_lite0:image_size=128", "text": "minilm"},
+                 token_encoders={"image": "efficientnet_lite0:kind=grid,layer=mid,image_size=128",
+                                 "text": "vocab"})
+    data.split("pooled", "train")  # -> Split
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmlab.fusion.methods import InputSpec
+from mmlab.fusion.train import Split
+
+VOCAB = "vocab"  # token encoder of the text: Vocabulary ids for a trainable GRU
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Task:
+    """Which columns hold the text, the label and (optionally) the group of each sample."""
+
+    name: str
+    text_column: str
+    label_column: str
+    group_column: str | None = None
+
+
+TASKS = {
+    "match": Task("match", "match_caption", "match_label", "match_kind"),
+    "label": Task("label", "captions", "label"),
+}
+
+MODALITY_COLUMNS = {"image": "image", "audio": "audio", "video": "video"}
+
+
+def task_spec(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown fusion task {name!r}; valid tasks: {', '.join(TASKS)}") from None
+
+
+def parse_encoder(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`"name"`, `"name:k=v,k=v"` (ints and floats converted) or `{"name": ..., **options}`."""
+    if isinstance(spec, Mapping):
+        if "name" not in spec:
+            raise ValueError(f"encoder {dict(spec)!r} has no 'name' key")
+        options = dict(spec)
+        return str(options.pop("name")), options
+    name, _, rest = str(spec).partition(":")
+    options = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ValueError(f"encoder {spec!r}: option {part!r} is not key=value")
+        options[key.strip()] = _number(value.strip())
+    return name.strip(), options
+
+
+def _number(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+@dataclass
+class FusionData:
+    """A task's inputs per form (`pooled`, `tokens`) and split, with the specs to build models."""
+
+    task: Task
+    modalities: list[str]
+    specs: dict[str, dict[str, InputSpec]]  # form -> modality -> spec
+    splits: dict[str, dict[str, Split]]  # form -> split -> Split
+    class_names: list[str]
+    encoders: dict[str, dict[str, str]] = field(default_factory=dict)  # form -> modality -> name
+    vocabulary: Any = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, form: str, name: str) -> Split:
+        if form not in self.splits:
+            raise KeyError(
+                f"no {form!r} inputs were built (have {list(self.splits)}); "
+                f"give {'token_encoders' if form == 'tokens' else 'encoders'} to build()"
+            )
+        return self.splits[form][name]
+
+
+def _labels(ds, column: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Integer labels per split; classes are the train split's values, sorted."""
+    for name in ds:
+        if column not in ds[name].column_names:
+            raise KeyError(
+                f"label column {column!r} not in split {name!r}; columns: {ds[name].column_names}"
+            )
+    classes = sorted(set(ds["train"][column]), key=str)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = {}
+    for name in ds:
+        unseen = set(ds[name][column]) - set(index)
+        if unseen:
+            raise ValueError(
+                f"split {name!r} has labels {sorted(unseen, key=str)[:5]} not in train"
+            )
+        labels[name] = torch.tensor([index[v] for v in ds[name][column]], dtype=torch.long)
+    return labels, [str(c) for c in classes]
+
+
+def _column(t: Task, modality: str) -> str:
+    return t.text_column if modality == "text" else MODALITY_COLUMNS.get(modality, modality)
+
+
+def _vocab_inputs(ds, column: str) -> tuple[dict[str, torch.Tensor], InputSpec, Any]:
+    from mmlab.data.text import Vocabulary
+
+    def texts(split):
+        return [v[0] if isinstance(v, list) else v for v in ds[split][column]]
+
+    vocabulary = Vocabulary.build(texts("train"))
+    ids = {name: vocabulary.encode_batch(texts(name)) for name in ds}
+    width = max(x.shape[1] for x in ids.values())  # one width for every split
+    ids = {n: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=vocabulary.pad_id)
+           for n, x in ids.items()}  # fmt: skip
+    return ids, InputSpec("ids", len(vocabulary), pad_id=vocabulary.pad_id), vocabulary
+
+
+def _spec(x: torch.Tensor) -> InputSpec:
+    if x.dim() == 2:
+        return InputSpec("pooled", x.shape[1])
+    if x.dim() == 4:
+        return InputSpec("grid", x.shape[1], tuple(x.shape[2:]))
+    if x.dim() == 3:
+        return InputSpec("sequence", x.shape[2], (x.shape[1],))
+    raise ValueError(f"features of shape {tuple(x.shape)} are neither pooled, grid nor sequence")
+
+
+def _cached_inputs(ds, modality, column, spec, device) -> tuple[dict[str, torch.Tensor], InputSpec]:
+    from mmlab import features
+    from mmlab.features import cache
+
+    name, options = parse_encoder(spec)
+    extractor = features.create(modality, name, device=device, **options)
+    x = {split: cache.features(ds, split, extractor, column=column) for split in ds}
+    if x["train"].dim() == 3:  # sequences: one padded length for every split
+        width = max(v.shape[1] for v in x.values())
+        x = {s: torch.nn.functional.pad(v, (0, 0, 0, width - v.shape[1])) for s, v in x.items()}
+    return x, _spec(x["train"])
+
+
+def build(
+    ds,
+    task: str | Task = "match",
+    encoders: Mapping[str, Any] | None = None,
+    token_encoders: Mapping[str, Any] | None = None,
+    device: str = "auto",
+) -> FusionData:
+    """Inputs of `task` for the modalities named in `encoders` (pooled) and/or `token_encoders`.
+
+    Features come from the cache (computed if missing); splits are train, validation, test.
+    """
+    t = task_spec(task) if isinstance(task, str) else task
+    missing = [s for s in SPLITS if s not in ds]
+    if missing:
+        raise KeyError(f"the dataset lacks splits {missing}; it has {list(ds)}")
+    ds = {s: ds[s] for s in SPLITS}
+    forms = {f: dict(e) for f, e in (("pooled", encoders), ("tokens", token_encoders)) if e}
+    if not forms:
+        raise ValueError("build() needs encoders (pooled) and/or token_encoders")
+    labels, classes = _labels(ds, t.label_column)
+    groups = {s: list(map(str, ds[s][t.group_column])) if t.group_column else None for s in ds}
+    data = FusionData(t, list(next(iter(forms.values()))), {}, {}, classes)
+    for form, chosen in forms.items():
+        inputs: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SPLITS}
+        data.specs[form], data.encoders[form] = {}, {}
+        for modality, spec in chosen.items():
+            column = _column(t, modality)
+            for s in SPLITS:
+                if column not in ds[s].column_names:
+                    raise KeyError(
+                        f"modality {modality!r} needs column {column!r}, not in split {s!r}; "
+                        f"columns: {ds[s].column_names}"
+                    )
+            if spec == VOCAB:
+                if modality != "text":
+                    raise ValueError(f"the {VOCAB!r} encoder is for text, not {modality!r}")
+                x, data.specs[form][modality], data.vocabulary = _vocab_inputs(ds, column)
+            else:
+                x, data.specs[form][modality] = _cached_inputs(ds, modality, column, spec, device)
+            data.encoders[form][modality] = spec if isinstance(spec, str) else str(dict(spec))
+            for s in SPLITS:
+                inputs[s][modality] = x[s]
+        data.splits[form] = {s: Split(inputs[s], labels[s], groups[s]) for s in SPLITS}
+    return data

@@ -1,0 +1,191 @@
+"""Fusion inputs from the real feature cache, the method x seed comparison with real MLflow
+child runs, the statistics and the figures, on the tiny embedded dataset."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from mmlab import fusion, stats, tracking  # noqa: E402
+from mmlab.fusion import compare, inputs  # noqa: E402
+from mmlab.plots import fusion as plots  # noqa: E402
+
+torch.set_num_threads(1)
+
+ENCODERS = {"image": "efficientnet_lite0:image_size=64", "text": "minilm"}
+TOKENS = {"image": "efficientnet_lite0:image_size=64,kind=grid,layer=mid", "text": "vocab"}
+
+
+@pytest.fixture(scope="module")
+def tiny_ds(tiny_synthetic):
+    from mmlab.data import load_dataset
+
+    return load_dataset(str(tiny_synthetic))
+
+
+@pytest.fixture(scope="module")
+def data(tiny_ds):
+    return inputs.build(tiny_ds, "match", ENCODERS, TOKENS, device="cpu")
+
+
+def test_parse_encoder_forms():
+    assert inputs.parse_encoder("minilm") == ("minilm", {})
+    assert inputs.parse_encoder("efficientnet_lite0:image_size=128,kind=grid,lr=0.5") == (
+        "efficientnet_lite0",
+        {"image_size": 128, "kind": "grid", "lr": 0.5},
+    )
+    assert inputs.parse_encoder({"name": "x", "layer": "mid"}) == ("x", {"layer": "mid"})
+    with pytest.raises(ValueError, match="not key=value"):
+        inputs.parse_encoder("x:oops")
+
+
+def test_build_gives_pooled_and_token_inputs_for_every_split(data, tiny_ds):
+    assert data.modalities == ["image", "text"] and data.class_names == ["0", "1"]
+    pooled, tokens = data.specs["pooled"], data.specs["tokens"]
+    assert pooled["image"] == fusion.InputSpec("pooled", 1280)
+    assert pooled["text"] == fusion.InputSpec("pooled", 384)
+    assert tokens["image"].kind == "grid" and tokens["image"].shape == (4, 4)
+    assert tokens["text"].kind == "ids" and tokens["text"].dim == len(data.vocabulary)
+    for split in ("train", "validation", "test"):
+        s = data.split("tokens", split)
+        assert len(s) == len(tiny_ds[split]) == len(data.split("pooled", split))
+        assert s.groups == list(tiny_ds[split]["match_kind"])
+        assert s.labels.tolist() == list(tiny_ds[split]["match_label"])
+        first = tiny_ds[split]["match_caption"][0]
+        assert data.vocabulary.decode(s.inputs["text"][0]) == " ".join(
+            __import__("mmlab.data.text", fromlist=["tokenize"]).tokenize(first)
+        )
+
+
+def test_build_explains_bad_requests(tiny_ds):
+    with pytest.raises(KeyError, match="valid tasks: match, label"):
+        inputs.build(tiny_ds, "nope", ENCODERS)
+    with pytest.raises(KeyError, match="label column 'label'"):
+        inputs.build(tiny_ds, "label", ENCODERS)
+    with pytest.raises(KeyError, match="needs column 'smell'"):
+        inputs.build(tiny_ds, "match", {"smell": "x"})
+    with pytest.raises(ValueError, match="is for text"):
+        inputs.build(tiny_ds, "match", token_encoders={"image": "vocab"})
+
+
+def test_label_task_maps_label_values_to_classes(tiny_ds):
+    ds = {s: tiny_ds[s].add_column("label", tiny_ds[s]["first_shape"]) for s in tiny_ds}
+    data = inputs.build(ds, "label", {"text": "minilm"}, device="cpu")
+    assert data.class_names == sorted(set(ds["train"]["first_shape"]))
+    names = [data.class_names[i] for i in data.split("pooled", "test").labels]
+    assert names == list(ds["test"]["first_shape"])
+    assert data.split("pooled", "test").groups is None
+
+
+def test_expand_turns_unimodal_into_one_baseline_per_modality():
+    labels = [c.label for c in compare.expand(["concat", "unimodal"], ["image", "text"])]
+    assert labels == ["concat", "unimodal_image", "unimodal_text"]
+    assert [c.label for c in compare.expand(["unimodal:text"], ["image", "text"])] == [
+        "unimodal_text"
+    ]
+    with pytest.raises(KeyError, match="valid names"):
+        compare.expand(["nope"], ["image"])
+    with pytest.raises(ValueError, match="'audio' is not among"):
+        compare.expand(["unimodal:audio"], ["image", "text"])
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    yield f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.finish()
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+def test_comparison_logs_a_child_run_per_method_and_seed(data, store):
+    parent = tracking.start(notebook="02_test", params={"x": 1})
+    methods = ["weighted_sum", "grid_cross_attention", "unimodal"]
+    config = fusion.TrainConfig(epochs=2, batch_size=16)
+    result = compare.run(data, methods, seeds=[0, 1], config=config, hidden=16, progress=None)
+    tracking.finish()
+
+    assert len(result.runs) == 4 * 2
+    assert set(result.runs["method"]) == {
+        "weighted_sum", "grid_cross_attention", "unimodal_image", "unimodal_text"
+    }  # fmt: skip
+    kinds = {f"test_accuracy/{k}" for k in data.split("pooled", "test").groups}
+    assert kinds <= set(result.runs.columns)
+    client = MlflowClient(store)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == 8
+    child = next(c for c in children if c.info.run_name == "grid_cross_attention-seed1")
+    assert child.data.tags["fusion_method"] == "grid_cross_attention"
+    assert child.data.tags["seed"] == "1" and child.data.tags["modalities"] == "image,text"
+    assert child.data.params["input_form"] == "tokens"
+    for metric in ("test_accuracy", "test_f1", "n_parameters", "train_seconds", "latency_ms"):
+        assert metric in child.data.metrics
+    curve = client.get_metric_history(child.info.run_id, "val_accuracy")
+    assert (
+        len(curve)
+        == result.runs.query("method == 'grid_cross_attention' and seed == 1")["epochs_run"].item()
+    )
+    # the learned weights of weighted_sum are reported per seed and modality, summing to one
+    w = result.weights
+    assert set(w["method"]) == {"weighted_sum"}
+    assert np.allclose(w.groupby("seed")["weight"].sum(), 1.0)
+
+
+def test_summary_and_group_tables(data):
+    config = fusion.TrainConfig(epochs=1, batch_size=16)
+    result = compare.run(data, ["concat", "late"], seeds=[0, 1, 2], config=config, hidden=8,
+                         log=False, progress=None)  # fmt: skip
+    summary = result.summary()
+    assert list(summary["method"]) == sorted(
+        ["concat", "late"], key=lambda m: -result.runs.query("method == @m")["test_accuracy"].mean()
+    )
+    row = summary.iloc[0]
+    ci = stats.mean_ci(result.runs.query("method == @row.method")["test_accuracy"])
+    assert row["mean"] == pytest.approx(ci.mean) and row["ci_low"] == pytest.approx(ci.low)
+    assert row["p_vs_best"] == 1.0 and result.best_method == row["method"]
+    groups = result.by_group()
+    assert list(groups.index) == list(summary["method"])
+    assert set(groups.columns) == set(data.split("pooled", "test").groups)
+    for fig in (
+        plots.accuracy_bars(summary, chance=result.chance),
+        plots.cost_scatter(summary),
+        plots.group_heatmap(groups),
+        plots.validation_curves(result.histories),
+    ):
+        assert fig.axes
+    with pytest.raises(ValueError, match="no modality weights"):
+        plots.modality_weights(result.weights)
+
+
+def test_mean_ci_matches_the_t_distribution():
+    ci = stats.mean_ci([0.8, 0.9, 1.0])
+    assert ci.mean == pytest.approx(0.9) and ci.std == pytest.approx(0.1)
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)  # t(0.975, df=2)
+    assert (ci.low, ci.high) == (pytest.approx(0.9 - half), pytest.approx(0.9 + half))
+    one = stats.mean_ci([0.7])
+    assert (one.low, one.high, one.std) == (0.7, 0.7, 0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        stats.mean_ci([])
+
+
+def test_paired_p_value_and_summarize():
+    assert stats.paired_p_value([0.9, 0.8, 0.85], [0.9, 0.8, 0.85]) == 1.0
+    assert stats.paired_p_value([0.9, 0.91, 0.95], [0.5, 0.52, 0.5]) < 0.05
+    assert np.isnan(stats.paired_p_value([0.9], [0.5]))
+    frame = pd.DataFrame(
+        {"m": ["a", "a", "b", "b"], "acc": [0.5, 0.6, 0.9, 0.8], "t": [1, 3, 2, 2]}
+    )
+    table = stats.summarize(frame, "m", "acc", extra=["t"])
+    assert list(table["m"]) == ["b", "a"] and table["t"].tolist() == [2.0, 2.0]
+    with pytest.raises(KeyError, match="'nope'"):
+        stats.summarize(frame, "m", "nope")
