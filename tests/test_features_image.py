@@ -120,3 +120,15 @@ def test_bad_options_and_items_are_named(tmp_path):
         F.create("image", "small_cnn", weights=str(tmp_path / "nope.pth"))
     with pytest.raises(TypeError, match="PIL image"):
         F.create("image", "small_cnn", image_size=32).extract([np.zeros((8, 8, 3))])
+
+
+def test_lite0_trunk_matches_the_reference_network():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=96)
+    net.load_state_dict(image_mod.load_state_dict(image_mod.lite0_weights_path()))
+    ex = F.create("image", "efficientnet_lite0", image_size=96, kind="grid")
+    x = torch.stack([ex.preprocess(im) for im in IMAGES[:3]])
+    with torch.inference_mode():
+        expected = net.eval().extract_features(ex.normalize(x).contiguous())
+    torch.testing.assert_close(ex.extract(IMAGES[:3]), expected, rtol=1e-4, atol=1e-4)

