@@ -76,7 +76,13 @@ def features(
     values = extractor.extract(
         items, batch_size=batch_size, num_workers=num_workers, progress=progress
     )
-    write_entry(entry, values, ids, parts=_key_parts(key, dataset_dict, split, column, extractor))
+    parts = _key_parts(key, dataset_dict, split, column, extractor)
+    try:
+        write_entry(entry, values, ids, parts=parts)
+    except OSError:
+        # A concurrent kernel (parallel notebooks) renamed the same entry into place first.
+        if not (entry / MANIFEST).exists():
+            raise
     return values
 
 
