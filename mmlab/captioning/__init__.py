@@ -1,0 +1,57 @@
+"""Image captioning: a CNN grid encoder, an attention decoder, training and batched decoding.
+
+    extractor = mmlab.features.create("image", "efficientnet_lite0", image_size=128,
+                                      kind="grid", layer="mid")
+    captioner = build("lstm_attention", GridEncoder(extractor), vocab)
+    result = fit(captioner, train, val, TrainConfig(epochs=8), on_epoch=log_epoch)
+    log_captioner(captioner)
+    load_captioner("runs:/<run_id>/model").caption([image], beam_size=3)
+
+Decoders are looked up by name (`available()`); `decode` holds batched greedy and beam search.
+"""
+
+from __future__ import annotations
+
+from mmlab.captioning import decode
+from mmlab.captioning.decoders import DECODERS, available, create_decoder
+from mmlab.captioning.encoder import GridEncoder
+from mmlab.captioning.model import Captioner, Captions
+from mmlab.captioning.saving import load_captioner, log_captioner, log_epoch, model_uri
+from mmlab.captioning.train import (
+    CaptionData,
+    FitResult,
+    TrainConfig,
+    caption_data,
+    fit,
+    score_captions,
+)  # fmt: skip
+
+
+def build(
+    decoder: str,
+    encoder: GridEncoder,
+    vocab,
+    *,
+    max_len: int = 30,
+    length_penalty: float = 1.0,
+    **decoder_options,
+) -> Captioner:
+    """A `Captioner` with decoder `decoder` (see `available()`) sized for `encoder` and `vocab`."""
+    net = create_decoder(
+        decoder,
+        vocab_size=len(vocab),
+        encoder_dim=encoder.dim,
+        grid_size=encoder.grid_size,
+        pad_id=vocab.pad_id,
+        **decoder_options,
+    )
+    return Captioner(
+        encoder, net, vocab, decoder_name=decoder, max_len=max_len, length_penalty=length_penalty
+    )
+
+
+__all__ = [
+    "DECODERS", "CaptionData", "Captioner", "Captions", "FitResult", "GridEncoder", "TrainConfig",
+    "available", "build", "caption_data", "create_decoder", "decode", "fit", "load_captioner", "log_captioner",
+    "log_epoch", "model_uri", "score_captions",
+]  # fmt: skip

@@ -1,0 +1,35 @@
+"""Additive (Bahdanau) attention over a grid of image features, as in Show, Attend and Tell.
+
+    e_ti  = w^T tanh(W_e a_i + W_h h_{t-1})      a_i: the grid feature at location i
+    alpha = softmax_i(e_ti)
+    context = sum_i alpha_ti a_i
+
+`W_e a` does not depend on the time step, so `project_grid` computes it once per batch and the
+decoder passes the result to every step; only `W_h h` is new at each step (and the decoder
+fuses it into one matmul with its other projections of `h`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class AdditiveAttention(nn.Module):
+    def __init__(self, encoder_dim: int, attention_dim: int):
+        super().__init__()
+        self.W_e = nn.Linear(encoder_dim, attention_dim)
+        self.w = nn.Linear(attention_dim, 1)
+
+    def project_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        """`W_e a` for a grid `[B, N, D]`: computed once, reused at every time step."""
+        return self.W_e(grid)
+
+    def forward(
+        self, grid: torch.Tensor, projected_grid: torch.Tensor, projected_hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attend with `projected_hidden = W_h h` `[B, A]`; return `(context [B, D], alpha [B, N])`."""
+        scores = self.w(torch.tanh(projected_grid + projected_hidden.unsqueeze(1))).squeeze(2)
+        alpha = torch.softmax(scores, dim=1)
+        context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)
+        return context, alpha

@@ -1,0 +1,72 @@
+"""The image side of a captioner: a grid extractor of the feature registry as an `nn.Module`.
+
+`GridEncoder(extractor)` takes the CNN trunk of any image extractor built with `kind="grid"`
+(`efficientnet_lite0` with its offline ImageNet weights by default, torchvision CNNs, the small
+CNN) together with its preprocessing. `train_stages` says how many of the trunk's top stages
+learn: 0 (frozen: the grid can come from the feature cache, the main speed lever on a CPU),
+k (fine-tune the top k stages), or `"all"` (train from scratch, e.g. `small_cnn`).
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+
+class GridEncoder(nn.Module):
+    def __init__(self, extractor, train_stages: int | str = 0):
+        super().__init__()
+        if getattr(extractor, "kind", None) != "grid" or not hasattr(extractor, "module"):
+            raise ValueError(
+                f"GridEncoder needs an image extractor created with kind='grid', got {extractor!r}"
+            )
+        self.identity = dict(extractor.identity)
+        self.image_size = extractor.image_size
+        self.dim = extractor.dim
+        self.grid_size = tuple(extractor.grid_size)
+        self.stages = extractor.module.to("cpu")
+        self.register_buffer("mean", extractor.mean.detach().cpu().clone(), persistent=True)
+        self.register_buffer("std", extractor.std.detach().cpu().clone(), persistent=True)
+        n = len(self.stages)
+        k = n if train_stages == "all" else int(train_stages)
+        if not 0 <= k <= n:
+            raise ValueError(f"train_stages must be 0..{n} or 'all', got {train_stages!r}")
+        self.train_stages = k
+        for i, stage in enumerate(self.stages):
+            stage.requires_grad_(i >= n - k)
+        self.train(False)
+
+    @property
+    def frozen(self) -> bool:
+        return self.train_stages == 0
+
+    def train(self, mode: bool = True):
+        """Frozen stages stay in eval mode (their BatchNorm statistics must not drift)."""
+        super().train(mode)
+        for i, stage in enumerate(self.stages):
+            stage.train(mode and i >= len(self.stages) - self.train_stages)
+        return self
+
+    def preprocess(self, image) -> torch.Tensor:
+        """A PIL image -> uint8 `[3, S, S]` (resized as the extractor does)."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+        pixels = TF.pil_to_tensor(image.convert("RGB"))
+        size = [self.image_size, self.image_size]
+        return (
+            TF.resize(pixels, size, antialias=True) if pixels.shape[1:] != tuple(size) else pixels
+        )
+
+    def pixels(self, images) -> torch.Tensor:
+        return torch.stack([self.preprocess(im) for im in images])
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 `[B, 3, S, S]` -> grid `[B, D, H, W]`; frozen stages run without autograd."""
+        x = (pixels.float() / 255 - self.mean) / self.std
+        n_frozen = len(self.stages) - self.train_stages
+        if n_frozen:
+            with torch.no_grad():
+                x = self.stages[:n_frozen](x)
+        return self.stages[n_frozen:](x) if self.train_stages else x

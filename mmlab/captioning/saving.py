@@ -1,0 +1,134 @@
+"""Captioners in MLflow: per-epoch logging, the model with its vocabulary, loading it back.
+
+    log_captioner(captioner)                       # under the active run, artifact path "model"
+    captioner = load_captioner("runs:/<run_id>/model")   # or a run id, models:/..., a folder
+    captioner.caption([Image.open("photo.png")])
+
+The whole `Captioner` (encoder trunk with its preprocessing, decoder, vocabulary) is pickled by
+`mlflow.pytorch.log_model`; `vocab.json` and `captioner.json` ride along as readable extra files.
+Loading needs `mmlab` installed (the pickle refers to its classes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+from mmlab.captioning.model import Captioner
+from mmlab.captioning.train import EpochResult
+
+MODEL_ARTIFACT = "model"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def log_epoch(result: EpochResult) -> None:
+    """`fit(..., on_epoch=log_epoch)`: epoch metrics, and the sample captions as a table."""
+    from mmlab import tracking
+
+    tracking.log_metrics(result.metrics, step=result.epoch)
+    tracking.log_table(result.samples, f"val_captions/epoch_{result.epoch:02d}.csv")
+
+
+def describe(captioner: Captioner) -> dict:
+    """What the model is, in plain values (logged as `captioner.json`)."""
+    return {
+        "decoder": captioner.decoder_name,
+        "encoder": captioner.encoder.identity,
+        "train_stages": captioner.encoder.train_stages,
+        "grid_size": list(captioner.grid_size),
+        "encoder_dim": captioner.encoder.dim,
+        "image_size": captioner.encoder.image_size,
+        "vocab_size": len(captioner.vocab),
+        "max_len": captioner.max_len,
+        "length_penalty": captioner.length_penalty,
+        "parameters": sum(p.numel() for p in captioner.parameters()),
+    }
+
+
+def _requirements() -> list[str]:
+    """Pinned explicitly: MLflow's inference would reload the model in a subprocess."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["torch", "torchvision", "pillow", "efficientnet-lite-pytorch", "mlflow"]
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_captioner(captioner: Captioner, name: str = MODEL_ARTIFACT):
+    """Log the captioner under the active run (`runs:/<run_id>/<name>`); returns MLflow's info."""
+    import mlflow.pytorch
+    from mlflow.tracking.fluent import active_run
+
+    if active_run() is None:
+        raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
+    captioner = captioner.cpu().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_path, config_path = Path(tmp) / "vocab.json", Path(tmp) / "captioner.json"
+        captioner.vocab.save(vocab_path)
+        config_path.write_text(json.dumps(describe(captioner), indent=2, default=str) + "\n")
+        return mlflow.pytorch.log_model(
+            captioner, name=name, extra_files=[str(vocab_path), str(config_path)],
+            pip_requirements=_requirements(),
+        )  # fmt: skip
+
+
+def model_uri(source: str | Path) -> str:
+    """A run id, `runs:/..`, `models:/..`, any MLflow URI, or a local model folder -> a URI."""
+    text = str(source)
+    if _RUN_ID.match(text):
+        return f"runs:/{text}/{MODEL_ARTIFACT}"
+    if "://" in text or text.startswith(("runs:/", "models:/")):
+        return text
+    path = Path(text).expanduser()
+    if not (path / "MLmodel").is_file():
+        raise FileNotFoundError(
+            f"{text!r} is neither a run id, an MLflow model URI (runs:/<id>/model, models:/..) "
+            f"nor a folder holding an MLmodel file"
+        )
+    return str(path.resolve())
+
+
+def load_captioner(source: str | Path, device: str = "auto") -> Captioner:
+    """Load a logged captioner ready to `.caption(images)`."""
+    import mlflow
+    import mlflow.pytorch
+
+    from mmlab import tracking
+    from mmlab.features.device import resolve_device
+
+    uri = model_uri(source)
+    if uri.startswith(("runs:/", "models:/")):
+        mlflow.set_tracking_uri(tracking.ensure_store())
+    model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    if not isinstance(model, Captioner):
+        raise TypeError(f"{source!r} holds a {type(model).__name__}, not an mmlab Captioner")
+    return model.to(resolve_device(device)).eval()
+
+
+def save_checkpoint(captioner: Captioner, path: str | Path) -> Path:
+    """The captioner as a local MLflow model folder (written atomically); load_captioner reads it."""
+    import mlflow.pytorch
+
+    from mmlab.workspace import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as extra:
+        vocab_path = Path(extra) / "vocab.json"
+        captioner.vocab.save(vocab_path)
+        mlflow.pytorch.save_model(
+            captioner.cpu().eval(),
+            str(tmp),
+            extra_files=[str(vocab_path)],
+            pip_requirements=_requirements(),
+        )
+    return path
+
+
+__all__ = ["load_captioner", "log_captioner", "log_epoch", "model_uri", "save_checkpoint"]

@@ -1,0 +1,315 @@
+"""Training a captioner: teacher forcing, early stopping on captions actually decoded.
+
+    train = CaptionData.build(grids, ids, captions, vocab)     # grids from the feature cache
+    result = fit(captioner, train, val, TrainConfig(epochs=8), on_epoch=log_epoch)
+
+Each step: cross-entropy over the next word (padding ignored) plus the doubly stochastic
+attention penalty `lambda * mean_i (1 - sum_t alpha_ti)^2`; AdamW, gradient clipping, a
+per-step learning-rate schedule with warm-up. After each epoch the validation images are
+decoded (greedy by default) and scored with BLEU-4 and CIDEr; the best state by `monitor` is
+kept and restored at the end, and training stops after `patience` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from mmlab.features.device import resolve_device
+
+MONITORS = {"cider": "val_cider", "bleu4": "val_bleu4"}
+
+
+@dataclass
+class CaptionData:
+    """Inputs of one split and its captions, encoded once.
+
+    `inputs` are grids `[N, D, H, W]` (frozen encoder, from the cache) or uint8 pixels
+    `[N, 3, S, S]` (an encoder that trains); `tokens[m]` is a caption of image `image_index[m]`.
+    """
+
+    inputs: torch.Tensor
+    ids: list[str]
+    references: list[list[str]]
+    tokens: torch.Tensor
+    image_index: torch.Tensor
+    pad_id: int = 0
+
+    @classmethod
+    def build(
+        cls, inputs: torch.Tensor, ids: Sequence[str], captions: Sequence[Sequence[str]], vocab
+    ) -> CaptionData:
+        if not (len(inputs) == len(ids) == len(captions)):
+            raise ValueError(
+                f"inputs ({len(inputs)}), ids ({len(ids)}) and captions ({len(captions)}) "
+                "must have one entry per image"
+            )
+        empty = [i for i, refs in zip(ids, captions, strict=True) if not refs]
+        if empty:
+            raise ValueError(f"images without captions: {empty[:5]}")
+        flat = [c for refs in captions for c in refs]
+        index = [i for i, refs in enumerate(captions) for _ in refs]
+        return cls(
+            inputs,
+            list(ids),
+            [list(r) for r in captions],
+            vocab.encode_batch(flat),
+            torch.tensor(index, dtype=torch.long),
+            vocab.pad_id,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def reference_dict(self) -> dict[str, list[str]]:
+        return dict(zip(self.ids, self.references, strict=True))
+
+
+def caption_data(dataset_dict, split: str, extractor, encoder, vocab) -> CaptionData:
+    """A split ready to train on: with a frozen encoder the grids come from the feature cache
+    (computed once, reused across epochs and runs); otherwise the images as uint8 pixels."""
+    from mmlab.features import cache
+
+    if split not in dataset_dict:
+        raise KeyError(f"split {split!r} not in the dataset; it has {list(dataset_dict)}")
+    ds = dataset_dict[split]
+    if encoder.frozen:
+        inputs = cache.features(dataset_dict, split, extractor)
+    else:
+        inputs = encoder.pixels(ds["image"])
+    return CaptionData.build(inputs, ds["id"], ds["captions"], vocab)
+
+
+def _constant(progress: float) -> float:
+    return 1.0
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _linear(progress: float) -> float:
+    return 1.0 - progress
+
+
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": _constant, "cosine": _cosine, "linear": _linear,
+}  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    grad_clip: float = 5.0
+    schedule: str = "cosine"  # learning-rate factor per step after warm-up: see SCHEDULES
+    warmup: float = 0.05  # share of all steps with a linear warm-up
+    attention_penalty: float = 1.0  # lambda of the doubly stochastic attention penalty
+    label_smoothing: float = 0.0
+    monitor: str = "cider"  # early stopping and best checkpoint: "cider" or "bleu4"
+    patience: int = 3  # epochs without improvement before stopping
+    val_beam_size: int = 1  # decoding used for the per-epoch validation scores
+    sample_images: int = 6  # validation images whose captions are shown every epoch
+    metric_tokenizer: str = "auto"  # see mmlab.metrics.resolve_tokenizer
+    device: str = "auto"
+    amp: bool | str = "auto"  # "auto": bfloat16 autocast on CUDA, off on the CPU
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise KeyError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.monitor not in MONITORS:
+            raise KeyError(f"unknown monitor {self.monitor!r}; valid: {', '.join(MONITORS)}")
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    metrics: dict[str, float]  # train_loss, val_loss, val_bleu4, val_cider, lr, epoch_seconds
+    samples: pd.DataFrame  # captions of the fixed validation images
+    improved: bool
+
+
+@dataclass
+class FitResult:
+    history: pd.DataFrame  # one row per epoch
+    best_epoch: int
+    best_score: float
+    monitor: str
+    stopped_early: bool
+    config: dict = field(default_factory=dict)
+
+
+def caption_loss(
+    logits,
+    alpha,
+    targets,
+    pad_id: int,
+    attention_penalty: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(total, cross_entropy)`: CE over non-pad targets plus the doubly stochastic penalty."""
+    ce = F.cross_entropy(
+        logits.float().flatten(0, 1),
+        targets.flatten(),
+        ignore_index=pad_id,
+        label_smoothing=label_smoothing,
+    )
+    if not attention_penalty:
+        return ce, ce
+    mask = (targets != pad_id).unsqueeze(2).to(alpha.dtype)
+    penalty = ((1.0 - (alpha * mask).sum(dim=1)) ** 2).mean()
+    return ce + attention_penalty * penalty.float(), ce
+
+
+def _autocast(device: torch.device, amp: bool | str):
+    use = device.type == "cuda" if amp == "auto" else bool(amp)
+    if not use:
+        return nullcontext()
+    dtype = (
+        torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+    )
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _batches(data: CaptionData, batch_size: int, generator=None):
+    """Caption rows in batches (shuffled with a generator), trimmed to their longest caption."""
+    order = (
+        torch.randperm(len(data.tokens), generator=generator)
+        if generator is not None
+        else torch.arange(len(data.tokens))
+    )
+    lengths = data.tokens.ne(data.pad_id).sum(1)
+    for rows in torch.split(order, batch_size):
+        width = max(int(lengths[rows].max()), 2)
+        yield data.inputs[data.image_index[rows]], data.tokens[rows, :width]
+
+
+@torch.no_grad()
+def validation_loss(model, data: CaptionData, batch_size: int = 256, amp="auto") -> float:
+    model.eval()
+    device, pad = model.device, model.vocab.pad_id
+    total, count = 0.0, 0
+    for inputs, tokens in _batches(data, batch_size):
+        tokens = tokens.to(device)
+        with _autocast(device, amp):
+            logits, _ = model(inputs.to(device), tokens[:, :-1])
+        targets = tokens[:, 1:]
+        n = int(targets.ne(pad).sum())
+        total += float(
+            F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=pad, reduction="sum"
+            )
+        )
+        count += n
+    return total / max(count, 1)
+
+
+def score_captions(
+    model, data: CaptionData, beam_size: int = 1, tokenizer: str = "auto", metrics=("bleu", "cider")
+) -> tuple[dict[str, float], list[str]]:
+    """Decode every image of `data` and score the captions against its references."""
+    from mmlab.metrics import caption_scores
+
+    captions = model.decode_grids(data.inputs, beam_size, return_attention=False).captions
+    predictions = dict(zip(data.ids, captions, strict=True))
+    return caption_scores(
+        data.reference_dict, predictions, metrics=metrics, tokenizer=tokenizer
+    ), captions
+
+
+def fit(
+    model,
+    train: CaptionData,
+    val: CaptionData,
+    config: TrainConfig | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> FitResult:
+    """Train `model` (a `Captioner`) in place; the best epoch's weights are restored at the end."""
+    config = config or TrainConfig()
+    if model.encoder.frozen and train.inputs.dtype == torch.uint8:
+        raise ValueError("frozen encoder: pass cached grids [N, D, H, W] as inputs, not pixels")
+    device = resolve_device(config.device)
+    model.to(device)
+    pad = model.vocab.pad_id
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train.tokens) / config.batch_size)
+    total = max(config.epochs * steps_per_epoch, 1)
+    warmup = max(int(config.warmup * total), 1)
+    shape = SCHEDULES[config.schedule]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(
+            (step + 1) / warmup, shape(min(max(step - warmup, 0) / max(total - warmup, 1), 1.0))
+        ),
+    )
+    monitor = MONITORS[config.monitor]
+    best_score, best_epoch, best_state, stale = -math.inf, -1, None, 0
+    rows, stopped_early = [], False
+    sample_ids = val.ids[: config.sample_images]
+
+    for epoch in range(config.epochs):
+        started = time.perf_counter()
+        model.train()
+        loss_sum, loss_count = 0.0, 0
+        for inputs, tokens in _batches(train, config.batch_size, generator):
+            inputs, tokens = inputs.to(device, non_blocking=True), tokens.to(device)
+            with _autocast(device, config.amp):
+                logits, alpha = model(inputs, tokens[:, :-1])
+            loss, ce = caption_loss(
+                logits, alpha, tokens[:, 1:], pad, config.attention_penalty, config.label_smoothing
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += ce.item() * len(tokens)
+            loss_count += len(tokens)
+        train_seconds = time.perf_counter() - started
+        scores, captions = score_captions(model, val, config.val_beam_size, config.metric_tokenizer)
+        metrics = {
+            "train_loss": loss_sum / max(loss_count, 1),
+            "val_loss": validation_loss(model, val, amp=config.amp),
+            "val_bleu4": scores["bleu4"],
+            "val_cider": scores["cider"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_seconds": train_seconds,
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        improved = metrics[monitor] > best_score
+        if improved:
+            best_score, best_epoch, stale = metrics[monitor], epoch, 0
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            stale += 1
+        samples = pd.DataFrame({
+            "epoch": epoch, "id": sample_ids, "caption": captions[: len(sample_ids)],
+            "reference": [refs[0] for refs in val.references[: len(sample_ids)]],
+        })  # fmt: skip
+        rows.append({"epoch": epoch, **metrics})
+        if on_epoch is not None:
+            on_epoch(EpochResult(epoch, metrics, samples, improved))
+        if stale >= config.patience:
+            stopped_early = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(
+        pd.DataFrame(rows), best_epoch, best_score, monitor, stopped_early, asdict(config)
+    )

@@ -1,0 +1,171 @@
+"""Decoders, attention and batched decoding on random tensors (no data, no training)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from mmlab.captioning import available, create_decoder
+from mmlab.captioning import decode as decoding
+from mmlab.captioning.attention import AdditiveAttention
+
+torch.set_num_threads(2)
+START, END, PAD = 1, 2, 0
+DECODERS = ["lstm_attention", "transformer"]
+
+
+def make(name: str, vocab_size: int = 23, dim: int = 16, grid=(3, 4), seed: int = 0, **options):
+    torch.manual_seed(seed)
+    sizes = (
+        dict(embed_dim=16, hidden_dim=32, attention_dim=24)
+        if name == "lstm_attention"
+        else (dict(d_model=32, heads=4, layers=2, ff_dim=64))
+    )
+    return create_decoder(
+        name, vocab_size=vocab_size, encoder_dim=dim, grid_size=grid, **{**sizes, **options}
+    ).eval()
+
+
+def grids(n: int = 5, dim: int = 16, grid=(3, 4), seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, dim, *grid, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def sequence_log_prob(decoder, grid, words: list[int]) -> float:
+    """Teacher-forced log-probability of `words + <end>` for one grid."""
+    tokens = torch.tensor([[START, *words]])
+    logits, _ = decoder(grid.unsqueeze(0), tokens)
+    log_probs = logits.log_softmax(-1)[0]
+    targets = [*words, END]
+    return float(sum(log_probs[t, w] for t, w in enumerate(targets)))
+
+
+def test_registry_lists_names_in_unknown_name_error():
+    assert available() == ["lstm_attention", "transformer"]
+    with pytest.raises(KeyError, match="lstm_attention, transformer"):
+        create_decoder("gru")
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_teacher_forcing_shapes_and_attention_is_a_distribution(name):
+    decoder = make(name)
+    tokens = torch.randint(3, 23, (5, 7))
+    logits, alpha = decoder(grids(), tokens)
+    assert logits.shape == (5, 7, 23) and alpha.shape == (5, 7, 12)
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(5, 7))
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_step_by_step_equals_teacher_forcing(name):
+    """The incremental path used by decoding computes exactly what training optimises."""
+    decoder, grid = make(name), grids()
+    tokens = torch.randint(3, 23, (5, 6))
+    logits, alpha = decoder(grid, tokens)
+    memory, state = decoder.start(grid)
+    for t in range(tokens.size(1)):
+        log_probs, step_alpha, state = decoder.step(memory, state, tokens[:, t])
+        torch.testing.assert_close(log_probs, logits[:, t].log_softmax(-1), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(step_alpha, alpha[:, t], atol=1e-5, rtol=1e-4)
+
+
+def test_grid_projection_is_computed_once_per_batch(monkeypatch):
+    decoder = make("lstm_attention")
+    calls = []
+    original = AdditiveAttention.project_grid
+    monkeypatch.setattr(
+        AdditiveAttention,
+        "project_grid",
+        lambda self, grid: calls.append(1) or original(self, grid),
+    )
+    decoder(grids(), torch.randint(3, 23, (5, 9)))
+    assert len(calls) == 1
+
+
+def test_gating_scalar_and_initial_state_follow_the_paper():
+    decoder = make("lstm_attention")
+    H, A = decoder.hidden_dim, decoder.attention_dim
+    assert decoder.hidden_proj.out_features == 4 * H + A + 1  # f_beta gives one scalar
+    grid = grids()
+    h, c = decoder.init_state(grid.flatten(2).transpose(1, 2))
+    torch.testing.assert_close(h, torch.tanh(decoder.init_h(grid.mean((2, 3)))))
+
+
+def test_transformer_rejects_a_grid_of_another_size():
+    with pytest.raises(ValueError, match=r"\(3, 4\) grid"):
+        make("transformer")(grids(grid=(4, 4)), torch.randint(3, 23, (5, 3)))
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_greedy_scores_are_the_model_log_probabilities(name):
+    decoder, grid = make(name), grids()
+    out = decoding.greedy(decoder, grid, start_id=START, end_id=END, max_len=12)
+    for i, words in enumerate(out.tokens):
+        assert END not in words and START not in words
+        if out.length[i] == len(words) + 1:  # reached <end>
+            assert out.log_prob[i] == pytest.approx(
+                sequence_log_prob(decoder, grid[i], words), abs=1e-4
+            )
+        assert out.attention[i].shape == (len(words), 12)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_batched_beam_search_equals_one_image_at_a_time(name):
+    decoder, grid = make(name), grids(n=6)
+    batched = decoding.beam_search(
+        decoder, grid, beam_size=4, start_id=START, end_id=END, max_len=10
+    )
+    for i in range(6):
+        single = decoding.beam_search(
+            decoder, grid[i : i + 1], beam_size=4, start_id=START, end_id=END, max_len=10
+        )
+        assert single.tokens[0] == batched.tokens[i]
+        assert single.log_prob[0] == pytest.approx(float(batched.log_prob[i]), abs=1e-4)
+        torch.testing.assert_close(single.attention[0], batched.attention[i], atol=1e-5, rtol=1e-4)
+
+
+def test_beam_size_one_is_greedy():
+    decoder, grid = make("lstm_attention"), grids()
+    greedy = decoding.greedy(decoder, grid, start_id=START, end_id=END, max_len=10)
+    beam = decoding.beam_search(decoder, grid, beam_size=1, start_id=START, end_id=END, max_len=10)
+    assert greedy.tokens == beam.tokens
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_wide_beam_finds_the_exhaustive_optimum(length_penalty):
+    """With a beam as wide as every hypothesis, beam search is exhaustive search."""
+    vocab_size, max_len = 6, 3  # words 3, 4, 5
+    decoder = make("lstm_attention", vocab_size=vocab_size, seed=3)
+    grid = grids(n=2, seed=4)
+    out = decoding.beam_search(
+        decoder,
+        grid,
+        beam_size=vocab_size**max_len,
+        start_id=START,
+        end_id=END,
+        max_len=max_len,
+        length_penalty=length_penalty,
+    )
+    words = [3, 4, 5]
+    for i in range(2):
+        best, best_words = -math.inf, None
+        for n in range(max_len):  # captions that end within max_len steps
+            for seq in itertools.product(words, repeat=n):
+                score = sequence_log_prob(decoder, grid[i], list(seq)) / (n + 1) ** length_penalty
+                if score > best:
+                    best, best_words = score, list(seq)
+        found = float(out.log_prob[i]) / float(out.length[i]) ** length_penalty
+        if out.length[i] == len(out.tokens[i]) + 1:
+            assert found == pytest.approx(best, abs=1e-5)
+            assert out.tokens[i] == best_words
+        else:  # a caption cut at max_len beat every finished one
+            assert found >= best - 1e-6
+
+
+def test_decode_validates_beam_size():
+    with pytest.raises(ValueError, match="beam_size"):
+        decoding.beam_search(
+            make("lstm_attention"), grids(), beam_size=0, start_id=START, end_id=END
+        )
