@@ -7,8 +7,10 @@ executor only decides where it runs. The local one is a process pool; a distribu
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -62,6 +64,23 @@ def _render_html(notebook: Path, html: Path) -> None:
         tmp.write_text(body, encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _stderr_to(log: Path):
+    """Send this process's stderr (and so the kernel's: warnings, a dying kernel's last words)
+    to `log` while the block runs, so parallel kernels do not interleave on the terminal."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "w") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def execute(job: Job) -> Outcome:
     """Run the notebook with Papermill, render it, attach both to the job's MLflow run.
 
@@ -75,7 +94,8 @@ def execute(job: Job) -> Outcome:
     start = time.perf_counter()
     os.environ.update(job.env)  # the kernel inherits this process's environment
     error: BaseException | None = None
-    with workspace.atomic_path(job.output) as tmp:
+    log = job.output.with_suffix(".log")
+    with workspace.atomic_path(job.output) as tmp, _stderr_to(log):
         try:
             papermill.execute_notebook(
                 str(job.notebook),
@@ -98,6 +118,7 @@ def execute(job: Job) -> Outcome:
     except Exception as raised:  # a rendering problem must not hide the run's own result
         error = error or raised
     client.log_artifact(job.run_id, str(job.output), "notebook")
+    client.log_artifact(job.run_id, str(log), "notebook")
     return Outcome(
         ok=error is None,
         error=_error_line(error) if error else "",

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from mmlab import cli, tracking
 
@@ -48,17 +47,6 @@ def test_dry_run_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "grid[x=1]" in out and "grid[x=2]" in out and "x=11" in out
     assert "runs/demo/grid/x=1.ipynb" in out
-
-
-def test_failed_batch_exits_non_zero(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MMLAB_HOME", str(tmp_path))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    batch = {"stages": {"crash": {"notebook": str(HERE / "notebooks" / "crash.ipynb")}}}
-    (tmp_path / "crash.yaml").write_text(yaml.safe_dump(batch))
-    assert cli.main(["run", str(tmp_path / "crash.yaml"), "--jobs", "1"]) == 1
-    out = capsys.readouterr().out
-    assert "failed" in out and "DeadKernelError" in out
-    assert (tmp_path / "runs" / "crash" / "crash" / "crash.ipynb").is_file()
 
 
 def test_caption_checks_images_before_loading_the_model(tmp_path, capsys):

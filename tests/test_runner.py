@@ -17,7 +17,7 @@ import nbformat
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mmlab import runner, tracking
+from mmlab import cli, runner, tracking
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE / "batches" / "demo.yaml"
@@ -92,7 +92,7 @@ def test_grid_runs_land_in_mlflow_with_tags_and_notebooks(demo, client, home):
         assert (home / "runs" / "demo" / "grid" / f"x={x}.ipynb").is_file()
         assert (home / "runs" / "demo" / "grid" / f"x={x}.html").is_file()
         artifacts = {a.path for a in client.list_artifacts(result.run_id, "notebook")}
-        assert artifacts == {f"notebook/x={x}.ipynb", f"notebook/x={x}.html"}
+        assert artifacts == {f"notebook/x={x}.{ext}" for ext in ("ipynb", "html", "log")}
 
 
 def test_reference_resolves_to_the_needed_stage_run_after_it_finished(demo, client):
@@ -150,10 +150,19 @@ def test_rerun_uses_cache_and_force_reruns(demo, client):
     }
     assert again.ok and any("cached" in line and "grid[x=1]" in line for line in lines)
 
-    forced = runner.run(DEMO, jobs=2, only=["single"], force=True, out=lines.append)
-    (result,) = forced.results
-    assert result.status == "done" and result.run_id != first["single"].run_id
-    assert client.get_run(result.run_id).info.status == "FINISHED"
+
+def test_cli_force_reruns_and_failure_exits_non_zero(demo, client, capsys):
+    """`mmlab run --only single --only crash --force`: single re-runs despite its cache,
+    the dead kernel fails again, and the command exits 1."""
+    report, _ = demo
+    argv = ["run", str(DEMO), "--only", "single", "--only", "crash", "--force", "--jobs", "2"]
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out
+    single_row = next(line for line in out.splitlines() if line.startswith("single "))
+    assert " done " in single_row and runs_of(report)["single"].run_id not in single_row
+    new_id = single_row.split()[4]
+    assert client.get_run(new_id).info.status == "FINISHED"
+    assert any(line.startswith("crash ") and "DeadKernelError" in line for line in out.splitlines())
 
 
 def test_dry_run_prints_plan_without_running(home, client):

@@ -19,10 +19,16 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from mmlab import tracking, workspace  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    """One SQLite store for this module (tests use distinct experiment names)."""
+    return tmp_path_factory.mktemp("tracking-store")
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh SQLite store per test; no runner environment."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(store_dir, monkeypatch):
+    """The module's store, no runner environment, and no run left open afterwards."""
+    uri = f"sqlite:///{store_dir / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     yield uri
@@ -36,7 +42,7 @@ def test_flatten_nests_and_stringifies():
     assert flat == {"a.b": "1", "a.c.d": "[1, 2]", "e": "x", "f": "null"}
 
 
-def test_start_creates_run_in_notebook_experiment(store, tmp_path):
+def test_start_creates_run_in_notebook_experiment(store, store_dir):
     run = tracking.start(notebook="01_demo", params={"lr": 0.1, "model": {"dim": 8}})
     assert tracking.start(notebook="01_demo", params={"lr": 0.1, "model": {"dim": 8}}) is run
     tracking.log_metrics({"acc": 0.5, "loss": 1.0}, step=3)
@@ -46,7 +52,7 @@ def test_start_creates_run_in_notebook_experiment(store, tmp_path):
 
     client = MlflowClient(store)
     exp = client.get_experiment_by_name("01_demo")
-    assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri() + "/01_demo"
+    assert exp.artifact_location == (store_dir / "mlartifacts").as_uri() + "/01_demo"
     got = client.get_run(run.info.run_id)
     assert got.info.status == "FINISHED"
     assert got.data.params == {"lr": "0.1", "model.dim": "8"}
@@ -58,8 +64,8 @@ def test_start_creates_run_in_notebook_experiment(store, tmp_path):
 
 
 def test_changed_params_start_a_fresh_interactive_run(store):
-    first = tracking.start(notebook="01_demo", params={"lr": 0.1})
-    second = tracking.start(notebook="01_demo", params={"lr": 0.2})
+    first = tracking.start(notebook="05_demo", params={"lr": 0.1})
+    second = tracking.start(notebook="05_demo", params={"lr": 0.2})
     assert first.info.run_id != second.info.run_id
     assert MlflowClient(store).get_run(first.info.run_id).info.status == "FINISHED"
 
