@@ -351,18 +351,22 @@ def plan(batch: Batch, only: list[str] = (), out: Print = print) -> None:
 
 
 def summary(report: Report) -> list[str]:
-    """The end-of-batch table: stage, varying parameters, status, duration, run, headline."""
-    rows = [("stage", "parameters", "status", "time", "mlflow run", "headline / error")]
+    """The end-of-batch table: stage, notebook, varying parameters, status, time, run, headline."""
+    header = ("stage", "notebook", "parameters", "status", "time", "mlflow run", "headline / error")
+    rows = [header]
     for r in report.results:
         varying = report.batch.varying(r.execution.stage)
         params = ",".join(f"{k}={r.execution.parameters[k]}" for k in varying) or "-"
         duration = f"{r.seconds:.1f}s" if r.status in ("done", "failed") else "-"
+        notebook = r.execution.notebook.stem
+        status, run_id = r.status, r.run_id or "-"
         rows.append(
-            (r.execution.stage, params, r.status, duration, r.run_id or "-", r.error or r.headline)
+            (r.execution.stage, notebook, params, status, duration, run_id, r.error or r.headline)
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    last = len(header) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(last)]
     lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
+        "  ".join(c.ljust(w) for c, w in zip(row[:last], widths, strict=True)) + "  " + row[last]
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))

@@ -178,7 +178,10 @@ def start(
     mlflow.set_tracking_uri(uri)
     run_id = os.environ.get("MLFLOW_RUN_ID")
     all_tags = {NOTEBOOK_TAG: notebook, **(tags or {})}
-    if run_id:
+    active = mlflow.active_run()
+    if run_id and active is not None and active.info.run_id == run_id:
+        run = active  # the runner's run is still active in this kernel (start after finish)
+    elif run_id:
         run = retry(mlflow.start_run, run_id=run_id)
     else:
         run = retry(mlflow.start_run, experiment_id=experiment_id(notebook, uri), tags=all_tags)

@@ -66,7 +66,7 @@ def test_statuses_summary_and_exit(demo):
     text = "\n".join(lines)
     assert "ValueError: boom 1" in text and "needs 'fail', which failed" in text
     header = next(line for line in lines if line.startswith("stage "))
-    assert header.split()[:5] == ["stage", "parameters", "status", "time", "mlflow"]
+    assert header.split()[:6] == ["stage", "notebook", "parameters", "status", "time", "mlflow"]
     grid_row = next(line for line in lines if line.startswith("grid ") and "x=2" in line)
     assert "done" in grid_row and runs_of(report)["grid[x=2]"].run_id in grid_row
     assert "value=4" in grid_row  # the notebook's declared headline metric
@@ -160,7 +160,7 @@ def test_cli_force_reruns_and_failure_exits_non_zero(demo, client, capsys):
     out = capsys.readouterr().out
     single_row = next(line for line in out.splitlines() if line.startswith("single "))
     assert " done " in single_row and runs_of(report)["single"].run_id not in single_row
-    new_id = single_row.split()[4]
+    new_id = single_row.split()[5]
     assert client.get_run(new_id).info.status == "FINISHED"
     assert any(line.startswith("crash ") and "DeadKernelError" in line for line in out.splitlines())
 

@@ -78,6 +78,8 @@ def test_start_resumes_runner_run_and_leaves_it_open(store, monkeypatch):
     run = tracking.start(notebook="02_demo", params={"seed": 1})
     assert run.info.run_id == created.info.run_id
     tracking.finish()
+    assert tracking.start(notebook="02_demo", params={"seed": 1}).info.run_id == run.info.run_id
+    tracking.finish()
     assert client.get_run(created.info.run_id).info.status == "RUNNING"
     assert client.get_run(created.info.run_id).data.params == {"seed": "1"}
     mlflow.end_run()
