@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
@@ -47,15 +47,23 @@ _state: dict[str, Any] = {"run": None, "owned": False, "params": None}
 
 
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else the workspace's SQLite store."""
-    return workspace.tracking_uri()
+    """`MLFLOW_TRACKING_URI` if set, else the workspace's SQLite store.
+
+    A relative SQLite path is made absolute, so kernels (which run in the notebook's folder)
+    write to the same database as the process that started them.
+    """
+    uri = workspace.tracking_uri()
+    db = _sqlite_path(uri)
+    return f"sqlite:///{db}" if db is not None else uri
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:"):
+    """The database file of a `sqlite:///relative` or `sqlite:////absolute` URI (else None)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
         return None
-    path = unquote(urlparse(uri).path)
-    return Path(path) if path and path != "/:memory:" else None
+    path = unquote(uri[len(prefix) :].split("?", 1)[0])
+    return Path(path).absolute() if path and path != ":memory:" else None
 
 
 def default_artifact_root(uri: str | None = None) -> str | None:
