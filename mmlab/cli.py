@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.home:
         os.environ["MMLAB_HOME"] = str(args.home.resolve())
+    # SIGTERM unwinds like Ctrl-C, so a batch that is stopped cleans up after itself.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return COMMANDS[args.command].handler(args)
     except UsageError as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import traceback
@@ -139,7 +140,13 @@ def safe_execute(job: Job) -> Outcome:
 class Executor(Protocol):
     def submit(self, job: Job) -> Future[Outcome]: ...
 
-    def shutdown(self) -> None: ...
+    def shutdown(self, wait: bool = True) -> None:
+        """wait=True: let running jobs finish; False: stop them now (interrupted batch)."""
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C is the runner's to handle: it marks runs KILLED and stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class LocalExecutor:
@@ -147,13 +154,19 @@ class LocalExecutor:
 
     def __init__(self, jobs: int):
         context = multiprocessing.get_context("spawn")
-        self.pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context)
+        self.pool = ProcessPoolExecutor(
+            max_workers=max(1, jobs), mp_context=context, initializer=_ignore_sigint
+        )
 
     def submit(self, job: Job) -> Future[Outcome]:
         return self.pool.submit(safe_execute, job)
 
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, wait: bool = True) -> None:
+        if not wait:
+            # A worker that dies takes its kernel along: ipykernel exits when its parent goes.
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                process.terminate()
+        self.pool.shutdown(wait=wait, cancel_futures=True)
 
 
 EXECUTORS: dict[str, type] = {"local": LocalExecutor}

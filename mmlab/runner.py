@@ -297,13 +297,14 @@ class BatchRun:
                         outcome = executors.Outcome(ok=False, error=f"worker died: {error!r}")
                     self.finish(result, outcome)
                     self.show(result)
-        except BaseException:
-            for result in running.values():  # an interrupted batch leaves no RUNNING runs
-                tracking.client().set_terminated(result.run_id, "KILLED")
+        except BaseException:  # Ctrl-C, SIGTERM: stop the kernels, leave no RUNNING runs
+            executor.shutdown(wait=False)
+            for result in running.values():
+                tracking.retry(tracking.client().set_terminated, result.run_id, "KILLED")
                 result.status, result.error = "failed", "interrupted"
+            self.out(f"interrupted: {len(running)} running executions marked KILLED")
             raise
-        finally:
-            executor.shutdown()
+        executor.shutdown()
         return Report(self.batch, self.batch_id, self.results)
 
     def schedule(self, executor: executors.Executor, running: dict[Future, Result]) -> None:
