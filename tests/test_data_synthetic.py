@@ -230,7 +230,11 @@ def test_lexicon_maps_every_surface_form():
 def test_default_dataset_is_generated_once_and_reused():
     from mmlab import workspace
 
-    stale = workspace.data_dir() / ".synthetic-v1-n6-s1-i32-noaudio-novideo.abc.tmp" / "x"
+    stale = (
+        workspace.data_dir()
+        / f".synthetic-v{synthetic.GENERATOR_VERSION}-n6-s1-i32-noaudio-novideo.abc.tmp"
+        / "x"
+    )
     stale.mkdir(parents=True)  # what a killed generation leaves
     first = synthetic.default_dataset(n=6, seed=1, image_size=32, audio=False, video=False)
     stamp = (first / synthetic.INFO_FILE).stat().st_mtime_ns
