@@ -16,15 +16,23 @@ from mmlab.captioning import decode
 from mmlab.captioning.decoders import DECODERS, available, create_decoder
 from mmlab.captioning.encoder import GridEncoder
 from mmlab.captioning.model import Captioner, Captions
-from mmlab.captioning.saving import load_captioner, log_captioner, log_epoch, model_uri
+from mmlab.captioning.saving import (
+    load_captioner,
+    log_captioner,
+    log_epoch,
+    model_uri,
+    resolve_model,
+)
 from mmlab.captioning.train import (
     CaptionData,
     FitResult,
     TrainConfig,
     caption_data,
+    compare_decodings,
     fit,
     score_captions,
-)  # fmt: skip
+    test_metrics,
+)
 
 
 def build(
@@ -51,7 +59,25 @@ def build(
 
 
 __all__ = [
-    "DECODERS", "CaptionData", "Captioner", "Captions", "FitResult", "GridEncoder", "TrainConfig",
-    "available", "build", "caption_data", "create_decoder", "decode", "fit", "load_captioner", "log_captioner",
-    "log_epoch", "model_uri", "score_captions",
-]  # fmt: skip
+    "DECODERS",
+    "CaptionData",
+    "Captioner",
+    "Captions",
+    "FitResult",
+    "GridEncoder",
+    "TrainConfig",
+    "available",
+    "build",
+    "caption_data",
+    "compare_decodings",
+    "create_decoder",
+    "decode",
+    "fit",
+    "load_captioner",
+    "log_captioner",
+    "log_epoch",
+    "model_uri",
+    "resolve_model",
+    "score_captions",
+    "test_metrics",
+]

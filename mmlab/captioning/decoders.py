@@ -89,11 +89,12 @@ class LSTMAttentionDecoder(nn.Module):
     def forward(self, grid: torch.Tensor, tokens: torch.Tensor):
         grid = grid_tokens(grid)
         projected_grid = self.attention.project_grid(grid)  # once per batch, not per step
-        word_gates = self.input_gates(self.embed(tokens))  # all steps in one matmul
+        # all steps in one matmul; unbind (not [:, t]) so backward does not zero-fill per step
+        word_gates = self.input_gates(self.embed(tokens)).unbind(1)
         h, c = self.init_state(grid)
         hs, alphas = [], []
-        for t in range(tokens.size(1)):
-            h, c, alpha = self._cell(grid, projected_grid, word_gates[:, t], h, c)
+        for gates_t in word_gates:
+            h, c, alpha = self._cell(grid, projected_grid, gates_t, h, c)
             hs.append(h)
             alphas.append(alpha)
         logits = self.fc(self.dropout(torch.stack(hs, dim=1)))

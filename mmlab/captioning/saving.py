@@ -20,6 +20,8 @@ from mmlab.captioning.model import Captioner
 from mmlab.captioning.train import EpochResult
 
 MODEL_ARTIFACT = "model"
+MODEL_TAG = "mmlab.model_uri"  # set on a run that logged a captioner: what "latest" looks for
+TRAINING_NOTEBOOK = "03_caption_training"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -68,15 +70,42 @@ def log_captioner(captioner: Captioner, name: str = MODEL_ARTIFACT):
 
     if active_run() is None:
         raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
+    from mmlab import tracking
+
     captioner = captioner.cpu().eval()
     with tempfile.TemporaryDirectory() as tmp:
         vocab_path, config_path = Path(tmp) / "vocab.json", Path(tmp) / "captioner.json"
         captioner.vocab.save(vocab_path)
         config_path.write_text(json.dumps(describe(captioner), indent=2, default=str) + "\n")
-        return mlflow.pytorch.log_model(
+        info = mlflow.pytorch.log_model(
             captioner, name=name, extra_files=[str(vocab_path), str(config_path)],
             pip_requirements=_requirements(),
+            serialization_format="pickle",  # pt2 would keep only a traced forward()
         )  # fmt: skip
+    tracking.set_tags({MODEL_TAG: f"runs:/{active_run().info.run_id}/{name}"})
+    return info
+
+
+def resolve_model(model: str = "latest") -> str:
+    """`"latest"`: the newest FINISHED run of notebook 03 that logged a captioner; anything else
+    goes through `model_uri` (run id, runs:/.., models:/.., local folder)."""
+    if model != "latest":
+        return model_uri(model)
+    from mmlab import tracking
+
+    uri = tracking.ensure_store()
+    experiment = tracking.client(uri).get_experiment_by_name(TRAINING_NOTEBOOK)
+    runs = [] if experiment is None else tracking.client(uri).search_runs(
+        [experiment.experiment_id], filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=200,
+    )  # fmt: skip
+    for run in runs:
+        if MODEL_TAG in run.data.tags:
+            return run.data.tags[MODEL_TAG]
+    raise LookupError(
+        f"no FINISHED run of {TRAINING_NOTEBOOK} with a logged captioner in {uri}: run notebook "
+        f"03 first, or pass a run id, runs:/<id>/model URI or model folder"
+    )
 
 
 def model_uri(source: str | Path) -> str:
@@ -127,6 +156,7 @@ def save_checkpoint(captioner: Captioner, path: str | Path) -> Path:
             str(tmp),
             extra_files=[str(vocab_path)],
             pip_requirements=_requirements(),
+            serialization_format="pickle",  # pt2 would keep only a traced forward()
         )
     return path
 

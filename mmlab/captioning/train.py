@@ -313,3 +313,32 @@ def fit(
     return FitResult(
         pd.DataFrame(rows), best_epoch, best_score, monitor, stopped_early, asdict(config)
     )
+
+
+def compare_decodings(
+    model,
+    data: CaptionData,
+    beam_sizes=(1, 3),
+    objects=None,
+    metrics=("bleu", "cider"),
+    tokenizer: str = "auto",
+):
+    """`(table, decoded)`: a row per beam size (1 = greedy) with n-gram scores, grounded scores
+    where `objects` (id -> scene objects) is given, and the mean log-probability per token of
+    the captions; `decoded[beam]` holds the `Captions` (text, attention)."""
+    from mmlab.metrics import evaluate_sets
+
+    decoded = {b: model.decode_grids(data.inputs, b) for b in beam_sizes}
+    predictions = {b: dict(zip(data.ids, out.captions, strict=True)) for b, out in decoded.items()}
+    report = evaluate_sets(data.reference_dict, predictions, objects, metrics, tokenizer,
+                           human=False)  # fmt: skip
+    table = report.table.copy()
+    table["mean_log_prob"] = [float(decoded[b].mean_log_prob.mean()) for b in table.index]
+    table.index.name = "beam_size"
+    return table, decoded
+
+
+def test_metrics(table, beam_size: int, prefix: str = "test_") -> dict[str, float]:
+    """One row of `compare_decodings`' table as `{test_<metric>: value}`, NaN left out."""
+    row = table.loc[beam_size].dropna()
+    return {f"{prefix}{name}": float(value) for name, value in row.items()}
