@@ -58,10 +58,11 @@ def test_teacher_forcing_shapes_and_attention_is_a_distribution(name):
     torch.testing.assert_close(alpha.sum(-1), torch.ones(5, 7))
 
 
-@pytest.mark.parametrize("name", DECODERS)
-def test_step_by_step_equals_teacher_forcing(name):
-    """The incremental path used by decoding computes exactly what training optimises."""
-    decoder, grid = make(name), grids()
+@pytest.mark.parametrize(("name", "dim"), [*((n, 16) for n in DECODERS), ("lstm_attention", 48)])
+def test_step_by_step_equals_teacher_forcing(name, dim):
+    """The incremental path used by decoding computes exactly what training optimises
+    (dim 48 on 12 locations: the LSTM folds W_c into the cached grid projection)."""
+    decoder, grid = make(name, dim=dim), grids(dim=dim)
     tokens = torch.randint(3, 23, (5, 6))
     logits, alpha = decoder(grid, tokens)
     memory, state = decoder.start(grid)
@@ -169,3 +170,20 @@ def test_decode_validates_beam_size():
         decoding.beam_search(
             make("lstm_attention"), grids(), beam_size=0, start_id=START, end_id=END
         )
+
+
+def test_folded_context_projection_equals_projecting_the_context():
+    """`beta * alpha @ (W_c a)` (cached per batch) is `W_c (beta * alpha @ a)` (per step)."""
+    from mmlab.captioning.decoders import grid_tokens
+
+    decoder = make("lstm_attention", dim=48)
+    grid = grid_tokens(grids(dim=48))
+    folded = decoder.project_grid(grid)
+    assert "grid_gates" in folded
+    plain = {"projected_grid": folded["projected_grid"], "grid": grid}
+    h, c = decoder.init_state(grid)
+    word_gates = torch.randn(5, 4 * decoder.hidden_dim)
+    for a, b in zip(
+        decoder._cell(folded, word_gates, h, c), decoder._cell(plain, word_gates, h, c), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

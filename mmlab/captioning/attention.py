@@ -29,7 +29,11 @@ class AdditiveAttention(nn.Module):
         self, grid: torch.Tensor, projected_grid: torch.Tensor, projected_hidden: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend with `projected_hidden = W_h h` `[B, A]`; return `(context [B, D], alpha [B, N])`."""
-        scores = self.w(torch.tanh(projected_grid + projected_hidden.unsqueeze(1))).squeeze(2)
-        alpha = torch.softmax(scores, dim=1)
+        alpha = self.weights(projected_grid, projected_hidden)
         context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)
         return context, alpha
+
+    def weights(self, projected_grid: torch.Tensor, projected_hidden: torch.Tensor) -> torch.Tensor:
+        """`alpha [B, N]` alone, for a decoder that folds the context into a cached projection."""
+        scores = self.w(torch.tanh(projected_grid + projected_hidden.unsqueeze(1))).squeeze(2)
+        return torch.softmax(scores, dim=1)

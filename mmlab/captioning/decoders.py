@@ -40,10 +40,13 @@ class LSTMAttentionDecoder(nn.Module):
         context_t = beta_t * sum_i alpha_ti a_i
         h_t, c_t  = LSTM([E y_{t-1}; context_t], h_{t-1}, c_t-1)
         p(y_t)    = softmax(L_o dropout(h_t))
-    with h_0, c_0 predicted from the mean grid feature. Speed: `W_e a` is computed once per batch,
-    the input-to-gate product of all embedded words in one matmul before the loop, the output layer
-    once after it, and the three products of h_{t-1} (W_hh for the gates, W_h for attention,
-    f_beta) in one fused matmul per step.
+    with h_0, c_0 predicted from the mean grid feature. Speed: everything that depends on the grid
+    alone is computed once per batch, not once per step: the attention projection `W_e a`, and
+    and, for a deep grid with few locations (4x4x1280), the context's product with the LSTM input
+    weights `W_c a` (linearity: W_c context_t = beta_t * sum_i alpha_ti W_c a_i, so `context_t`
+    is then never materialised, only its gate contribution `context_gates`). Also: the words' input-to-gate products for all steps in one
+    matmul before the loop, the output layer once after it, and the three products of h_{t-1}
+    (W_hh for the gates, W_h for attention, f_beta) in one fused matmul per step.
     """
 
     def __init__(
@@ -52,8 +55,8 @@ class LSTMAttentionDecoder(nn.Module):
         encoder_dim: int,
         grid_size: tuple[int, int] | None = None,
         embed_dim: int = 128,
-        hidden_dim: int = 384,
-        attention_dim: int = 256,
+        hidden_dim: int = 256,
+        attention_dim: int = 128,
         dropout: float = 0.3,
         pad_id: int = 0,
     ):
@@ -75,12 +78,27 @@ class LSTMAttentionDecoder(nn.Module):
         mean = grid.mean(dim=1)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
 
-    def _cell(self, grid, projected_grid, word_gates, h, c):
+    def project_grid(self, grid: torch.Tensor) -> State:
+        """The per-batch products of the grid `[B, N, D]`: `W_e a`, and `W_c a` when the grid
+        has few locations for its depth (then a step's `alpha @ W_c a` beats `W_c context`)."""
+        memory = {"projected_grid": self.attention.project_grid(grid)}
+        if 4 * grid.size(1) <= grid.size(2):
+            memory["grid_gates"] = self.context_gates(grid)
+        else:
+            memory["grid"] = grid
+        return memory
+
+    def _cell(self, memory: State, word_gates, h, c):
         H, A = self.hidden_dim, self.attention_dim
         hidden_gates, W_h_h, f_beta = self.hidden_proj(h).split([4 * H, A, 1], dim=1)
-        context, alpha = self.attention(grid, projected_grid, W_h_h)
-        context = torch.sigmoid(f_beta) * context
-        gates = word_gates + hidden_gates + self.context_gates(context)
+        alpha = self.attention.weights(memory["projected_grid"], W_h_h)
+        beta = torch.sigmoid(f_beta)
+        if "grid_gates" in memory:  # W_c context_t = beta_t * sum_i alpha_ti (W_c a_i)
+            context_gates = beta * torch.bmm(alpha.unsqueeze(1), memory["grid_gates"]).squeeze(1)
+        else:
+            context = beta * torch.bmm(alpha.unsqueeze(1), memory["grid"]).squeeze(1)
+            context_gates = self.context_gates(context)
+        gates = word_gates + hidden_gates + context_gates
         i, f, g, o = gates.chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
@@ -88,13 +106,13 @@ class LSTMAttentionDecoder(nn.Module):
 
     def forward(self, grid: torch.Tensor, tokens: torch.Tensor):
         grid = grid_tokens(grid)
-        projected_grid = self.attention.project_grid(grid)  # once per batch, not per step
+        memory = self.project_grid(grid)  # once per batch, not per step
         # all steps in one matmul; unbind (not [:, t]) so backward does not zero-fill per step
         word_gates = self.input_gates(self.embed(tokens)).unbind(1)
         h, c = self.init_state(grid)
         hs, alphas = [], []
         for gates_t in word_gates:
-            h, c, alpha = self._cell(grid, projected_grid, gates_t, h, c)
+            h, c, alpha = self._cell(memory, gates_t, h, c)
             hs.append(h)
             alphas.append(alpha)
         logits = self.fc(self.dropout(torch.stack(hs, dim=1)))
@@ -103,13 +121,11 @@ class LSTMAttentionDecoder(nn.Module):
     def start(self, grid: torch.Tensor) -> tuple[State, State]:
         grid = grid_tokens(grid)
         h, c = self.init_state(grid)
-        return {"grid": grid, "projected_grid": self.attention.project_grid(grid)}, {"h": h, "c": c}
+        return self.project_grid(grid), {"h": h, "c": c}
 
     def step(self, memory: State, state: State, tokens: torch.Tensor):
         word_gates = self.input_gates(self.embed(tokens))
-        h, c, alpha = self._cell(
-            memory["grid"], memory["projected_grid"], word_gates, state["h"], state["c"]
-        )
+        h, c, alpha = self._cell(memory, word_gates, state["h"], state["c"])
         return F.log_softmax(self.fc(h).float(), dim=-1), alpha, {"h": h, "c": c}
 
 
