@@ -91,7 +91,14 @@ def ui_command(host: str, port: int) -> list[str]:
 def _ui(args: argparse.Namespace) -> int:
     command = ui_command(args.host, args.port)
     print(f"MLflow UI on http://{args.host}:{args.port}  ({command[5]})", flush=True)
-    return subprocess.call(command)
+    # Its own process group, so stopping `mmlab ui` stops the server's workers too.
+    with subprocess.Popen(command, start_new_session=True) as server:
+        try:
+            return server.wait()
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait()
 
 
 # --------------------------------------------------------------------------- data
