@@ -126,15 +126,24 @@ def notebook_parameters(notebook: Path) -> set[str]:
     nb = nbformat.read(notebook, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            names: set[str] = set()
-            for node in ast.parse(cell.source).body:
-                targets = (
-                    node.targets
-                    if isinstance(node, ast.Assign)
-                    else [getattr(node, "target", None)]
-                )
-                names |= {t.id for t in targets if isinstance(t, ast.Name)}
-            return names
+            # IPython magics and shell lines are not Python; they assign nothing either.
+            lines = [
+                ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!"))
+            ]
+            try:
+                tree = ast.parse("\n".join(lines))
+            except SyntaxError as error:
+                raise BatchError(
+                    f"{notebook}: parameters cell is not valid Python: {error}"
+                ) from None
+            assigned = [n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))]
+            return {
+                name.id
+                for node in assigned
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                for name in ast.walk(target)
+                if isinstance(name, ast.Name)
+            }
     return set()
 
 

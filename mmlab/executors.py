@@ -105,6 +105,7 @@ def execute(job: Job) -> Outcome:
                 kernel_name="python3",
                 progress_bar=False,
                 cwd=str(job.notebook.parent),
+                start_timeout=300,  # kernels start slowly when the machine is busy
             )
         except Exception as raised:  # PapermillExecutionError, DeadKernelError, ...
             error = raised

@@ -30,6 +30,22 @@ def test_notebook_parameters_reads_the_tagged_cell():
     assert config.notebook_parameters(NOTEBOOKS / "consume.ipynb") == {"upstream"}
 
 
+def test_parameters_cell_forms(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook()
+    cell = new_code_cell("%matplotlib inline\na, (b, c) = 1, (2, 3)\nd: int = 4\nprint(e := 5)")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "p.ipynb")
+    assert config.notebook_parameters(tmp_path / "p.ipynb") == {"a", "b", "c", "d"}
+    cell.source = "x = = 1"
+    nbformat.write(nb, tmp_path / "bad.ipynb")
+    with pytest.raises(BatchError, match="bad.ipynb: parameters cell is not valid Python"):
+        config.notebook_parameters(tmp_path / "bad.ipynb")
+
+
 def test_demo_batch_expands_grid_and_finds_notebooks_upwards():
     batch = config.load(BATCHES / "demo.yaml")
     assert batch.name == "demo"
