@@ -187,3 +187,15 @@ def test_folded_context_projection_equals_projecting_the_context():
         decoder._cell(folded, word_gates, h, c), decoder._cell(plain, word_gates, h, c), strict=True
     ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_attention_is_the_papers_additive_attention():
+    torch.manual_seed(0)
+    attention = AdditiveAttention(encoder_dim=16, attention_dim=8)
+    grid, W_h_h = torch.randn(3, 12, 16), torch.randn(3, 8)
+    projected = attention.project_grid(grid)
+    context, alpha = attention(grid, projected, W_h_h)
+    e = attention.w(torch.tanh(attention.W_e(grid) + W_h_h.unsqueeze(1))).squeeze(2)
+    expected = torch.softmax(e, dim=1)
+    torch.testing.assert_close(alpha, expected)
+    torch.testing.assert_close(context, (expected.unsqueeze(2) * grid).sum(1))

@@ -22,8 +22,9 @@ class AdditiveAttention(nn.Module):
         self.w = nn.Linear(attention_dim, 1)
 
     def project_grid(self, grid: torch.Tensor) -> torch.Tensor:
-        """`W_e a` for a grid `[B, N, D]`: computed once, reused at every time step."""
-        return self.W_e(grid)
+        """`2 W_e a` for a grid `[B, N, D]`: computed once, reused at every time step (doubled
+        once here rather than at every step: see `weights`)."""
+        return 2 * self.W_e(grid)
 
     def forward(
         self, grid: torch.Tensor, projected_grid: torch.Tensor, projected_hidden: torch.Tensor
@@ -35,5 +36,8 @@ class AdditiveAttention(nn.Module):
 
     def weights(self, projected_grid: torch.Tensor, projected_hidden: torch.Tensor) -> torch.Tensor:
         """`alpha [B, N]` alone, for a decoder that folds the context into a cached projection."""
-        scores = self.w(torch.tanh(projected_grid + projected_hidden.unsqueeze(1))).squeeze(2)
+        # w^T tanh(z) = 2 w^T sigmoid(2z) - sum(w), and softmax ignores the constant: the same
+        # alpha, but sigmoid runs several times faster than tanh on CPU (benchmarks/).
+        z2 = projected_grid + (2 * projected_hidden).unsqueeze(1)
+        scores = 2 * self.w(torch.sigmoid(z2)).squeeze(2)
         return torch.softmax(scores, dim=1)
