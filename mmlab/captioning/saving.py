@@ -11,7 +11,10 @@ Loading needs `mmlab` installed (the pickle refers to its classes).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -23,6 +26,23 @@ MODEL_ARTIFACT = "model"
 MODEL_TAG = "mmlab.model_uri"  # set on a run that logged a captioner: what "latest" looks for
 TRAINING_NOTEBOOK = "03_caption_training"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@contextlib.contextmanager
+def _quiet_mlflow():
+    """No progress bars or pickle-format warning in notebook output while a model moves."""
+    logger = logging.getLogger("mlflow.pytorch")
+    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    logger.setLevel(logging.ERROR)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def log_epoch(result: EpochResult) -> None:
@@ -73,7 +93,7 @@ def log_captioner(captioner: Captioner, name: str = MODEL_ARTIFACT):
     from mmlab import tracking
 
     captioner = captioner.cpu().eval()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         vocab_path, config_path = Path(tmp) / "vocab.json", Path(tmp) / "captioner.json"
         captioner.vocab.save(vocab_path)
         config_path.write_text(json.dumps(describe(captioner), indent=2, default=str) + "\n")
@@ -135,7 +155,8 @@ def load_captioner(source: str | Path, device: str = "auto") -> Captioner:
     uri = model_uri(source)
     if uri.startswith(("runs:/", "models:/")):
         mlflow.set_tracking_uri(tracking.ensure_store())
-    model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    with _quiet_mlflow():
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
     if not isinstance(model, Captioner):
         raise TypeError(f"{source!r} holds a {type(model).__name__}, not an mmlab Captioner")
     return model.to(resolve_device(device)).eval()
@@ -148,7 +169,7 @@ def save_checkpoint(captioner: Captioner, path: str | Path) -> Path:
     from mmlab.workspace import atomic_path
 
     path = Path(path)
-    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as extra:
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as extra, _quiet_mlflow():
         vocab_path = Path(extra) / "vocab.json"
         captioner.vocab.save(vocab_path)
         mlflow.pytorch.save_model(
