@@ -34,6 +34,8 @@ def test_linear_probe_separates_blobs_and_fails_on_noise():
 def test_as_vectors_pools_grids_and_unpadded_steps():
     grid = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 2, 2)
     np.testing.assert_allclose(probe.as_vectors(grid), grid.mean(dim=(2, 3)).numpy())
+    cells = probe.as_vectors(grid, grid_cells=2)  # a 2x2 grid kept as it is, flattened
+    np.testing.assert_allclose(cells, grid.flatten(1).numpy())
     seq = torch.zeros(1, 4, 2)
     seq[0, :2] = torch.tensor([[1.0, 3.0], [3.0, 5.0]])  # two real steps, two padding
     np.testing.assert_allclose(probe.as_vectors(seq), [[2.0, 4.0]])
@@ -48,6 +50,22 @@ def test_projections_are_2d(method):
 def test_unknown_projection_lists_valid():
     with pytest.raises(KeyError, match="pca, tsne"):
         probe.project(torch.randn(5, 3), "umap")
+
+
+def test_a_grid_probe_sees_where_things_are():
+    # The class is which half of the grid is lit: invisible once averaged, plain in cells.
+    rng = np.random.default_rng(0)
+
+    def lit(n):
+        y = rng.integers(0, 2, n)
+        x = torch.zeros(n, 1, 4, 4)
+        for i, side in enumerate(y):
+            x[i, 0, :, 2 * side : 2 * side + 2] = 1.0
+        return x + 0.1 * torch.randn_like(x), list(y)
+
+    (x, y), (xt, yt) = lit(80), lit(40)
+    assert probe.linear_probe(x, y, xt, yt, grid_cells=2) > 0.95
+    assert probe.linear_probe(x, y, xt, yt) < 0.75
 
 
 def test_timed_reports_items_per_second():

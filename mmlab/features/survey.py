@@ -103,9 +103,11 @@ def probe_table(
     targets: Sequence[str] = ("first_shape", "first_colour"),
     train: str = "train",
     test: str = "test",
+    grid_cells: int | None = None,
 ) -> pd.DataFrame:
     """Linear-probe accuracy (train on `train`, score on `test`) per encoder and target,
-    with the majority-class rate as the floor to beat."""
+    with the majority-class rate as the floor to beat. Grid features are pooled to a
+    `grid_cells` x `grid_cells` layout first (None: to one vector)."""
     rows = []
     for target in targets:
         for split in (train, test):
@@ -114,7 +116,9 @@ def probe_table(
         y_train, y_test = ds[train][target], ds[test][target]
         chance = max(y_test.count(v) for v in set(y_test)) / len(y_test)
         for r in results:
-            acc = probe.linear_probe(r.features[train], y_train, r.features[test], y_test)
+            acc = probe.linear_probe(
+                r.features[train], y_train, r.features[test], y_test, grid_cells=grid_cells
+            )
             rows.append({"modality": r.modality, "encoder": r.name, "target": target,
                          "accuracy": acc, "majority": chance})  # fmt: skip
     return pd.DataFrame(rows)
