@@ -269,7 +269,7 @@ def test_evaluation_figures_draw():
     maps = plots.upsample_attention(torch.rand(3, 4, 4), (32, 48))
     assert maps.shape == (3, 32, 48)
     table = pd.DataFrame({"bleu4": [0.5, 0.6], "cider": [1.0, 1.2]}, index=[1, 3])
-    assert len(plots.metrics_by_beam(table, {"cider": 2.0}).axes) == 2
+    assert len(plots.metrics_by_beam(table, pd.Series({"cider": 2.0})).axes) == 2
     plots.caption_lengths({"beam 1": [3, 4], "references": [5, 6, 7]})
     use = pd.DataFrame({"beam 1": metrics.vocabulary_use(["a b c"])}).T
     assert len(plots.vocabulary_use(use).axes) == 1

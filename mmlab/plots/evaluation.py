@@ -123,7 +123,7 @@ def metrics_by_beam(
     axes = np.asarray(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, name in zip(axes, metrics, strict=False):
         ax.plot(table.index, table[name], marker="o", label="model")
-        if human and name in human:
+        if human is not None and name in human:
             ax.axhline(human[name], color="gray", linestyle="--", label="human")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("beam size")
