@@ -9,6 +9,8 @@ k (fine-tune the top k stages), or `"all"` (train from scratch, e.g. `small_cnn`
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from PIL import Image
 from torch import nn
@@ -26,7 +28,8 @@ class GridEncoder(nn.Module):
         self.image_size = extractor.image_size
         self.dim = extractor.dim
         self.grid_size = tuple(extractor.grid_size)
-        self.stages = extractor.module.to("cpu")
+        # a copy: the extractor keeps its own module (and device) for the feature cache
+        self.stages = copy.deepcopy(extractor.module).to("cpu")
         self.register_buffer("mean", extractor.mean.detach().cpu().clone(), persistent=True)
         self.register_buffer("std", extractor.std.detach().cpu().clone(), persistent=True)
         n = len(self.stages)
