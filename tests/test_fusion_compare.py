@@ -189,3 +189,24 @@ def test_paired_p_value_and_summarize():
     assert list(table["m"]) == ["b", "a"] and table["t"].tolist() == [2.0, 2.0]
     with pytest.raises(KeyError, match="'nope'"):
         stats.summarize(frame, "m", "nope")
+
+
+def test_extra_pairs_add_training_captions_that_share_the_image_features(tiny_ds, data):
+    more = inputs.build(tiny_ds, "match", ENCODERS, TOKENS, device="cpu", extra_pairs=2)
+    n = len(tiny_ds["train"])
+    for form in ("pooled", "tokens"):
+        train = more.split(form, "train")
+        assert len(train) == 3 * n and len(train.groups) == 3 * n
+        image = train.inputs["image"]
+        assert torch.equal(image[:n], data.split(form, "train").inputs["image"])
+        assert torch.equal(image[n], image[0]) and torch.equal(image[n + 1], image[0])
+        assert torch.equal(more.split(form, "test").labels, data.split(form, "test").labels)
+    # the extra captions are new text: their MiniLM vectors differ from the original's
+    text = more.split("pooled", "train").inputs["text"]
+    assert torch.allclose(text[:n], data.split("pooled", "train").inputs["text"], atol=1e-5)
+    assert set(more.split("pooled", "train").groups[n:]) <= {
+        "positive", "colour", "shape", "size", "relation"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="extra_pairs needs the match task"):
+        ds = {s: tiny_ds[s].add_column("label", tiny_ds[s]["first_shape"]) for s in tiny_ds}
+        inputs.build(ds, "label", {"text": "minilm"}, device="cpu", extra_pairs=1)

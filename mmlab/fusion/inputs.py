@@ -127,7 +127,7 @@ def _column(t: Task, modality: str) -> str:
     return t.text_column if modality == "text" else MODALITY_COLUMNS.get(modality, modality)
 
 
-def _vocab_inputs(ds, column: str) -> tuple[dict[str, torch.Tensor], InputSpec, Any]:
+def _vocab_inputs(ds, column: str, extra=None) -> tuple[dict[str, torch.Tensor], InputSpec, Any]:
     from mmlab.data.text import Vocabulary
 
     def texts(split):
@@ -135,6 +135,8 @@ def _vocab_inputs(ds, column: str) -> tuple[dict[str, torch.Tensor], InputSpec, 
 
     vocabulary = Vocabulary.build(texts("train"))
     ids = {name: vocabulary.encode_batch(texts(name)) for name in ds}
+    if extra is not None:
+        ids["train"] = vocabulary.encode_batch(texts("train") + extra.captions)
     width = max(x.shape[1] for x in ids.values())  # one width for every split
     ids = {n: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=vocabulary.pad_id)
            for n, x in ids.items()}  # fmt: skip
@@ -164,27 +166,80 @@ def _cached_inputs(ds, modality, column, spec, device) -> tuple[dict[str, torch.
     return x, _spec(x["train"])
 
 
+@dataclass
+class ExtraPairs:
+    """Further match pairs of training images: the image row each belongs to, and its text."""
+
+    rows: torch.Tensor
+    ids: list[str]
+    captions: list[str]
+    labels: torch.Tensor
+    groups: list[str]
+
+
+def _extra_pairs(train, t: Task, k: int) -> ExtraPairs:
+    from mmlab.data.synthetic import more_match_pairs
+
+    if t.name != "match" or "objects" not in train.column_names:
+        raise ValueError(
+            "extra_pairs needs the match task on a dataset with an 'objects' column (the "
+            f"embedded synthetic data); task {t.name!r}, columns {train.column_names}"
+        )
+    rows = train.select_columns(["id", "objects", "motion"]).to_list()
+    found = [(i, f"{r['id']}~{j}", pair) for i, r in enumerate(rows)
+             for j, pair in enumerate(more_match_pairs(r, k))]  # fmt: skip
+    return ExtraPairs(
+        rows=torch.tensor([i for i, _, _ in found], dtype=torch.long),
+        ids=[name for _, name, _ in found],
+        captions=[p[0] for _, _, p in found],
+        labels=torch.tensor([p[1] for _, _, p in found], dtype=torch.long),
+        groups=[p[2] for _, _, p in found],
+    )
+
+
+def _extend(x: torch.Tensor, modality: str, extra: ExtraPairs, column, spec, device):
+    """Training features followed by those of the extra pairs: text encoded (through the
+    cache), other modalities shared with the pair's image row."""
+    if modality != "text":
+        return torch.cat([x, x[extra.rows]])
+    import datasets
+
+    table = datasets.Dataset.from_dict({"id": extra.ids, column: extra.captions})
+    more, _ = _cached_inputs(datasets.DatasetDict(train=table), modality, column, spec, device)
+    more = more["train"]
+    if more.dim() == 3:  # sequences: cut or pad to the length the other splits have
+        more = torch.nn.functional.pad(more[:, : x.shape[1]], (0, 0, 0, x.shape[1] - more.shape[1]))
+    return torch.cat([x, more])
+
+
 def build(
     ds,
     task: str | Task = "match",
     encoders: Mapping[str, Any] | None = None,
     token_encoders: Mapping[str, Any] | None = None,
     device: str = "auto",
+    extra_pairs: int = 0,
 ) -> FusionData:
     """Inputs of `task` for the modalities named in `encoders` (pooled) and/or `token_encoders`.
 
     Features come from the cache (computed if missing); splits are train, validation, test.
+    `extra_pairs` (match task on the embedded dataset): that many more (caption, label) pairs
+    per training image, drawn like the `match_*` columns; the image features are shared.
     """
     t = task_spec(task) if isinstance(task, str) else task
     missing = [s for s in SPLITS if s not in ds]
     if missing:
         raise KeyError(f"the dataset lacks splits {missing}; it has {list(ds)}")
     ds = {s: ds[s] for s in SPLITS}
+    extra = _extra_pairs(ds["train"], t, extra_pairs) if extra_pairs else None
     forms = {f: dict(e) for f, e in (("pooled", encoders), ("tokens", token_encoders)) if e}
     if not forms:
         raise ValueError("build() needs encoders (pooled) and/or token_encoders")
     labels, classes = _labels(ds, t.label_column)
     groups = {s: list(map(str, ds[s][t.group_column])) if t.group_column else None for s in ds}
+    if extra is not None:
+        labels["train"] = torch.cat([labels["train"], extra.labels])
+        groups["train"] = groups["train"] + extra.groups
     data = FusionData(t, list(next(iter(forms.values()))), {}, {}, classes)
     for form, chosen in forms.items():
         inputs: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SPLITS}
@@ -200,9 +255,11 @@ def build(
             if spec == VOCAB:
                 if modality != "text":
                     raise ValueError(f"the {VOCAB!r} encoder is for text, not {modality!r}")
-                x, data.specs[form][modality], data.vocabulary = _vocab_inputs(ds, column)
+                x, data.specs[form][modality], data.vocabulary = _vocab_inputs(ds, column, extra)
             else:
                 x, data.specs[form][modality] = _cached_inputs(ds, modality, column, spec, device)
+                if extra is not None:
+                    x["train"] = _extend(x["train"], modality, extra, column, spec, device)
             data.encoders[form][modality] = spec if isinstance(spec, str) else str(dict(spec))
             for s in SPLITS:
                 inputs[s][modality] = x[s]

@@ -297,7 +297,7 @@ class GridTokens(nn.Module):
     def __init__(self, spec: InputSpec, hidden: int, dropout: float):
         super().__init__()
         h, w = spec.shape
-        self.project = projection(spec.dim, hidden, dropout)
+        self.project = projection(spec.dim, hidden, 0.0)  # dropout here costs much, gains little
         self.rows = nn.Parameter(torch.randn(h, 1, hidden) * 0.02)
         self.cols = nn.Parameter(torch.randn(1, w, hidden) * 0.02)
 
@@ -371,11 +371,11 @@ TOKENIZERS: dict[str, Callable[..., nn.Module]] = {
 class GridCrossAttention(FusionModule):
     """Words attend over image-grid tokens that know where they are.
 
-    The query modality (the caption: GRU over vocabulary ids, or sequence features) yields one
-    token per word; the other modalities become tokens (a grid gets learned 2-D position
+    The query modality (the caption: a GRU over vocabulary ids, or sequence features) yields
+    one token per word; the other modalities become tokens (a grid gets learned 2-D position
     embeddings). Each word cross-attends over them and is compared with what it found
-    ([q, c, q * c, q - c]); a GRU reads the compared words in order, so the head sees which
-    words were matched and in what sequence.
+    ([q, c, q * c, q - c]); the head reads the mean and the maximum of the comparisons over the
+    words, so one word that finds nothing to match can decide.
     """
 
     input_form = "tokens"
@@ -399,33 +399,28 @@ class GridCrossAttention(FusionModule):
         self.modality_embedding = nn.ParameterDict(
             {m: nn.Parameter(torch.randn(hidden) * 0.02) for m in specs if m != query}
         )
+        # Both sides normalised: centred keys make dot-product attention selective from the start.
+        self.query_norm, self.memory_norm = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.attend = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(hidden)
         self.compare = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.GELU(), nn.Dropout(dropout))
-        self.read = nn.GRU(hidden, hidden, batch_first=True)
         self.head = head(2 * hidden, hidden, num_classes, dropout)
 
     def _memory(self, inputs) -> tuple[Tensor, Tensor]:
-        parts = [self.tokenizers[m](inputs[m]) for m in self.modalities if m != self.query]
-        tokens = torch.cat(
-            [
-                t + self.modality_embedding[m]
-                for m, (t, _) in zip(self.modality_embedding, parts, strict=True)
-            ],
-            dim=1,
-        )
-        return tokens, torch.cat([mask for _, mask in parts], dim=1)
+        others = [m for m in self.modalities if m != self.query]
+        parts = [self.tokenizers[m](inputs[m]) for m in others]
+        tokens = [t + self.modality_embedding[m] for m, (t, _) in zip(others, parts, strict=True)]
+        return torch.cat(tokens, dim=1), torch.cat([mask for _, mask in parts], dim=1)
 
     def forward(self, inputs):
         q, q_mask = self.tokenizers[self.query](inputs[self.query])
         memory, m_mask = self._memory(inputs)
-        context, _ = self.attend(self.norm(q), memory, memory, key_padding_mask=~m_mask)
+        memory = self.memory_norm(memory)
+        context, _ = self.attend(self.query_norm(q), memory, memory, key_padding_mask=~m_mask)
         compared = self.compare(torch.cat([q, context, q * context, q - context], dim=-1))
-        lengths = q_mask.sum(1).clamp_min(1)
-        read, _ = self.read(compared)
-        last = read[torch.arange(read.shape[0]), lengths - 1]  # the GRU state after the last word
-        worst = compared.masked_fill(~q_mask.unsqueeze(-1), -1e4).amax(1)  # strongest signal
-        return self.head(torch.cat([last, worst], dim=-1))
+        weight = q_mask.unsqueeze(-1).float()
+        mean = (compared * weight).sum(1) / weight.sum(1).clamp_min(1)
+        peak = compared.masked_fill(~q_mask.unsqueeze(-1), -1e4).amax(1)
+        return self.head(torch.cat([mean, peak], dim=-1))
 
 
 # ----------------------------------------------------------------------------- registry

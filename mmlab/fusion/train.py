@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,11 +105,18 @@ def evaluate(model: nn.Module, split: Split, device: str = "cpu") -> dict[str, f
     )
 
 
-def fit(model: nn.Module, train: Split, validation: Split, config: TrainConfig) -> TrainResult:
+def fit(
+    model: nn.Module,
+    train: Split,
+    validation: Split,
+    config: TrainConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
     """Train with AdamW and cross-entropy; keep the weights of the best validation accuracy.
 
     Seeds the shuffling from `config.seed` (build the model under the same seed for a fully
-    repeatable run: `torch.manual_seed(seed)` before `create`).
+    repeatable run: `torch.manual_seed(seed)` before `create`). `on_epoch(epoch, values)` is
+    called after each epoch with that epoch's train loss and validation loss and accuracy.
     """
     model.to(config.device)
     optimiser = torch.optim.AdamW(
@@ -139,6 +146,8 @@ def fit(model: nn.Module, train: Split, validation: Split, config: TrainConfig) 
         history["train_loss"].append(total / len(train))
         history["val_loss"].append(float(loss_fn(logits, validation.labels)))
         history["val_accuracy"].append(accuracy)
+        if on_epoch:
+            on_epoch(epoch, {k: v[-1] for k, v in history.items()})
         if accuracy > best:
             best, best_epoch, stale = accuracy, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
