@@ -37,12 +37,18 @@ def training_curves(history: pd.DataFrame, best_epoch: int | None = None) -> Fig
     return fig
 
 
-def decoding_comparison(table: pd.DataFrame) -> Figure:
-    """One bar group per metric, one bar per decoding (`table`: index = decoding, e.g.
-    "greedy" / "beam 3", columns = metrics)."""
-    fig = Figure(figsize=(1.6 + 1.3 * len(table.columns), 3.2), layout="constrained")
+COMPARED = ("bleu4", "cider", "object_precision", "object_recall")
+
+
+def decoding_comparison(table: pd.DataFrame, metrics=COMPARED) -> Figure:
+    """One bar group per metric, one bar per beam size (`table`: `compare_decodings`' table,
+    index = beam size, a column per metric; metrics it lacks are skipped)."""
+    shown = table[[m for m in metrics if m in table.columns]].rename(
+        index=lambda b: "greedy" if b == 1 else f"beam {b}"
+    )
+    fig = Figure(figsize=(1.6 + 1.3 * len(shown.columns), 3.2), layout="constrained")
     ax = fig.subplots()
-    table.T.plot.bar(ax=ax, rot=0)
+    shown.T.plot.bar(ax=ax, rot=0)
     ax.set(ylabel="score", title="test split: greedy against beam search")
     ax.legend(title="")
     return fig
