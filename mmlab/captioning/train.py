@@ -115,7 +115,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     schedule: str = "cosine"  # learning-rate factor per step after warm-up: see SCHEDULES
     warmup: float = 0.05  # share of all steps with a linear warm-up
-    attention_penalty: float = 1.0  # lambda of the doubly stochastic attention penalty
+    attention_penalty: float = 0.1  # lambda of the doubly stochastic attention penalty
     label_smoothing: float = 0.0
     monitor: str = "cider"  # early stopping and best checkpoint: "cider" or "bleu4"
     patience: int = 3  # epochs without improvement before stopping
