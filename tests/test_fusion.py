@@ -188,3 +188,13 @@ def test_cost_measures():
     model = fusion.create("concat", {"image": 4, "text": 4}, hidden=8)
     assert fusion.parameter_count(model) == sum(p.numel() for p in model.parameters())
     assert fusion.latency_ms(model, _pooled(4, {"image": 4, "text": 4})) > 0
+
+
+def test_on_epoch_reports_each_epoch():
+    train, val = _task(64, 0), _task(32, 1)
+    seen = []
+    model = fusion.create("concat", PAIR, hidden=8)
+    result = fusion.fit(model, train, val, fusion.TrainConfig(epochs=3, patience=9),
+                        on_epoch=lambda epoch, values: seen.append((epoch, values)))  # fmt: skip
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert seen[-1][1] == {k: v[-1] for k, v in result.history.items()}
