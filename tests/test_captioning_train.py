@@ -172,3 +172,19 @@ def test_bad_inputs_get_clear_errors(tiny):
         captioning.fit(captioner, pixels, splits["validation"], TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="kind='grid'"):
         GridEncoder(features.create("image", "small_cnn", image_size=64))
+
+
+def test_colour_channels_join_the_cached_grid_and_the_image_path_alike(tiny):
+    ds, vocab, extractor, _ = tiny
+    encoder = GridEncoder(extractor, colour_detail=2)
+    assert encoder.dim == extractor.dim + 12
+    test = captioning.caption_data(ds, "test", extractor, encoder, vocab)
+    assert test.inputs.shape[1:] == (encoder.dim, *encoder.grid_size)
+    red = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    red[:, 0] = 255
+    colours = encoder.colour_grid(red)
+    assert colours.shape == (1, 12, 4, 4)
+    assert torch.all(colours[:, :4] == 2.0) and torch.all(colours[:, 4:] == -2.0)  # red sub-cells
+    captioner = captioning.build("lstm_attention", encoder, vocab, **SMALL)
+    from_grids = captioner.decode_grids(test.inputs, beam_size=2).captions
+    assert captioner.decode(ds["test"]["image"], beam_size=2).captions == from_grids

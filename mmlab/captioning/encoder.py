@@ -5,6 +5,11 @@
 CNN) together with its preprocessing. `train_stages` says how many of the trunk's top stages
 learn: 0 (frozen: the grid can come from the feature cache, the main speed lever on a CPU),
 k (fine-tune the top k stages), or `"all"` (train from scratch, e.g. `small_cnn`).
+
+`colour_detail=d` appends the image's own colours to every grid cell: the pixels average-pooled
+to a `(d*H) x (d*W)` map and folded into `3*d*d` channels per cell (pixel_unshuffle). ImageNet
+features at stride 16 tell shapes apart far better than the scene's colours (30% of named
+objects had the wrong colour without it); the raw colours are a cheap, exact complement.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import copy
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
 
 class GridEncoder(nn.Module):
-    def __init__(self, extractor, train_stages: int | str = 0):
+    def __init__(self, extractor, train_stages: int | str = 0, colour_detail: int = 0):
         super().__init__()
         if getattr(extractor, "kind", None) != "grid" or not hasattr(extractor, "module"):
             raise ValueError(
@@ -26,8 +32,11 @@ class GridEncoder(nn.Module):
             )
         self.identity = dict(extractor.identity)
         self.image_size = extractor.image_size
-        self.dim = extractor.dim
         self.grid_size = tuple(extractor.grid_size)
+        if colour_detail < 0:
+            raise ValueError(f"colour_detail must be >= 0, got {colour_detail}")
+        self.colour_detail = int(colour_detail)
+        self.dim = extractor.dim + 3 * self.colour_detail**2
         # a copy: the extractor keeps its own module (and device) for the feature cache
         self.stages = copy.deepcopy(extractor.module).to("cpu")
         self.register_buffer("mean", extractor.mean.detach().cpu().clone(), persistent=True)
@@ -65,8 +74,24 @@ class GridEncoder(nn.Module):
     def pixels(self, images) -> torch.Tensor:
         return torch.stack([self.preprocess(im) for im in images])
 
+    def colour_grid(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 `[B, 3, S, S]` -> `[B, 3*d*d, H, W]`: mean colours of d x d sub-cells, centred."""
+        d, (H, W) = self.colour_detail, self.grid_size
+        pooled = F.adaptive_avg_pool2d(pixels.float() / 255, (d * H, d * W))
+        return (F.pixel_unshuffle(pooled, d) - 0.5) / 0.25
+
+    def with_colours(self, grid: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """The CNN grid with the colour channels appended (as is when `colour_detail=0`)."""
+        if not self.colour_detail:
+            return grid
+        return torch.cat([grid, self.colour_grid(pixels.to(grid.device))], dim=1)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 `[B, 3, S, S]` -> grid `[B, D, H, W]`; frozen stages run without autograd."""
+        return self.with_colours(self.cnn(pixels), pixels)
+
+    def cnn(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The extractor's trunk alone: what the feature cache stores."""
         x = (pixels.float() / 255 - self.mean) / self.std
         n_frozen = len(self.stages) - self.train_stages
         if n_frozen:

@@ -84,6 +84,8 @@ def caption_data(dataset_dict, split: str, extractor, encoder, vocab) -> Caption
     ds = dataset_dict[split]
     if encoder.frozen:
         inputs = cache.features(dataset_dict, split, extractor)
+        if encoder.colour_detail:
+            inputs = encoder.with_colours(inputs, encoder.pixels(ds["image"]))
     else:
         inputs = encoder.pixels(ds["image"])
     return CaptionData.build(inputs, ds["id"], ds["captions"], vocab)
