@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mmlab.captioning import decode as decoding
-from mmlab.captioning.decoders import LSTMAttentionDecoder
+from mmlab.captioning.decoders import LSTMAttentionDecoder, create_decoder
 from mmlab.captioning.train import caption_loss
 
 
@@ -147,9 +147,8 @@ def bench_beam(args):
         dim, grid = captioner.encoder.dim, captioner.grid_size
     else:
         torch.manual_seed(0)
-        decoder = LSTMAttentionDecoder(
-            args.vocab, args.dim, args.grid, hidden_dim=args.hidden, attention_dim=args.attention
-        )
+        decoder = create_decoder(args.decoder, vocab_size=args.vocab, encoder_dim=args.dim,
+                                 grid_size=args.grid)  # fmt: skip
         start_id, end_id, pad_id, dim, grid = 1, 2, 0, args.dim, args.grid
     decoder.eval()
     grids = torch.randn(args.images, dim, *grid, generator=torch.Generator().manual_seed(1))
@@ -194,6 +193,7 @@ def main():
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--max-len", type=int, default=20)
     parser.add_argument("--model", default=None, help="a logged captioner to decode with")
+    parser.add_argument("--decoder", default="lstm_attention", help="beam search: decoder name")
     args = parser.parse_args()
     args.grid = tuple(args.grid)
     torch.set_num_threads(args.threads)
