@@ -37,8 +37,11 @@ class GridEncoder(nn.Module):
             raise ValueError(f"colour_detail must be >= 0, got {colour_detail}")
         self.colour_detail = int(colour_detail)
         self.dim = extractor.dim + 3 * self.colour_detail**2
-        # a copy: the extractor keeps its own module (and device) for the feature cache
-        self.stages = copy.deepcopy(extractor.module).to("cpu")
+        # a copy: the extractor keeps its own module (and device) for the feature cache. Frozen,
+        # its inference trunk (batch norms folded), which is exactly what the cache holds.
+        frozen = train_stages == 0 and hasattr(extractor, "inference")
+        trunk = extractor.inference if frozen else extractor.module
+        self.stages = copy.deepcopy(trunk).to("cpu")
         self.register_buffer("mean", extractor.mean.detach().cpu().clone(), persistent=True)
         self.register_buffer("std", extractor.std.detach().cpu().clone(), persistent=True)
         n = len(self.stages)
