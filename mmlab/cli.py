@@ -155,7 +155,13 @@ def _caption(args: argparse.Namespace) -> int:
     images = open_images(args.images)  # before the (slow) model load
     from mmlab.captioning import load_captioner
 
-    captions = load_captioner(args.model).caption(images, beam_size=args.beam)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        captioner = load_captioner(args.model)
+    except (FileNotFoundError, LookupError, MlflowException) as error:
+        raise UsageError(f"--model {args.model}: cannot load a captioner ({error})") from None
+    captions = captioner.caption(images, beam_size=args.beam)
     for path, caption in zip(args.images, captions, strict=True):
         print(f"{path}\t{caption}")
     return 0

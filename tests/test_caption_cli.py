@@ -98,5 +98,6 @@ def test_missing_and_unreadable_images_are_clear_errors(trained, image_files, tm
 
 def test_unknown_model_names_what_was_expected(image_files, tmp_path):
     done = mmlab("caption", str(image_files[0]), "--model", str(tmp_path / "no-model"))
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "no-model" in done.stderr and "MLmodel" in done.stderr
+    assert "Traceback" not in done.stderr
