@@ -210,3 +210,30 @@ def test_extra_pairs_add_training_captions_that_share_the_image_features(tiny_ds
     with pytest.raises(ValueError, match="extra_pairs needs the match task"):
         ds = {s: tiny_ds[s].add_column("label", tiny_ds[s]["first_shape"]) for s in tiny_ds}
         inputs.build(ds, "label", {"text": "minilm"}, device="cpu", extra_pairs=1)
+
+
+def test_extra_positive_pairs_describe_the_image_row_they_are_paired_with(tiny_ds):
+    """A positive extra pair must mention only colours and shapes of its own image's scene,
+    and its word ids must be its caption's (guards against misaligned image/caption rows)."""
+    from mmlab.data.synthetic import mentions, scene_from_row
+
+    more = inputs.build(tiny_ds, "match", None, TOKENS, device="cpu", extra_pairs=3)
+    train, n = more.split("tokens", "train"), len(tiny_ds["train"])
+    extra = inputs._extra_pairs(tiny_ds["train"], more.task, 3)
+    rows = tiny_ds["train"].select_columns(["id", "objects", "motion"]).to_list()
+    assert torch.equal(train.labels[n:], extra.labels)
+    texts = more.vocabulary.decode_batch(train.inputs["text"][n:])
+    positives = 0
+    for text, caption, row, label in zip(texts, extra.captions, extra.rows, extra.labels):
+        assert mentions(text) == mentions(caption)
+        scene = scene_from_row(rows[int(row)])
+        seen = {("colour", o.colour) for o in scene.objects} | {
+            ("shape", o.shape) for o in scene.objects
+        }
+        said = {m for m in mentions(caption) if m[0] in ("colour", "shape")}
+        if label == 1:
+            positives += 1
+            assert said <= seen, (caption, scene)
+    assert positives > 0
+    image = train.inputs["image"]
+    assert torch.equal(image[n:], image[:n][extra.rows])

@@ -133,10 +133,11 @@ def _vocab_inputs(ds, column: str, extra=None) -> tuple[dict[str, torch.Tensor],
     def texts(split):
         return [v[0] if isinstance(v, list) else v for v in ds[split][column]]
 
-    vocabulary = Vocabulary.build(texts("train"))
+    train = texts("train") + (extra.captions if extra is not None else [])
+    # Extra pairs are training text too: words only they use must not become <unk>.
+    vocabulary = Vocabulary.build(train)
     ids = {name: vocabulary.encode_batch(texts(name)) for name in ds}
-    if extra is not None:
-        ids["train"] = vocabulary.encode_batch(texts("train") + extra.captions)
+    ids["train"] = vocabulary.encode_batch(train)
     width = max(x.shape[1] for x in ids.values())  # one width for every split
     ids = {n: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=vocabulary.pad_id)
            for n, x in ids.items()}  # fmt: skip
