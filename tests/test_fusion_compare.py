@@ -237,3 +237,19 @@ def test_extra_positive_pairs_describe_the_image_row_they_are_paired_with(tiny_d
     assert positives > 0
     image = train.inputs["image"]
     assert torch.equal(image[n:], image[:n][extra.rows])
+
+
+def test_extra_pairs_keep_a_fitted_text_encoder_fitted_on_the_train_split(tiny_ds):
+    """TF-IDF vectors of the extra captions come from the vectoriser fitted on the train
+    split (one feature space), not from one refitted on the extra captions alone."""
+    from mmlab import features
+
+    more = inputs.build(tiny_ds, "match", {"image": ENCODERS["image"], "text": "tfidf"},
+                        device="cpu", extra_pairs=1)  # fmt: skip
+    n = len(tiny_ds["train"])
+    extra = inputs._extra_pairs(tiny_ds["train"], more.task, 1)
+    tfidf = features.create("text", "tfidf")
+    tfidf.fit(tiny_ds["train"]["match_caption"])
+    expected = tfidf.extract(extra.captions).float()
+    got = more.split("pooled", "train").inputs["text"][n:].float()
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)

@@ -154,12 +154,16 @@ def _spec(x: torch.Tensor) -> InputSpec:
     raise ValueError(f"features of shape {tuple(x.shape)} are neither pooled, grid nor sequence")
 
 
-def _cached_inputs(ds, modality, column, spec, device) -> tuple[dict[str, torch.Tensor], InputSpec]:
+def _extractor(modality, spec, device):
     from mmlab import features
-    from mmlab.features import cache
 
     name, options = parse_encoder(spec)
-    extractor = features.create(modality, name, device=device, **options)
+    return features.create(modality, name, device=device, **options)
+
+
+def _cached_inputs(ds, modality, column, extractor) -> tuple[dict[str, torch.Tensor], InputSpec]:
+    from mmlab.features import cache
+
     x = {split: cache.features(ds, split, extractor, column=column) for split in ds}
     if x["train"].dim() == 3:  # sequences: one padded length for every split
         width = max(v.shape[1] for v in x.values())
@@ -198,15 +202,16 @@ def _extra_pairs(train, t: Task, k: int) -> ExtraPairs:
     )
 
 
-def _extend(x: torch.Tensor, modality: str, extra: ExtraPairs, column, spec, device):
+def _extend(x: torch.Tensor, modality: str, extra: ExtraPairs, column, extractor):
     """Training features followed by those of the extra pairs: text encoded (through the
-    cache), other modalities shared with the pair's image row."""
+    cache) by the extractor the train split used (a TF-IDF stays fitted on the train split,
+    so both parts share one feature space), other modalities shared with the image row."""
     if modality != "text":
         return torch.cat([x, x[extra.rows]])
     import datasets
 
     table = datasets.Dataset.from_dict({"id": extra.ids, column: extra.captions})
-    more, _ = _cached_inputs(datasets.DatasetDict(train=table), modality, column, spec, device)
+    more, _ = _cached_inputs(datasets.DatasetDict(train=table), modality, column, extractor)
     more = more["train"]
     if more.dim() == 3:  # sequences: cut or pad to the length the other splits have
         more = torch.nn.functional.pad(more[:, : x.shape[1]], (0, 0, 0, x.shape[1] - more.shape[1]))
@@ -258,9 +263,10 @@ def build(
                     raise ValueError(f"the {VOCAB!r} encoder is for text, not {modality!r}")
                 x, data.specs[form][modality], data.vocabulary = _vocab_inputs(ds, column, extra)
             else:
-                x, data.specs[form][modality] = _cached_inputs(ds, modality, column, spec, device)
+                extractor = _extractor(modality, spec, device)
+                x, data.specs[form][modality] = _cached_inputs(ds, modality, column, extractor)
                 if extra is not None:
-                    x["train"] = _extend(x["train"], modality, extra, column, spec, device)
+                    x["train"] = _extend(x["train"], modality, extra, column, extractor)
             data.encoders[form][modality] = spec if isinstance(spec, str) else str(dict(spec))
             for s in SPLITS:
                 inputs[s][modality] = x[s]
