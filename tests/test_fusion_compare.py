@@ -224,7 +224,8 @@ def test_extra_positive_pairs_describe_the_image_row_they_are_paired_with(tiny_d
     assert torch.equal(train.labels[n:], extra.labels)
     texts = more.vocabulary.decode_batch(train.inputs["text"][n:])
     positives = 0
-    for text, caption, row, label in zip(texts, extra.captions, extra.rows, extra.labels):
+    pairs = zip(texts, extra.captions, extra.rows, extra.labels, strict=True)
+    for text, caption, row, label in pairs:
         assert mentions(text) == mentions(caption)
         scene = scene_from_row(rows[int(row)])
         seen = {("colour", o.colour) for o in scene.objects} | {
