@@ -153,9 +153,9 @@ def _caption(args: argparse.Namespace) -> int:
     if args.beam < 1:
         raise UsageError(f"--beam {args.beam}: expected at least 1")
     images = open_images(args.images)  # before the (slow) model load
-    from mmlab.captioning import load_captioner
-
     from mlflow.exceptions import MlflowException
+
+    from mmlab.captioning import load_captioner
 
     try:
         captioner = load_captioner(args.model)
