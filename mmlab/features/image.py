@@ -220,6 +220,12 @@ TORCHVISION_CNNS = (
 )  # fmt: skip
 
 
+def _load_local_weights(model: nn.Module, path) -> dict:
+    """Load a local state dict; its digest joins the extractor's identity (cache key)."""
+    model.load_state_dict(load_state_dict(path))
+    return {"weights_sha256": file_digest(path)}
+
+
 @register("image", *TORCHVISION_CNNS)
 def torchvision_cnn(
     name: str,
@@ -236,11 +242,9 @@ def torchvision_cnn(
     extra = {}
     if weights is not None:
         if is_weights_path(weights):
-            state = load_state_dict(weights)
-            extra["weights_sha256"] = file_digest(weights)
+            extra = _load_local_weights(model, weights)
         else:
-            state = torchvision_state_dict(name, weights)
-        model.load_state_dict(state)
+            model.load_state_dict(torchvision_state_dict(name, weights))
     return CNNExtractor(
         name, _torchvision_stages(model), mean=IMAGENET_MEAN, std=IMAGENET_STD,
         image_size=image_size, kind=kind, layer=layer, weights=weights, device=device,
@@ -304,8 +308,7 @@ def efficientnet_lite0(
     if weights == "imagenet":
         net.load_state_dict(load_state_dict(lite0_weights_path()))
     elif weights is not None:
-        net.load_state_dict(load_state_dict(weights))
-        extra["weights_sha256"] = file_digest(weights)
+        extra = _load_local_weights(net, weights)
     _fold_symmetric_padding(net)
     # Stages split where the stride changes, so `layer="mid"` can stop at stride 16.
     stages: list[nn.Module] = [_LiteStem(net)]
