@@ -264,3 +264,23 @@ def _pairs(found):
     colours = [m for m in found if m[0] == "colour"]
     shapes = [m for m in found if m[0] == "shape"]
     return zip(colours, shapes, strict=True)
+
+
+def test_a_script_without_a_main_guard_gets_an_error_not_a_hang(tmp_path):
+    """Spawned generation workers re-import the main script; one that generates data at top
+    level used to wait forever on the lock its parent held."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from mmlab.data import synthetic\n"
+        "synthetic.default_dataset(n=80, image_size=32, audio=False, video=False, workers=2)\n"
+    )
+    env = {**__import__("os").environ, "MMLAB_HOME": str(tmp_path / "ws")}
+    # the timeout only turns a regression (a hang) into a failure; it bounds nothing normal
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode != 0
+    assert "if __name__ == '__main__':" in done.stderr

@@ -24,7 +24,9 @@ import json
 import math
 import os
 import shutil
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -546,11 +548,17 @@ def _run(jobs: list[_Job], workers: int) -> list[dict]:
     """Make the samples, in a process pool when it pays; order and bytes do not depend on it."""
     if workers <= 1 or len(jobs) < 64:
         return [make_sample(job) for job in jobs]
-    import multiprocessing
-
     context = multiprocessing.get_context("spawn")  # safe even when the parent holds threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(make_sample, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            chunks = max(1, len(jobs) // (workers * 8))
+            return list(pool.map(make_sample, jobs, chunksize=chunks))
+    except BrokenProcessPool as error:
+        raise RuntimeError(
+            "the synthetic data's worker processes died while starting. Spawned workers "
+            "re-import the main script: in a script, put the code that loads or generates "
+            "data under `if __name__ == '__main__':`"
+        ) from error
 
 
 def is_generated(path) -> bool:
@@ -579,6 +587,13 @@ def default_dataset(
     path = workspace.data_dir() / name
     if is_generated(path):
         return path
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A spawned generation worker is re-importing a script that calls this at top level:
+        # waiting for the lock its parent holds would hang both forever.
+        raise RuntimeError(
+            f"the embedded dataset {name} was requested while a worker process imported the "
+            "main script; put the script's code under `if __name__ == '__main__':`"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
