@@ -254,3 +254,15 @@ def test_extra_pairs_keep_a_fitted_text_encoder_fitted_on_the_train_split(tiny_d
     expected = tfidf.extract(extra.captions).float()
     got = more.split("pooled", "train").inputs["text"][n:].float()
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+
+
+def test_extra_pairs_with_sequence_text_features_share_the_splits_length(tiny_ds):
+    """Token-state text features of extra captions are cut or padded to the length of the
+    other splits (an extra caption longer than every real one used to be cut one token short)."""
+    k = 3
+    more = inputs.build(tiny_ds, "match", None, {"image": ENCODERS["image"],
+                        "text": "minilm:kind=sequence"}, device="cpu", extra_pairs=k)  # fmt: skip
+    train = more.split("tokens", "train").inputs["text"]
+    width = more.split("tokens", "validation").inputs["text"].shape[1]
+    assert train.shape[:2] == (len(tiny_ds["train"]) * (1 + k), width)
+    assert more.specs["tokens"]["text"].kind == "sequence"

@@ -213,8 +213,9 @@ def _extend(x: torch.Tensor, modality: str, extra: ExtraPairs, column, extractor
     table = datasets.Dataset.from_dict({"id": extra.ids, column: extra.captions})
     more, _ = _cached_inputs(datasets.DatasetDict(train=table), modality, column, extractor)
     more = more["train"]
-    if more.dim() == 3:  # sequences: cut or pad to the length the other splits have
-        more = torch.nn.functional.pad(more[:, : x.shape[1]], (0, 0, 0, x.shape[1] - more.shape[1]))
+    if more.dim() == 3:  # sequences: cut (rare: usually only [SEP]) or pad to the splits' length
+        more = more[:, : x.shape[1]]
+        more = torch.nn.functional.pad(more, (0, 0, 0, x.shape[1] - more.shape[1]))
     return torch.cat([x, more])
 
 
