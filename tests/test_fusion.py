@@ -108,9 +108,25 @@ def test_grid_cross_attention_takes_tokens_and_ignores_padding():
     changed = dict(inputs, text=inputs["text"].clone())
     changed["text"][0, 4:] = 0
     assert torch.allclose(model(changed)[0], logits[0], atol=1e-5)
+    # nor may extra padding columns (a batch padded wider)
+    wider = dict(inputs, text=torch.nn.functional.pad(inputs["text"], (0, 3)))
+    assert torch.allclose(model(wider), logits, atol=1e-5)
     # grid positions matter: moving the image content changes the output
     flipped = dict(inputs, image=inputs["image"].flip(-1))
     assert not torch.allclose(model(flipped), logits)
+
+
+def test_grid_cross_attention_locates_each_word_on_the_grid():
+    """Words reason with the grid coordinates they attended to; other memory tokens (here a
+    pooled audio vector) sit at the centre."""
+    specs = dict(TOKEN_SPECS, audio=InputSpec("pooled", 7))
+    model = fusion.create("grid_cross_attention", specs, hidden=16).eval()
+    coordinates = model.coordinates
+    assert coordinates.shape == (3 * 4 + 1, 2)
+    assert coordinates[0].tolist() == [-1, -1] and coordinates[11].tolist() == [1, 1]
+    assert coordinates[12].tolist() == [0, 0]
+    inputs = dict(_token_inputs(), audio=torch.randn(48, 7))
+    assert model(inputs).shape == (48, 2)
 
 
 def test_grid_cross_attention_validates_its_inputs():

@@ -266,3 +266,28 @@ def test_extra_pairs_with_sequence_text_features_share_the_splits_length(tiny_ds
     width = more.split("tokens", "validation").inputs["text"].shape[1]
     assert train.shape[:2] == (len(tiny_ds["train"]) * (1 + k), width)
     assert more.specs["tokens"]["text"].kind == "sequence"
+
+
+def test_mismatched_negatives_pair_a_positive_caption_with_another_image(tiny_ds, data):
+    k = 2
+    more = inputs.build(tiny_ds, "match", ENCODERS, TOKENS, device="cpu", extra_pairs=k,
+                        mismatched=0.5)  # fmt: skip
+    base = inputs.build(tiny_ds, "match", ENCODERS, TOKENS, device="cpu", extra_pairs=k)
+    for form in ("pooled", "tokens"):
+        train, plain = more.split(form, "train"), base.split(form, "train")
+        n = len(plain)
+        new = len(train) - n
+        positives = int((plain.labels == 1).sum())
+        assert 0 < new <= round(0.5 * positives) and train.groups[n:] == ["mismatched"] * new
+        assert (train.labels[n:] == 0).all() and torch.equal(train.labels[:n], plain.labels)
+        text, image = train.inputs["text"], train.inputs["image"]
+        for i in range(n, len(train)):
+            # the caption is a positive one of the plain split; the image is another row's
+            (caption,) = [j for j in range(n) if torch.equal(plain.inputs["text"][j], text[i])][:1]
+            assert plain.labels[caption] == 1
+            assert not torch.equal(plain.inputs["image"][caption], image[i])
+        # validation and test are untouched
+        assert torch.equal(more.split(form, "test").labels, data.split(form, "test").labels)
+    with pytest.raises(ValueError, match="mismatched negatives need the match task"):
+        ds = {s: tiny_ds[s].add_column("label", tiny_ds[s]["first_shape"]) for s in tiny_ds}
+        inputs.build(ds, "label", {"text": "minilm"}, device="cpu", mismatched=0.5)

@@ -50,7 +50,9 @@ def test_each_notebook_leaves_a_finished_run_with_notebook_and_headline(smoke_ba
     headline = run.data.tags.get("mmlab.headline")
     assert headline and headline in run.data.metrics, run.data.tags
     attached = [a.path for a in client.list_artifacts(run.info.run_id, "notebook")]
-    assert any(p.endswith(".ipynb") for p in attached) and any(p.endswith(".html") for p in attached)
+    assert any(p.endswith(".ipynb") for p in attached) and any(
+        p.endswith(".html") for p in attached
+    )
 
 
 def test_notebooks_are_committed_without_outputs():

@@ -219,6 +219,22 @@ def _extend(x: torch.Tensor, modality: str, extra: ExtraPairs, column, extractor
     return torch.cat([x, more])
 
 
+def _mismatched(
+    labels: torch.Tensor, image_rows: torch.Tensor, positive: int, fraction: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(caption rows, image rows) of mismatched negatives: the captions of a `fraction` of the
+    positive training pairs, each paired with the image of another chosen pair (a rotation of a
+    random order, so every chosen image is used once; pairs that would share an image are left
+    out)."""
+    positives = (labels == positive).nonzero().squeeze(1)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(positives), generator=g)
+    chosen = positives[order[: round(fraction * len(positives))]]
+    other = chosen.roll(1)
+    keep = image_rows[chosen] != image_rows[other]
+    return chosen[keep], other[keep]
+
+
 def build(
     ds,
     task: str | Task = "match",
@@ -226,12 +242,17 @@ def build(
     token_encoders: Mapping[str, Any] | None = None,
     device: str = "auto",
     extra_pairs: int = 0,
+    mismatched: float = 0.0,
 ) -> FusionData:
     """Inputs of `task` for the modalities named in `encoders` (pooled) and/or `token_encoders`.
 
     Features come from the cache (computed if missing); splits are train, validation, test.
     `extra_pairs` (match task on the embedded dataset): that many more (caption, label) pairs
     per training image, drawn like the `match_*` columns; the image features are shared.
+    `mismatched` (match task): add negatives to the training split, the captions of that
+    fraction of the positive pairs each paired with another training image (group
+    `mismatched`). Hard negatives differ in one word; these differ in all, so every word that
+    is grounded helps tell them apart: they end the long loss plateau of token methods.
     """
     t = task_spec(task) if isinstance(task, str) else task
     missing = [s for s in SPLITS if s not in ds]
@@ -272,4 +293,26 @@ def build(
             for s in SPLITS:
                 inputs[s][modality] = x[s]
         data.splits[form] = {s: Split(inputs[s], labels[s], groups[s]) for s in SPLITS}
+    if mismatched:
+        _add_mismatched(data, extra, mismatched)
     return data
+
+
+def _add_mismatched(data: FusionData, extra: ExtraPairs | None, fraction: float) -> None:
+    if data.task.name != "match" or "1" not in data.class_names:
+        raise ValueError(
+            f"mismatched negatives need the match task with labels 0/1; task {data.task.name!r}, "
+            f"classes {data.class_names}"
+        )
+    positive, negative = data.class_names.index("1"), data.class_names.index("0")
+    train = next(iter(data.splits.values()))["train"]
+    n = len(train) - (len(extra.rows) if extra is not None else 0)
+    image_rows = torch.arange(n) if extra is None else torch.cat([torch.arange(n), extra.rows])
+    captions, images = _mismatched(train.labels, image_rows, positive, fraction)
+    for splits in data.splits.values():
+        t = splits["train"]
+        inputs = {m: torch.cat([x, x[captions if m == "text" else images]])
+                  for m, x in t.inputs.items()}  # fmt: skip
+        labels = torch.cat([t.labels, torch.full((len(captions),), negative)])
+        groups = t.groups + ["mismatched"] * len(captions) if t.groups is not None else None
+        splits["train"] = Split(inputs, labels, groups)

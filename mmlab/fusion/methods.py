@@ -338,6 +338,15 @@ class PooledToken(nn.Module):
         return tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool)
 
 
+def packed_gru(gru: nn.GRU, x: Tensor, mask: Tensor) -> Tensor:
+    """Run `gru` over the unpadded part of each row (`mask` [N, T]); padding gives zeros.
+    Packing keeps the backward direction from starting on padding, so a row's output does
+    not depend on how much padding its batch has."""
+    lengths = mask.sum(1).clamp_min(1).cpu()
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    return pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+
+
 class GRUTokens(nn.Module):
     """A trainable text encoder: word embeddings and a bidirectional GRU over vocabulary ids."""
 
@@ -350,14 +359,7 @@ class GRUTokens(nn.Module):
 
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         mask = ids != self.pad_id
-        lengths = mask.sum(1).clamp_min(1).cpu()
-        packed = pack_padded_sequence(
-            self.dropout(self.embed(ids)), lengths, batch_first=True, enforce_sorted=False
-        )
-        out, _ = pad_packed_sequence(
-            self.gru(packed)[0], batch_first=True, total_length=ids.shape[1]
-        )
-        return out, mask
+        return packed_gru(self.gru, self.dropout(self.embed(ids)), mask), mask
 
 
 TOKENIZERS: dict[str, Callable[..., nn.Module]] = {
@@ -369,13 +371,17 @@ TOKENIZERS: dict[str, Callable[..., nn.Module]] = {
 
 
 class GridCrossAttention(FusionModule):
-    """Words attend over image-grid tokens that know where they are.
+    """Words attend over image-grid tokens that know where they are, then reason about where.
 
     The query modality (the caption: a GRU over vocabulary ids, or sequence features) yields
     one token per word; the other modalities become tokens (a grid gets learned 2-D position
     embeddings). Each word cross-attends over them and is compared with what it found
-    ([q, c, q * c, q - c]); the head reads the mean and the maximum of the comparisons over the
-    words, so one word that finds nothing to match can decide.
+    ([q, c, q * c, q - c]). Each word also knows *where* it looked: the expected grid
+    coordinates under each head's attention. A second bidirectional GRU reads the words with
+    those locations, so "above" can compare where its two nouns were found: without it,
+    relation negatives ("above" for "below") stay at chance. The head reads the mean and the
+    maximum of the comparisons over the words (one word that finds nothing to match can
+    decide) and the maximum of the located reading.
     """
 
     input_form = "tokens"
@@ -403,7 +409,27 @@ class GridCrossAttention(FusionModule):
         self.query_norm, self.memory_norm = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.attend = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
         self.compare = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.GELU(), nn.Dropout(dropout))
-        self.head = head(2 * hidden, hidden, num_classes, dropout)
+        # (row, col) in [-1, 1] of every memory token; non-grid tokens sit at the centre
+        self.register_buffer("coordinates", self._coordinates(specs, query), persistent=False)
+        self.where = nn.Linear(2, hidden)
+        self.reason = nn.GRU(2 * hidden, hidden // 2, batch_first=True, bidirectional=True)
+        self.head = head(3 * hidden, hidden, num_classes, dropout)
+
+    @staticmethod
+    def _coordinates(specs, query) -> Tensor:
+        parts = []
+        for m, spec in specs.items():
+            if m == query:
+                continue
+            if spec.kind == "grid":
+                h, w = spec.shape
+                rows, cols = torch.meshgrid(
+                    torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij"
+                )
+                parts.append(torch.stack([rows.flatten(), cols.flatten()], dim=-1))
+            else:
+                parts.append(torch.zeros(spec.shape[0] if spec.kind == "sequence" else 1, 2))
+        return torch.cat(parts)
 
     def _memory(self, inputs) -> tuple[Tensor, Tensor]:
         others = [m for m in self.modalities if m != self.query]
@@ -415,12 +441,17 @@ class GridCrossAttention(FusionModule):
         q, q_mask = self.tokenizers[self.query](inputs[self.query])
         memory, m_mask = self._memory(inputs)
         memory = self.memory_norm(memory)
-        context, _ = self.attend(self.query_norm(q), memory, memory, key_padding_mask=~m_mask)
+        context, alpha = self.attend(
+            self.query_norm(q), memory, memory, key_padding_mask=~m_mask
+        )  # alpha [N, T, M], averaged over heads
         compared = self.compare(torch.cat([q, context, q * context, q - context], dim=-1))
+        where = self.where(alpha @ self.coordinates)
+        located = packed_gru(self.reason, torch.cat([compared, where], dim=-1), q_mask)
         weight = q_mask.unsqueeze(-1).float()
         mean = (compared * weight).sum(1) / weight.sum(1).clamp_min(1)
         peak = compared.masked_fill(~q_mask.unsqueeze(-1), -1e4).amax(1)
-        return self.head(torch.cat([mean, peak], dim=-1))
+        located = located.masked_fill(~q_mask.unsqueeze(-1), -1e4).amax(1)
+        return self.head(torch.cat([mean, peak, located], dim=-1))
 
 
 # ----------------------------------------------------------------------------- registry
