@@ -72,6 +72,22 @@ def test_step_by_step_equals_teacher_forcing(name, dim):
         torch.testing.assert_close(step_alpha, alpha[:, t], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", DECODERS)
+def test_a_padded_batch_gives_each_caption_what_it_gets_alone(name):
+    """Captions of different lengths in one batch (the LSTM shrinks the batch as they end):
+    every real position's logits and attention equal those of the caption decoded alone."""
+    decoder, grid = make(name), grids()
+    lengths = [6, 2, 4, 6, 3]
+    tokens = torch.zeros(5, 6, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = torch.randint(3, 23, (n,))
+    logits, alpha = decoder(grid, tokens)
+    for i, n in enumerate(lengths):
+        alone_logits, alone_alpha = decoder(grid[i : i + 1], tokens[i : i + 1, :n])
+        torch.testing.assert_close(logits[i, :n], alone_logits[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(alpha[i, :n], alone_alpha[0], atol=1e-5, rtol=1e-4)
+
+
 def test_grid_projection_is_computed_once_per_batch(monkeypatch):
     decoder = make("lstm_attention")
     calls = []

@@ -97,9 +97,10 @@ def beam_search(
     tokens = torch.full((B * K,), start_id, dtype=torch.long, device=device)
     finished = torch.zeros(B * K, dtype=torch.bool, device=device)
     length = torch.zeros(B * K, dtype=torch.long, device=device)
-    history = torch.zeros(B * K, 0, dtype=torch.long, device=device)
-    alphas = None
     offsets = (torch.arange(B, device=device) * K).unsqueeze(1)
+    # Per step: each row's parent row, its new token, and the attention its parent computed.
+    # Captions are read back once at the end (backtracking), not copied at every step.
+    parents, words, alphas = [], [], []
     for _ in range(max_len):
         step_log_probs, alpha, state = decoder.step(memory, state, tokens)
         V = step_log_probs.size(1)
@@ -114,15 +115,22 @@ def beam_search(
         state = _select(state, parent)
         finished, length = finished[parent], length[parent]
         length += (~finished).long()
-        history = torch.cat([history[parent], tokens.unsqueeze(1)], dim=1)
-        alpha = alpha[parent].unsqueeze(1)
-        alphas = alpha if alphas is None else torch.cat([alphas[parent], alpha], dim=1)
+        parents.append(parent)
+        words.append(tokens)
+        alphas.append(alpha)
         finished = finished | (tokens == end_id)
         if finished.all():
             break
     normalised = scores.view(-1) / length.clamp(min=1).float().pow(length_penalty)
     best = offsets.view(-1) + normalised.view(B, K).argmax(dim=1)
-    return _finish(history[best], alphas[best], scores.view(-1)[best], length[best], end_id)
+    row, history, attention = best, [], []
+    for t in reversed(range(len(words))):
+        parent, word, alpha = parents[t], words[t], alphas[t]
+        history.append(word[row])
+        row = parent[row]
+        attention.append(alpha[row])
+    history, attention = torch.stack(history[::-1], 1), torch.stack(attention[::-1], 1)
+    return _finish(history, attention, scores.view(-1)[best], length[best], end_id)
 
 
 def decode(decoder, grid: torch.Tensor, *, beam_size: int = 1, **options) -> Decoded:

@@ -62,7 +62,7 @@ class LSTMAttentionDecoder(nn.Module):
     ):
         super().__init__()
         self.vocab_size, self.encoder_dim, self.hidden_dim = vocab_size, encoder_dim, hidden_dim
-        self.attention_dim = attention_dim
+        self.attention_dim, self.pad_id = attention_dim, pad_id
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.attention = AdditiveAttention(encoder_dim, attention_dim)
         self.init_h = nn.Linear(encoder_dim, hidden_dim)
@@ -105,18 +105,30 @@ class LSTMAttentionDecoder(nn.Module):
         return h, c, alpha
 
     def forward(self, grid: torch.Tensor, tokens: torch.Tensor):
-        grid = grid_tokens(grid)
+        """Rows are sorted by caption length and step t runs only the rows still inside
+        their caption (the batch shrinks as captions end). Padded steps get zero attention and
+        the logits of a zero state: the loss ignores them (their targets are padding)."""
+        B, T = tokens.shape
+        lengths = (tokens != getattr(self, "pad_id", 0)).sum(1)  # models saved before pad_id
+        order = lengths.argsort(descending=True)
+        grid, tokens = grid_tokens(grid)[order], tokens[order]
+        active = lengths[order].unsqueeze(0) > torch.arange(T, device=tokens.device).unsqueeze(1)
+        active = active.sum(1).tolist()
         memory = self.project_grid(grid)  # once per batch, not per step
         # all steps in one matmul; unbind (not [:, t]) so backward does not zero-fill per step
         word_gates = self.input_gates(self.embed(tokens)).unbind(1)
         h, c = self.init_state(grid)
         hs, alphas = [], []
-        for gates_t in word_gates:
-            h, c, alpha = self._cell(memory, gates_t, h, c)
-            hs.append(h)
-            alphas.append(alpha)
-        logits = self.fc(self.dropout(torch.stack(hs, dim=1)))
-        return logits, torch.stack(alphas, dim=1)
+        for gates_t, n in zip(word_gates, active, strict=True):
+            if n < h.size(0):
+                memory = {key: value[:n] for key, value in memory.items()}
+                h, c = h[:n], c[:n]
+            h, c, alpha = self._cell(memory, gates_t[:n], h, c)
+            hs.append(F.pad(h, (0, 0, 0, B - n)))
+            alphas.append(F.pad(alpha, (0, 0, 0, B - n)))
+        inverse = order.argsort()
+        logits = self.fc(self.dropout(torch.stack(hs, dim=1)))[inverse]
+        return logits, torch.stack(alphas, dim=1)[inverse]
 
     def start(self, grid: torch.Tensor) -> tuple[State, State]:
         grid = grid_tokens(grid)
