@@ -143,6 +143,23 @@ def test_batched_beam_search_equals_one_image_at_a_time(name):
         torch.testing.assert_close(single.attention[0], batched.attention[i], atol=1e-5, rtol=1e-4)
 
 
+def test_images_whose_beams_have_ended_leave_the_batch_unchanged():
+    """Captions of different lengths: images leave the batch as their beams all end, and each
+    still gets exactly the caption, score and attention it gets alone."""
+    decoder, grid = make("lstm_attention"), grids(n=8)
+    with torch.no_grad():
+        decoder.fc.weight[END] *= 3  # <end> at different steps per image (and some never)
+    options = dict(beam_size=3, start_id=START, end_id=END, max_len=12)
+    batched = decoding.beam_search(decoder, grid, **options)
+    assert len({len(t) for t in batched.tokens}) > 2
+    for i in range(8):
+        single = decoding.beam_search(decoder, grid[i : i + 1], **options)
+        assert single.tokens[0] == batched.tokens[i]
+        assert float(single.length[0]) == float(batched.length[i])
+        assert single.log_prob[0] == pytest.approx(float(batched.log_prob[i]), abs=1e-4)
+        torch.testing.assert_close(single.attention[0], batched.attention[i], atol=1e-5, rtol=1e-4)
+
+
 def test_beam_size_one_is_greedy():
     decoder, grid = make("lstm_attention"), grids()
     greedy = decoding.greedy(decoder, grid, start_id=START, end_id=END, max_len=10)
