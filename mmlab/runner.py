@@ -252,7 +252,8 @@ class BatchRun:
             tags=tags,
         )
         result.run_id = run.info.run_id
-        threads = str(kernel_threads(self.jobs))
+        # the cores are shared by the kernels that can run at once: never more than there are
+        threads = str(kernel_threads(min(self.jobs, len(self.results))))
         env = {
             "MLFLOW_RUN_ID": run.info.run_id,
             "MLFLOW_TRACKING_URI": tracking.tracking_uri(),

@@ -189,3 +189,11 @@ def test_plain_papermill_run_starts_its_own_run(home, client, tmp_path):
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.metrics["value"] == 42.0
     assert "mmlab.batch" not in run.data.tags
+
+
+def test_a_lone_execution_gets_every_core(demo, client):
+    """Kernels split the cores among the executions that can run at once: one execution
+    alone (here `--only single`) is not held to half of them by `--jobs 2`."""
+    report = runner.run(DEMO, jobs=2, only=["single"], force=True, out=lambda line: None)
+    run = client.get_run(runs_of(report)["single"].run_id)
+    assert run.data.tags["kernel.omp_num_threads"] == str(os.cpu_count() or 1)
