@@ -166,8 +166,9 @@ class _DecoderLayer(nn.Module):
 class TransformerDecoder(nn.Module):
     """A small transformer decoder over the grid tokens (learned 2-D position per location).
 
-    `alpha` is the last layer's cross-attention, averaged over heads. Decoding re-runs the
-    prefix at each step: captions are short, and it keeps the state a plain token tensor.
+    `alpha` is the last layer's cross-attention, averaged over heads. Decoding projects the
+    grid's cross-attention keys and values once and caches each layer's self-attention keys
+    and values, so a step costs one token, not the whole prefix.
     """
 
     def __init__(
@@ -225,13 +226,60 @@ class TransformerDecoder(nn.Module):
         return self._decode(self.encode(grid), tokens)
 
     def start(self, grid: torch.Tensor) -> tuple[State, State]:
-        empty = torch.zeros(grid.size(0), 0, dtype=torch.long, device=grid.device)
-        return {"memory": self.encode(grid)}, {"tokens": empty}
+        """Memory: the grid tokens' cross-attention keys and values of every layer, projected
+        once. State: every layer's self-attention keys and values of the words so far (a
+        cache), so a step runs one new token through the layers instead of the whole prefix."""
+        encoded = self.encode(grid)
+        memory, state = {}, {}
+        for i, layer in enumerate(self.layers):
+            attn = layer.cross_attn
+            d = attn.embed_dim
+            w, b = attn.in_proj_weight[d:], attn.in_proj_bias[d:]
+            k, v = F.linear(encoded, w, b).chunk(2, dim=-1)
+            memory[f"k{i}"], memory[f"v{i}"] = self._heads(k, attn), self._heads(v, attn)
+            empty = encoded.new_zeros(grid.size(0), attn.num_heads, 0, d // attn.num_heads)
+            state[f"k{i}"], state[f"v{i}"] = empty, empty
+        return memory, state
+
+    @staticmethod
+    def _heads(x: torch.Tensor, attn: nn.MultiheadAttention) -> torch.Tensor:
+        """[B, T, D] -> [B, heads, T, D / heads]."""
+        return x.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
+
+    @staticmethod
+    def _attend(attn: nn.MultiheadAttention, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
+        """One query per row against cached keys/values: (output [B, D], weights [B, heads, N])."""
+        weights = torch.softmax((q.unsqueeze(2) @ k.transpose(2, 3)).squeeze(2) / math.sqrt(
+            q.size(-1)), dim=-1)  # fmt: skip
+        out = (weights.unsqueeze(2) @ v).squeeze(2).flatten(1)
+        return attn.out_proj(out), weights
 
     def step(self, memory: State, state: State, tokens: torch.Tensor):
-        prefix = torch.cat([state["tokens"], tokens.unsqueeze(1)], dim=1)
-        logits, alpha = self._decode(memory["memory"], prefix)
-        return F.log_softmax(logits[:, -1].float(), dim=-1), alpha[:, -1], {"tokens": prefix}
+        t = state["k0"].size(2)
+        if t >= self.max_len:
+            raise ValueError(f"caption of {t + 1} tokens is longer than max_len={self.max_len}")
+        position = torch.full_like(tokens, t)
+        x = self.embed(tokens) * math.sqrt(self.d_model) + self.position(position)
+        state = dict(state)
+        alpha = None
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+            k = torch.cat([state[f"k{i}"], self._heads(k.unsqueeze(1), attn)], dim=2)
+            v = torch.cat([state[f"v{i}"], self._heads(v.unsqueeze(1), attn)], dim=2)
+            state[f"k{i}"], state[f"v{i}"] = k, v
+            x = x + self._attend(attn, q.unflatten(-1, (attn.num_heads, -1)), k, v)[0]
+            cross = layer.cross_attn
+            d = cross.embed_dim
+            q = F.linear(layer.norm2(x), cross.in_proj_weight[:d], cross.in_proj_bias[:d])
+            attended, weights = self._attend(
+                cross, q.unflatten(-1, (cross.num_heads, -1)), memory[f"k{i}"], memory[f"v{i}"]
+            )
+            x = x + attended
+            x = x + layer.ff(layer.norm3(x))
+            alpha = weights.mean(dim=1)  # the last layer's, averaged over heads
+        logits = self.fc(self.norm(x))
+        return F.log_softmax(logits.float(), dim=-1), alpha, state
 
 
 DECODERS: dict[str, type[nn.Module]] = {
