@@ -162,6 +162,20 @@ def test_fit_learns_an_interaction_that_no_single_modality_predicts():
     assert alone_acc < 0.65, alone_acc
 
 
+def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_budget():
+    train, val = _task(128, 0), _task(64, 1)
+    for schedule in ("constant", "cosine"):
+        config = fusion.TrainConfig(epochs=4, patience=10, lr=0.01, schedule=schedule)
+        model = fusion.create("concat", PAIR, hidden=8)
+        lr = fusion.fit(model, train, val, config).history["lr"]
+        if schedule == "constant":
+            assert lr == [0.01] * 4
+        else:
+            assert lr == sorted(lr, reverse=True) and lr[0] < 0.01 and lr[-1] == pytest.approx(0)
+    with pytest.raises(ValueError, match="unknown schedule 'step'; valid schedules: constant"):
+        fusion.TrainConfig(schedule="step")
+
+
 def test_fit_keeps_the_best_validation_epoch_and_stops_early():
     train, val = _task(128, 0), _task(64, 1)
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ them, so an epoch is a handful of tensor operations, never a Python loop over sa
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,8 +55,15 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     patience: int = 5  # epochs without a better validation accuracy before stopping
+    schedule: str = "constant"  # or "cosine": the learning rate decays to 0 over `epochs`
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"
+            )
 
 
 @dataclass
@@ -65,6 +73,16 @@ class TrainResult:
     best_epoch: int = 0
     epochs_run: int = 0
     train_seconds: float = 0.0
+
+
+SCHEDULES: dict[
+    str, Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
+] = {
+    "constant": lambda optimiser, steps: torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda _: 1.0
+    ),
+    "cosine": lambda optimiser, steps: torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps),
+}
 
 
 def _to(inputs: Inputs, device: str) -> dict[str, Tensor]:
@@ -122,9 +140,16 @@ def fit(
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    steps = config.epochs * math.ceil(len(train) / config.batch_size)
+    scheduler = SCHEDULES[config.schedule](optimiser, steps)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
-    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+    history: dict[str, list[float]] = {
+        "train_loss": [],
+        "val_loss": [],
+        "val_accuracy": [],
+        "lr": [],  # at the end of the epoch
+    }
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
     start = time.perf_counter()
     epoch = 0
@@ -140,12 +165,14 @@ def fit(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            scheduler.step()
             total += loss.item() * len(y)
         logits = predict(model, validation.inputs, device=config.device)
         accuracy = float((logits.argmax(-1) == validation.labels).float().mean())
         history["train_loss"].append(total / len(train))
         history["val_loss"].append(float(loss_fn(logits, validation.labels)))
         history["val_accuracy"].append(accuracy)
+        history["lr"].append(optimiser.param_groups[0]["lr"])
         if on_epoch:
             on_epoch(epoch, {k: v[-1] for k, v in history.items()})
         if accuracy > best:
