@@ -143,9 +143,9 @@ def test_batched_beam_search_equals_one_image_at_a_time(name):
         torch.testing.assert_close(single.attention[0], batched.attention[i], atol=1e-5, rtol=1e-4)
 
 
-def test_images_whose_beams_have_ended_leave_the_batch_unchanged():
-    """Captions of different lengths: images leave the batch as their beams all end, and each
-    still gets exactly the caption, score and attention it gets alone."""
+def test_captions_of_different_lengths_in_one_batch_equal_one_at_a_time():
+    """Images whose beams end at different steps (finished beams go on with free <pad>): each
+    gets exactly the caption, length, score and attention it gets alone."""
     decoder, grid = make("lstm_attention"), grids(n=8)
     with torch.no_grad():
         decoder.fc.weight[END] *= 3  # <end> at different steps per image (and some never)

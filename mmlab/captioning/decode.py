@@ -84,63 +84,53 @@ def beam_search(
 
     Beams are ranked by summed log-probability while searching; the final pick per image
     maximises `log_prob / length ** length_penalty` (1.0: the mean log-probability per token,
-    0.0: the plain sum, which favours short captions). An image whose beams have all ended
-    leaves the batch, so a batch costs what its captions need, not B times the longest.
+    0.0: the plain sum, which favours short captions).
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     B, K, device = grid.size(0), beam_size, grid.device
     memory, state = decoder.start(grid)
-    rows = torch.arange(B * K, device=device)  # global row of each batch row: image * K + beam
-    memory, state = _select(memory, rows // K), _select(state, rows // K)
+    rows = torch.arange(B, device=device).repeat_interleave(K)
+    memory, state = _select(memory, rows), _select(state, rows)  # memory is never reordered again
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first at step one
     tokens = torch.full((B * K,), start_id, dtype=torch.long, device=device)
     finished = torch.zeros(B * K, dtype=torch.bool, device=device)
     length = torch.zeros(B * K, dtype=torch.long, device=device)
-    final_scores, final_length = scores.clone(), length.clone()  # all images, by global row
-    # Per step, by global row: its parent row, its new token, the attention its parent computed
-    # (rows of images that have left: themselves, <pad>, zeros). Captions are read back once
-    # at the end (backtracking), not copied at every step.
+    offsets = (torch.arange(B, device=device) * K).unsqueeze(1)
+    # Per step: each row's parent row, its new token, and the attention its parent computed.
+    # Captions are read back once at the end (backtracking), not copied at every step.
     parents, words, alphas = [], [], []
     for _ in range(max_len):
         step_log_probs, alpha, state = decoder.step(memory, state, tokens)
-        n, V = scores.size(0), step_log_probs.size(1)
+        V = step_log_probs.size(1)
         step_log_probs = _never(step_log_probs, start_id, pad_id)
         # a finished beam has exactly one continuation, <pad>, which costs nothing
         step_log_probs = step_log_probs.masked_fill(finished.unsqueeze(1), float("-inf"))
         step_log_probs[finished, pad_id] = 0.0
-        candidates = (scores.view(-1, 1) + step_log_probs).view(n, K * V)
+        candidates = (scores.view(-1, 1) + step_log_probs).view(B, K * V)
         scores, flat = candidates.topk(K, dim=1)
-        offsets = (torch.arange(n, device=device) * K).unsqueeze(1)
         parent = (offsets + flat // V).view(-1)
         tokens = (flat % V).view(-1)
         state = _select(state, parent)
         finished, length = finished[parent], length[parent]
         length += (~finished).long()
+        parents.append(parent)
+        words.append(tokens)
+        alphas.append(alpha)
         finished = finished | (tokens == end_id)
-        parents.append(torch.arange(B * K, device=device).index_copy(0, rows, rows[parent]))
-        words.append(torch.full((B * K,), pad_id, device=device).index_copy(0, rows, tokens))
-        alphas.append(alpha.new_zeros(B * K, alpha.size(1)).index_copy(0, rows, alpha[parent]))
-        final_scores.view(-1).index_copy_(0, rows, scores.view(-1))
-        final_length.index_copy_(0, rows, length)
-        done = finished.view(n, K).all(dim=1)
-        if done.all():
+        if finished.all():
             break
-        if done.any():  # these images' captions are final: drop their rows
-            keep = (~done).repeat_interleave(K).nonzero().squeeze(1)
-            memory, state = _select(memory, keep), _select(state, keep)
-            rows, tokens, finished, length = rows[keep], tokens[keep], finished[keep], length[keep]
-            scores = scores[~done]
-    normalised = final_scores.view(-1) / final_length.clamp(min=1).float().pow(length_penalty)
-    best = torch.arange(B, device=device) * K + normalised.view(B, K).argmax(dim=1)
+    normalised = scores.view(-1) / length.clamp(min=1).float().pow(length_penalty)
+    best = offsets.view(-1) + normalised.view(B, K).argmax(dim=1)
     row, history, attention = best, [], []
     for t in reversed(range(len(words))):
-        history.append(words[t][row])
-        attention.append(alphas[t][row])
-        row = parents[t][row]
+        parent, word, alpha = parents[t], words[t], alphas[t]
+        history.append(word[row])
+        row = parent[row]
+        attention.append(alpha[row])
     history, attention = torch.stack(history[::-1], 1), torch.stack(attention[::-1], 1)
-    return _finish(history, attention, final_scores.view(-1)[best], final_length[best], end_id)
+    return _finish(history, attention, scores.view(-1)[best], length[best], end_id)
 
 
 def decode(decoder, grid: torch.Tensor, *, beam_size: int = 1, **options) -> Decoded:
