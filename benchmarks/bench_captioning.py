@@ -155,15 +155,18 @@ def bench_beam(args):
     options = dict(
         beam_size=args.beam, start_id=start_id, end_id=end_id, pad_id=pad_id, max_len=args.max_len
     )
-    started = time.perf_counter()
-    batched = decoding.beam_search(decoder, grids, **options)
-    batched_s = time.perf_counter() - started
-    started = time.perf_counter()
-    singles = [
-        decoding.beam_search(decoder, grids[i : i + 1], **options).tokens[0]
-        for i in range(args.images)
-    ]
-    single_s = time.perf_counter() - started
+    batched_times, single_times = [], []
+    for _ in range(args.rounds):  # alternate, report medians: load from elsewhere hits both
+        started = time.perf_counter()
+        batched = decoding.beam_search(decoder, grids, **options)
+        batched_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        singles = [
+            decoding.beam_search(decoder, grids[i : i + 1], **options).tokens[0]
+            for i in range(args.images)
+        ]
+        single_times.append(time.perf_counter() - started)
+    batched_s, single_s = statistics.median(batched_times), statistics.median(single_times)
     identical = sum(a == b for a, b in zip(batched.tokens, singles, strict=True))
     print(
         f"beam search, beam {args.beam}, {args.images} images, max_len {args.max_len}"
