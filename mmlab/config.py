@@ -50,6 +50,8 @@ class StageSpec(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     needs: list[str] = Field(default_factory=list)
+    # seconds one cell may run before the execution fails (a hung notebook frees its job)
+    timeout: float | None = Field(default=None, gt=0)
 
 
 class BatchSpec(BaseModel):
@@ -69,6 +71,7 @@ class Execution:
     notebook: Path
     parameters: dict[str, Any]
     needs: tuple[str, ...]
+    timeout: float | None = None  # seconds per cell
 
     @property
     def label(self) -> str:
@@ -294,7 +297,14 @@ def _build(path: Path, spec: BatchSpec, overrides: list[tuple[str | None, str, A
         for combo_name, combo in _expand(StageSpec(notebook=stage.notebook, grid=grid)):
             params = {**base, **combo, **mine}
             runs.append(
-                Execution(name, combo_name or name, notebooks[name], params, tuple(stage.needs))
+                Execution(
+                    name,
+                    combo_name or name,
+                    notebooks[name],
+                    params,
+                    tuple(stage.needs),
+                    stage.timeout,
+                )
             )
         stages[name] = runs
         for run in runs:

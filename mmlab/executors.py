@@ -30,6 +30,7 @@ class Job:
     env: dict[str, str]  # added to the kernel's environment (MLflow run, thread counts)
     run_id: str
     tracking_uri: str
+    timeout: float | None = None  # seconds a cell may run; None: no limit
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ def execute(job: Job) -> Outcome:
                 progress_bar=False,
                 cwd=str(job.notebook.parent),
                 start_timeout=300,  # kernels start slowly when the machine is busy
+                execution_timeout=job.timeout,
             )
         except Exception as raised:  # PapermillExecutionError, DeadKernelError, ...
             error = raised

@@ -263,7 +263,13 @@ class BatchRun:
             "MKL_NUM_THREADS": threads,
         }
         return executors.Job(
-            execution.notebook, output, params, env, run.info.run_id, tracking.tracking_uri()
+            execution.notebook,
+            output,
+            params,
+            env,
+            run.info.run_id,
+            tracking.tracking_uri(),
+            execution.timeout,
         )
 
     def finish(self, result: Result, outcome: executors.Outcome) -> None:

@@ -131,6 +131,7 @@ def test_bad_batch_files_name_file_stage_and_key(filename, expected):
         ),
         ({"stages": {"a": ok(parameters="x=1")}}, "stage 'a': key 'parameters'"),
         ({"stages": {"a b": ok()}}, "stage 'a b': use letters"),
+        ({"stages": {"a": ok(timeout=0)}}, "stage 'a': key 'timeout'"),
     ],
 )  # fmt: skip
 def test_invalid_batches(tmp_path, batch, expected):

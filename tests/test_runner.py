@@ -197,3 +197,15 @@ def test_a_lone_execution_gets_every_core(demo, client):
     report = runner.run(DEMO, jobs=2, only=["single"], force=True, out=lambda line: None)
     run = client.get_run(runs_of(report)["single"].run_id)
     assert run.data.tags["kernel.omp_num_threads"] == str(os.cpu_count() or 1)
+
+
+def test_a_cell_past_the_stage_timeout_fails_the_execution(home, client):
+    """`timeout:` in a stage bounds each cell: a hung notebook fails (and frees its job)
+    instead of holding the batch forever; its notebook is still saved."""
+    lines: list[str] = []
+    report = runner.run(HERE / "batches" / "timeout.yaml", jobs=1, out=lines.append)
+    result = runs_of(report)["slow"]
+    assert result.status == "failed" and not report.ok
+    assert "Timeout" in "\n".join(lines)
+    assert client.get_run(result.run_id).info.status == "FAILED"
+    assert (home / "runs" / "timeout" / "slow" / "ok.ipynb").is_file()
