@@ -377,7 +377,7 @@ class GridCrossAttention(FusionModule):
     one token per word; the other modalities become tokens (a grid gets learned 2-D position
     embeddings). Each word cross-attends over them and is compared with what it found
     ([q, c, q * c, q - c]). Each word also knows *where* it looked: the expected grid
-    coordinates under each head's attention. A second bidirectional GRU reads the words with
+    coordinates under its attention (averaged over heads). A second bidirectional GRU reads the words with
     those locations, so "above" can compare where its two nouns were found: without it,
     relation negatives ("above" for "below") stay at chance. The head reads the mean and the
     maximum of the comparisons over the words (one word that finds nothing to match can
@@ -397,6 +397,12 @@ class GridCrossAttention(FusionModule):
         if specs[query].kind not in ("ids", "sequence"):
             raise ValueError(
                 f"the query modality {query!r} must be ids or sequence, got {specs[query].kind}"
+            )
+        ids = [m for m, spec in specs.items() if m != query and spec.kind == "ids"]
+        if ids:  # every memory token needs a location, and ids' token count is not fixed
+            raise ValueError(
+                f"grid_cross_attention attends over grid, sequence or pooled inputs; "
+                f"{ids} are ids (only the query modality {query!r} may be)"
             )
         self.query = query
         self.tokenizers = nn.ModuleDict(
