@@ -191,10 +191,16 @@ def test_plain_papermill_run_starts_its_own_run(home, client, tmp_path):
     assert "mmlab.batch" not in run.data.tags
 
 
-def test_a_lone_execution_gets_every_core(demo, client):
+def test_a_lone_execution_gets_every_core(demo, client, home):
     """Kernels split the cores among the executions that can run at once: one execution
-    alone (here `--only single`) is not held to half of them by `--jobs 2`."""
+    alone (here `--only single`) is not held to half of them by `--jobs 2`. The temporary
+    folder a killed runner left beside the notebook is swept."""
+    stale = home / "runs" / "demo" / "single" / ".ok.ipynb.killed.tmp"
+    stale.mkdir(parents=True)
+    (stale / "ok.ipynb").write_text("half written")
     report = runner.run(DEMO, jobs=2, only=["single"], force=True, out=lambda line: None)
+    assert not stale.exists()
+    assert (home / "runs" / "demo" / "single" / "ok.ipynb").is_file()
     run = client.get_run(runs_of(report)["single"].run_id)
     assert run.data.tags["kernel.omp_num_threads"] == str(os.cpu_count() or 1)
 
