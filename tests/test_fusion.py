@@ -126,6 +126,27 @@ def test_grid_cross_attention_locates_each_word_on_the_grid():
     assert model(inputs).shape == (48, 2)
 
 
+def test_grid_cross_attention_sees_whether_neighbouring_words_look_at_one_place():
+    """Each word gets, for the words k = 1..K after and before it, the overlap of their
+    attention maps and where that word looked relative to it: the words of one phrase look at
+    one object, and a colour moved to another object breaks that."""
+    model = fusion.create("grid_cross_attention", TOKEN_SPECS, hidden=16, neighbours=2)
+    alpha = torch.zeros(1, 4, 12)  # 4 words over the 3 x 4 grid
+    alpha[0, 0, 0] = alpha[0, 1, 0] = 1  # words 0 and 1 look at cell 0, (row, col) (-1, -1)
+    alpha[0, 2, 11] = 1  # word 2 at cell 11, (1, 1)
+    mask = torch.tensor([[True, True, True, False]])  # word 3 is padding
+    features = model._where(alpha, mask)
+    assert features.shape == (1, 4, 2 + 2 * 2 * 3)  # location; (overlap, offset) per k
+    assert features[0, 0, :2].tolist() == [-1, -1]
+    next_word = slice(2, 5)  # k = 1
+    assert features[0, 0, next_word].tolist() == [12, 0, 0]  # the same cell: 12x uniform
+    assert features[0, 1, next_word].tolist() == [0, 2, 2]  # elsewhere, (2, 2) away
+    assert features[0, 2, next_word].tolist() == [0, -1, -1]  # padding: looks nowhere, (0, 0)
+    assert features[0, 3, next_word].tolist() == [0, 0, 0]  # past the padded width: no word
+    previous_word = slice(8, 11)  # k = -1
+    assert features[0, 2, previous_word].tolist() == [0, -2, -2]
+
+
 def test_grid_cross_attention_validates_its_inputs():
     with pytest.raises(ValueError, match="query modality 'text'"):
         fusion.create("grid_cross_attention", {"image": TOKEN_SPECS["image"]})
