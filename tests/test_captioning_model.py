@@ -232,3 +232,19 @@ def test_attention_is_the_papers_additive_attention():
     expected = torch.softmax(e, dim=1)
     torch.testing.assert_close(alpha, expected)
     torch.testing.assert_close(context, (expected.unsqueeze(2) * grid).sum(1))
+
+
+def test_decoding_scores_attention_in_blocks_with_the_same_result(monkeypatch):
+    """Without gradients, the attention scores are computed a few rows at a time (to stay in
+    the CPU cache while decoding many beams); alpha is the same as in one piece."""
+    from mmlab.captioning import attention as module
+
+    torch.manual_seed(0)
+    attention = AdditiveAttention(encoder_dim=16, attention_dim=8)
+    grid, W_h_h = torch.randn(7, 12, 16), torch.randn(7, 8)
+    projected = attention.project_grid(grid)
+    _, whole = attention(grid, projected, W_h_h)
+    monkeypatch.setattr(module, "BLOCK_ELEMENTS", 2 * 12 * 8)  # blocks of 2 rows: 4 blocks
+    with torch.no_grad():
+        _, blocked = attention(grid, projected, W_h_h)
+    torch.testing.assert_close(blocked, whole)

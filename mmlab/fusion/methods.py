@@ -455,7 +455,7 @@ class GridCrossAttention(FusionModule):
         """[N, T, 2 + 6K]: each word's expected (row, col), then for the word k = 1..K after
         and before it the overlap of their attention maps (1 for two uniform maps) and the
         offset of its location. Padding looks nowhere (no overlap, location (0, 0)); past the
-        padded width there is no word (zeros). Measured so, on the embedded data (3 seeds)."""
+        padded width there is no word (zeros)."""
         alpha = alpha * mask.unsqueeze(-1)
         location = alpha @ self.coordinates  # [N, T, 2]
         T, K = alpha.shape[1], self.neighbours
