@@ -152,6 +152,8 @@ def test_grid_cross_attention_validates_its_inputs():
         fusion.create("grid_cross_attention", {"image": TOKEN_SPECS["image"]})
     with pytest.raises(ValueError, match=r"\['notes'\] are ids \(only the query"):
         fusion.create("grid_cross_attention", dict(TOKEN_SPECS, notes=TOKEN_SPECS["text"]))
+    with pytest.raises(ValueError, match="neighbours must be an int >= 0, got -1"):
+        fusion.create("grid_cross_attention", TOKEN_SPECS, neighbours=-1)
     model = fusion.create("grid_cross_attention", TOKEN_SPECS, hidden=16)
     with pytest.raises(ValueError, match="built for"):
         model({"image": torch.randn(2, 5, 4, 4), "text": torch.ones(2, 3, dtype=torch.long)})

@@ -405,6 +405,8 @@ class GridCrossAttention(FusionModule):
             raise ValueError(
                 f"the query modality {query!r} must be ids or sequence, got {specs[query].kind}"
             )
+        if not isinstance(neighbours, int) or neighbours < 0:
+            raise ValueError(f"neighbours must be an int >= 0, got {neighbours!r}")
         ids = [m for m, spec in specs.items() if m != query and spec.kind == "ids"]
         if ids:  # every memory token needs a location, and ids' token count is not fixed
             raise ValueError(
