@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
 import time
@@ -98,9 +97,7 @@ def execute(job: Job) -> Outcome:
     os.environ.update(job.env)  # the kernel inherits this process's environment
     error: BaseException | None = None
     log = job.output.with_suffix(".log")
-    # A runner killed mid-notebook leaves its temporary folder: this execution owns the path.
-    for stale in job.output.parent.glob(f".{job.output.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
+    workspace.sweep_stale(job.output)  # left by a runner killed mid-notebook; this job owns it
     with workspace.atomic_path(job.output) as tmp, _stderr_to(log):
         try:
             papermill.execute_notebook(

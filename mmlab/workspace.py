@@ -48,6 +48,14 @@ def artifact_root() -> str:
     return (root() / "mlartifacts").as_uri()
 
 
+def sweep_stale(final: Path) -> None:
+    """Remove the temporary siblings `atomic_path(final)` leaves when its process is killed.
+    Call it only while this process owns `final` (no other writer can be in its block)."""
+    final = Path(final)
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextmanager
 def atomic_path(final: Path):
     """Yield a temporary sibling path; rename it onto `final` only if the block succeeds.

@@ -24,7 +24,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -598,8 +597,7 @@ def default_dataset(
     with open(path.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_generated(path):
-            for stale in path.parent.glob(f".{name}.*.tmp"):  # left by a killed generation
-                shutil.rmtree(stale, ignore_errors=True)
+            workspace.sweep_stale(path)  # left by a killed generation; we hold the lock
             generate(
                 path,
                 n=n,
