@@ -248,3 +248,36 @@ def test_decoding_scores_attention_in_blocks_with_the_same_result(monkeypatch):
     with torch.no_grad():
         _, blocked = attention(grid, projected, W_h_h)
     torch.testing.assert_close(blocked, whole)
+
+
+@pytest.mark.parametrize("dim", [16, 96])  # W_c per step; W_c a cached per batch (deep grid)
+def test_the_hand_written_training_backward_equals_autograds(monkeypatch, dim):
+    """On a CPU, teacher forcing runs the recurrence as one node with a hand-written backward;
+    its gradients (every weight, and the grid's, as when the encoder is fine-tuned) must be
+    autograd's through `_cell` step by step, with captions of different lengths and the
+    attention penalty on alpha."""
+    from mmlab.captioning import attention as module
+    from mmlab.captioning.train import caption_loss
+
+    monkeypatch.setattr(module, "BLOCK_ELEMENTS", 2 * 12 * 24)  # blocks of 2 rows
+    decoder = make("lstm_attention", dim=dim, dropout=0.0).double().train()
+    tokens = torch.randint(3, 23, (5, 8), generator=torch.Generator().manual_seed(2))
+    tokens[:, 0] = START
+    for row, length in enumerate([8, 3, 6, 2, 8]):
+        tokens[row, length - 1], tokens[row, length:] = END, PAD
+    results = []
+    for recurrence in ("_fused", "_stepwise"):
+        monkeypatch.setattr(decoder, "_fused", getattr(decoder, recurrence))
+        grid = grids(dim=dim).double().requires_grad_()
+        decoder.zero_grad()
+        logits, alpha = decoder(grid, tokens[:, :-1])
+        caption_loss(logits, alpha, tokens[:, 1:], PAD, attention_penalty=1.0)[0].backward()
+        grads = {name: p.grad for name, p in decoder.named_parameters()}
+        results.append((logits, alpha, grid.grad, grads))
+    (logits, alpha, d_grid, grads), expected = results
+    torch.testing.assert_close(logits, expected[0])
+    torch.testing.assert_close(alpha, expected[1])
+    torch.testing.assert_close(d_grid, expected[2])
+    assert grads.keys() == expected[3].keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[3][name], msg=name)

@@ -49,16 +49,53 @@ class AdditiveAttention(nn.Module):
         return torch.softmax(2 * scores, dim=1)
 
     def _scores_blocked(self, projected_grid: torch.Tensor, hidden2: torch.Tensor) -> torch.Tensor:
-        """`w^T sigmoid(z2) + b` a few rows at a time: decoding many beams at once, the
-        [B, N, A] tensor outgrows the CPU caches, so the add, the sigmoid and the product each
-        went through memory. Row by row it is the same arithmetic, so a caption does not
-        depend on how many others were decoded with it."""
-        B, N, A = projected_grid.shape
-        rows = max(1, BLOCK_ELEMENTS // (N * A))
-        scores = projected_grid.new_empty(B, N)
-        weight, bias = self.w.weight[0], self.w.bias
-        for start in range(0, B, rows):
-            block = slice(start, start + rows)
-            z2 = torch.add(projected_grid[block], hidden2[block].unsqueeze(1))
-            torch.matmul(z2.sigmoid_(), weight, out=scores[block])
-        return scores.add_(bias)
+        return scores(projected_grid, hidden2, self.w.weight[0], self.w.bias)
+
+
+def _blocks(rows: int, N: int, A: int) -> list[slice]:
+    step = max(1, BLOCK_ELEMENTS // (N * A))
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def scores(
+    projected_grid: torch.Tensor,
+    hidden2: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    sigmoids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`w^T sigmoid(projected_grid + hidden2) + b` `[B, N]`, a few rows at a time: with many
+    rows (beams when decoding, a batch when training) the [B, N, A] tensor outgrows the CPU
+    caches, and the add, the sigmoid and the product would each go through memory. Row by row
+    it is the same arithmetic, so a caption does not depend on how many others were decoded
+    with it. `sigmoids` (`[B, N, A]`), when given, keeps the sigmoids for `scores_backward`."""
+    B, N, A = projected_grid.shape
+    out = projected_grid.new_empty(B, N)
+    for block in _blocks(B, N, A):
+        kept = None if sigmoids is None else sigmoids[block]
+        z2 = torch.add(projected_grid[block], hidden2[block].unsqueeze(1), out=kept)
+        torch.matmul(z2.sigmoid_(), weight, out=out[block])
+    return out.add_(bias)
+
+
+def scores_backward(
+    sigmoids: torch.Tensor,
+    d_scores: torch.Tensor,
+    weight: torch.Tensor,
+    d_projected_grid: torch.Tensor,
+    d_weight: torch.Tensor,
+) -> torch.Tensor:
+    """Backward of `scores` from its kept sigmoids, block by block like the forward: adds the
+    gradients of the projected grid and of `w` into `d_projected_grid` and `d_weight` (a
+    recurrent decoder reuses both at every step) and returns the gradient of `hidden2`."""
+    B, N, A = sigmoids.shape
+    d_hidden2 = sigmoids.new_empty(B, A)
+    scratch = sigmoids.new_empty(min(B, max(1, BLOCK_ELEMENTS // (N * A))), N, A)
+    for block in _blocks(B, N, A):
+        s, g = sigmoids[block], d_scores[block]
+        d_weight.addmv_(s.reshape(-1, A).t(), g.reshape(-1))
+        dz = torch.addcmul(s, s, s, value=-1, out=scratch[: s.size(0)])  # sigmoid' = s (1 - s)
+        dz.mul_(weight).mul_(g.unsqueeze(-1))
+        d_projected_grid[block] += dz
+        torch.sum(dz, 1, out=d_hidden2[block])
+    return d_hidden2
