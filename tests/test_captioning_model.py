@@ -281,3 +281,18 @@ def test_the_hand_written_training_backward_equals_autograds(monkeypatch, dim):
     assert grads.keys() == expected[3].keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected[3][name], msg=name)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_beams_attend_to_their_images_one_grid_row_without_copies(grad):
+    """K hidden rows per grid row (beams of one image) get what each would get from its own
+    copy of the grid, with and without gradients (the blocked decoding path)."""
+    torch.manual_seed(0)
+    attention = AdditiveAttention(encoder_dim=16, attention_dim=8)
+    grid, W_h_h = torch.randn(2, 12, 16), torch.randn(6, 8)  # 3 beams for each of 2 images
+    copies = grid.repeat_interleave(3, dim=0)
+    with torch.set_grad_enabled(grad):
+        shared = attention(grid, attention.project_grid(grid), W_h_h)
+        copied = attention(copies, attention.project_grid(copies), W_h_h)
+    for a, b in zip(shared, copied, strict=True):
+        torch.testing.assert_close(a, b)

@@ -31,29 +31,35 @@ class AdditiveAttention(nn.Module):
     def forward(
         self, grid: torch.Tensor, projected_grid: torch.Tensor, projected_hidden: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attend with `projected_hidden = W_h h` `[B, A]`; return `(context [B, D], alpha [B, N])`."""
+        """Attend with `projected_hidden = W_h h` `[B * K, A]` (K rows, e.g. beams, per grid
+        row); return `(context [B * K, D], alpha [B * K, N])`."""
         alpha = self.weights(projected_grid, projected_hidden)
-        context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)
-        return context, alpha
+        return attend(alpha, grid), alpha
 
     def weights(self, projected_grid: torch.Tensor, projected_hidden: torch.Tensor) -> torch.Tensor:
-        """`alpha [B, N]` alone, for a decoder that folds the context into a cached projection."""
+        """`alpha [B * K, N]` alone, for a decoder that folds the context into a cached
+        projection. Rows `b * K .. b * K + K - 1` of `projected_hidden` look at grid row b: the
+        beams of one image share its grid instead of each reading a copy."""
         # w^T tanh(z) = 2 w^T sigmoid(2z) - sum(w), and softmax ignores the constant: the same
         # alpha, but sigmoid runs several times faster than tanh on CPU (benchmarks/).
-        hidden2 = 2 * projected_hidden
+        B, N, A = projected_grid.shape
+        hidden2 = (2 * projected_hidden).view(B, -1, A)
         if torch.is_grad_enabled():
-            z2 = projected_grid + hidden2.unsqueeze(1)
-            scores = self.w(torch.sigmoid_(z2)).squeeze(2)  # in place: one [B, N, A] less
+            z2 = projected_grid.unsqueeze(1) + hidden2.unsqueeze(2)
+            e = self.w(torch.sigmoid_(z2)).squeeze(3)  # in place: one [B, K, N, A] less
         else:
-            scores = self._scores_blocked(projected_grid, hidden2)
-        return torch.softmax(2 * scores, dim=1)
-
-    def _scores_blocked(self, projected_grid: torch.Tensor, hidden2: torch.Tensor) -> torch.Tensor:
-        return scores(projected_grid, hidden2, self.w.weight[0], self.w.bias)
+            e = scores(projected_grid, hidden2, self.w.weight[0], self.w.bias)
+        return torch.softmax(2 * e.view(-1, N), dim=1)
 
 
-def _blocks(rows: int, N: int, A: int) -> list[slice]:
-    step = max(1, BLOCK_ELEMENTS // (N * A))
+def attend(alpha: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`sum_i alpha_ti values_i`: `alpha [B * K, N]` (K rows per row of `values [B, N, D]`)."""
+    B, N, D = values.shape
+    return torch.bmm(alpha.view(B, -1, N), values).view(-1, D)
+
+
+def _blocks(rows: int, elements_per_row: int) -> list[slice]:
+    step = max(1, BLOCK_ELEMENTS // elements_per_row)
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
@@ -64,18 +70,22 @@ def scores(
     bias: torch.Tensor,
     sigmoids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`w^T sigmoid(projected_grid + hidden2) + b` `[B, N]`, a few rows at a time: with many
-    rows (beams when decoding, a batch when training) the [B, N, A] tensor outgrows the CPU
+    """`w^T sigmoid(projected_grid + hidden2) + b`, a few grid rows at a time: with many
+    rows (beams when decoding, a batch when training) the [B, K, N, A] tensor outgrows the CPU
     caches, and the add, the sigmoid and the product would each go through memory. Row by row
     it is the same arithmetic, so a caption does not depend on how many others were decoded
-    with it. `sigmoids` (`[B, N, A]`), when given, keeps the sigmoids for `scores_backward`."""
+    with it. `hidden2` is `[B, A]` (scores `[B, N]`) or `[B, K, A]` (scores `[B, K, N]`).
+    `sigmoids` (`[B, N, A]`, training), when given, keeps the sigmoids for `scores_backward`."""
     B, N, A = projected_grid.shape
-    out = projected_grid.new_empty(B, N)
-    for block in _blocks(B, N, A):
-        kept = None if sigmoids is None else sigmoids[block]
-        z2 = torch.add(projected_grid[block], hidden2[block].unsqueeze(1), out=kept)
+    hidden = hidden2 if hidden2.dim() == 3 else hidden2.unsqueeze(1)
+    K = hidden.size(1)
+    out = projected_grid.new_empty(B, K, N)
+    for block in _blocks(B, K * N * A):
+        kept = None if sigmoids is None else sigmoids[block].unsqueeze(1)
+        z2 = torch.add(projected_grid[block].unsqueeze(1), hidden[block].unsqueeze(2), out=kept)
         torch.matmul(z2.sigmoid_(), weight, out=out[block])
-    return out.add_(bias)
+    out.add_(bias)
+    return out if hidden2.dim() == 3 else out.squeeze(1)
 
 
 def scores_backward(
@@ -91,7 +101,7 @@ def scores_backward(
     B, N, A = sigmoids.shape
     d_hidden2 = sigmoids.new_empty(B, A)
     scratch = sigmoids.new_empty(min(B, max(1, BLOCK_ELEMENTS // (N * A))), N, A)
-    for block in _blocks(B, N, A):
+    for block in _blocks(B, N * A):
         s, g = sigmoids[block], d_scores[block]
         d_weight.addmv_(s.reshape(-1, A).t(), g.reshape(-1))
         dz = torch.addcmul(s, s, s, value=-1, out=scratch[: s.size(0)])  # sigmoid' = s (1 - s)

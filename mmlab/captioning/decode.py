@@ -91,7 +91,7 @@ def beam_search(
     B, K, device = grid.size(0), beam_size, grid.device
     memory, state = decoder.start(grid)
     rows = torch.arange(B, device=device).repeat_interleave(K)
-    memory, state = _select(memory, rows), _select(state, rows)  # memory is never reordered again
+    state = _select(state, rows)  # memory stays one row per image: its K beams share it
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first at step one
     tokens = torch.full((B * K,), start_id, dtype=torch.long, device=device)

@@ -4,9 +4,11 @@ Every decoder has the same face, so training and decoding never ask which one th
 
 - `forward(grid, tokens) -> (logits [B, T, V], alpha [B, T, N])`: teacher forcing; `tokens` are
   the inputs `<start> w1 .. wn` and `logits[:, t]` predicts the token after `tokens[:, t]`.
-- `start(grid) -> (memory, state)`: `memory` is fixed for a row (it is expanded once for beam
-  search and never reordered); `state` is what changes from step to step.
-- `step(memory, state, tokens [B]) -> (log_probs [B, V], alpha [B, N], state)`.
+- `start(grid) -> (memory, state)`: `memory` is fixed for an image (never reordered);
+  `state` is what changes from step to step.
+- `step(memory, state, tokens [B * K]) -> (log_probs [B * K, V], alpha [B * K, N], state)`:
+  the state may hold K consecutive rows per image (beam search expands it, not `memory`), and
+  the K rows of an image attend to its one memory row together.
 
 Grids come as `[B, D, H, W]` (the feature extractors' layout); `N = H * W` grid locations.
 """
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmlab.captioning.attention import AdditiveAttention
+from mmlab.captioning.attention import AdditiveAttention, attend
 from mmlab.captioning.recurrence import AttendedLSTM
 
 State = dict[str, torch.Tensor]
@@ -95,10 +97,9 @@ class LSTMAttentionDecoder(nn.Module):
         alpha = self.attention.weights(memory["projected_grid"], W_h_h)
         beta = torch.sigmoid(f_beta)
         if "grid_gates" in memory:  # W_c context_t = beta_t * sum_i alpha_ti (W_c a_i)
-            context_gates = beta * torch.bmm(alpha.unsqueeze(1), memory["grid_gates"]).squeeze(1)
+            context_gates = beta * attend(alpha, memory["grid_gates"])
         else:
-            context = beta * torch.bmm(alpha.unsqueeze(1), memory["grid"]).squeeze(1)
-            context_gates = self.context_gates(context)
+            context_gates = self.context_gates(beta * attend(alpha, memory["grid"]))
         gates = word_gates + hidden_gates + context_gates
         i, f, g, o = gates.chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -258,7 +259,9 @@ class TransformerDecoder(nn.Module):
             d = attn.embed_dim
             w, b = attn.in_proj_weight[d:], attn.in_proj_bias[d:]
             k, v = F.linear(encoded, w, b).chunk(2, dim=-1)
-            memory[f"k{i}"], memory[f"v{i}"] = self._heads(k, attn), self._heads(v, attn)
+            # contiguous once here, or every step's matmul would copy them
+            memory[f"k{i}"] = self._heads(k, attn).contiguous()
+            memory[f"v{i}"] = self._heads(v, attn).contiguous()
             empty = encoded.new_zeros(grid.size(0), attn.num_heads, 0, d // attn.num_heads)
             state[f"k{i}"], state[f"v{i}"] = empty, empty
         return memory, state
@@ -270,11 +273,13 @@ class TransformerDecoder(nn.Module):
 
     @staticmethod
     def _attend(attn: nn.MultiheadAttention, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
-        """One query per row against cached keys/values: (output [B, D], weights [B, heads, N])."""
-        weights = torch.softmax((q.unsqueeze(2) @ k.transpose(2, 3)).squeeze(2) / math.sqrt(
-            q.size(-1)), dim=-1)  # fmt: skip
-        out = (weights.unsqueeze(2) @ v).squeeze(2).flatten(1)
-        return attn.out_proj(out), weights
+        """One query per row `q [B * K, heads, d]` against keys/values `[B, heads, N, d]` (K
+        rows, e.g. beams, per row of keys): (output [B * K, D], weights [B * K, heads, N])."""
+        B, heads, N, d = k.shape
+        q = q.view(B, -1, heads, d).transpose(1, 2)  # [B, heads, K, d]: one matmul per image
+        weights = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(d), dim=-1)
+        out = (weights @ v).transpose(1, 2).flatten(2).flatten(0, 1)
+        return attn.out_proj(out), weights.transpose(1, 2).flatten(0, 1)
 
     def step(self, memory: State, state: State, tokens: torch.Tensor):
         t = state["k0"].size(2)
