@@ -291,3 +291,16 @@ def test_mismatched_negatives_pair_a_positive_caption_with_another_image(tiny_ds
     with pytest.raises(ValueError, match="mismatched negatives need the match task"):
         ds = {s: tiny_ds[s].add_column("label", tiny_ds[s]["first_shape"]) for s in tiny_ds}
         inputs.build(ds, "label", {"text": "minilm"}, device="cpu", mismatched=0.5)
+
+
+def test_worker_processes_give_the_results_of_one_process(data):
+    """Runs trained side by side in worker processes (one thread each) are the runs trained
+    one after another here: same seeds, same numbers, the table in the same order."""
+    config = fusion.TrainConfig(epochs=2, batch_size=16)
+    options = dict(seeds=[0, 1], config=config, hidden=8, log=False, progress=None)
+    methods = ["concat", "grid_cross_attention"]
+    here = compare.run(data, methods, workers=1, **options)
+    workers = compare.run(data, methods, workers=2, **options)
+    timing = ["train_seconds", "latency_ms"]
+    pd.testing.assert_frame_equal(here.runs.drop(columns=timing), workers.runs.drop(columns=timing))
+    assert here.histories == workers.histories
