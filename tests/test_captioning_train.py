@@ -188,3 +188,21 @@ def test_colour_channels_join_the_cached_grid_and_the_image_path_alike(tiny):
     captioner = captioning.build("lstm_attention", encoder, vocab, **SMALL)
     from_grids = captioner.decode_grids(test.inputs, beam_size=2).captions
     assert captioner.decode(ds["test"]["image"], beam_size=2).captions == from_grids
+
+
+def test_a_seeded_build_starts_from_the_same_weights_whatever_ran_before(tiny):
+    """Notebook 03 builds its captioner after the features: a cache miss builds an encoder
+    (drawing from the global RNG), a hit does not. The decoder's initial weights must not
+    depend on which happened, and building must leave the global RNG where it was."""
+    _, vocab, extractor, _ = tiny
+    first = captioning.build("transformer", GridEncoder(extractor), vocab, seed=3)
+    torch.randn(1000)  # what an encoder built on a cache miss would draw
+    state = torch.random.get_rng_state()
+    second = captioning.build("transformer", GridEncoder(extractor), vocab, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for (name, a), b in zip(
+        first.decoder.state_dict().items(), second.decoder.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    other = captioning.build("transformer", GridEncoder(extractor), vocab, seed=4)
+    assert not torch.equal(other.decoder.fc.weight, first.decoder.fc.weight)

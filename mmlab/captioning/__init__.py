@@ -12,6 +12,8 @@ Decoders are looked up by name (`available()`); `decode` holds batched greedy an
 
 from __future__ import annotations
 
+import torch
+
 from mmlab.captioning import decode
 from mmlab.captioning.decoders import DECODERS, available, create_decoder
 from mmlab.captioning.encoder import GridEncoder
@@ -42,17 +44,26 @@ def build(
     *,
     max_len: int = 30,
     length_penalty: float = 1.0,
+    seed: int | None = 0,
     **decoder_options,
 ) -> Captioner:
-    """A `Captioner` with decoder `decoder` (see `available()`) sized for `encoder` and `vocab`."""
-    net = create_decoder(
-        decoder,
-        vocab_size=len(vocab),
-        encoder_dim=encoder.dim,
-        grid_size=encoder.grid_size,
-        pad_id=vocab.pad_id,
-        **decoder_options,
-    )
+    """A `Captioner` with decoder `decoder` (see `available()`) sized for `encoder` and `vocab`.
+
+    The decoder's initial weights come from `seed` (None: the global RNG as it stands), so
+    they do not depend on what ran before: a feature-cache miss builds an encoder, which
+    draws from the global RNG, and the same notebook trained differently with a warm cache.
+    """
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        net = create_decoder(
+            decoder,
+            vocab_size=len(vocab),
+            encoder_dim=encoder.dim,
+            grid_size=encoder.grid_size,
+            pad_id=vocab.pad_id,
+            **decoder_options,
+        )
     return Captioner(
         encoder, net, vocab, decoder_name=decoder, max_len=max_len, length_penalty=length_penalty
     )
