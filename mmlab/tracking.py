@@ -225,13 +225,20 @@ def child_run(
     parent = mlflow.active_run()
     if parent is None:
         raise RuntimeError("child_run needs an active run: call mmlab.tracking.start first")
-    child = retry(
-        mlflow.start_run,
-        run_name=name,
-        nested=True,
-        experiment_id=parent.info.experiment_id,
-        tags=dict(tags or {}),
-    )
+    # Without a run_id, mlflow.start_run resumes the run MLFLOW_RUN_ID names, nested or not
+    # (and deletes the variable): under the runner, the first child would reopen the parent.
+    runner_run = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        child = retry(
+            mlflow.start_run,
+            run_name=name,
+            nested=True,
+            experiment_id=parent.info.experiment_id,
+            tags=dict(tags or {}),
+        )
+    finally:
+        if runner_run is not None:
+            os.environ["MLFLOW_RUN_ID"] = runner_run
     try:
         log_params(params or {})
         yield child

@@ -55,6 +55,20 @@ def test_each_notebook_leaves_a_finished_run_with_notebook_and_headline(smoke_ba
     )
 
 
+def test_the_fusion_run_holds_one_child_run_per_method_and_seed(smoke_batch):
+    """The smoke batch compares 6 methods (unimodal counts twice) x 2 seeds: 12 nested runs
+    under the stage's run, which keeps its own name (the first child used to reopen it)."""
+    _, client, _ = smoke_batch
+    experiment = client.get_experiment_by_name("02_fusion_comparison")
+    parent = client.search_runs([experiment.experiment_id], "tags.`mmlab.stage` != ''")[0]
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    names = {c.info.run_name for c in children}
+    assert len(children) == 12 and "grid_cross_attention-seed1" in names, sorted(names)
+    assert parent.info.run_name not in names
+
+
 def test_notebooks_are_committed_without_outputs():
     for path in (REPO / "notebooks").glob("*.ipynb"):
         cells = json.loads(path.read_text())["cells"]

@@ -85,6 +85,27 @@ def test_start_resumes_runner_run_and_leaves_it_open(store, monkeypatch):
     mlflow.end_run()
 
 
+def test_child_runs_of_a_runner_run_are_new_runs_under_it(store, monkeypatch):
+    """Under the runner (MLFLOW_RUN_ID set), every child is a new run nested under the
+    runner's run; the first one used to reopen the runner's run itself, renaming it."""
+    client = MlflowClient(store)
+    created = client.create_run(tracking.experiment_id("02_demo"), run_name="02_demo")
+    monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
+    parent = tracking.start(notebook="02_demo")
+    children = []
+    for name in ("concat-seed0", "concat-seed1"):
+        with tracking.child_run(name) as child:
+            tracking.log_metrics({"acc": 0.5})
+        children.append(child.info.run_id)
+    assert created.info.run_id not in children
+    for run_id in children:
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert client.get_run(created.info.run_id).info.run_name == "02_demo"
+    assert "acc" not in client.get_run(created.info.run_id).data.metrics
+    tracking.finish()
+    mlflow.end_run()
+
+
 def test_child_runs_nest_and_fail_cleanly(store):
     parent = tracking.start(notebook="03_demo")
     with tracking.child_run("late-seed0", tags={"method": "late"}, params={"seed": 0}) as child:
