@@ -191,12 +191,12 @@ def test_colour_channels_join_the_cached_grid_and_the_image_path_alike(tiny):
 
 
 def test_a_seeded_build_starts_from_the_same_weights_whatever_ran_before(tiny):
-    """Notebook 03 builds its captioner after the features: a cache miss builds an encoder
-    (drawing from the global RNG), a hit does not. The decoder's initial weights must not
-    depend on which happened, and building must leave the global RNG where it was."""
+    """Notebook 03 builds its captioner after other work that may draw from the global RNG
+    (a feature-cache miss did). The decoder's initial weights must not depend on what ran
+    before, and building must leave the global RNG where it was."""
     _, vocab, extractor, _ = tiny
     first = captioning.build("transformer", GridEncoder(extractor), vocab, seed=3)
-    torch.randn(1000)  # what an encoder built on a cache miss would draw
+    torch.randn(1000)  # whatever ran before
     state = torch.random.get_rng_state()
     second = captioning.build("transformer", GridEncoder(extractor), vocab, seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)

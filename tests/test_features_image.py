@@ -74,6 +74,14 @@ def test_channels_last_changes_speed_not_results():
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_building_and_extracting_leave_the_global_rng_alone():
+    """What a notebook trains after extracting must not depend on whether the feature cache
+    was warm (a cold cache extracts, a warm one does not)."""
+    state = torch.random.get_rng_state()
+    F.create("image", "small_cnn", image_size=64).extract(IMAGES, batch_size=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_small_cnn_is_seeded_and_loads_a_state_dict(tmp_path):
     one = F.create("image", "small_cnn", image_size=64, seed=3)
     again = F.create("image", "small_cnn", image_size=64, seed=3)

@@ -50,9 +50,8 @@ def build(
     """A `Captioner` with decoder `decoder` (see `available()`) sized for `encoder` and `vocab`.
 
     The decoder's initial weights come from `seed` (None: the global RNG as it stands), so
-    they do not depend on what ran before: a feature-cache miss builds an encoder, which
-    draws from the global RNG, and the same notebook trained differently with a warm cache.
-    """
+    they do not depend on what ran before it in the notebook (a feature-cache miss used to
+    draw from the global RNG, so the same notebook trained differently with a warm cache)."""
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

@@ -88,6 +88,10 @@ class Extractor:
             batch_size=batch_size or self.default_batch_size,
             num_workers=min(workers, len(items)),
             collate_fn=self.collate,
+            # its own generator: a loader draws a seed for its workers when iterated, and from
+            # the global RNG that would make what a notebook trains after extracting depend on
+            # whether the feature cache was warm
+            generator=torch.Generator(),
         )
         outputs = []
         with torch.inference_mode():
