@@ -136,6 +136,8 @@ def run(
     `workers` training processes run side by side, one thread each (None: one per CPU core
     on a CPU, one on a GPU). These models are small: a step is mostly per-operation overhead,
     so a second thread speeds one run up 1.2x where a second process doubles the runs done.
+    Workers are spawned, so a script that calls this needs the usual
+    `if __name__ == "__main__":` guard (notebooks do not), or `workers=1`.
     """
     config = config or TrainConfig()
     choices = expand(methods, data.modalities)
