@@ -58,8 +58,12 @@ def attend(alpha: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.bmm(alpha.view(B, -1, N), values).view(-1, D)
 
 
+def _block_rows(elements_per_row: int) -> int:
+    return max(1, BLOCK_ELEMENTS // elements_per_row)
+
+
 def _blocks(rows: int, elements_per_row: int) -> list[slice]:
-    step = max(1, BLOCK_ELEMENTS // elements_per_row)
+    step = _block_rows(elements_per_row)
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
@@ -100,7 +104,7 @@ def scores_backward(
     recurrent decoder reuses both at every step) and returns the gradient of `hidden2`."""
     B, N, A = sigmoids.shape
     d_hidden2 = sigmoids.new_empty(B, A)
-    scratch = sigmoids.new_empty(min(B, max(1, BLOCK_ELEMENTS // (N * A))), N, A)
+    scratch = sigmoids.new_empty(min(B, _block_rows(N * A)), N, A)
     for block in _blocks(B, N * A):
         s, g = sigmoids[block], d_scores[block]
         d_weight.addmv_(s.reshape(-1, A).t(), g.reshape(-1))
