@@ -68,48 +68,49 @@ def _blocks(rows: int, elements_per_row: int) -> list[slice]:
 
 
 def scores(
-    projected_grid: torch.Tensor,
-    hidden2: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    sigmoids: torch.Tensor | None = None,
+    projected_grid: torch.Tensor, hidden2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
     """`w^T sigmoid(projected_grid + hidden2) + b`, a few grid rows at a time: with many
     rows (beams when decoding, a batch when training) the [B, K, N, A] tensor outgrows the CPU
     caches, and the add, the sigmoid and the product would each go through memory. Row by row
     it is the same arithmetic, so a caption does not depend on how many others were decoded
-    with it. `hidden2` is `[B, A]` (scores `[B, N]`) or `[B, K, A]` (scores `[B, K, N]`).
-    `sigmoids` (`[B, N, A]`, training), when given, keeps the sigmoids for `scores_backward`."""
+    with it. `hidden2` is `[B, A]` (scores `[B, N]`) or `[B, K, A]` (scores `[B, K, N]`)."""
     B, N, A = projected_grid.shape
     hidden = hidden2 if hidden2.dim() == 3 else hidden2.unsqueeze(1)
     K = hidden.size(1)
     out = projected_grid.new_empty(B, K, N)
+    scratch = projected_grid.new_empty(min(B, _block_rows(K * N * A)), K, N, A)
     for block in _blocks(B, K * N * A):
-        kept = None if sigmoids is None else sigmoids[block].unsqueeze(1)
-        z2 = torch.add(projected_grid[block].unsqueeze(1), hidden[block].unsqueeze(2), out=kept)
+        z2 = torch.add(projected_grid[block].unsqueeze(1), hidden[block].unsqueeze(2),
+                       out=scratch[: out[block].size(0)])  # fmt: skip
         torch.matmul(z2.sigmoid_(), weight, out=out[block])
     out.add_(bias)
     return out if hidden2.dim() == 3 else out.squeeze(1)
 
 
 def scores_backward(
-    sigmoids: torch.Tensor,
+    projected_grid: torch.Tensor,
+    hidden2: torch.Tensor,
     d_scores: torch.Tensor,
-    weight: torch.Tensor,
-    d_projected_grid: torch.Tensor,
+    d_projected_grid_over_w: torch.Tensor,
     d_weight: torch.Tensor,
 ) -> torch.Tensor:
-    """Backward of `scores` from its kept sigmoids, block by block like the forward: adds the
-    gradients of the projected grid and of `w` into `d_projected_grid` and `d_weight` (a
-    recurrent decoder reuses both at every step) and returns the gradient of `hidden2`."""
-    B, N, A = sigmoids.shape
-    d_hidden2 = sigmoids.new_empty(B, A)
-    scratch = sigmoids.new_empty(min(B, _block_rows(N * A)), N, A)
+    """Backward of `scores` (`hidden2` `[B, A]`), block by block like the forward. The
+    sigmoids are computed again, in cache: keeping them from the forward would send
+    `[B, N, A]` per step through memory twice (and page-fault it in). Adds into
+    `d_weight` and into `d_projected_grid_over_w` (a recurrent decoder reuses both at every
+    step): the latter is the projected grid's gradient divided by `w`, which the caller
+    multiplies by `w` once after its last step instead of once per step. Returns the gradient
+    of `hidden2` divided by `w` likewise."""
+    B, N, A = projected_grid.shape
+    d_hidden2_over_w = projected_grid.new_empty(B, A)
+    scratch = projected_grid.new_empty(min(B, _block_rows(N * A)), N, A)
     for block in _blocks(B, N * A):
-        s, g = sigmoids[block], d_scores[block]
-        d_weight.addmv_(s.reshape(-1, A).t(), g.reshape(-1))
-        dz = torch.addcmul(s, s, s, value=-1, out=scratch[: s.size(0)])  # sigmoid' = s (1 - s)
-        dz.mul_(weight).mul_(g.unsqueeze(-1))
-        d_projected_grid[block] += dz
-        torch.sum(dz, 1, out=d_hidden2[block])
-    return d_hidden2
+        g = d_scores[block]
+        s = torch.add(projected_grid[block], hidden2[block].unsqueeze(1),
+                      out=scratch[: g.size(0)]).sigmoid_()  # fmt: skip
+        d_weight.addmv_(s.view(-1, A).t(), g.reshape(-1))
+        ds = s.addcmul_(s, s, value=-1)  # sigmoid' = s (1 - s)
+        torch.bmm(g.unsqueeze(1), ds, out=d_hidden2_over_w[block].unsqueeze(1))
+        d_projected_grid_over_w[block].addcmul_(ds, g.unsqueeze(-1))
+    return d_hidden2_over_w

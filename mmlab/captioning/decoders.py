@@ -108,27 +108,32 @@ class LSTMAttentionDecoder(nn.Module):
 
     def forward(self, grid: torch.Tensor, tokens: torch.Tensor):
         """Rows are sorted by caption length and step t runs only the rows still inside
-        their caption (the batch shrinks as captions end). Padded steps get zero attention and
-        the logits of a zero state: the loss ignores them (their targets are padding)."""
+        their caption (the batch shrinks as captions end); the positions inside captions are
+        packed step after step, so the word and output layers skip the padding too. Padded
+        positions get zero attention and zero logits: the loss ignores them (their targets are
+        padding)."""
         B, T = tokens.shape
         lengths = (tokens != getattr(self, "pad_id", 0)).sum(1)  # models saved before pad_id
         order = lengths.argsort(descending=True)
-        grid, tokens = grid_tokens(grid)[order], tokens[order]
-        active = lengths[order].unsqueeze(0) > torch.arange(T, device=tokens.device).unsqueeze(1)
-        active = active.sum(1).tolist()
+        grid = grid_tokens(grid)[order]
+        inside = lengths[order].unsqueeze(0) > torch.arange(T, device=tokens.device).unsqueeze(1)
+        active = inside.sum(1).tolist()  # rows at each step
+        steps, rows = inside.nonzero(as_tuple=True)  # [T, B] row-major: packed step by step
+        rows = order[rows]
         memory = self.project_grid(grid)  # once per batch, not per step
         # all steps in one matmul
-        word_gates = self.input_gates(self.embed(tokens))
+        word_gates = self.input_gates(self.embed(tokens[rows, steps]))
         h, c = self.init_state(grid)
         fused = grid.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
         recurrence = self._fused if fused else self._stepwise
         hs, alphas = recurrence(memory, word_gates, h, c, active)
-        inverse = order.argsort()
-        return self.fc(self.dropout(hs))[inverse], alphas[inverse]
+        logits = self.fc(self.dropout(hs))
+        logits = logits.new_zeros(B, T, logits.size(1)).index_put((rows, steps), logits)
+        return logits, alphas[order.argsort()]
 
     def _fused(self, memory: State, word_gates, h, c, active: list[int]):
         """The recurrence as one autograd node with a hand-written backward (recurrence.py):
-        on a CPU, training runs 1.1-1.17x faster than autograd's step-by-step record of it
+        on a CPU, training runs about 1.1x faster than autograd's step-by-step record of it
         (benchmarks/bench_captioning.py sizes, best of 12 rounds)."""
         if "grid_gates" in memory:
             values, context_weight = memory["grid_gates"], None
@@ -143,15 +148,15 @@ class LSTMAttentionDecoder(nn.Module):
     def _stepwise(self, memory: State, word_gates, h, c, active: list[int]):
         """`_cell` step by step under autograd (other devices, mixed precision)."""
         B, hs, alphas = h.size(0), [], []
-        # unbind (not [:, t]) so backward does not zero-fill per step
-        for gates_t, n in zip(word_gates.unbind(1), active, strict=True):
+        # split (not slices) so backward does not zero-fill per step
+        for gates_t, n in zip(word_gates.split(active), active, strict=True):
             if n < h.size(0):
                 memory = {key: value[:n] for key, value in memory.items()}
                 h, c = h[:n], c[:n]
-            h, c, alpha = self._cell(memory, gates_t[:n], h, c)
-            hs.append(F.pad(h, (0, 0, 0, B - n)))
+            h, c, alpha = self._cell(memory, gates_t, h, c)
+            hs.append(h)
             alphas.append(F.pad(alpha, (0, 0, 0, B - n)))
-        return torch.stack(hs, dim=1), torch.stack(alphas, dim=1)
+        return torch.cat(hs), torch.stack(alphas, dim=1)
 
     def start(self, grid: torch.Tensor) -> tuple[State, State]:
         grid = grid_tokens(grid)

@@ -10,10 +10,14 @@ and computes every weight gradient one time step at a time. Written as one `Func
 - the attention's `[B, N, A]` work (add, sigmoid, product with `w`, and their backward) runs a
   block of rows at a time in cache (`attention.scores`, `attention.scores_backward`), and its
   gradient accumulates in place instead of through per-step copies and zero-filled slices;
+- the backward computes the attention's sigmoids again, block by block in cache: kept from the
+  forward, they are `[B, N, A]` per step written to memory and read back (40 MB a batch at the
+  benchmark's sizes), which costs more than the sigmoid;
 - `values^T d_context` runs as a row vector times `[D, N]` (a transposed copy made once):
   autograd's `bmm` backward takes a path several times slower on a CPU.
 
-Measured against autograd through the same `_cell` (benchmark sizes): 1.1-1.17x faster.
+Measured against autograd through the same `_cell`, both on packed steps (benchmark sizes,
+best of 10 rounds): 1.12x faster with 2 threads, 1.09x with 1.
 
 The arithmetic is `LSTMAttentionDecoder._cell`'s (which decoding still uses, one step at a
 time); tests check the gradients of both against each other.
@@ -27,10 +31,12 @@ from mmlab.captioning import attention
 
 
 class AttendedLSTM(torch.autograd.Function):
-    """`(hs [B, T, H], alphas [B, T, N])` of the decoder run over all steps.
+    """`(hs [R, H], alphas [B, T, N])` of the decoder run over all steps.
 
-    Rows are sorted by caption length and step t runs the first `active[t]` rows (outputs of
-    the others stay zero). `values` are what attention averages: the grid `[B, N, D]` with
+    Rows are sorted by caption length and step t runs the first `active[t]` rows. Per-step
+    inputs and outputs are packed step after step (`R = sum(active)` rows: step t's at
+    `_row_slices(active)[t]`), so no work or memory goes to positions past a caption's end;
+    alphas stay zero there. `values` are what attention averages: the grid `[B, N, D]` with
     `context_weight` `W_c` `[4H, D]`, or, when `context_weight` is None, the grid's gate
     contributions `W_c a` `[B, N, 4H]` already (`LSTMAttentionDecoder.project_grid`).
     """
@@ -38,7 +44,7 @@ class AttendedLSTM(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx,
-        word_gates,  # [B, T, 4H]: the words' input-to-gate products
+        word_gates,  # [R, 4H]: the words' input-to-gate products, packed
         h0,
         c0,
         projected_grid,  # [B, N, A]: 2 W_e a (+ bias)
@@ -50,27 +56,27 @@ class AttendedLSTM(torch.autograd.Function):
         context_weight,  # [4H, D] or None
         active: list[int],
     ):
-        B, T, G = word_gates.shape
+        (R, G), B, T = word_gates.shape, h0.size(0), len(active)
         H, (N, A), D = G // 4, projected_grid.shape[1:], values.size(2)
-        hs, alphas = word_gates.new_zeros(B, T, H), word_gates.new_zeros(B, T, N)
-        # step t's rows sit at rows[t] of these (the weight gradients take them all at once)
+        alphas = word_gates.new_zeros(B, T, N)
+        # packed like word_gates (the weight gradients take all steps at once)
         rows = _row_slices(active)
-        R = rows[-1].stop
-        h_prev, context = word_gates.new_empty(R, H), word_gates.new_empty(R, D)
-        saved = {key: [] for key in ("f", "local", "dc_dh", "sigmoids", "beta", "cg")}
+        hs, h_prev = word_gates.new_empty(R, H), word_gates.new_empty(R, H)
+        context = word_gates.new_empty(R, D)
+        saved = {key: [] for key in ("f", "local", "dc_dh", "hidden2", "beta", "cg")}
         h, c, one = h0, c0, word_gates.new_ones(())
         for t, (n, at) in enumerate(zip(active, rows, strict=True)):
             h, c = h_prev[at].copy_(h[:n]), c[:n]
             hidden_gates, u, f_beta = torch.addmm(hidden_bias, h, hidden_weight.t()).split(
                 [G, A, 1], dim=1
             )
-            sigmoids = projected_grid.new_empty(n, N, A)
-            e = attention.scores(projected_grid[:n], 2 * u, score_weight, score_bias, sigmoids)
+            hidden2 = 2 * u
+            e = attention.scores(projected_grid[:n], hidden2, score_weight, score_bias)
             alpha = torch.softmax(2 * e, dim=1)
             beta = torch.sigmoid(f_beta)
             torch.bmm(alpha.unsqueeze(1), values[:n], out=context[at].unsqueeze(1))
             cg = context[at] if context_weight is None else context[at] @ context_weight.t()
-            gates = word_gates[:n, t] + hidden_gates
+            gates = word_gates[at] + hidden_gates
             gates.addcmul_(beta, cg)
             gates[:, : 2 * H].sigmoid_()  # i, f
             gates[:, 2 * H : 3 * H].tanh_()  # g
@@ -78,7 +84,7 @@ class AttendedLSTM(torch.autograd.Function):
             i, f, g, o = gates.split(H, dim=1)
             c_prev, c = c, torch.addcmul(f * c, i, g)
             tanh_c = torch.tanh(c)
-            h = o * tanh_c
+            h = torch.mul(o, tanh_c, out=hs[at])
             # Backward's local factors, taken now while the activations are at hand: each
             # gate's derivative times what it multiplies (d gates = these * dc, or * dh for o).
             local = torch.addcmul(gates, gates, gates, value=-1)  # sigmoid' = s (1 - s)
@@ -86,27 +92,26 @@ class AttendedLSTM(torch.autograd.Function):
             for factor, partner in zip(local.split(H, dim=1), (g, c_prev, i, tanh_c), strict=True):
                 factor.mul_(partner)
             dc_dh = torch.addcmul(one, tanh_c, tanh_c, value=-1).mul_(o)
-            for key, value in zip(saved, (f, local, dc_dh, sigmoids, beta, cg), strict=True):
+            for key, value in zip(saved, (f, local, dc_dh, hidden2, beta, cg), strict=True):
                 saved[key].append(value)
-            hs[:n, t], alphas[:n, t] = h, alpha
+            alphas[:n, t] = alpha
         ctx.saved, ctx.active = saved, active
         ctx.save_for_backward(
-            alphas, values, h_prev, context, hidden_weight, score_weight, context_weight
-        )
+            alphas, values, projected_grid, h_prev, context, hidden_weight, score_weight,
+            context_weight,
+        )  # fmt: skip
         return hs, alphas
 
     @staticmethod
     def backward(ctx, d_hs, d_alphas):
-        alphas, values, h_prev, context, hidden_weight, score_weight, context_weight = (
-            ctx.saved_tensors
-        )
+        (alphas, values, projected_grid, h_prev, context, hidden_weight, score_weight,
+         context_weight) = ctx.saved_tensors  # fmt: skip
         saved, active = ctx.saved, ctx.active
         rows = _row_slices(active)
         B, T, N = alphas.shape
         (R, H), A, D = h_prev.shape, score_weight.size(0), values.size(2)
         G = 4 * H
-        d_word_gates = d_hs.new_zeros(B, T, G)
-        d_projected_grid = d_hs.new_zeros(B, N, A)
+        d_projected_grid = d_hs.new_zeros(B, N, A)  # divided by w until after the loop
         d_score_weight, d_score_bias = torch.zeros_like(score_weight), d_hs.new_zeros(1)
         d_y = d_hs.new_empty(R, G + A + 1)  # of [W_hh h | W_h h | f_beta(h)], all steps
         d_cg = d_hs.new_empty(R, G) if context_weight is not None else None
@@ -114,15 +119,15 @@ class AttendedLSTM(torch.autograd.Function):
         # [B, D, N]: `values^T d_context` as a row-vector product runs several times faster
         values_t = values.transpose(1, 2).contiguous()
         d_h, d_c = d_hs.new_zeros(B, H), d_hs.new_zeros(B, H)  # from step t + 1
+        score_weight2 = 2 * score_weight
         for t in reversed(range(T)):
             n, at = active[t], rows[t]
-            dh = d_hs[:n, t] + d_h[:n]
+            dh = d_hs[at] + d_h[:n]
             dc = torch.addcmul(d_c[:n], dh, saved["dc_dh"][t])
             d_gates, d_u, d_f_beta = d_y[at].split([G, A, 1], dim=1)
             local = saved["local"][t].view(n, 4, H)
             torch.mul(local[:, :3], dc.unsqueeze(1), out=d_gates.view(n, 4, H)[:, :3])  # i f g
             torch.mul(local[:, 3], dh, out=d_gates[:, 3 * H :])  # o
-            d_word_gates[:n, t] = d_gates
             beta, cg = saved["beta"][t], saved["cg"][t]
             torch.mul((d_gates * cg).sum(1, keepdim=True), beta * (1 - beta), out=d_f_beta)
             if context_weight is None:
@@ -136,19 +141,21 @@ class AttendedLSTM(torch.autograd.Function):
                 d_alpha += d_alphas[:n, t]
             d_e = 2 * alpha * (d_alpha - (d_alpha * alpha).sum(1, keepdim=True))
             d_score_bias += d_e.sum()
-            d_u.copy_(attention.scores_backward(
-                saved["sigmoids"][t], d_e, score_weight, d_projected_grid[:n], d_score_weight
-            )).mul_(2)  # fmt: skip
+            d_u_over_w = attention.scores_backward(
+                projected_grid[:n], saved["hidden2"][t], d_e, d_projected_grid[:n], d_score_weight
+            )
+            torch.mul(d_u_over_w, score_weight2, out=d_u)
             d_h[:n] = d_y[at] @ hidden_weight
             torch.mul(dc, saved["f"][t], out=d_c[:n])
         ctx.saved = None
+        d_projected_grid.mul_(score_weight)
         d_values = None
         if ctx.needs_input_grad[4]:  # sum over steps of alpha_t^T d_context_t, per row
             d_values = torch.bmm(alphas.transpose(1, 2), d_context)
         d_context_weight = None
         if context_weight is not None and ctx.needs_input_grad[9]:
             d_context_weight = d_cg.t() @ context
-        return (d_word_gates, d_h, d_c, d_projected_grid, d_values, d_y.t() @ h_prev,
+        return (d_y[:, :G], d_h, d_c, d_projected_grid, d_values, d_y.t() @ h_prev,
                 d_y.sum(0), d_score_weight, d_score_bias, d_context_weight, None)  # fmt: skip
 
 
