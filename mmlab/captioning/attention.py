@@ -99,9 +99,9 @@ def scores_backward(
     sigmoids are computed again, in cache: keeping them from the forward would send
     `[B, N, A]` per step through memory twice (and page-fault it in). Adds into
     `d_weight` and into `d_projected_grid_over_w` (a recurrent decoder reuses both at every
-    step): the latter is the projected grid's gradient divided by `w`, which the caller
-    multiplies by `w` once after its last step instead of once per step. Returns the gradient
-    of `hidden2` divided by `w` likewise."""
+    step): the latter is the projected grid's gradient without its factor `w` (elementwise
+    over A), which the caller applies once after its last step instead of once per step.
+    Returns the gradient of `hidden2` without its factor `w` likewise."""
     B, N, A = projected_grid.shape
     d_hidden2_over_w = projected_grid.new_empty(B, A)
     scratch = projected_grid.new_empty(min(B, _block_rows(N * A)), N, A)

@@ -111,7 +111,7 @@ class AttendedLSTM(torch.autograd.Function):
         B, T, N = alphas.shape
         (R, H), A, D = h_prev.shape, score_weight.size(0), values.size(2)
         G = 4 * H
-        d_projected_grid = d_hs.new_zeros(B, N, A)  # divided by w until after the loop
+        d_projected_grid = d_hs.new_zeros(B, N, A)  # without its factor w until after the loop
         d_score_weight, d_score_bias = torch.zeros_like(score_weight), d_hs.new_zeros(1)
         d_y = d_hs.new_empty(R, G + A + 1)  # of [W_hh h | W_h h | f_beta(h)], all steps
         d_cg = d_hs.new_empty(R, G) if context_weight is not None else None
