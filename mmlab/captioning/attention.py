@@ -67,6 +67,15 @@ def _blocks(rows: int, elements_per_row: int) -> list[slice]:
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
+def _sigmoids(projected_grid, hidden, block: slice, out: torch.Tensor) -> torch.Tensor:
+    """`sigmoid(projected_grid + hidden)` of one block of rows, into `out`: `[rows, K, N, A]`
+    from `hidden [B, K, A]`. `scores` and `scores_backward` (which computes them again) share
+    it, so the backward differentiates exactly what the forward computed."""
+    rows = projected_grid[block].size(0)
+    return torch.add(projected_grid[block].unsqueeze(1), hidden[block].unsqueeze(2),
+                     out=out[:rows]).sigmoid_()  # fmt: skip
+
+
 def scores(
     projected_grid: torch.Tensor, hidden2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
@@ -81,9 +90,7 @@ def scores(
     out = projected_grid.new_empty(B, K, N)
     scratch = projected_grid.new_empty(min(B, _block_rows(K * N * A)), K, N, A)
     for block in _blocks(B, K * N * A):
-        z2 = torch.add(projected_grid[block].unsqueeze(1), hidden[block].unsqueeze(2),
-                       out=scratch[: out[block].size(0)])  # fmt: skip
-        torch.matmul(z2.sigmoid_(), weight, out=out[block])
+        torch.matmul(_sigmoids(projected_grid, hidden, block, scratch), weight, out=out[block])
     out.add_(bias)
     return out if hidden2.dim() == 3 else out.squeeze(1)
 
@@ -104,11 +111,10 @@ def scores_backward(
     Returns the gradient of `hidden2` without its factor `w` likewise."""
     B, N, A = projected_grid.shape
     d_hidden2_over_w = projected_grid.new_empty(B, A)
-    scratch = projected_grid.new_empty(min(B, _block_rows(N * A)), N, A)
+    scratch = projected_grid.new_empty(min(B, _block_rows(N * A)), 1, N, A)
     for block in _blocks(B, N * A):
         g = d_scores[block]
-        s = torch.add(projected_grid[block], hidden2[block].unsqueeze(1),
-                      out=scratch[: g.size(0)]).sigmoid_()  # fmt: skip
+        s = _sigmoids(projected_grid, hidden2.unsqueeze(1), block, scratch).squeeze(1)
         d_weight.addmv_(s.view(-1, A).t(), g.reshape(-1))
         ds = s.addcmul_(s, s, value=-1)  # sigmoid' = s (1 - s)
         torch.bmm(g.unsqueeze(1), ds, out=d_hidden2_over_w[block].unsqueeze(1))
