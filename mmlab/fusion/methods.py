@@ -16,7 +16,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mmlab.fusion.gru import BiGRU
 
 Kind = Literal["pooled", "grid", "sequence", "ids"]
 
@@ -339,15 +340,6 @@ class PooledToken(nn.Module):
         return tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool)
 
 
-def packed_gru(gru: nn.GRU, x: Tensor, mask: Tensor) -> Tensor:
-    """Run `gru` over the unpadded part of each row (`mask` [N, T]); padding gives zeros.
-    Packing keeps the backward direction from starting on padding, so a row's output does
-    not depend on how much padding its batch has."""
-    lengths = mask.sum(1).clamp_min(1).cpu()
-    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    return pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=x.shape[1])[0]
-
-
 class GRUTokens(nn.Module):
     """A trainable text encoder: word embeddings and a bidirectional GRU over vocabulary ids."""
 
@@ -355,12 +347,14 @@ class GRUTokens(nn.Module):
         super().__init__()
         self.pad_id = spec.pad_id
         self.embed = nn.Embedding(spec.dim, embed_dim, padding_idx=spec.pad_id)
-        self.gru = nn.GRU(embed_dim, hidden // 2, batch_first=True, bidirectional=True)
+        self.gru = BiGRU(embed_dim, hidden // 2)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         mask = ids != self.pad_id
-        return packed_gru(self.gru, self.dropout(self.embed(ids)), mask), mask
+        # Each caption is read as its unpadded part (as if packed), so the backward direction
+        # starts at its last word and its output does not depend on its batch's padding.
+        return self.gru(self.dropout(self.embed(ids)), mask), mask
 
 
 TOKENIZERS: dict[str, Callable[..., nn.Module]] = {
@@ -426,9 +420,11 @@ class GridCrossAttention(FusionModule):
         self.compare = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.GELU(), nn.Dropout(dropout))
         # (row, col) in [-1, 1] of every memory token; non-grid tokens sit at the centre
         self.register_buffer("coordinates", self._coordinates(specs, query), persistent=False)
+        # Only sequence memories have padding; a mask of no padding would cost a masked add.
+        self.memory_padding = any(s.kind == "sequence" for m, s in specs.items() if m != query)
         self.neighbours = neighbours
         self.where = nn.Linear(2 + 2 * neighbours * 3, hidden)  # location, (overlap, offset) each
-        self.reason = nn.GRU(2 * hidden, hidden // 2, batch_first=True, bidirectional=True)
+        self.reason = BiGRU(2 * hidden, hidden // 2)
         self.head = head(3 * hidden, hidden, num_classes, dropout)
 
     @staticmethod
@@ -476,7 +472,10 @@ class GridCrossAttention(FusionModule):
         memory, m_mask = self._memory(inputs)
         memory = self.memory_norm(memory)
         context, alpha = self.attend(
-            self.query_norm(q), memory, memory, key_padding_mask=~m_mask
+            self.query_norm(q),
+            memory,
+            memory,
+            key_padding_mask=~m_mask if self.memory_padding else None,
         )  # alpha [N, T, M], averaged over heads
         compared = self.compare(torch.cat([q, context, q * context, q - context], dim=-1))
         where = self.where(self._where(alpha, q_mask))
@@ -486,7 +485,7 @@ class GridCrossAttention(FusionModule):
         # negatives at 0.64, while packed ones stalled at 0.82-0.87 validation; few runs, and
         # seed noise is large. The price: a caption's output depends on the padded width,
         # which is why `inputs.build` pads every split to one width.
-        located, _ = self.reason(torch.cat([compared, where], dim=-1))
+        located = self.reason(torch.cat([compared, where], dim=-1))
         weight = q_mask.unsqueeze(-1).float()
         mean = (compared * weight).sum(1) / weight.sum(1).clamp_min(1)
         peak = compared.masked_fill(~q_mask.unsqueeze(-1), -1e4).amax(1)
