@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from mmlab.features.device import resolve_device
+from mmlab.optim import adamw
 
 MONITORS = {"cider": "val_cider", "bleu4": "val_bleu4"}
 
@@ -248,7 +249,7 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(params, config.lr, config.weight_decay, device)
     steps_per_epoch = math.ceil(len(train.tokens) / config.batch_size)
     total = max(config.epochs * steps_per_epoch, 1)
     warmup = max(int(config.warmup * total), 1)

@@ -15,7 +15,6 @@ from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from mmlab.fusion.gru import BiGRU
 
@@ -456,16 +455,18 @@ class GridCrossAttention(FusionModule):
         padded width there is no word (zeros)."""
         alpha = alpha * mask.unsqueeze(-1)
         location = alpha @ self.coordinates  # [N, T, 2]
-        T, K = alpha.shape[1], self.neighbours
-        padded_alpha = F.pad(alpha, (0, 0, K, K))
-        padded_location = F.pad(location, (0, 0, K, K))
-        present = F.pad(alpha.new_ones(1, T), (K, K)).unsqueeze(-1)
-        parts = [location]
-        for k in (*range(1, K + 1), *range(-1, -K - 1, -1)):
-            at = slice(K + k, K + k + T)
-            overlap = (alpha * padded_alpha[:, at]).sum(-1, keepdim=True) * alpha.shape[-1]
-            parts += [overlap, (padded_location[:, at] - location) * present[:, at]]
-        return torch.cat(parts, dim=-1)
+        (N, T, M), K = alpha.shape, self.neighbours
+        offsets = torch.tensor([*range(1, K + 1), *range(-1, -K - 1, -1)], device=alpha.device)
+        other = torch.arange(T, device=alpha.device).unsqueeze(1) + offsets  # [T, 2K]
+        present = ((other >= 0) & (other < T)).unsqueeze(-1)
+        other = other.clamp(0, T - 1)
+        # All pairs' overlaps in one product, then each word's 2K neighbours picked out of it.
+        overlaps = (alpha @ alpha.transpose(1, 2)).gather(2, other.expand(N, T, -1)) * M
+        neighbour = location[:, other]  # [N, T, 2K, 2]
+        parts = torch.cat(
+            [overlaps.unsqueeze(-1) * present, (neighbour - location.unsqueeze(2)) * present], -1
+        )
+        return torch.cat([location, parts.flatten(2)], dim=-1)
 
     def forward(self, inputs):
         q, q_mask = self.tokenizers[self.query](inputs[self.query])

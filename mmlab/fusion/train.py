@@ -17,6 +17,8 @@ import torch
 from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
+from mmlab.optim import adamw
+
 Inputs = Mapping[str, Tensor]
 
 
@@ -137,9 +139,7 @@ def fit(
     called after each epoch with that epoch's train loss and validation loss and accuracy.
     """
     model.to(config.device)
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimiser = adamw(model.parameters(), config.lr, config.weight_decay, config.device)
     steps = config.epochs * math.ceil(len(train) / config.batch_size)
     scheduler = SCHEDULES[config.schedule](optimiser, steps)
     loss_fn = nn.CrossEntropyLoss()
