@@ -160,10 +160,14 @@ class LSTMAttentionDecoder(nn.Module):
     def start(self, grid: torch.Tensor) -> tuple[State, State]:
         grid = grid_tokens(grid)
         h, c = self.init_state(grid)
-        return self.project_grid(grid), {"h": h, "c": c}
+        memory = self.project_grid(grid)
+        # Every word's input-gate product, once per decode: a step looks its words up instead
+        # of multiplying them (at beam 3 over 100 images, 8% of batched beam search's time).
+        memory["word_gates"] = self.input_gates(self.embed.weight)
+        return memory, {"h": h, "c": c}
 
     def step(self, memory: State, state: State, tokens: torch.Tensor):
-        word_gates = self.input_gates(self.embed(tokens))
+        word_gates = memory["word_gates"].index_select(0, tokens)
         h, c, alpha = self._cell(memory, word_gates, state["h"], state["c"])
         return F.log_softmax(self.fc(h).float(), dim=-1), alpha, {"h": h, "c": c}
 
