@@ -38,6 +38,8 @@ def test_outputs_and_every_gradient_equal_nn_gru(masked):
     ours, reference = gru(x, mask), _run_plain(plain, x, mask)
     assert ours.shape == (len(LENGTHS), 7, 8)
     assert torch.allclose(ours, reference, atol=1e-12)
+    with torch.no_grad():  # evaluation skips preparing the backward, not any of the forward
+        assert torch.equal(gru(x, mask), ours)
     weights = torch.randn_like(ours)
     ours_grads = torch.autograd.grad((ours * weights).sum(), [x, *gru.parameters()])
     plain_grads = torch.autograd.grad((reference * weights).sum(), [x, *plain.parameters()])

@@ -24,11 +24,12 @@ class _Recurrence(torch.autograd.Function):
 
     `gates` [T, 2, B, 3H] are the inputs' products `W_ih x + b_ih`, time-major (so a step's
     slices are contiguous), the second direction already in its own reading order; `weight`
-    [2, 3H, H] and `bias` [2, 3H] are `W_hh` and `b_hh` of the two directions.
+    [2, 3H, H] and `bias` [2, 3H] are `W_hh` and `b_hh` of the two directions; `backward`:
+    whether to prepare the backward (not under `torch.no_grad()`).
     """
 
     @staticmethod
-    def forward(ctx, gates: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def forward(ctx, gates: Tensor, weight: Tensor, bias: Tensor, backward: bool) -> Tensor:
         T, _, B, G = gates.shape
         H = G // 3
         hs = gates.new_empty(T + 1, 2, B, H)  # hs[0] is h_0
@@ -42,6 +43,8 @@ class _Recurrence(torch.autograd.Function):
             torch.add(gates[t, ..., : 2 * H], hidden[t, ..., : 2 * H], out=rz[t]).sigmoid_()
             torch.addcmul(gates[t, ..., 2 * H :], rz[t, ..., :H], hidden[t, ..., 2 * H :], out=n[t])
             torch.lerp(n[t].tanh_(), hs[t], rz[t, ..., H:], out=hs[t + 1])  # n + z (h - n)
+        if not backward:  # evaluation: no derivatives to prepare
+            return hs[1:]
         r, z = rz[..., :H], rz[..., H:]
         # Local derivatives, all steps at once: the backward loop only multiplies by them.
         d_n = (1 - z) * (1 - n * n)  # dh -> d(pre-activation of n)
@@ -68,7 +71,7 @@ class _Recurrence(torch.autograd.Function):
         d_gates = torch.cat([d_hidden[..., : 2 * H], d_pre_n], dim=-1)
         by_direction = d_hidden.transpose(0, 1).flatten(1, 2)  # [2, T * B, 3H]
         d_weight = by_direction.transpose(1, 2) @ hs[:-1].transpose(0, 1).flatten(1, 2)
-        return d_gates, d_weight, by_direction.sum(1)
+        return d_gates, d_weight, by_direction.sum(1), None
 
 
 def reading_order(lengths: Tensor, steps: int) -> Tensor:
@@ -111,7 +114,8 @@ class BiGRU(nn.GRU):
         ).permute(2, 0, 1, 3)  # [T, 2, B, 3H]
         weight = torch.stack([self.weight_hh_l0, self.weight_hh_l0_reverse])
         bias = torch.stack([self.bias_hh_l0, self.bias_hh_l0_reverse])
-        hs = _Recurrence.apply(gates.contiguous(), weight, bias).permute(1, 2, 0, 3)  # [2, B, T, H]
+        hs = _Recurrence.apply(gates.contiguous(), weight, bias, torch.is_grad_enabled())
+        hs = hs.permute(1, 2, 0, 3)  # [2, B, T, H]
         if mask is None:
             return torch.cat([hs[0], hs[1].flip(1)], dim=-1)
         backward_hs = hs[1].flatten(0, 1).index_select(0, order).view(B, T, -1)
