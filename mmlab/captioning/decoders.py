@@ -162,7 +162,7 @@ class LSTMAttentionDecoder(nn.Module):
         h, c = self.init_state(grid)
         memory = self.project_grid(grid)
         # Every word's input-gate product, once per decode: a step looks its words up instead
-        # of multiplying them (at beam 3 over 100 images, 8% of batched beam search's time).
+        # of multiplying them (batched beam search, beam 3 over 100 images: 1.15x faster).
         memory["word_gates"] = self.input_gates(self.embed.weight)
         return memory, {"h": h, "c": c}
 
