@@ -21,6 +21,7 @@ from torch import nn
 from mmlab import fusion
 from mmlab.fusion import InputSpec
 from mmlab.fusion.gru import BiGRU
+from mmlab.optim import adamw
 
 
 class PlainGRU(BiGRU):
@@ -42,7 +43,7 @@ def batches(n, batch_size, vocab, dim, grid, seed=0):
 
 
 def steps_per_second(model, data) -> float:
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimiser = adamw(model.parameters(), 1e-3, 0.01, "cpu")  # the training loop's optimiser
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     start = time.perf_counter()

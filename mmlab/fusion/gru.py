@@ -6,9 +6,10 @@ by one, and the two directions one after the other. At the fusion models' sizes 
 `BiGRU` runs both directions in one batched product a step (`[2, B, H] @ [2, H, 3H]`) and
 four fused element-wise operations written into time-major buffers; every gate's local
 derivative is computed for all steps at once after the loop, so the backward loop is one
-addition, five multiplications and one product a step, and the recurrent weights' gradient is one product
-over all steps. Same parameters (it is an `nn.GRU`), same arithmetic: tests compare outputs
-and every gradient with `nn.GRU`'s in float64. `benchmarks/bench_fusion.py` measures it.
+addition, five multiplications and one product a step, and the recurrent weights' gradient
+is one product over all steps. Same parameters (it is an `nn.GRU`), same arithmetic: tests
+compare outputs and every gradient with `nn.GRU`'s in float64. `benchmarks/bench_fusion.py`
+measures it.
 
 On a GPU it is `nn.GRU` itself (cuDNN runs the recurrence fused already).
 """
