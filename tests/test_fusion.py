@@ -159,6 +159,83 @@ def test_grid_cross_attention_validates_its_inputs():
         model({"image": torch.randn(2, 5, 4, 4), "text": torch.ones(2, 3, dtype=torch.long)})
 
 
+WORDS = InputSpec("ids", 11, pad_id=0, unk_id=3, special_ids=(0, 1, 2, 3))
+
+
+def _one_object_world(n, seed):
+    """One object per 3 x 4 image, at a random cell: channel 0 marks it, channels 1-2 one-hot
+    its colour (1 or 2), channels 3-4 its shape. Captions: <start> colour shape <end>, colour
+    words 4-5, shape words 6-7."""
+    g = torch.Generator().manual_seed(seed)
+    colour, shape = torch.randint(0, 2, (n,), generator=g), torch.randint(0, 2, (n,), generator=g)
+    grid = torch.randn(n, 5, 12, generator=g) * 0.3
+    cell = torch.randint(0, 12, (n,), generator=g)
+    rows = torch.arange(n)
+    grid[rows, 0, cell] += 2
+    grid[rows, 1 + colour, cell] += 2
+    grid[rows, 3 + shape, cell] += 2
+    ids = torch.stack([torch.ones(n).long(), 4 + colour, 6 + shape, torch.full((n,), 2)], 1)
+    return {"image": grid.view(n, 5, 3, 4), "text": ids}
+
+
+def test_masked_words_teach_each_word_to_find_its_object():
+    """With the masked-word objective alone, a hidden word is named from the image: the
+    hidden colour's state only knows the shape word next to it, so it must find the object
+    and read its colour (chance: 1/2)."""
+    torch.manual_seed(0)
+    specs = {"image": InputSpec("grid", 5, (3, 4)), "text": WORDS}
+    model = fusion.create("grid_cross_attention", specs, hidden=32, dropout=0.0, mask_rate=0.0)
+    inputs, labels = _one_object_world(256, seed=0), torch.ones(256, dtype=torch.long)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model.auxiliary_loss(inputs, labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    test = _one_object_world(200, seed=1)
+    model.eval()
+    with torch.no_grad():  # hide the colour word (position 1) and read the prediction
+        masked = dict(test, text=test["text"].index_fill(1, torch.tensor([1]), 3))
+        q, _, context, _ = model._attend(masked)
+        named = model.word_head(torch.cat([q, context], -1))[:, 1].argmax(-1)
+    assert (named == test["text"][:, 1]).float().mean() > 0.9
+
+
+def test_masked_words_hide_words_only_in_captions_that_describe_their_image():
+    specs = {"image": InputSpec("grid", 5, (3, 4)), "text": WORDS}
+    inputs = _one_object_world(8, seed=0)
+    model = fusion.create("grid_cross_attention", specs, hidden=16, described_class=1)
+    assert model.auxiliary_loss(inputs, torch.zeros(8, dtype=torch.long)) is None  # none does
+    loss = model.auxiliary_loss(inputs, torch.tensor([1, 0, 0, 0, 0, 0, 0, 0]))
+    assert loss.ndim == 0 and loss > 0
+    loss.backward()  # the objective trains the text encoder, the attention and the grid tokens
+    for part in (model.tokenizers["text"].embed, model.attend, model.tokenizers["image"]):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    # captions of special ids only have no word to hide
+    only_special = dict(inputs, text=torch.tensor([[1, 3, 2, 0]] * 8))
+    assert model.auxiliary_loss(only_special, torch.ones(8, dtype=torch.long)) is None
+    # off: without an unknown word to hide words behind, or with weight 0
+    for text, weight in ((TOKEN_SPECS["text"], 0.5), (WORDS, 0)):
+        off = dict(specs, text=text)
+        model = fusion.create("grid_cross_attention", off, hidden=16, masked_words=weight)
+        assert model.word_head is None and model.auxiliary_loss(inputs, torch.ones(8)) is None
+    with pytest.raises(ValueError, match="mask_rate in"):
+        fusion.create("grid_cross_attention", specs, mask_rate=1.5)
+
+
+def test_fit_reports_a_methods_own_objective_beside_the_task_loss():
+    specs = {"image": InputSpec("grid", 5, (3, 4)), "text": WORDS}
+    inputs = _one_object_world(64, seed=0)
+    split = fusion.Split(inputs, (inputs["text"][:, 1] == 4).long())
+    model = fusion.create("grid_cross_attention", specs, hidden=16)
+    result = fusion.fit(model, split, split, fusion.TrainConfig(epochs=2, batch_size=32))
+    assert len(result.history["train_auxiliary_loss"]) == 2
+    assert all(v > 0 for v in result.history["train_auxiliary_loss"])
+    pooled = fusion.fit(fusion.create("concat", PAIR, hidden=8), *[_task(32, 0)] * 2,
+                        fusion.TrainConfig(epochs=1))  # fmt: skip
+    assert "train_auxiliary_loss" not in pooled.history
+
+
 PAIR = {"image": 8, "text": 8}
 
 

@@ -7,6 +7,7 @@ comparison.by_group()   # accuracy per hard-negative kind and method
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -96,10 +97,12 @@ def run_one(
     """Train and test one method under one seed: (metrics row, curves, modality weights)."""
     form = choice.form
     train, val, test = (data.split(form, s) for s in ("train", "validation", "test"))
+    options = dict(choice.options)
+    # A method that learns from captions (masked words) is told which class describes its image.
+    if "described_class" in inspect.signature(method_class(choice.name)).parameters:
+        options.setdefault("described_class", data.described_class)
     torch.manual_seed(seed)
-    model = create(
-        choice.name, data.specs[form], data.num_classes, hidden=hidden, **dict(choice.options)
-    )
+    model = create(choice.name, data.specs[form], data.num_classes, hidden=hidden, **options)
     result = fit(model, train, val, replace(config, seed=seed))
     scores = evaluate(result.model, test, device=config.device)
     row = {f"test_{k}": v for k, v in scores.items()}

@@ -94,6 +94,12 @@ class FusionData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def described_class(self) -> int | None:
+        """The class whose captions describe their image (the match task's "1"); None when
+        every caption does (a label task: the text belongs to its sample)."""
+        return self.class_names.index("1") if self.task.name == "match" else None
+
     def split(self, form: str, name: str) -> Split:
         if form not in self.splits:
             raise KeyError(
@@ -141,7 +147,15 @@ def _vocab_inputs(ds, column: str, extra=None) -> tuple[dict[str, torch.Tensor],
     width = max(x.shape[1] for x in ids.values())  # one width for every split
     ids = {n: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=vocabulary.pad_id)
            for n, x in ids.items()}  # fmt: skip
-    return ids, InputSpec("ids", len(vocabulary), pad_id=vocabulary.pad_id), vocabulary
+    special = (vocabulary.pad_id, vocabulary.start_id, vocabulary.end_id, vocabulary.unk_id)
+    spec = InputSpec(
+        "ids",
+        len(vocabulary),
+        pad_id=vocabulary.pad_id,
+        unk_id=vocabulary.unk_id,
+        special_ids=special,
+    )
+    return ids, spec, vocabulary
 
 
 def _spec(x: torch.Tensor) -> InputSpec:

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mmlab.fusion.gru import BiGRU
 
@@ -28,12 +29,16 @@ class InputSpec:
     kind: `pooled` [N, dim], `grid` [N, dim, H, W], `sequence` [N, T, dim] (zero rows are
     padding), `ids` [N, T] token ids of a vocabulary of size `dim` padded with `pad_id`.
     shape: the grid's (H, W) or the sequence's maximum length T (sizes position embeddings).
+    special_ids (ids): the ids that are not words (padding, start, end, unknown); `unk_id`,
+    the unknown word, also stands for a hidden word in masked-word training.
     """
 
     kind: Kind
     dim: int
     shape: tuple[int, ...] = ()
     pad_id: int = 0
+    unk_id: int | None = None
+    special_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.kind not in ("pooled", "grid", "sequence", "ids"):
@@ -96,6 +101,11 @@ class FusionModule(nn.Module):
 
     def modality_weights(self, inputs: Mapping[str, Tensor]) -> Tensor | None:
         """Per-sample weight of each modality [N, M] where the method learns one, else None."""
+        return None
+
+    def auxiliary_loss(self, inputs: Mapping[str, Tensor], labels: Tensor) -> Tensor | None:
+        """A training objective of the method's own, added to the task's cross-entropy by
+        `train.fit` (None: the method has none, or it has nothing to learn from this batch)."""
         return None
 
 
@@ -386,7 +396,17 @@ class GridCrossAttention(FusionModule):
     accepts = ("grid", "sequence", "pooled", "ids")
 
     def __init__(
-        self, specs, num_classes, hidden=128, dropout=0.1, heads=4, query="text", neighbours=6
+        self,
+        specs,
+        num_classes,
+        hidden=128,
+        dropout=0.1,
+        heads=4,
+        query="text",
+        neighbours=6,
+        masked_words=0.5,
+        mask_rate=0.2,
+        described_class=None,
     ):
         super().__init__(specs, num_classes)
         if query not in specs or len(specs) < 2:
@@ -400,6 +420,11 @@ class GridCrossAttention(FusionModule):
             )
         if not isinstance(neighbours, int) or neighbours < 0:
             raise ValueError(f"neighbours must be an int >= 0, got {neighbours!r}")
+        if masked_words < 0 or not 0 <= mask_rate <= 1:
+            raise ValueError(
+                f"masked_words must be >= 0 and mask_rate in [0, 1], got {masked_words!r} and "
+                f"{mask_rate!r}"
+            )
         ids = [m for m, spec in specs.items() if m != query and spec.kind == "ids"]
         if ids:  # every memory token needs a location, and ids' token count is not fixed
             raise ValueError(
@@ -425,6 +450,15 @@ class GridCrossAttention(FusionModule):
         self.where = nn.Linear(2 + 2 * neighbours * 3, hidden)  # location, (overlap, offset) each
         self.reason = BiGRU(2 * hidden, hidden // 2)
         self.head = head(3 * hidden, hidden, num_classes, dropout)
+        # Masked-word training needs word ids and a word to hide them behind.
+        text = specs[query]
+        self.masked_words = masked_words if text.kind == "ids" and text.unk_id is not None else 0
+        self.mask_rate, self.described_class = mask_rate, described_class
+        self.word_head = (
+            nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, text.dim))
+            if self.masked_words
+            else None
+        )
 
     @staticmethod
     def _coordinates(specs, query) -> Tensor:
@@ -468,7 +502,9 @@ class GridCrossAttention(FusionModule):
         )
         return torch.cat([location, parts.flatten(2)], dim=-1)
 
-    def forward(self, inputs):
+    def _attend(self, inputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(word states, their mask, what each word found, its attention [N, T, M] averaged
+        over heads)"""
         q, q_mask = self.tokenizers[self.query](inputs[self.query])
         memory, m_mask = self._memory(inputs)
         memory = self.memory_norm(memory)
@@ -477,7 +513,36 @@ class GridCrossAttention(FusionModule):
             memory,
             memory,
             key_padding_mask=~m_mask if self.memory_padding else None,
-        )  # alpha [N, T, M], averaged over heads
+        )
+        return q, q_mask, context, alpha
+
+    def auxiliary_loss(self, inputs, labels):
+        """Masked words (as in UNITER's masked language modelling conditioned on the image):
+        in the captions that describe their image, a `mask_rate` of the words (at least one a
+        caption) become the unknown word, and each must be predicted from what its state,
+        built from the other words only, finds in the image. To name the colour hidden in
+        "a small _ circle left of a square" the word must find the small circle: the task
+        teaches words to look at the object their phrase describes, which the match loss
+        alone teaches slowly and, for some initialisations, never (the seed lottery)."""
+        if not self.masked_words:
+            return None
+        if self.described_class is not None:
+            inputs = {m: x[labels == self.described_class] for m, x in inputs.items()}
+        ids = inputs[self.query]
+        spec = self.specs[self.query]
+        words = ~torch.isin(ids, torch.tensor(spec.special_ids, device=ids.device))
+        hidden = (torch.rand(ids.shape, device=ids.device) < self.mask_rate) & words
+        one = (torch.rand(ids.shape, device=ids.device) * words).argmax(1)  # a word per caption
+        hidden[torch.arange(len(ids), device=ids.device), one] = words.any(1)
+        if not hidden.any():  # no caption has a word
+            return None
+        masked = dict(inputs, **{self.query: ids.masked_fill(hidden, spec.unk_id)})
+        q, _, context, _ = self._attend(masked)
+        logits = self.word_head(torch.cat([q, context], dim=-1)[hidden])
+        return self.masked_words * F.cross_entropy(logits, ids[hidden])
+
+    def forward(self, inputs):
+        q, q_mask, context, alpha = self._attend(inputs)
         compared = self.compare(torch.cat([q, context, q * context, q - context], dim=-1))
         where = self.where(self._where(alpha, q_mask))
         # Unpacked on purpose: the backward direction first reads the padding positions, whose

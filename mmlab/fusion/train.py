@@ -156,20 +156,26 @@ def fit(
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator)
-        total = 0.0
+        total = total_auxiliary = 0.0
         for i in range(0, len(train), config.batch_size):
             x, y = train.take(order[i : i + config.batch_size])
             if len(y) < 2:  # a lone leftover sample: batch statistics need two
                 continue
-            loss = loss_fn(model(_to(x, config.device)), y.to(config.device))
+            x, y = _to(x, config.device), y.to(config.device)
+            loss = loss_fn(model(x), y)
+            auxiliary = model.auxiliary_loss(x, y) if hasattr(model, "auxiliary_loss") else None
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if auxiliary is None else loss + auxiliary).backward()
             optimiser.step()
             scheduler.step()
             total += loss.item() * len(y)
+            if auxiliary is not None:
+                total_auxiliary += auxiliary.item() * len(y)
         logits = predict(model, validation.inputs, device=config.device)
         accuracy = float((logits.argmax(-1) == validation.labels).float().mean())
-        history["train_loss"].append(total / len(train))
+        history["train_loss"].append(total / len(train))  # the task's loss alone
+        if total_auxiliary:  # the method's own objective, where it has one
+            history.setdefault("train_auxiliary_loss", []).append(total_auxiliary / len(train))
         history["val_loss"].append(float(loss_fn(logits, validation.labels)))
         history["val_accuracy"].append(accuracy)
         history["lr"].append(optimiser.param_groups[0]["lr"])
