@@ -188,7 +188,7 @@ def test_masked_words_teach_each_word_to_find_its_object():
     inputs, labels = _one_object_world(256, seed=0), torch.ones(256, dtype=torch.long)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(150):
-        loss = model.auxiliary_loss(inputs, labels)
+        _, loss = model.training_forward(inputs, labels)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -205,22 +205,34 @@ def test_masked_words_hide_words_only_in_captions_that_describe_their_image():
     specs = {"image": InputSpec("grid", 5, (3, 4)), "text": WORDS}
     inputs = _one_object_world(8, seed=0)
     model = fusion.create("grid_cross_attention", specs, hidden=16, described_class=1)
-    assert model.auxiliary_loss(inputs, torch.zeros(8, dtype=torch.long)) is None  # none does
-    loss = model.auxiliary_loss(inputs, torch.tensor([1, 0, 0, 0, 0, 0, 0, 0]))
-    assert loss.ndim == 0 and loss > 0
+    none_describe = torch.zeros(8, dtype=torch.long)
+    assert model.training_forward(inputs, none_describe)[1] is None
+    logits, loss = model.training_forward(inputs, torch.tensor([1, 0, 0, 0, 0, 0, 0, 0]))
+    assert logits.shape == (8, 2) and loss.ndim == 0 and loss > 0
     loss.backward()  # the objective trains the text encoder, the attention and the grid tokens
     for part in (model.tokenizers["text"].embed, model.attend, model.tokenizers["image"]):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     # captions of special ids only have no word to hide
     only_special = dict(inputs, text=torch.tensor([[1, 3, 2, 0]] * 8))
-    assert model.auxiliary_loss(only_special, torch.ones(8, dtype=torch.long)) is None
+    assert model.training_forward(only_special, torch.ones(8, dtype=torch.long))[1] is None
     # off: without an unknown word to hide words behind, or with weight 0
     for text, weight in ((TOKEN_SPECS["text"], 0.5), (WORDS, 0)):
         off = dict(specs, text=text)
         model = fusion.create("grid_cross_attention", off, hidden=16, masked_words=weight)
-        assert model.word_head is None and model.auxiliary_loss(inputs, torch.ones(8)) is None
+        assert model.word_head is None and model.training_forward(inputs, torch.ones(8))[1] is None
     with pytest.raises(ValueError, match="mask_rate in"):
         fusion.create("grid_cross_attention", specs, mask_rate=1.5)
+
+
+def test_masked_captions_read_in_the_same_pass_leave_the_batchs_logits_as_they_are():
+    specs = {"image": InputSpec("grid", 5, (3, 4)), "text": WORDS}
+    model = fusion.create("grid_cross_attention", specs, hidden=16, described_class=1).eval()
+    inputs = _one_object_world(16, seed=2)
+    inputs["text"] = torch.cat([inputs["text"], torch.zeros(16, 2, dtype=torch.long)], 1)
+    inputs["text"][:8, 2:] = torch.tensor([5, 2, 0, 0])  # shorter captions, padded
+    logits, loss = model.training_forward(inputs, torch.arange(16) % 2)
+    assert loss is not None
+    assert torch.allclose(logits, model(inputs), atol=1e-6)
 
 
 def test_fit_reports_a_methods_own_objective_beside_the_task_loss():

@@ -162,8 +162,12 @@ def fit(
             if len(y) < 2:  # a lone leftover sample: batch statistics need two
                 continue
             x, y = _to(x, config.device), y.to(config.device)
-            loss = loss_fn(model(x), y)
-            auxiliary = model.auxiliary_loss(x, y) if hasattr(model, "auxiliary_loss") else None
+            logits, auxiliary = (
+                model.training_forward(x, y)
+                if hasattr(model, "training_forward")
+                else (model(x), None)
+            )
+            loss = loss_fn(logits, y)
             optimiser.zero_grad(set_to_none=True)
             (loss if auxiliary is None else loss + auxiliary).backward()
             optimiser.step()
