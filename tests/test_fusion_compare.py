@@ -53,6 +53,12 @@ def test_build_gives_pooled_and_token_inputs_for_every_split(data, tiny_ds):
     assert pooled["text"] == fusion.InputSpec("pooled", 384)
     assert tokens["image"].kind == "grid" and tokens["image"].shape == (4, 4)
     assert tokens["text"].kind == "ids" and tokens["text"].dim == len(data.vocabulary)
+    vocabulary = data.vocabulary  # the words' ids, apart from padding, start, end, unknown
+    assert tokens["text"].unk_id == vocabulary.unk_id
+    assert set(tokens["text"].special_ids) == {
+        vocabulary.pad_id, vocabulary.start_id, vocabulary.end_id, vocabulary.unk_id
+    }  # fmt: skip
+    assert data.described_class == data.class_names.index("1")  # matching captions describe
     for split in ("train", "validation", "test"):
         s = data.split("tokens", split)
         assert len(s) == len(tiny_ds[split]) == len(data.split("pooled", split))
@@ -82,6 +88,7 @@ def test_label_task_maps_label_values_to_classes(tiny_ds):
     names = [data.class_names[i] for i in data.split("pooled", "test").labels]
     assert names == list(ds["test"]["first_shape"])
     assert data.split("pooled", "test").groups is None
+    assert data.described_class is None  # every sample's text goes with its image
 
 
 def test_expand_turns_unimodal_into_one_baseline_per_modality():
@@ -135,6 +142,10 @@ def test_comparison_logs_a_child_run_per_method_and_seed(data, store):
         len(curve)
         == result.runs.query("method == 'grid_cross_attention' and seed == 1")["epochs_run"].item()
     )
+    # the token method's masked-word objective is logged beside the task's loss
+    assert len(client.get_metric_history(child.info.run_id, "train_auxiliary_loss")) == len(curve)
+    pooled = next(c for c in children if c.info.run_name == "weighted_sum-seed1")
+    assert "train_auxiliary_loss" not in pooled.data.metrics and "train_loss" in pooled.data.metrics
     # the learned weights of weighted_sum are reported per seed and modality, summing to one
     w = result.weights
     assert set(w["method"]) == {"weighted_sum"}
