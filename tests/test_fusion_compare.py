@@ -103,6 +103,18 @@ def test_expand_turns_unimodal_into_one_baseline_per_modality():
         compare.expand(["unimodal:audio"], ["image", "text"])
 
 
+def test_expand_reads_a_methods_options_for_an_ablation_beside_the_default():
+    choices = compare.expand(
+        ["grid_cross_attention", "grid_cross_attention:masked_words=0,heads=2"], ["image", "text"]
+    )
+    assert [c.label for c in choices] == [
+        "grid_cross_attention", "grid_cross_attention:masked_words=0,heads=2"
+    ]  # fmt: skip
+    assert dict(choices[1].options) == {"masked_words": 0, "heads": 2}
+    with pytest.raises(ValueError, match="method 'concat:fast'.*not key=value"):
+        compare.expand(["concat:fast"], ["image"])
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

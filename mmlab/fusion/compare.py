@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from mmlab import stats
-from mmlab.fusion.inputs import FusionData
+from mmlab.fusion.inputs import FusionData, parse_encoder
 from mmlab.fusion.methods import create, input_form, method_class
 from mmlab.fusion.train import TrainConfig, evaluate, fit, latency_ms, parameter_count
 
@@ -40,13 +40,15 @@ class MethodChoice:
 
 def expand(methods: Iterable[str], modalities: Sequence[str]) -> list[MethodChoice]:
     """Method names to choices: `unimodal` becomes one baseline per modality
-    (`unimodal_image`, ...); `unimodal:text` picks one."""
+    (`unimodal_image`, ...); `unimodal:text` picks one. `name:key=value,...` sets the
+    method's options (an ablation beside the default: `grid_cross_attention:masked_words=0`)."""
     choices = []
     for spec in methods:
         name, _, modality = spec.partition(":")
         method_class(name)  # unknown names fail here, listing the valid ones
         if name != "unimodal":
-            choices.append(MethodChoice(spec, name))
+            options = parse_encoder(spec, what="method")[1]
+            choices.append(MethodChoice(spec, name, tuple(options.items())))
             continue
         for m in [modality] if modality else modalities:
             if m not in modalities:

@@ -52,11 +52,14 @@ def task_spec(name: str) -> Task:
         raise KeyError(f"unknown fusion task {name!r}; valid tasks: {', '.join(TASKS)}") from None
 
 
-def parse_encoder(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """`"name"`, `"name:k=v,k=v"` (ints and floats converted) or `{"name": ..., **options}`."""
+def parse_encoder(
+    spec: str | Mapping[str, Any], what: str = "encoder"
+) -> tuple[str, dict[str, Any]]:
+    """`"name"`, `"name:k=v,k=v"` (ints and floats converted) or `{"name": ..., **options}`;
+    `what` names the thing in errors."""
     if isinstance(spec, Mapping):
         if "name" not in spec:
-            raise ValueError(f"encoder {dict(spec)!r} has no 'name' key")
+            raise ValueError(f"{what} {dict(spec)!r} has no 'name' key")
         options = dict(spec)
         return str(options.pop("name")), options
     name, _, rest = str(spec).partition(":")
@@ -64,7 +67,7 @@ def parse_encoder(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
         if not eq:
-            raise ValueError(f"encoder {spec!r}: option {part!r} is not key=value")
+            raise ValueError(f"{what} {spec!r}: option {part!r} is not key=value")
         options[key.strip()] = _number(value.strip())
     return name.strip(), options
 
