@@ -393,6 +393,11 @@ class GridCrossAttention(FusionModule):
     it, relation negatives ("above" for "below") stay at chance. The head reads the mean and
     the maximum of the comparisons over the words (one word that finds nothing to match can
     decide) and the maximum of the located reading.
+
+    Training adds masked words (`masked_words`, the objective's weight; 0 turns it off): in
+    captions that describe their image (`described_class`; None: every caption), some words
+    are hidden and must be named from the image, which teaches each phrase's words to find
+    their object. Without it the match loss alone leaves binding to the initialisation's luck.
     """
 
     input_form = "tokens"
