@@ -463,7 +463,7 @@ class GridCrossAttention(FusionModule):
         self.masked_words = masked_words if text.kind == "ids" and text.unk_id is not None else 0
         self.mask_rate, self.described_class = mask_rate, described_class
         self.word_head = (
-            nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, text.dim))
+            nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, text.dim))
             if self.masked_words
             else None
         )
@@ -563,15 +563,19 @@ class GridCrossAttention(FusionModule):
             return self(inputs), None
         rows, masked_ids, hidden = hide
         q, q_mask, context, alpha = self._attend(inputs, (rows, masked_ids))
+        compared, located = self._read(q, q_mask, context, alpha)
         n = len(labels)
-        logits = self._match(q[:n], q_mask[:n], context[:n], alpha[:n])
-        named = self.word_head(torch.cat([q[n:], context[n:]], dim=-1)[hidden])
+        logits = self._match(q_mask[:n], compared[:n], located[:n])
+        # The located reading names hidden relations ("left of") from where the nouns looked.
+        named = self.word_head(torch.cat([q[n:], context[n:], located[n:]], dim=-1)[hidden])
         return logits, self.masked_words * F.cross_entropy(named, inputs[self.query][rows][hidden])
 
     def forward(self, inputs):
-        return self._match(*self._attend(inputs))
+        q, q_mask, context, alpha = self._attend(inputs)
+        return self._match(q_mask, *self._read(q, q_mask, context, alpha))
 
-    def _match(self, q, q_mask, context, alpha):
+    def _read(self, q, q_mask, context, alpha) -> tuple[Tensor, Tensor]:
+        """Each word compared with what it found, and its located reading."""
         compared = self.compare(torch.cat([q, context, q * context, q - context], dim=-1))
         where = self.where(self._where(alpha, q_mask))
         # Unpacked on purpose: the backward direction first reads the padding positions, whose
@@ -580,7 +584,9 @@ class GridCrossAttention(FusionModule):
         # negatives at 0.64, while packed ones stalled at 0.82-0.87 validation; few runs, and
         # seed noise is large. The price: a caption's output depends on the padded width,
         # which is why `inputs.build` pads every split to one width.
-        located = self.reason(torch.cat([compared, where], dim=-1))
+        return compared, self.reason(torch.cat([compared, where], dim=-1))
+
+    def _match(self, q_mask, compared, located):
         weight = q_mask.unsqueeze(-1).float()
         mean = (compared * weight).sum(1) / weight.sum(1).clamp_min(1)
         peak = compared.masked_fill(~q_mask.unsqueeze(-1), -1e4).amax(1)
