@@ -553,11 +553,12 @@ class GridCrossAttention(FusionModule):
     def training_forward(self, inputs, labels):
         """Logits, and the masked-word objective (as in UNITER's masked language modelling
         conditioned on the image): in the captions that describe their image some words
-        become the unknown word, and each must be named from what its state, built from the
-        other words only, finds in the image. To name the colour hidden in "a small _ circle
-        left of a square" the word must find the small circle: this teaches words to look at
-        the object their phrase describes, which the match loss alone teaches slowly and, for
-        some initialisations, never (the seed lottery)."""
+        become the unknown word, and each must be named from its state (built from the other
+        words only), what that state finds in the image and its located reading. To name the
+        colour hidden in "a small _ circle left of a square" the word must find the small
+        circle, and to name a hidden "left" the nouns' places must be read: this teaches words
+        to look at the object their phrase describes, which the match loss alone teaches
+        slowly and, for some initialisations, never (the seed lottery)."""
         hide = self._hide_words(inputs, labels)
         if hide is None:
             return self(inputs), None
