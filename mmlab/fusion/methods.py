@@ -513,8 +513,9 @@ class GridCrossAttention(FusionModule):
     def _attend(self, inputs, masked=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(word states, their mask, what each word found, its attention [N, T, M] averaged
         over heads). `masked` (rows, their captions with hidden words) appends those
-        captions, each beside its row's image, so one pass reads both: the recurrences' per-
-        step overhead is paid once (masked words cost 1.31x a step so, 1.39x as a second pass)."""
+        captions, each beside its row's image, so one pass reads both and the recurrences'
+        per-step overhead is paid once. A training step with masked words costs 1.4x one
+        without (61 -> 86 ms at batch 64, 1 thread)."""
         ids = inputs[self.query]
         memory, m_mask = self._memory(inputs)
         if masked is not None:
