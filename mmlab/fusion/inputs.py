@@ -137,7 +137,7 @@ def _column(t: Task, modality: str) -> str:
 
 
 def _vocab_inputs(ds, column: str, extra=None) -> tuple[dict[str, torch.Tensor], InputSpec, Any]:
-    from mmlab.data.text import Vocabulary
+    from mmlab.data.text import SPECIALS, Vocabulary
 
     def texts(split):
         return [v[0] if isinstance(v, list) else v for v in ds[split][column]]
@@ -150,13 +150,12 @@ def _vocab_inputs(ds, column: str, extra=None) -> tuple[dict[str, torch.Tensor],
     width = max(x.shape[1] for x in ids.values())  # one width for every split
     ids = {n: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=vocabulary.pad_id)
            for n, x in ids.items()}  # fmt: skip
-    special = (vocabulary.pad_id, vocabulary.start_id, vocabulary.end_id, vocabulary.unk_id)
     spec = InputSpec(
         "ids",
         len(vocabulary),
         pad_id=vocabulary.pad_id,
         unk_id=vocabulary.unk_id,
-        special_ids=special,
+        special_ids=tuple(vocabulary.stoi[token] for token in SPECIALS),
     )
     return ids, spec, vocabulary
 
