@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmlab.captioning.attention import AdditiveAttention, attend
-from mmlab.captioning.recurrence import AttendedLSTM
+from mmlab.captioning.recurrence import AttendedLSTM, tanh
 
 State = dict[str, torch.Tensor]
 
@@ -32,6 +32,15 @@ def grid_tokens(grid: torch.Tensor) -> torch.Tensor:
     if grid.dim() != 4:
         raise ValueError(f"expected a grid of shape [B, D, H, W], got {tuple(grid.shape)}")
     return grid.flatten(2).transpose(1, 2)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """`F.dropout`, with its mask drawn as `rand >= p`: on a CPU, `F.dropout`'s `bernoulli_`
+    draws several times slower than `rand` (`[1000, 256]` forward and backward: 2.8 ms
+    against 0.9 ms). The same distribution, from another stream of the same generator."""
+    if not training or x.device.type != "cpu" or not 0 < p < 1:
+        return F.dropout(x, p, training)
+    return x * torch.rand_like(x).ge_(p).mul_(1 / (1 - p))
 
 
 class LSTMAttentionDecoder(nn.Module):
@@ -79,7 +88,7 @@ class LSTMAttentionDecoder(nn.Module):
 
     def init_state(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = grid.mean(dim=1)
-        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+        return tanh(self.init_h(mean)), tanh(self.init_c(mean))
 
     def project_grid(self, grid: torch.Tensor) -> State:
         """The per-batch products of the grid `[B, N, D]`: `W_e a`, and `W_c a` when the grid
@@ -96,14 +105,15 @@ class LSTMAttentionDecoder(nn.Module):
         hidden_gates, W_h_h, f_beta = self.hidden_proj(h).split([4 * H, A, 1], dim=1)
         alpha = self.attention.weights(memory["projected_grid"], W_h_h)
         beta = torch.sigmoid(f_beta)
+        gates = word_gates + hidden_gates  # a new tensor: the context adds into it in place
         if "grid_gates" in memory:  # W_c context_t = beta_t * sum_i alpha_ti (W_c a_i)
-            context_gates = beta * attend(alpha, memory["grid_gates"])
+            gates.addcmul_(beta, attend(alpha, memory["grid_gates"]))
         else:
-            context_gates = self.context_gates(beta * attend(alpha, memory["grid"]))
-        gates = word_gates + hidden_gates + context_gates
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+            gates.addmm_(beta * attend(alpha, memory["grid"]), self.context_gates.weight.t())
+        gates[:, 2 * H : 3 * H] *= 2  # g: tanh(x) = 2 sigmoid(2x) - 1 (`recurrence.tanh`)
+        i, f, g, o = torch.sigmoid(gates).chunk(4, dim=1)
+        c = torch.addcmul(f * c, i, g.mul(2).sub_(1))
+        h = o * tanh(c)
         return h, c, alpha
 
     def forward(self, grid: torch.Tensor, tokens: torch.Tensor):
@@ -127,7 +137,7 @@ class LSTMAttentionDecoder(nn.Module):
         fused = grid.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
         recurrence = self._fused if fused else self._stepwise
         hs, alphas = recurrence(memory, word_gates, h, c, active)
-        logits = self.fc(self.dropout(hs))
+        logits = self.fc(dropout(hs, self.dropout.p, self.training))
         logits = logits.new_zeros(B, T, logits.size(1)).index_put((rows, steps), logits)
         return logits, alphas[order.argsort()]
 

@@ -30,6 +30,12 @@ import torch
 from mmlab.captioning import attention
 
 
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """`tanh(x) = 2 sigmoid(2x) - 1`: this CPU's `tanh` is not vectorised and `sigmoid` is
+    (`[64, 256]`: 44 us against 9 us for the sigmoid, 18 us for the four operations here)."""
+    return torch.sigmoid(2 * x).mul(2).sub_(1)
+
+
 class AttendedLSTM(torch.autograd.Function):
     """`(hs [R, H], alphas [B, T, N])` of the decoder run over all steps.
 
@@ -62,8 +68,8 @@ class AttendedLSTM(torch.autograd.Function):
         # packed like word_gates (the weight gradients take all steps at once)
         rows = _row_slices(active)
         hs, h_prev = word_gates.new_empty(R, H), word_gates.new_empty(R, H)
-        context = word_gates.new_empty(R, D)
-        saved = {key: [] for key in ("f", "local", "dc_dh", "hidden2", "beta", "cg")}
+        context = word_gates.new_empty(R, D)  # beta_t * context_t (see `backward`)
+        saved = {key: [] for key in ("f", "local", "dc_dh", "hidden2", "beta")}
         h, c, one = h0, c0, word_gates.new_ones(())
         for t, (n, at) in enumerate(zip(active, rows, strict=True)):
             h, c = h_prev[at].copy_(h[:n]), c[:n]
@@ -74,16 +80,21 @@ class AttendedLSTM(torch.autograd.Function):
             e = attention.scores(projected_grid[:n], hidden2, score_weight, score_bias)
             alpha = torch.softmax(2 * e, dim=1)
             beta = torch.sigmoid(f_beta)
-            torch.bmm(alpha.unsqueeze(1), values[:n], out=context[at].unsqueeze(1))
-            cg = context[at] if context_weight is None else context[at] @ context_weight.t()
+            scaled = context[at]
+            torch.bmm(alpha.unsqueeze(1), values[:n], out=scaled.unsqueeze(1)).mul_(
+                beta.unsqueeze(1)
+            )
             gates = word_gates[at] + hidden_gates
-            gates.addcmul_(beta, cg)
-            gates[:, : 2 * H].sigmoid_()  # i, f
-            gates[:, 2 * H : 3 * H].tanh_()  # g
-            gates[:, 3 * H :].sigmoid_()  # o
+            if context_weight is None:
+                gates.add_(scaled)
+            else:
+                gates.addmm_(scaled, context_weight.t())
+            gates[:, 2 * H : 3 * H].mul_(2)  # g: tanh(x) = 2 sigmoid(2x) - 1 (see `tanh`)
+            gates.sigmoid_()
             i, f, g, o = gates.split(H, dim=1)
+            g.mul_(2).sub_(1)
             c_prev, c = c, torch.addcmul(f * c, i, g)
-            tanh_c = torch.tanh(c)
+            tanh_c = tanh(c)
             h = torch.mul(o, tanh_c, out=hs[at])
             # Backward's local factors, taken now while the activations are at hand: each
             # gate's derivative times what it multiplies (d gates = these * dc, or * dh for o).
@@ -92,7 +103,7 @@ class AttendedLSTM(torch.autograd.Function):
             for factor, partner in zip(local.split(H, dim=1), (g, c_prev, i, tanh_c), strict=True):
                 factor.mul_(partner)
             dc_dh = torch.addcmul(one, tanh_c, tanh_c, value=-1).mul_(o)
-            for key, value in zip(saved, (f, local, dc_dh, hidden2, beta, cg), strict=True):
+            for key, value in zip(saved, (f, local, dc_dh, hidden2, beta), strict=True):
                 saved[key].append(value)
             alphas[:n, t] = alpha
         ctx.saved, ctx.active = saved, active
@@ -114,7 +125,6 @@ class AttendedLSTM(torch.autograd.Function):
         d_projected_grid = d_hs.new_zeros(B, N, A)  # without its factor w until after the loop
         d_score_weight, d_score_bias = torch.zeros_like(score_weight), d_hs.new_zeros(1)
         d_y = d_hs.new_empty(R, G + A + 1)  # of [W_hh h | W_h h | f_beta(h)], all steps
-        d_cg = d_hs.new_empty(R, G) if context_weight is not None else None
         d_context = d_hs.new_zeros(B, T, D)  # zero where a row has ended
         # [B, D, N]: `values^T d_context` as a row-vector product runs several times faster
         values_t = values.transpose(1, 2).contiguous()
@@ -128,13 +138,13 @@ class AttendedLSTM(torch.autograd.Function):
             local = saved["local"][t].view(n, 4, H)
             torch.mul(local[:, :3], dc.unsqueeze(1), out=d_gates.view(n, 4, H)[:, :3])  # i f g
             torch.mul(local[:, 3], dh, out=d_gates[:, 3 * H :])  # o
-            beta, cg = saved["beta"][t], saved["cg"][t]
-            torch.mul((d_gates * cg).sum(1, keepdim=True), beta * (1 - beta), out=d_f_beta)
-            if context_weight is None:
-                torch.mul(d_gates, beta, out=d_context[:n, t])
-            else:
-                torch.mm(torch.mul(d_gates, beta, out=d_cg[at]), context_weight,
-                         out=d_context[:n, t])  # fmt: skip
+            # The forward kept s = beta * context, so with d_s = d gates W_c (or d gates):
+            # d context = beta d_s, and d f_beta = (d_s . context) beta (1 - beta) =
+            # (d_s . s) (1 - beta): both [n, D], and no [n, 4H] product is kept per step.
+            beta = saved["beta"][t]
+            d_s = d_gates if context_weight is None else d_gates @ context_weight
+            torch.mul((d_s * context[at]).sum(1, keepdim=True), 1 - beta, out=d_f_beta)
+            torch.mul(d_s, beta, out=d_context[:n, t])
             alpha = alphas[:n, t]
             d_alpha = torch.bmm(d_context[:n, t].unsqueeze(1), values_t[:n]).squeeze(1)
             if d_alphas is not None:
@@ -154,7 +164,7 @@ class AttendedLSTM(torch.autograd.Function):
             d_values = torch.bmm(alphas.transpose(1, 2), d_context)
         d_context_weight = None
         if context_weight is not None and ctx.needs_input_grad[9]:
-            d_context_weight = d_cg.t() @ context
+            d_context_weight = d_y[:, :G].t() @ context
         return (d_y[:, :G], d_h, d_c, d_projected_grid, d_values, d_y.t() @ h_prev,
                 d_y.sum(0), d_score_weight, d_score_bias, d_context_weight, None)  # fmt: skip
 
