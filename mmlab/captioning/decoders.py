@@ -131,8 +131,7 @@ class LSTMAttentionDecoder(nn.Module):
         steps, rows = inside.nonzero(as_tuple=True)  # [T, B] row-major: packed step by step
         rows = order[rows]
         memory = self.project_grid(grid)  # once per batch, not per step
-        # all steps in one matmul
-        word_gates = self.input_gates(self.embed(tokens[rows, steps]))
+        word_gates = self.word_gates(tokens[rows, steps])  # all steps at once
         h, c = self.init_state(grid)
         fused = grid.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
         recurrence = self._fused if fused else self._stepwise
@@ -140,6 +139,15 @@ class LSTMAttentionDecoder(nn.Module):
         logits = self.fc(dropout(hs, self.dropout.p, self.training))
         logits = logits.new_zeros(B, T, logits.size(1)).index_put((rows, steps), logits)
         return logits, alphas[order.argsort()]
+
+    def word_gates(self, words: torch.Tensor) -> torch.Tensor:
+        """The input-to-gate products `W_i E y` of `words` `[R]`: looked up in a table of the
+        whole vocabulary's when that is the smaller product (a batch of captions holds more
+        words than the vocabulary has: benchmark sizes, R = 1000 against V = 80: 12x fewer
+        multiply-adds, in the backward too), computed word by word otherwise."""
+        if self.vocab_size < words.numel():
+            return F.embedding(words, self.input_gates(self.embed.weight))
+        return self.input_gates(self.embed(words))
 
     def _fused(self, memory: State, word_gates, h, c, active: list[int]):
         """The recurrence as one autograd node with a hand-written backward
