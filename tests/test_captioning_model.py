@@ -283,6 +283,24 @@ def test_the_hand_written_training_backward_equals_autograds(monkeypatch, dim):
         torch.testing.assert_close(grad, expected[3][name], msg=name)
 
 
+def test_word_gates_from_the_vocabulary_table_equal_the_products_word_by_word():
+    """A batch with more words than the vocabulary looks its input-gate products up in a
+    table of the vocabulary's: the values and the gradients of the embedding and of the input
+    weights must be those of multiplying word by word (padding never gets a gradient)."""
+    decoder = make("lstm_attention").double().train()
+    words = torch.randint(1, 23, (60,), generator=torch.Generator().manual_seed(3))
+    upstream = torch.randn(60, 4 * 32, dtype=torch.double)
+    results = []
+    for table in (True, False):
+        decoder.zero_grad()
+        gates = decoder.word_gates(words) if table else decoder.input_gates(decoder.embed(words))
+        (gates * upstream).sum().backward()
+        results.append((gates, decoder.embed.weight.grad, decoder.input_gates.weight.grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
+    assert results[0][1][PAD].abs().sum() == 0
+
+
 @pytest.mark.parametrize("grad", [True, False])
 def test_beams_attend_to_their_images_one_grid_row_without_copies(grad):
     """K hidden rows per grid row (beams of one image) get what each would get from its own
