@@ -244,7 +244,7 @@ def test_decoding_scores_attention_in_blocks_with_the_same_result(monkeypatch):
     grid, W_h_h = torch.randn(7, 12, 16), torch.randn(7, 8)
     projected = attention.project_grid(grid)
     _, whole = attention(grid, projected, W_h_h)
-    monkeypatch.setattr(module, "BLOCK_ELEMENTS", 2 * 12 * 8)  # blocks of 2 rows: 4 blocks
+    monkeypatch.setattr(module, "block_elements", lambda: 2 * 12 * 8)  # 2 rows: 4 blocks
     with torch.no_grad():
         _, blocked = attention(grid, projected, W_h_h)
     torch.testing.assert_close(blocked, whole)
@@ -259,7 +259,7 @@ def test_the_hand_written_training_backward_equals_autograds(monkeypatch, dim):
     from mmlab.captioning import attention as module
     from mmlab.captioning.train import caption_loss
 
-    monkeypatch.setattr(module, "BLOCK_ELEMENTS", 2 * 12 * 24)  # blocks of 2 rows
+    monkeypatch.setattr(module, "block_elements", lambda: 2 * 12 * 24)  # blocks of 2 rows
     decoder = make("lstm_attention", dim=dim, dropout=0.0).double().train()
     tokens = torch.randint(3, 23, (5, 8), generator=torch.Generator().manual_seed(2))
     tokens[:, 0] = START

@@ -58,8 +58,18 @@ def attend(alpha: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.bmm(alpha.view(B, -1, N), values).view(-1, D)
 
 
+def block_elements() -> int:
+    """Elements per block: `BLOCK_ELEMENTS` on one thread. With more, every elementwise
+    operation also pays the thread pool's fork and join, and blocks of 2 x threads times that
+    (1 MiB per thread) make fewer of them. Measured against `BLOCK_ELEMENTS` on 2 threads:
+    training 1.04-1.08x, batched beam search 1.11-1.16x; on one thread the larger blocks
+    were 4% slower."""
+    threads = torch.get_num_threads()
+    return BLOCK_ELEMENTS if threads == 1 else 2 * threads * BLOCK_ELEMENTS
+
+
 def _block_rows(elements_per_row: int) -> int:
-    return max(1, BLOCK_ELEMENTS // elements_per_row)
+    return max(1, block_elements() // elements_per_row)
 
 
 def _blocks(rows: int, elements_per_row: int) -> list[slice]:
