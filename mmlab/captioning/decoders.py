@@ -45,6 +45,13 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * torch.rand_like(x).ge_(p).mul_(1 / (1 - p))
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` through `dropout` above (the decoders' dropout layers)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 class LSTMAttentionDecoder(nn.Module):
     """Show, Attend and Tell (Xu et al., 2015) with soft attention.
 
@@ -85,7 +92,7 @@ class LSTMAttentionDecoder(nn.Module):
         self.hidden_proj = nn.Linear(hidden_dim, 4 * hidden_dim + attention_dim + 1)
         self.input_gates = nn.Linear(embed_dim, 4 * hidden_dim, bias=False)
         self.context_gates = nn.Linear(encoder_dim, 4 * hidden_dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden_dim, vocab_size)
 
     def init_state(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +145,7 @@ class LSTMAttentionDecoder(nn.Module):
         fused = grid.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
         recurrence = self._fused if fused else self._stepwise
         hs, alphas = recurrence(memory, word_gates, h, c, active)
-        logits = self.fc(dropout(hs, self.dropout.p, self.training))
+        logits = self.fc(self.dropout(hs))
         logits = logits.new_zeros(B, T, logits.size(1)).index_put((rows, steps), logits)
         return logits, alphas[order.argsort()]
 
@@ -193,6 +200,38 @@ class LSTMAttentionDecoder(nn.Module):
         return F.log_softmax(self.fc(h).float(), dim=-1), alpha, {"h": h, "c": c}
 
 
+def attention(
+    attn: nn.MultiheadAttention, query, keys, *, causal: bool = False, need_weights: bool = False
+):
+    """`attn`'s multi-head attention of `query [B, T, E]` over `keys [B, N, E]` (the values
+    too), with its parameters but without its module: `(output [B, T, E], weights averaged
+    over heads [B, T, N] or None)`. In training, `nn.MultiheadAttention` packs the keys' and
+    values' projections into one tensor that it copies apart, and zero-fills the gradient of
+    each part in the backward: a fifth of a transformer step here. Written out, the
+    projections stay views of one product, and attention whose weights are not needed takes
+    the fused `scaled_dot_product_attention`. Dropout on the weights, as the module's."""
+    E, heads = attn.embed_dim, attn.num_heads
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    if keys is query:
+        q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
+    else:
+        q = F.linear(query, weight[:E], bias[:E])
+        k, v = F.linear(keys, weight[E:], bias[E:]).chunk(2, dim=-1)
+    q, k, v = (x.unflatten(-1, (heads, -1)).transpose(1, 2) for x in (q, k, v))
+    p = attn.dropout if attn.training else 0.0
+    if need_weights:
+        scores = q @ k.transpose(2, 3) / math.sqrt(E // heads)
+        if causal:
+            T, N = scores.shape[2:]
+            future = torch.ones(T, N, dtype=torch.bool, device=scores.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        weights = dropout(torch.softmax(scores, dim=-1), p, attn.training)
+        out, alpha = weights @ v, weights.mean(dim=1)
+    else:
+        out, alpha = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal), None
+    return attn.out_proj(out.transpose(1, 2).flatten(2)), alpha
+
+
 class _DecoderLayer(nn.Module):
     """Pre-norm transformer decoder layer that returns its cross-attention weights."""
 
@@ -202,15 +241,17 @@ class _DecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.ff = nn.Sequential(
-            nn.Linear(d_model, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, d_model)
+            nn.Linear(d_model, ff_dim), nn.GELU(), Dropout(dropout), nn.Linear(ff_dim, d_model)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward(self, x, memory, causal_mask):
+    def forward(self, x, memory, need_weights: bool = True):
+        """`need_weights=False` for a layer whose cross-attention weights are not returned
+        (then alpha is None): it takes the fused kernel."""
         y = self.norm1(x)
-        x = x + self.dropout(self.self_attn(y, y, y, attn_mask=causal_mask, need_weights=False)[0])
-        y = self.norm2(x)
-        attended, alpha = self.cross_attn(y, memory, memory, need_weights=True)
+        x = x + self.dropout(attention(self.self_attn, y, y, causal=True)[0])
+        attended, alpha = attention(self.cross_attn, self.norm2(x), memory,
+                                    need_weights=need_weights)  # fmt: skip
         x = x + self.dropout(attended)
         return x + self.dropout(self.ff(self.norm3(x))), alpha
 
@@ -252,7 +293,7 @@ class TransformerDecoder(nn.Module):
             _DecoderLayer(d_model, heads, ff_dim, dropout) for _ in range(layers)
         )
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(d_model, vocab_size)
 
     def encode(self, grid: torch.Tensor) -> torch.Tensor:
@@ -268,10 +309,9 @@ class TransformerDecoder(nn.Module):
             raise ValueError(f"caption of {T} tokens is longer than max_len={self.max_len}")
         positions = torch.arange(T, device=tokens.device)
         x = self.dropout(self.embed(tokens) * math.sqrt(self.d_model) + self.position(positions))
-        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).triu(1)
-        alpha = None
-        for layer in self.layers:
-            x, alpha = layer(x, memory, causal)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):  # alpha: the last layer's
+            x, alpha = layer(x, memory, need_weights=i == last)
         return self.fc(self.norm(x)), alpha
 
     def forward(self, grid: torch.Tensor, tokens: torch.Tensor):
