@@ -11,7 +11,7 @@ import torch
 from mmlab.captioning import available, create_decoder
 from mmlab.captioning import decode as decoding
 from mmlab.captioning.attention import AdditiveAttention
-from mmlab.captioning.decoders import attention, dropout
+from mmlab.captioning.decoders import dropout, multihead_attention
 
 torch.set_num_threads(2)
 START, END, PAD = 1, 2, 0
@@ -334,7 +334,7 @@ def test_decoder_dropout_drops_a_fraction_p_and_rescales_the_rest():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_written_out_attention_equals_the_multihead_attention_module(causal):
-    """The transformer's layers run their attention by hand (`decoders.attention`) with the
+    """The transformer's layers run their attention by hand (`multihead_attention`) with the
     parameters of `nn.MultiheadAttention`: the output and the head-averaged weights must be
     the module's, for self-attention with a causal mask and for cross-attention."""
     torch.manual_seed(0)
@@ -343,9 +343,9 @@ def test_written_out_attention_equals_the_multihead_attention_module(causal):
     keys = x if causal else memory
     mask = torch.ones(7, keys.size(1), dtype=torch.bool).triu(1) if causal else None
     expected, expected_weights = attn(x, keys, keys, attn_mask=mask, need_weights=True)
-    out, weights = attention(attn, x, keys, causal=causal, need_weights=True)
+    out, weights = multihead_attention(attn, x, keys, causal=causal, need_weights=True)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(weights, expected_weights)
-    fused, none = attention(attn, x, keys, causal=causal)
+    fused, none = multihead_attention(attn, x, keys, causal=causal)
     torch.testing.assert_close(fused, expected)
     assert none is None

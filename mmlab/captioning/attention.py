@@ -26,8 +26,8 @@ class AdditiveAttention(nn.Module):
 
     def project_grid(self, grid: torch.Tensor) -> torch.Tensor:
         """`2 W_e a` for a grid `[B, N, D]`: computed once, reused at every time step (doubled
-        once here rather than at every step: see `weights`; the weights doubled, not the
-        output, which is the same in floating point and 100x smaller)."""
+        once here rather than at every step: see `weights`; the `[A, D]` weights doubled,
+        not the `[B, N, A]` output, which is the same in floating point)."""
         return F.linear(grid, 2 * self.W_e.weight, 2 * self.W_e.bias)
 
     def forward(
