@@ -22,7 +22,6 @@ where it exists wins), so `notebooks/x.ipynb` in `params/main.yaml` finds the re
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import itertools
 import json
@@ -31,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mmlab import parameters_cell
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+?)\.run_id\}")
@@ -126,28 +126,10 @@ def parameter_hash(parameters: dict[str, Any]) -> str:
 
 def notebook_parameters(notebook: Path) -> set[str]:
     """Names assigned in the notebook's cell tagged `parameters` (Papermill's convention)."""
-    nb = nbformat.read(notebook, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            # IPython magics and shell lines are not Python; they assign nothing either.
-            lines = [
-                ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!"))
-            ]
-            try:
-                tree = ast.parse("\n".join(lines))
-            except SyntaxError as error:
-                raise BatchError(
-                    f"{notebook}: parameters cell is not valid Python: {error}"
-                ) from None
-            assigned = [n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))]
-            return {
-                name.id
-                for node in assigned
-                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
-                for name in ast.walk(target)
-                if isinstance(name, ast.Name)
-            }
-    return set()
+    try:
+        return set(parameters_cell.names(notebook))
+    except SyntaxError as error:
+        raise BatchError(str(error)) from None
 
 
 def parse_override(text: str) -> tuple[str | None, str, Any]:
@@ -206,19 +188,21 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", _text(value)).strip("_") or "_"
 
 
-def _pydantic_message(path: Path, error: ValidationError) -> str:
+def _pydantic_problems(path: Path, error: ValidationError, stage: str | None = None) -> list[str]:
     lines = []
     for issue in error.errors():
         loc = [str(p) for p in issue["loc"]]
-        where = f"stage {loc[1]!r}: " if len(loc) > 1 and loc[0] == "stages" else ""
-        key = loc[2:] if where else loc
+        where = f"stage {stage!r}: " if stage is not None else ""
         what = "unknown key" if issue["type"] == "extra_forbidden" else issue["msg"]
-        lines.append(f"{path}: {where}key {'.'.join(key) or '(top)'!r}: {what}")
-    return "\n".join(lines)
+        lines.append(f"{path}: {where}key {'.'.join(loc) or '(top)'!r}: {what}")
+    return lines
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Batch:
-    """Read, validate and expand a batch file (plus `--set` overrides) into executions."""
+    """Read, validate and expand a batch file (plus `--set` overrides) into executions.
+
+    Every problem found is reported in one BatchError, one line each, not just the first.
+    """
     path = Path(path)
     if not path.is_file():
         raise BatchError(f"{path}: batch file not found")
@@ -228,63 +212,123 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Batch
         raise BatchError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise BatchError(f"{path}: expected a mapping with 'stages', got {type(raw).__name__}")
-    try:
-        spec = BatchSpec.model_validate(raw)
+    problems: list[str] = []
+    parsed = []
+    for text in overrides:
+        try:
+            parsed.append(parse_override(text))
+        except BatchError as error:
+            problems.append(str(error))
+    stages_raw = raw.get("stages")
+    try:  # the top level first; each stage on its own so one bad stage hides no other
+        top = BatchSpec.model_validate({**raw, "stages": {}})
     except ValidationError as error:
-        raise BatchError(_pydantic_message(path, error)) from None
-    return _build(path, spec, [parse_override(o) for o in overrides])
+        problems += _pydantic_problems(path, error)
+        top = BatchSpec(stages={})
+    stages: dict[str, StageSpec] = {}
+    if isinstance(stages_raw, dict):
+        for name, stage in stages_raw.items():
+            try:
+                stages[str(name)] = StageSpec.model_validate(stage)
+            except ValidationError as error:
+                problems += _pydantic_problems(path, error, stage=str(name))
+    elif stages_raw is not None or "stages" in raw:
+        problems.append(f"{path}: key 'stages': expected a mapping of stage name -> stage")
+    else:
+        problems.append(f"{path}: key 'stages': missing (at least one stage is required)")
+    spec = BatchSpec.model_construct(name=top.name, defaults=top.defaults, stages=stages)
+    invalid_stages = isinstance(stages_raw, dict) and len(stages) < len(stages_raw)
+    batch = _build(path, spec, parsed, problems, complete=not invalid_stages)
+    if problems:
+        raise BatchError("\n".join(dict.fromkeys(problems)))
+    assert batch is not None
+    return batch
 
 
-def _build(path: Path, spec: BatchSpec, overrides: list[tuple[str | None, str, Any]]) -> Batch:
-    if not spec.stages:
-        raise BatchError(f"{path}: key 'stages': at least one stage is required")
+def _build(
+    path: Path,
+    spec: BatchSpec,
+    overrides: list[tuple[str | None, str, Any]],
+    problems: list[str],
+    complete: bool = True,
+) -> Batch | None:
+    """Check and expand `spec`, appending every problem to `problems` (None if any).
+
+    `complete` is False when some stages failed their schema: checks that need every stage
+    (a `defaults` key no notebook defines) are then left out rather than reported wrongly.
+    """
+    before = len(problems)
+    if not spec.stages and complete and not problems:
+        problems.append(f"{path}: key 'stages': at least one stage is required")
     for name, stage in spec.stages.items():
         if not NAME.match(name):
-            raise BatchError(f"{path}: stage {name!r}: use letters, digits, '_', '-', '.'")
+            problems.append(f"{path}: stage {name!r}: use letters, digits, '_', '-', '.'")
         for need in stage.needs:
             if need not in spec.stages:
-                raise BatchError(
+                problems.append(
                     f"{path}: stage {name!r}: key 'needs': unknown stage {need!r} "
                     f"(stages: {', '.join(spec.stages)})"
                 )
         for key, values in stage.grid.items():
             if not values:
-                raise BatchError(f"{path}: stage {name!r}: key 'grid.{key}': empty list")
+                problems.append(f"{path}: stage {name!r}: key 'grid.{key}': empty list")
     for stage_name, key, _ in overrides:
         if stage_name is not None and stage_name not in spec.stages:
-            raise BatchError(
+            problems.append(
                 f"--set {stage_name}.{key}: unknown stage {stage_name!r} "
                 f"(stages: {', '.join(spec.stages)})"
             )
-    order = _stage_order(path, spec.stages)
+    order: list[str] | None = None
+    if all(n in spec.stages for s in spec.stages.values() for n in s.needs):
+        try:
+            order = _stage_order(path, spec.stages)
+        except BatchError as error:
+            problems.append(str(error))
 
     defined: dict[str, set[str]] = {}
     notebooks: dict[str, Path] = {}
     for name, stage in spec.stages.items():
         found = _find_notebook(stage.notebook, path.parent.resolve())
         if found is None:
-            raise BatchError(
+            problems.append(
                 f"{path}: stage {name!r}: key 'notebook': {stage.notebook!r} not found "
                 f"(looked from {path.parent.resolve()} upwards)"
             )
-        notebooks[name], defined[name] = found, notebook_parameters(found)
+            continue
+        try:
+            defined[name] = notebook_parameters(found)
+        except BatchError as error:
+            problems.append(f"{path}: stage {name!r}: {error}")
+            continue
+        notebooks[name] = found
         for source, keys in (("parameters", stage.parameters), ("grid", stage.grid)):
             for key in keys:
                 if key not in defined[name]:
-                    raise BatchError(
-                        f"{path}: stage {name!r}: key '{source}.{key}': {stage.notebook} does not "
-                        f"define {key!r} in its parameters cell "
+                    problems.append(
+                        f"{path}: stage {name!r}: key '{source}.{key}': {stage.notebook} does "
+                        f"not define {key!r} in its parameters cell "
                         f"(it defines: {', '.join(sorted(defined[name])) or 'nothing'})"
                     )
-    everywhere = set().union(*defined.values())
-    for key in spec.defaults:
-        if key not in everywhere:
-            raise BatchError(f"{path}: key 'defaults.{key}': no stage's notebook defines {key!r}")
-    for stage_name, key, _ in overrides:
-        scope = [stage_name] if stage_name else list(spec.stages)
-        if not any(key in defined[s] for s in scope):
-            where = f"stage {stage_name!r}'s notebook" if stage_name else "no stage's notebook"
-            raise BatchError(f"--set {key}: {where} defines {key!r}")
+    every_notebook_read = complete and len(defined) == len(spec.stages)
+    if every_notebook_read:  # else a key may be defined by a notebook that could not be read
+        everywhere = set().union(*defined.values())
+        for key in spec.defaults:
+            if key not in everywhere:
+                problems.append(
+                    f"{path}: key 'defaults.{key}': no stage's notebook defines {key!r}"
+                )
+        for stage_name, key, _ in overrides:
+            if stage_name is not None and stage_name not in spec.stages:
+                continue
+            scope = [stage_name] if stage_name else list(spec.stages)
+            if not any(key in defined[s] for s in scope):
+                where = f"stage {stage_name!r}'s notebook" if stage_name else "no stage's notebook"
+                problems.append(f"--set {key}: {where} defines {key!r}")
+    batch_name = spec.name or path.stem
+    if not NAME.match(batch_name):
+        problems.append(f"{path}: key 'name': {batch_name!r}: use letters, digits, '_', '-', '.'")
+    if order is None or not every_notebook_read:
+        return None
 
     stages: dict[str, list[Execution]] = {}
     for name in order:
@@ -307,20 +351,18 @@ def _build(path: Path, spec: BatchSpec, overrides: list[tuple[str | None, str, A
                 )
             )
         stages[name] = runs
-        for run in runs:
-            for ref in sorted(run.references()):
-                if ref not in stage.needs:
-                    raise BatchError(
-                        f"{path}: stage {name!r}: '${{{ref}.run_id}}' refers to {ref!r}, "
-                        f"which is not in its 'needs' ({', '.join(stage.needs) or 'empty'})"
-                    )
-                if len(spec.stages[ref].grid) and len(stages[ref]) > 1:
-                    raise BatchError(
-                        f"{path}: stage {name!r}: '${{{ref}.run_id}}' is ambiguous: stage "
-                        f"{ref!r} has {len(stages[ref])} executions (a grid)"
-                    )
-    batch_name = spec.name or path.stem
-    if not NAME.match(batch_name):
-        raise BatchError(f"{path}: key 'name': {batch_name!r}: use letters, digits, '_', '-', '.'")
+        for ref in sorted({r for run in runs for r in run.references()}):
+            if ref not in stage.needs:
+                problems.append(
+                    f"{path}: stage {name!r}: '${{{ref}.run_id}}' refers to {ref!r}, "
+                    f"which is not in its 'needs' ({', '.join(stage.needs) or 'empty'})"
+                )
+            elif len(spec.stages[ref].grid) and len(stages[ref]) > 1:
+                problems.append(
+                    f"{path}: stage {name!r}: '${{{ref}.run_id}}' is ambiguous: stage "
+                    f"{ref!r} has {len(stages[ref])} executions (a grid)"
+                )
+    if len(problems) > before:
+        return None
     needs = {n: tuple(spec.stages[n].needs) for n in order}
     return Batch(batch_name, path, stages, needs)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from mmlab import workspace
+from mmlab import progress, workspace
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Job:
     notebook: Path
     output: Path  # executed notebook; the HTML rendering goes beside it
     parameters: dict[str, Any]
-    env: dict[str, str]  # added to the kernel's environment (MLflow run, thread counts)
+    env: dict[str, str]  # added to the kernel's environment (MLflow run, threads, progress)
     run_id: str
     tracking_uri: str
     timeout: float | None = None  # seconds a cell may run; None: no limit
@@ -83,6 +83,26 @@ def _stderr_to(log: Path):
             os.close(saved)
 
 
+def _progress_engine():
+    """Papermill's nbclient engine, also recording each cell as it starts (`mmlab.progress`)."""
+    from papermill.engines import NBClientEngine
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            cell_start = nb_man.cell_start
+
+            def start(cell, cell_index=None, **more):
+                cell_start(cell, cell_index, **more)
+                if cell_index is not None:
+                    progress.report("cell", cell=cell_index + 1, cells=len(nb_man.nb.cells))
+
+            nb_man.cell_start = start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    return ProgressEngine
+
+
 def execute(job: Job) -> Outcome:
     """Run the notebook with Papermill, render it, attach both to the job's MLflow run.
 
@@ -92,12 +112,16 @@ def execute(job: Job) -> Outcome:
     import nbformat
     import papermill
     from mlflow.tracking import MlflowClient
+    from papermill.engines import papermill_engines
 
     start = time.perf_counter()
     os.environ.update(job.env)  # the kernel inherits this process's environment
+    papermill_engines.register("mmlab", _progress_engine())
     error: BaseException | None = None
     log = job.output.with_suffix(".log")
-    workspace.sweep_stale(job.output)  # left by a runner killed mid-notebook; this job owns it
+    # left by a runner killed mid-notebook; the runner holds this output's claim, so no other
+    # process is writing it
+    workspace.sweep_stale(job.output)
     with workspace.atomic_path(job.output) as tmp, _stderr_to(log):
         try:
             papermill.execute_notebook(
@@ -109,6 +133,7 @@ def execute(job: Job) -> Outcome:
                 cwd=str(job.notebook.parent),
                 start_timeout=300,  # kernels start slowly when the machine is busy
                 execution_timeout=job.timeout,
+                engine_name="mmlab",
             )
         except Exception as raised:  # PapermillExecutionError, DeadKernelError, ...
             error = raised

@@ -1,18 +1,25 @@
 """Run a batch: executions in dependency order, in parallel, resumable, failures contained.
 
 For each execution the runner creates the MLflow run (tags: batch, stage, notebook, git
-commit, parameter and code hashes), hands it to the kernel through the environment, lets an
-executor run the notebook and sets the run's final status. An execution whose parameter hash
-and code hash match a FINISHED run is skipped as cached (unless forced), so an interrupted
-batch resumes where it stopped. The runner knows nothing about models.
+commit, parameter and code hashes; the resolved parameters), hands it to the kernel through
+the environment, lets an executor run the notebook and sets the run's final status. An
+execution whose resume key (`resume_key`) matches a FINISHED run is skipped as cached (unless
+forced), so an interrupted batch resumes where it stopped. The runner knows nothing about models.
+
+Several runners may share a workspace and a store: an execution's output is claimed
+(`workspace.claim`) while it runs, so a second batch wanting the same output waits for it and
+then takes the finished run from the cache instead of writing over it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -20,10 +27,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-from mlflow.entities import RunTag
+from mlflow.entities import Param, RunTag
 
-from mmlab import config, executors, tracking, workspace
+from mmlab import batch_view, config, executors, parameters_cell, progress, tracking, workspace
 from mmlab.config import Batch, BatchError, Execution
 
 Print = Callable[[str], None]
@@ -40,6 +48,9 @@ class Result:
     headline: str = ""
     started: float = 0.0
     looked_up: bool = False  # the cache was searched (and missed) for this execution
+    waited: str = ""  # who held its output when it was ready (another runner), if anyone
+    claim: Any = None  # this runner's lock on the output while the execution runs
+    progress: Path | None = None  # folder of its progress records while it runs
 
     @property
     def ok(self) -> bool:
@@ -107,16 +118,28 @@ def output_path(batch: Batch, execution: Execution) -> Path:
     return workspace.runs_dir() / batch.name / execution.stage / f"{stem}.ipynb"
 
 
-def find_cached(experiment: str, params_hash: str, code: str) -> str | None:
-    """The newest FINISHED run of this notebook with these parameters and this code."""
+def resume_key(execution: Execution, params: dict[str, Any]) -> dict[str, str]:
+    """The tags a FINISHED run must carry to stand in for this execution (the cache key)."""
+    return {
+        "mmlab.params_hash": config.parameter_hash(params),
+        "mmlab.code_hash": code_hash(execution.notebook),
+    }
+
+
+def logged_parameters(execution: Execution, params: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter the kernel will see: the parameters cell's defaults under the resolved
+    ones, the same set `tracking.start` logs by itself in a plain papermill run."""
+    return {**parameters_cell.defaults(execution.notebook), **params}
+
+
+def find_cached(experiment: str, key: dict[str, str]) -> str | None:
+    """The newest FINISHED run of this notebook with this resume key."""
     client = tracking.client()
+    tags = " and ".join(f"tags.`{name}` = '{value}'" for name, value in key.items())
     found = tracking.retry(
         client.search_runs,
         [experiment],
-        filter_string=(
-            f"tags.`mmlab.params_hash` = '{params_hash}' and tags.`mmlab.code_hash` = '{code}' "
-            "and attributes.status = 'FINISHED'"
-        ),
+        filter_string=f"{tags} and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -169,12 +192,15 @@ class BatchRun:
         force: bool,
         executor: str,
         out: Print,
+        view: batch_view.PlainView | batch_view.LiveView | None = None,
     ):
         self.batch, self.jobs, self.force, self.out = batch, jobs, force, out
         self.executor_name = executor
+        self.view = view or batch_view.PlainView(out)
         self.stages = select(batch, only)
         self.forced = set(only) if only else set(batch.stages)
         self.batch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.owner = f"pid {os.getpid()} on {socket.gethostname()}, batch {self.batch_id}"
         self.results = [Result(e) for e in batch.executions if e.stage in self.stages]
         self.commit, self.dirty = git_state(batch.path.parent.resolve())
         self.started = time.perf_counter()
@@ -186,13 +212,18 @@ class BatchRun:
     def run_ids(self) -> dict[str, str]:
         return {r.execution.stage: r.run_id for r in self.results if r.ok}
 
-    def show(self, result: Result) -> None:
+    def show(self, result: Result, status: str = "") -> None:
         total = len(self.results)
         index = self.results.index(result) + 1
-        clock = f"{result.seconds:7.1f}s" if result.status in ("done", "failed") else " " * 8
+        status = status or result.status
+        clock = f"{result.seconds:7.1f}s" if status in ("done", "failed") else " " * 8
         extra = result.error or result.headline
-        line = f"[{index:>{len(str(total))}}/{total}] {result.status:<8}{clock}  {result.execution.label}"
-        self.out(f"{line}  {extra}".rstrip())
+        if status == "waiting":
+            extra = (
+                f"{relative(output_path(self.batch, result.execution))} is held by {result.waited}"
+            )
+        line = f"[{index:>{len(str(total))}}/{total}] {status:<8}{clock}  {result.execution.label}"
+        self.view.line(f"{line}  {extra}".rstrip())
 
     def blocked_by(self, result: Result) -> str | None:
         """A needed stage that failed (or was skipped), or None."""
@@ -205,29 +236,55 @@ class BatchRun:
         return all(r.ok for need in result.execution.needs for r in self.stage_results(need))
 
     # ----- one execution
-    def identity(self, result: Result) -> tuple[dict, str, str, str]:
-        """(resolved parameters, parameter hash, code hash, experiment id) of an execution."""
+    def identity(self, result: Result) -> tuple[dict, dict[str, str], str]:
+        """(resolved parameters, resume key, experiment id) of an execution."""
         execution = result.execution
         params = execution.resolve(self.run_ids())
         experiment = tracking.experiment_id(execution.notebook.stem)
-        return params, config.parameter_hash(params), code_hash(execution.notebook), experiment
+        return params, resume_key(execution, params), experiment
 
     def reuse(self, result: Result) -> bool:
-        """Settle the execution as cached if a FINISHED run has its parameters and code."""
+        """Settle the execution as cached if a FINISHED run has its resume key."""
         if result.looked_up or (self.force and result.execution.stage in self.forced):
             return False
         result.looked_up = True
-        _, params_hash, code, experiment = self.identity(result)
-        cached = find_cached(experiment, params_hash, code)
+        _, key, experiment = self.identity(result)
+        cached = find_cached(experiment, key)
         if cached:
             result.status, result.run_id = "cached", cached
             result.headline = headline_of(cached)
         return bool(cached)
 
+    def take_output(self, result: Result) -> bool:
+        """Claim the execution's output; False while another runner holds it (it waits) or
+        when the cache, searched again under the claim, has the execution after all: another
+        runner may have finished the very same one since the first look.
+        """
+        output = output_path(self.batch, result.execution)
+        result.claim = workspace.claim(output, self.owner)
+        if result.claim is None:
+            if not result.waited:
+                result.waited = workspace.claimant(output)
+                self.show(result, "waiting")
+            return False
+        result.looked_up = False
+        if self.reuse(result):
+            self.release(result)
+            return False
+        return True
+
+    def release(self, result: Result) -> None:
+        if result.claim is not None:
+            result.claim.release()
+            result.claim = None
+        if result.progress is not None:
+            shutil.rmtree(result.progress, ignore_errors=True)
+            result.progress = None
+
     def prepare(self, result: Result) -> executors.Job:
         """Create the execution's MLflow run and the job that runs its notebook."""
         execution = result.execution
-        params, params_hash, code, experiment = self.identity(result)
+        params, key, experiment = self.identity(result)
         output = output_path(self.batch, execution)
         tags = {
             "mmlab.batch": self.batch.name,
@@ -239,8 +296,7 @@ class BatchRun:
             "mmlab.output": relative(output),
             "mmlab.git_commit": self.commit,
             "mmlab.git_dirty": str(self.dirty).lower(),
-            "mmlab.params_hash": params_hash,
-            "mmlab.code_hash": code,
+            **key,
             "mlflow.source.name": relative(execution.notebook),
             "mlflow.source.git.commit": self.commit,
         }
@@ -252,6 +308,11 @@ class BatchRun:
             tags=tags,
         )
         result.run_id = run.info.run_id
+        flat = tracking.flatten(logged_parameters(execution, params))
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters a call
+            tracking.retry(client.log_batch, run.info.run_id, params=items[i : i + 100])
+        result.progress = Path(tempfile.mkdtemp(prefix="mmlab-progress-"))
         # the cores are shared by the kernels that can run at once: never more than there are
         threads = str(kernel_threads(min(self.jobs, len(self.results))))
         env = {
@@ -259,6 +320,8 @@ class BatchRun:
             "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
             "MLFLOW_EXPERIMENT_NAME": execution.notebook.stem,
             "MMLAB_HOME": str(workspace.root()),
+            "MMLAB_NOTEBOOK_PATH": str(execution.notebook),
+            progress.ENV: str(result.progress),
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
         }
@@ -282,10 +345,14 @@ class BatchRun:
             tracking.retry(client.log_batch, result.run_id, tags=[tag])
         status = "FINISHED" if outcome.ok else "FAILED"
         tracking.retry(client.set_terminated, result.run_id, status)
+        # only now, with the run's status final, may a waiting runner look at the cache
+        self.release(result)
         if outcome.ok:
             result.headline = headline_of(result.run_id)
 
     # ----- the loop
+    TICK = 1.0  # seconds between looks at progress and at outputs other runners hold
+
     def run(self) -> Report:
         tracking.ensure_store()
         executor = executors.create(self.executor_name, self.jobs)
@@ -293,9 +360,14 @@ class BatchRun:
         try:
             while True:
                 self.schedule(executor, running)
-                if not running:
+                waiting = any(r.status == "pending" and r.waited for r in self.results)
+                if not running and not waiting:
                     break
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                if running:
+                    done, _ = wait(list(running), self.TICK, return_when=FIRST_COMPLETED)
+                else:
+                    done = set()
+                    time.sleep(self.TICK)
                 for future in done:
                     result = running.pop(future)
                     try:
@@ -304,13 +376,24 @@ class BatchRun:
                         outcome = executors.Outcome(ok=False, error=f"worker died: {error!r}")
                     self.finish(result, outcome)
                     self.show(result)
+                self.view.tick(
+                    [
+                        batch_view.Running(r.execution.label, r.started, r.progress)
+                        for r in running.values()
+                        if r.progress is not None
+                    ]
+                )
         except BaseException:  # Ctrl-C, SIGTERM: stop the kernels, leave no RUNNING runs
             executor.shutdown(wait=False)
             for result in running.values():
                 tracking.retry(tracking.client().set_terminated, result.run_id, "KILLED")
                 result.status, result.error = "failed", "interrupted"
-            self.out(f"interrupted: {len(running)} running executions marked KILLED")
+                self.release(result)
+            self.view.line(f"interrupted: {len(running)} running executions marked KILLED")
             raise
+        finally:
+            for result in self.results:
+                self.release(result)
         executor.shutdown()
         return Report(self.batch, self.batch_id, self.results)
 
@@ -333,6 +416,11 @@ class BatchRun:
                     self.show(result)
                     progress = True
                 elif len(running) < self.jobs:
+                    if not self.take_output(result):
+                        if result.status == "cached":  # the other runner finished it for us
+                            self.show(result)
+                            progress = True
+                        continue
                     job = self.prepare(result)
                     result.status, result.started = "running", time.perf_counter()
                     running[executor.submit(job)] = result
@@ -391,9 +479,12 @@ def run(
     dry_run: bool = False,
     executor: str = "local",
     out: Print = print,
+    progress_every: float = 30.0,
 ) -> Report | None:
     """Load, validate and run a batch file; returns the report (None for a dry run).
 
+    While executions run, each one's current cell and latest training epoch are shown: in a
+    live table when `out` is `print` to a terminal, else as lines every `progress_every` s.
     Raises BatchError (before anything runs) for a batch file that cannot run.
     """
     batch = config.load(path, list(overrides))
@@ -401,12 +492,17 @@ def run(
     if dry_run:
         plan(batch, list(only), out)
         return None
-    batch_run = BatchRun(batch, jobs, list(only), force, executor, out)
-    out(
+    interactive = out is print and sys.stdout.isatty()
+    view = batch_view.create(out, interactive, progress_every)
+    batch_run = BatchRun(batch, jobs, list(only), force, executor, out, view)
+    view.line(
         f"batch {batch.name!r} ({batch_run.batch_id}): {len(batch_run.results)} executions, "
         f"{jobs} jobs, tracking {tracking.tracking_uri()}"
     )
-    report = batch_run.run()
+    try:
+        report = batch_run.run()
+    finally:
+        view.close()
     for line in summary(report):
         out(line)
     sys.stdout.flush()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import inspect
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ import random
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -163,6 +165,42 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def notebook_file(notebook: str, namespace: Mapping[str, Any] | None = None) -> Path:
+    """The `.ipynb` file of the notebook named `notebook` that this kernel runs.
+
+    Looked for where each way of running says: the runner's `MMLAB_NOTEBOOK_PATH`, Jupyter's
+    `JPY_SESSION_NAME`, VS Code's `__vsc_ipynb_file__`, then the kernel's folder (JupyterLab
+    and the runner start kernels beside the notebook), its `notebooks/` and the workspace's.
+    """
+    namespace = namespace or {}
+    wanted = f"{notebook}.ipynb"
+    hints = [
+        os.environ.get("MMLAB_NOTEBOOK_PATH"),
+        os.environ.get("JPY_SESSION_NAME"),
+        namespace.get("__vsc_ipynb_file__"),
+    ]
+    places = [Path(h) for h in hints if h and Path(h).name == wanted]
+    places += [Path.cwd() / wanted, Path.cwd() / "notebooks" / wanted]
+    places.append(workspace.root() / "notebooks" / wanted)
+    for place in places:
+        if place.is_file():
+            return place
+    raise FileNotFoundError(
+        f"tracking.start(notebook={notebook!r}): cannot find {wanted} to read its parameters "
+        f"cell (looked at {', '.join(str(p) for p in places)}); run the kernel in the "
+        f"notebook's folder (papermill --cwd) or pass params=... to start"
+    )
+
+
+def kernel_parameters(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The notebook's parameters: the names its `parameters` cell assigns, with their values
+    in `namespace` (the kernel's), so a Papermill-injected cell overrides the defaults."""
+    from mmlab import parameters_cell
+
+    names = parameters_cell.names(notebook_file(notebook, namespace))
+    return {name: namespace[name] for name in names if name in namespace}
+
+
 def start(
     notebook: str,
     params: Mapping[str, Any] | None = None,
@@ -170,16 +208,22 @@ def start(
 ) -> mlflow.ActiveRun:
     """Start (or resume, under the runner) this notebook's run and log its parameters.
 
-    With `MLFLOW_RUN_ID` set, the runner's run is resumed and left for the runner to end.
+    Without `params`, the parameters are the notebook's own (`kernel_parameters`): the
+    names of its `parameters` cell, with the values they have where `start` is called.
+    With `MLFLOW_RUN_ID` set, the runner's run is resumed and left for the runner to end;
+    the runner has logged the parameters already and only what it could not know is added.
     Otherwise a new run starts in the experiment named after the notebook. Calling it again
     in the same kernel returns the same run; with changed parameters, a run this module
     started is finished and a fresh one begins (re-running a cell after editing a knob).
     """
+    if params is None:
+        caller = inspect.currentframe().f_back
+        params = kernel_parameters(notebook, caller.f_globals if caller else {})
     flat = flatten(params or {})
     current = _state["run"]
     if current is not None and mlflow.active_run() is not None:
         if flat == _state["params"] or not _state["owned"]:
-            log_params(params or {})
+            _log_new_params(flat)
             return current
         finish()
     uri = ensure_store()
@@ -196,8 +240,25 @@ def start(
     _state.update(run=run, owned=not run_id, params=flat)
     if run_id:
         set_tags(all_tags)
-    log_params(params or {})
+    _log_new_params(flat)
     return run
+
+
+def _log_new_params(flat: Mapping[str, str]) -> None:
+    """Log the (flattened) parameters the run does not have yet. A value that differs from
+    the one logged (the notebook changed a parameter before `start`) keeps the logged one:
+    MLflow parameters cannot change; a warning names them."""
+    logged = retry(client().get_run, active_run_id()).data.params
+    changed = {k: (logged[k], v) for k, v in flat.items() if k in logged and logged[k] != v}
+    if changed:
+        warnings.warn(
+            "parameters differ from the values logged for this run, which are kept: "
+            + ", ".join(f"{k}: logged {old!r}, now {new!r}" for k, (old, new) in changed.items()),
+            stacklevel=3,
+        )
+    items = [Param(k, v) for k, v in flat.items() if k not in logged]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters a call
+        retry(client().log_batch, active_run_id(), params=items[i : i + 100])
 
 
 def active_run_id() -> str:

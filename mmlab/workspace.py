@@ -48,9 +48,39 @@ def artifact_root() -> str:
     return (root() / "mlartifacts").as_uri()
 
 
+def claim(final: Path, owner: str):
+    """Take `final` for this process, or return None if another process holds it.
+
+    The claim is a file lock beside `final` (`.NAME.lock`): the operating system drops it when
+    its process dies, so a killed runner never leaves a stale claim. Release it with
+    `.release()`. `owner` (who holds it) is written beside it for `claimant` to report.
+    """
+    from filelock import FileLock, Timeout
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(final.parent / f".{final.name}.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return None
+    with atomic_path(final.parent / f".{final.name}.owner") as tmp:
+        tmp.write_text(owner)
+    return lock
+
+
+def claimant(final: Path) -> str:
+    """Who holds (or last held) the claim on `final`, as its owner wrote it."""
+    final = Path(final)
+    try:
+        return (final.parent / f".{final.name}.owner").read_text().strip()
+    except OSError:
+        return "another process"
+
+
 def sweep_stale(final: Path) -> None:
     """Remove the temporary siblings `atomic_path(final)` leaves when its process is killed.
-    Call it only while this process owns `final` (no other writer can be in its block)."""
+    Call it only while this process holds `claim(final)`: no other writer is in its block."""
     final = Path(final)
     for stale in final.parent.glob(f".{final.name}.*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)

@@ -164,3 +164,30 @@ def test_not_a_batch(tmp_path):
     (tmp_path / "broken.yaml").write_text("stages: [\n")
     with pytest.raises(BatchError, match="not valid YAML"):
         config.load(tmp_path / "broken.yaml")
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = write(
+        tmp_path,
+        {
+            "defaults": {"nope": 1},
+            "stages": {
+                "a": ok(parameters={"learning_rate": 1}, grid={"x": []}),
+                "b": ok(paramters={"x": 1}),
+                "c": {"notebook": "missing.ipynb", "needs": ["zz"]},
+            },
+        },
+    )
+    with pytest.raises(BatchError) as info:
+        config.load(path, ["x"])
+    message = str(info.value)
+    for expected in (
+        "--set 'x': expected key=value",
+        "stage 'a': key 'parameters.learning_rate'",
+        "stage 'a': key 'grid.x': empty list",
+        "stage 'b': key 'paramters': unknown key",
+        "stage 'c': key 'notebook': 'missing.ipynb' not found",
+        "stage 'c': key 'needs': unknown stage 'zz'",
+    ):
+        assert expected in message, (expected, message)
+    assert len(message.splitlines()) == 6

@@ -181,7 +181,8 @@ def test_plain_papermill_run_starts_its_own_run(home, client, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     papermill = Path(sys.executable).parent / "papermill"
     out = tmp_path / "out.ipynb"
-    cmd = [str(papermill), str(HERE / "notebooks" / "ok.ipynb"), str(out), "-p", "x", "21"]
+    notebook = HERE / "notebooks" / "ok.ipynb"
+    cmd = [str(papermill), str(notebook), str(out), "-p", "x", "21", "--cwd", str(notebook.parent)]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     exp = client.get_experiment_by_name("ok")
     runs = client.search_runs([exp.experiment_id], filter_string="params.x = '21'")
@@ -215,3 +216,51 @@ def test_a_cell_past_the_stage_timeout_fails_the_execution(home, client):
     assert "Timeout" in "\n".join(lines)
     assert client.get_run(result.run_id).info.status == "FAILED"
     assert (home / "runs" / "timeout" / "slow" / "ok.ipynb").is_file()
+
+
+def test_plain_papermill_and_the_runner_log_the_same_parameters(demo, client, tmp_path):
+    """The runner logs every parameter of an execution (the parameters cell's defaults under
+    the batch's values); a plain papermill run with the same values logs the same set, read
+    by `tracking.start` from the kernel (the notebook lists its parameters once)."""
+    report, _ = demo
+    by_runner = client.get_run(runs_of(report)["single"].run_id).data.params
+    assert by_runner == {"x": "5", "label": "base", "work": "0"}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    notebook = HERE / "notebooks" / "ok.ipynb"
+    cmd = [str(Path(sys.executable).parent / "papermill"), str(notebook), str(tmp_path / "o.ipynb"),
+           "-p", "x", "5", "-p", "label", "base", "--cwd", str(notebook.parent)]  # fmt: skip
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    exp = client.get_experiment_by_name("ok")
+    runs = client.search_runs([exp.experiment_id], filter_string="params.x = '5'")
+    (plain,) = [r for r in runs if "mmlab.batch" not in r.data.tags]
+    assert plain.data.params == by_runner
+
+
+def test_progress_lines_show_the_cell_and_the_epoch_and_a_held_output_waits(home, client):
+    """Not on a terminal, the runner prints each running execution's current cell and latest
+    epoch (from the training loop's EpochBar) every `progress_every` seconds. An output that
+    another process holds makes the execution wait for it, then run."""
+    import threading
+
+    from mmlab import config, workspace
+
+    batch = config.load(HERE / "batches" / "epochs.yaml")
+    output = runner.output_path(batch, batch.stages["train"][0])
+    held = workspace.claim(output, "pid 1 on elsewhere, batch other")
+    threading.Timer(3.0, held.release).start()
+    lines: list[str] = []
+    report = runner.run(
+        HERE / "batches" / "epochs.yaml", jobs=1, out=lines.append, progress_every=0.5
+    )
+    assert report.ok, lines
+    text = "\n".join(lines)
+    assert "waiting" in text and "is held by pid 1 on elsewhere, batch other" in text
+    progress = [line for line in lines if line.startswith("  ... train ")]
+    assert any("cell 5/6" in line for line in progress), lines  # the loop (after the injected cell)
+    assert any(
+        "toy epoch" in line and "/4 loss" in line and "val_accuracy" in line for line in progress
+    ), lines
+    assert client.get_run(runs_of(report)["train"].run_id).data.params == {
+        "epochs": "4",
+        "pause": "1.0",
+    }

@@ -1,0 +1,67 @@
+"""A notebook's `parameters` cell (Papermill's tag): the names it assigns and their defaults.
+
+The batch runner checks batch files against the names and logs the defaults it can read;
+`tracking.start` reads the names to log the kernel's values of them, so no notebook has to
+list its parameters a second time.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+
+def _tree(notebook: Path) -> ast.Module | None:
+    """The parsed parameters cell, None if the notebook has none; SyntaxError names the file."""
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            # IPython magics and shell lines are not Python; they assign nothing either.
+            lines = [
+                ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!"))
+            ]
+            try:
+                return ast.parse("\n".join(lines))
+            except SyntaxError as error:
+                raise SyntaxError(
+                    f"{notebook}: parameters cell is not valid Python: {error}"
+                ) from None
+    return None
+
+
+def _assignments(tree: ast.Module | None) -> list[ast.Assign | ast.AnnAssign]:
+    if tree is None:
+        return []
+    return [n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))]
+
+
+def names(notebook: Path) -> list[str]:
+    """Names the parameters cell assigns, in the cell's order (tuple targets included)."""
+    found: list[str] = []
+    for node in _assignments(_tree(notebook)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        for target in targets:
+            for name in ast.walk(target):
+                if isinstance(name, ast.Name) and name.id not in found:
+                    found.append(name.id)
+    return found
+
+
+def defaults(notebook: Path) -> dict[str, Any]:
+    """`name = literal` defaults of the parameters cell; a computed value (`os.cpu_count()`)
+    is left out: only the kernel knows it."""
+    values: dict[str, Any] = {}
+    for node in _assignments(_tree(notebook)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        if node.value is None or not all(isinstance(t, ast.Name) for t in targets):
+            continue
+        try:
+            value = ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError, RecursionError):
+            continue
+        for target in targets:
+            values[target.id] = value
+    return values

@@ -1,0 +1,73 @@
+"""Parameters are listed once, in each notebook's parameters cell: the runner logs them from
+there (under the batch's values), and `tracking.start` reads them from the kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from mmlab import parameters_cell, tracking
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def notebook(tmp_path: Path, source: str, name: str = "nb") -> Path:
+    nb = new_notebook()
+    cell = new_code_cell(source)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [new_code_cell("print(1)"), cell]
+    path = tmp_path / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_names_in_order_and_literal_defaults(tmp_path):
+    path = notebook(tmp_path, "%matplotlib inline\nb = 2\na: float = 1e-3\nc = {'x': [1, 2]}\n"
+                              "d = os.cpu_count()\ne, f = 1, 2")  # fmt: skip
+    assert parameters_cell.names(path) == ["b", "a", "c", "d", "e", "f"]
+    assert parameters_cell.defaults(path) == {"b": 2, "a": 0.001, "c": {"x": [1, 2]}}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_parameter_of_the_notebooks_is_a_literal_the_runner_can_log(path):
+    """A computed default would be logged by the kernel only, after the notebook started."""
+    assert list(parameters_cell.defaults(path)) == parameters_cell.names(path)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_do_not_list_their_parameters_twice(path):
+    nb = nbformat.read(path, as_version=4)
+    (start,) = [c.source for c in nb.cells if "tracking.start(" in c.source]
+    assert "params=" not in start
+
+
+def test_kernel_parameters_read_the_cell_and_take_the_kernel_values(tmp_path, monkeypatch):
+    path = notebook(tmp_path, "lr = 0.1\nlayers = [1, 2]", name="train")
+    monkeypatch.setenv("MMLAB_NOTEBOOK_PATH", str(path))
+    namespace = {"lr": 0.5, "layers": [1, 2], "other": 3}  # lr as papermill injected it
+    assert tracking.kernel_parameters("train", namespace) == {"lr": 0.5, "layers": [1, 2]}
+    monkeypatch.delenv("MMLAB_NOTEBOOK_PATH")
+    monkeypatch.chdir(tmp_path)  # JupyterLab and --cwd: the kernel runs beside the notebook
+    assert tracking.kernel_parameters("train", namespace)["lr"] == 0.5
+    with pytest.raises(FileNotFoundError, match="cannot find missing.ipynb.*params="):
+        tracking.kernel_parameters("missing", namespace)
+
+
+def test_start_reads_the_parameters_by_itself(tmp_path, monkeypatch):
+    path = notebook(tmp_path, "lr = 0.1\nopts = {'depth': 2}", name="by_itself")
+    monkeypatch.setenv("MMLAB_NOTEBOOK_PATH", str(path))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    lr, opts = 0.25, {"depth": 2}  # noqa: F841 -- read from this frame by start
+    globals().update(lr=lr, opts=opts)
+    try:
+        run = tracking.start(notebook="by_itself")
+        params = tracking.client().get_run(run.info.run_id).data.params
+        assert params == {"lr": "0.25", "opts.depth": "2"}
+    finally:
+        tracking.finish()
+        for name in ("lr", "opts"):
+            globals().pop(name, None)
