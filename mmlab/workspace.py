@@ -59,7 +59,8 @@ def claim(final: Path, owner: str):
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(final.parent / f".{final.name}.lock"), timeout=0)
+    # not thread-local: a claim taken in one thread may be released in another
+    lock = FileLock(str(final.parent / f".{final.name}.lock"), timeout=0, thread_local=False)
     try:
         lock.acquire()
     except Timeout:

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from mmlab import progress
 from mmlab.features.device import resolve_device
 from mmlab.optim import adamw
 
@@ -264,6 +265,7 @@ def fit(
     best_score, best_epoch, best_state, stale = -math.inf, -1, None, 0
     rows, stopped_early = [], False
     sample_ids = val.ids[: config.sample_images]
+    bar = progress.EpochBar(config.epochs, getattr(model, "decoder_name", "") or "captioner")
 
     for epoch in range(config.epochs):
         started = time.perf_counter()
@@ -305,11 +307,13 @@ def fit(
             "reference": [refs[0] for refs in val.references[: len(sample_ids)]],
         })  # fmt: skip
         rows.append({"epoch": epoch, **metrics})
+        bar.update({"loss": metrics["train_loss"], monitor: metrics[monitor]})
         if on_epoch is not None:
             on_epoch(EpochResult(epoch, metrics, samples, improved))
         if stale >= config.patience:
             stopped_early = True
             break
+    bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

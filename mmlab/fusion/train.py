@@ -17,6 +17,7 @@ import torch
 from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
+from mmlab import progress
 from mmlab.optim import adamw
 
 Inputs = Mapping[str, Tensor]
@@ -153,6 +154,7 @@ def fit(
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
     start = time.perf_counter()
     epoch = 0
+    bar = progress.EpochBar(config.epochs, f"{type(model).__name__} seed {config.seed}")
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator)
@@ -183,6 +185,7 @@ def fit(
         history["val_loss"].append(float(loss_fn(logits, validation.labels)))
         history["val_accuracy"].append(accuracy)
         history["lr"].append(optimiser.param_groups[0]["lr"])
+        bar.update({"loss": history["train_loss"][-1], "val_accuracy": accuracy})
         if on_epoch:
             on_epoch(epoch, {k: v[-1] for k, v in history.items()})
         if accuracy > best:
@@ -192,6 +195,7 @@ def fit(
             stale += 1
             if stale >= config.patience:
                 break
+    bar.close()
     model.load_state_dict(best_state)
     return TrainResult(model, history, best_epoch, epoch, time.perf_counter() - start)
 
