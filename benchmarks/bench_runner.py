@@ -46,6 +46,8 @@ def papermill_loop(n: int, work: int, out: Path) -> tuple[float, float]:
             "-p",
             "work",
             str(work),
+            "--cwd",  # beside the notebook, as the runner runs kernels (tracking.start reads it)
+            str(NOTEBOOK.parent),
         ]
         subprocess.run(cmd, check=True, capture_output=True)
     wall = time.perf_counter() - start

@@ -153,11 +153,12 @@ def experiment_id(name: str, uri: str | None = None) -> str:
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested dicts become `a.b.c` keys; values become strings MLflow accepts."""
+    """Nested dicts become `a.b.c` keys; values become strings MLflow accepts. An empty dict
+    stays a parameter (`{}`), so every name of a parameters cell is logged."""
     flat: dict[str, str] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:
             flat.update(flatten(value, prefix=f"{name}."))
         else:
             text = value if isinstance(value, str) else json.dumps(value, default=str)

@@ -45,6 +45,13 @@ def test_notebooks_do_not_list_their_parameters_twice(path):
     assert "params=" not in start
 
 
+def test_an_empty_dict_parameter_is_still_logged():
+    assert tracking.flatten({"options": {}, "nested": {"a": {}}}) == {
+        "options": "{}",
+        "nested.a": "{}",
+    }
+
+
 def test_kernel_parameters_read_the_cell_and_take_the_kernel_values(tmp_path, monkeypatch):
     path = notebook(tmp_path, "lr = 0.1\nlayers = [1, 2]", name="train")
     monkeypatch.setenv("MMLAB_NOTEBOOK_PATH", str(path))
