@@ -166,13 +166,17 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def notebook_file(notebook: str, namespace: Mapping[str, Any] | None = None) -> Path:
+def notebook_file(notebook: str, namespace: Mapping[str, Any] | None = None) -> Path | None:
     """The `.ipynb` file of the notebook named `notebook` that this kernel runs.
 
     Looked for where each way of running says: the runner's `MMLAB_NOTEBOOK_PATH`, Jupyter's
     `JPY_SESSION_NAME`, VS Code's `__vsc_ipynb_file__`, then the kernel's folder (JupyterLab
     and the runner start kernels beside the notebook), its `notebooks/` and the workspace's.
+    A session file of another name counts when the kernel defines all its parameters (a
+    renamed copy). Outside a kernel (a script), None; in a kernel, an error saying what to do.
     """
+    from mmlab import parameters_cell
+
     namespace = namespace or {}
     wanted = f"{notebook}.ipynb"
     hints = [
@@ -186,6 +190,13 @@ def notebook_file(notebook: str, namespace: Mapping[str, Any] | None = None) -> 
     for place in places:
         if place.is_file():
             return place
+    for hint in hints[1:]:
+        if hint and str(hint).endswith(".ipynb") and Path(hint).is_file():
+            names = parameters_cell.names(Path(hint))
+            if names and all(name in namespace for name in names):
+                return Path(hint)
+    if "get_ipython" not in namespace:
+        return None
     raise FileNotFoundError(
         f"tracking.start(notebook={notebook!r}): cannot find {wanted} to read its parameters "
         f"cell (looked at {', '.join(str(p) for p in places)}); run the kernel in the "
@@ -195,10 +206,12 @@ def notebook_file(notebook: str, namespace: Mapping[str, Any] | None = None) -> 
 
 def kernel_parameters(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The notebook's parameters: the names its `parameters` cell assigns, with their values
-    in `namespace` (the kernel's), so a Papermill-injected cell overrides the defaults."""
+    in `namespace` (the kernel's), so a Papermill-injected cell overrides the defaults.
+    A script that is no notebook has none (it passes `params=` to `start`)."""
     from mmlab import parameters_cell
 
-    names = parameters_cell.names(notebook_file(notebook, namespace))
+    path = notebook_file(notebook, namespace)
+    names = parameters_cell.names(path) if path is not None else []
     return {name: namespace[name] for name in names if name in namespace}
 
 

@@ -60,8 +60,15 @@ def test_kernel_parameters_read_the_cell_and_take_the_kernel_values(tmp_path, mo
     monkeypatch.delenv("MMLAB_NOTEBOOK_PATH")
     monkeypatch.chdir(tmp_path)  # JupyterLab and --cwd: the kernel runs beside the notebook
     assert tracking.kernel_parameters("train", namespace)["lr"] == 0.5
+    assert tracking.kernel_parameters("missing", namespace) == {}  # a script: no notebook
+    kernel = {**namespace, "get_ipython": print}
     with pytest.raises(FileNotFoundError, match="cannot find missing.ipynb.*params="):
-        tracking.kernel_parameters("missing", namespace)
+        tracking.kernel_parameters("missing", kernel)
+    # JupyterLab on a renamed copy: the session's file, when the kernel has its parameters
+    monkeypatch.setenv("JPY_SESSION_NAME", str(path))
+    assert tracking.kernel_parameters("missing", kernel)["lr"] == 0.5
+    with pytest.raises(FileNotFoundError):  # not this kernel's notebook: `layers` is missing
+        tracking.kernel_parameters("missing", {"get_ipython": print, "lr": 1})
 
 
 def test_start_reads_the_parameters_by_itself(tmp_path, monkeypatch):
