@@ -52,8 +52,9 @@ def claim(final: Path, owner: str):
     """Take `final` for this process, or return None if another process holds it.
 
     The claim is a file lock beside `final` (`.NAME.lock`): the operating system drops it when
-    its process dies, so a killed runner never leaves a stale claim. Release it with
-    `.release()`. `owner` (who holds it) is written beside it for `claimant` to report.
+    its process dies, so a killed runner never leaves a stale claim. Keep the returned lock
+    referenced until `.release()`: a collected lock is released. `owner` (who holds it) is
+    written beside it for `claimant` to report.
     """
     from filelock import FileLock, Timeout
 
@@ -81,7 +82,8 @@ def claimant(final: Path) -> str:
 
 def sweep_stale(final: Path) -> None:
     """Remove the temporary siblings `atomic_path(final)` leaves when its process is killed.
-    Call it only while this process holds `claim(final)`: no other writer is in its block."""
+    Call it only under `claim(final)`, held by this process or the runner that started it:
+    then no other writer is in its block."""
     final = Path(final)
     for stale in final.parent.glob(f".{final.name}.*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
