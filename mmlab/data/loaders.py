@@ -30,6 +30,7 @@ import datasets
 
 from mmlab import workspace
 from mmlab.data import fingerprinting as fp
+from mmlab.data import splits as splitting
 from mmlab.data import synthetic
 
 CAPTION_COLUMNS = ("captions", "caption", "text", "sentences")
@@ -79,27 +80,34 @@ def load_dataset(
     image_root=None,
     on_error: str = "raise",
     limit: int | None = None,
+    split_seed: int = 0,
 ) -> datasets.DatasetDict:
     """Load any supported source into the common schema (see the module docstring).
 
     `on_error="skip"` drops rows whose image/audio/video file is missing or unreadable and
     counts them in `result.load_report`; `"raise"` stops at the first, naming the file.
-    `limit` keeps the first rows of each split. The content fingerprint is computed once here
-    and available as `mmlab.data.fingerprint(result)`.
+    `limit` keeps the first rows of each split. A source with fewer than the three splits gets
+    the missing ones made by `mmlab.data.splits.ensure_splits` (80/10/10 by image id, seeded by
+    `split_seed`), described in `result.split_plan`. The content fingerprint is computed once
+    here and available as `mmlab.data.fingerprint(result)`.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     kind, reader = _detect(source)
     with _quiet():
         splits = reader(source, image_root)
+        splits, plan = splitting.ensure_splits(splits, split_seed, where=str(source))
         splits = _finish(splits, str(source), limit)
         report = LoadReport(source=str(source))
         splits, digests = _check_files(splits, on_error, report)
+        plan.sizes = {s: len(ds) for s, ds in splits.items()}
+        splitting.check_sizes(plan.sizes, str(source), plan)
     if report.skipped:
         log.warning("%s: skipped %d rows with bad files", source, report.n_skipped)
     result = datasets.DatasetDict({s: splits[s] for s in _ordered(splits)})
     result.load_report = report
     result.source_kind = kind
+    result.split_plan = plan
     fp.remember(result, fp.compute(result, digests))
     return result
 
