@@ -100,7 +100,7 @@ def load_dataset(
         splits = _finish(splits, str(source), limit)
         report = LoadReport(source=str(source))
         splits, digests = _check_files(splits, on_error, report)
-        plan.sizes = {s: len(ds) for s, ds in splits.items()}
+        plan.sizes = {s: len(splits[s]) for s in _ordered(splits)}
         splitting.check_sizes(plan.sizes, str(source), plan)
     if report.skipped:
         log.warning("%s: skipped %d rows with bad files", source, report.n_skipped)
@@ -138,9 +138,9 @@ def _detect(source) -> tuple[str, Reader]:
         return "synthetic", _read_synthetic
     if text.startswith("hf:"):
         return "hf", _read_hf
-    path = Path(text).expanduser()
+    path = _local_path(text)
     if path.is_dir():
-        return "imagefolder", _read_imagefolder
+        return "imagefolder", lambda src, root: _read_imagefolder(path, root)
     if path.is_file() and path.suffix.lower() == ".json":
         data = _read_json(path)
         kind = _json_kind(path, data)
@@ -155,6 +155,16 @@ def _detect(source) -> tuple[str, Reader]:
         f"cannot read {text!r}: expected a directory (imagefolder) or a .json file "
         "(Karpathy split or COCO captions)"
     )
+
+
+def _local_path(text: str) -> Path:
+    """A local source path; a relative one that is not found from the working directory is
+    looked up from the workspace root (kernels run in notebooks/, batch files name paths
+    from the root)."""
+    path = Path(text).expanduser()
+    if not path.is_absolute() and not path.exists() and (workspace.root() / path).exists():
+        return workspace.root() / path
+    return path
 
 
 def _read_json(path: Path):
@@ -391,6 +401,8 @@ def _from_records(records: list[dict], where: str):
     )
     if not records:
         raise DataError(f"{where}: no images")
+    if "categories" in records[0]:  # COCO instance annotations: the objects in each image
+        features["categories"] = datasets.List(datasets.Value("string"))
     columns = {k: [r[k] for r in records] for k in features}
     return datasets.Dataset.from_dict(columns, features=features)
 
@@ -444,18 +456,39 @@ def _read_coco(path: Path, image_root, data: dict) -> dict:
         if "image_id" not in ann or "caption" not in ann:
             raise DataError(f"{path}: annotations[{index}] lacks 'image_id' or 'caption'")
         captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    categories = _coco_instances(path.with_name(f"instances_{folder}.json"))
     records = []
     for index, image in enumerate(data["images"]):
         if "id" not in image or "file_name" not in image:
             raise DataError(f"{path}: images[{index}] lacks 'id' or 'file_name'")
-        records.append(
-            {
-                "id": str(image["id"]),
-                "image": str(root / image["file_name"]),
-                "captions": captions.get(image["id"], []),
-            }
-        )
+        record = {
+            "id": str(image["id"]),
+            "image": str(root / image["file_name"]),
+            "captions": captions.get(image["id"], []),
+        }
+        if categories is not None:
+            record["categories"] = categories.get(image["id"], [])
+        records.append(record)
     return {split: _from_records(records, str(path))}
+
+
+def _coco_instances(path: Path) -> dict[int, list[str]] | None:
+    """The object categories in each image (sorted, distinct) from the COCO instance
+    annotations beside the captions file (`instances_val2017.json`), or None without one."""
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    try:
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        found: dict[int, set[str]] = {}
+        for ann in data["annotations"]:
+            found.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
+    except (KeyError, TypeError) as e:
+        raise DataError(
+            f"{path}: COCO instances need 'categories' (id, name) and 'annotations' (image_id, "
+            f"category_id); missing {e}"
+        ) from e
+    return {image: sorted(objects) for image, objects in found.items()}
 
 
 READERS = {"karpathy": _read_karpathy, "coco": _read_coco}
