@@ -159,11 +159,15 @@ def _detect(source) -> tuple[str, Reader]:
 
 def _local_path(text: str) -> Path:
     """A local source path; a relative one that is not found from the working directory is
-    looked up from the workspace root (kernels run in notebooks/, batch files name paths
-    from the root)."""
+    looked up from the workspace root, then from the checkout holding `mmlab` (kernels run in
+    notebooks/, batch files name paths from the root)."""
     path = Path(text).expanduser()
-    if not path.is_absolute() and not path.exists() and (workspace.root() / path).exists():
-        return workspace.root() / path
+    if path.is_absolute() or path.exists():
+        return path
+    checkout = Path(__file__).resolve().parents[2]
+    for base in (workspace.root(), checkout):
+        if (base / path).exists():
+            return base / path
     return path
 
 
