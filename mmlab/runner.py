@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mlflow.entities import RunTag
 
-from mmlab import config, executors, tracking, workspace
+from mmlab import config, executors, resume_keys, tracking, workspace
 from mmlab.config import Batch, BatchError, Execution
 
 Print = Callable[[str], None]
@@ -210,7 +210,9 @@ class BatchRun:
         execution = result.execution
         params = execution.resolve(self.run_ids())
         experiment = tracking.experiment_id(execution.notebook.stem)
-        return params, config.parameter_hash(params), code_hash(execution.notebook), experiment
+        # what `dataset` and `model` stand for now (content fingerprint, resolved URI) is keyed too
+        keyed = {**params, **resume_keys.content_keys(params)}
+        return params, config.parameter_hash(keyed), code_hash(execution.notebook), experiment
 
     def reuse(self, result: Result) -> bool:
         """Settle the execution as cached if a FINISHED run has its parameters and code."""
