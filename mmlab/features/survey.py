@@ -196,3 +196,15 @@ def colour_labels(split, column: str | None) -> list:
     if column and column in split.column_names:
         return list(split[column])
     return ["all"] * len(split)
+
+
+def modalities_present(ds, chosen: Mapping[str, Sequence[str]], split: str = "train"):
+    """`(chosen, note)`: the `{modality: encoders}` whose column the dataset has, and one line
+    naming those left out ("" when none is); photos have no audio or video column."""
+    columns = ds[split].column_names
+    kept = {m: names for m, names in chosen.items() if cache.DEFAULT_COLUMNS[m] in columns}
+    left = [m for m in chosen if m not in kept]
+    note = (
+        f"the dataset has no {', '.join(left)} column: those encoders are left out" if left else ""
+    )
+    return kept, note
