@@ -146,7 +146,8 @@ MIN_PROJECTED = 3  # a 2-D projection needs at least this many points
 
 def attribute_columns(ds, train: str = "train") -> list[str]:
     """The columns a linear probe can predict: `label` first, then every scalar column (string,
-    integer, boolean or class label) with 2 to `MAX_CLASSES` values in the train split."""
+    integer, boolean or class label) with 2 to `MAX_CLASSES` values in the train split, and
+    fewer values than rows."""
     import datasets
 
     split = ds[train]
@@ -157,7 +158,8 @@ def attribute_columns(ds, train: str = "train") -> list[str]:
         )
         if column in NOT_ATTRIBUTES or not scalar:
             continue
-        if 2 <= len(set(split[column])) <= MAX_CLASSES:
+        values = len(set(split[column]))
+        if 2 <= values <= MAX_CLASSES and values < len(split):  # one value per row: an id
             found.append(column)
     return sorted(found, key=lambda c: c != "label")
 
