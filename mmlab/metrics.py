@@ -17,7 +17,9 @@ Two things to know when reading them:
   the PTB tokenizer on caption text (checked in the tests).
 
 Grounded scores (`grounded_scores`) compare the objects a caption names with the objects in the
-scene, in the spirit of CHAIR (Rohrbach et al., 2018); retrieval scores (`retrieval_scores`) turn
+scene, in the spirit of CHAIR (Rohrbach et al., 2018), through a `mmlab.data.lexicons.Lexicon`:
+against a synthetic scene (colours, shapes, sizes, places) or against a list of object names
+(COCO instance categories, or the objects the references mention); retrieval scores (`retrieval_scores`) turn
 a similarity matrix into Recall@K and ranks.
 """
 
@@ -408,10 +410,17 @@ class Relation:
 ARTICLES = frozenset({"a", "an"})
 
 
-def _lexicon() -> dict[str, tuple[str, str]]:
-    from mmlab.data.synthetic import LEXICON
+def _lexicon(lexicon=None):
+    """A `Lexicon` (default: the synthetic world's) or a plain {surface: (kind, value)} table."""
+    if lexicon is None:
+        from mmlab.data import lexicons
 
-    return LEXICON
+        return lexicons.get("synthetic")
+    return lexicon
+
+
+def _phrase_table(lexicon) -> Mapping[str, tuple[str, str]]:
+    return getattr(lexicon, "phrases", lexicon)
 
 
 def _phrases(
@@ -442,7 +451,7 @@ def parse_caption(
     Words must be adjacent: "red circle", "big red circle", "red big circle" are mentions, "red
     and a circle" is not; "A left of B" needs the relation phrase right between A and B.
     """
-    phrases = _phrases(caption, lexicon or _lexicon())
+    phrases = _phrases(caption, _phrase_table(_lexicon(lexicon)))
     items: list = []  # mentions and the phrases between them, in caption order
     i = 0
     while i < len(phrases):
@@ -489,6 +498,25 @@ def _error_kind(mention: Mention, scene: Sequence[Mapping]) -> str | None:
     return "object"  # neither its colour nor its shape is in the scene
 
 
+def _objects_row(caption: str, truth: Sequence[str], lexicon) -> dict[str, float]:
+    """Counts against a list of object names: each distinct object a caption names counts
+    once; attributes and relations have no ground truth here (NaN)."""
+    if not hasattr(lexicon, "objects_in"):
+        raise TypeError("grounding against object names needs a mmlab.data.lexicons.Lexicon")
+    truth = {lexicon.canonical(t) for t in truth}
+    named = set(lexicon.objects_in(caption))
+    nan = float("nan")
+    return {
+        "mentions": len(named),
+        "hallucinated": len(named - truth),
+        "scene_objects": len(truth),
+        "named_objects": len(named & truth),
+        **{f"{kind}_errors": nan for kind in ("colour", "shape", "size", "object")},
+        "relations": nan,
+        "relation_errors": nan,
+    }
+
+
 def _grounded_row(caption: str, scene: Sequence[Mapping], lexicon) -> dict[str, int]:
     from mmlab.data.synthetic import relation as true_relation
 
@@ -517,6 +545,11 @@ def _grounded_row(caption: str, scene: Sequence[Mapping], lexicon) -> dict[str, 
     }
 
 
+def _is_names(value) -> bool:
+    """Whether ground truth is a list of object names (not a synthetic scene)."""
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
 def _scene(key: str, scene) -> list[Mapping]:
     """A scene as a list of object dicts (`datasets` may hand a dict of columns instead)."""
     if isinstance(scene, Mapping) and all(isinstance(v, list) for v in scene.values()):
@@ -536,17 +569,25 @@ def _scene(key: str, scene) -> list[Mapping]:
 
 def grounded_table(
     predictions: Mapping[str, str],
-    objects: Mapping[str, Sequence[Mapping]],
-    lexicon: Mapping[str, tuple[str, str]] | None = None,
+    objects: Mapping[str, Sequence],
+    lexicon=None,
 ) -> pd.DataFrame:
-    """Per-caption counts: mentions, hallucinated ones, named scene objects, errors by kind."""
+    """Per-caption counts: mentions, hallucinated ones, named scene objects, errors by kind.
+
+    `objects[id]` is a synthetic scene (object dicts) or a list of object names; `lexicon` a
+    `mmlab.data.lexicons.Lexicon` (default: the synthetic one) or a {surface: (kind, value)}
+    table."""
     missing = [k for k in predictions if k not in objects]
     if missing:
         raise KeyError(f"no scene objects for {len(missing)} predicted id(s), e.g. {missing[:5]}")
-    lexicon = lexicon or _lexicon()
+    lexicon = _lexicon(lexicon)
     rows = {}
     for key, caption in predictions.items():
-        rows[key] = _grounded_row(caption, _scene(key, objects[key]), lexicon)
+        truth = objects[key]
+        if _is_names(truth):
+            rows[key] = _objects_row(caption, truth, lexicon)
+        else:
+            rows[key] = _grounded_row(caption, _scene(key, truth), _phrase_table(lexicon))
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("id")
 
 
@@ -556,8 +597,8 @@ def _share(part: float, whole: float) -> float:
 
 def grounded_scores(
     predictions: Mapping[str, str],
-    objects: Mapping[str, Sequence[Mapping]],
-    lexicon: Mapping[str, tuple[str, str]] | None = None,
+    objects: Mapping[str, Sequence],
+    lexicon=None,
     per_image: bool = False,
 ):
     """CHAIR-style scores of captions against the objects in each scene (corpus totals).
@@ -572,19 +613,23 @@ def grounded_scores(
       hallucination (the object is there).
     - `relation_error`: stated relations between two objects that are in the scene, which are
       wrong / such relations.
-    A share with nothing to count (no mention at all) is NaN. With `per_image=True` also returns
-    the per-caption counts table (`grounded_table`).
+    A share with nothing to count (no mention at all) is NaN. Against object names (COCO
+    categories or the objects the references mention) an object is its canonical name (a
+    synonym or plural counts as it), each named once per caption, and the attribute and relation
+    shares are NaN. With `per_image=True` also returns the per-caption counts table
+    (`grounded_table`).
     """
     table = grounded_table(predictions, objects, lexicon)
     total = table.sum()
     mentions = total["mentions"]
+    scene_mentions = table.loc[table["colour_errors"].notna(), "mentions"].sum()
     scores = {
         "object_precision": _share(mentions - total["hallucinated"], mentions),
         "object_recall": _share(total["named_objects"], total["scene_objects"]),
         "chair_i": _share(total["hallucinated"], mentions),
         "chair_s": _share((table["hallucinated"] > 0).sum(), len(table)),
         **{
-            f"{k}_error": _share(total[f"{k}_errors"], mentions)
+            f"{k}_error": _share(total[f"{k}_errors"], scene_mentions)
             for k in ("colour", "shape", "size")
         },
         "relation_error": _share(total["relation_errors"], total["relations"]),
@@ -619,14 +664,16 @@ class EvaluationReport:
 def evaluate_sets(
     references: Mapping[str, Sequence[str]],
     prediction_sets: Mapping,
-    objects: Mapping[str, Sequence[Mapping]] | None = None,
+    objects: Mapping[str, Sequence] | None = None,
     metrics: Iterable[str] = NGRAM_METRICS,
     tokenizer: str = "auto",
     human: bool = True,
+    lexicon=None,
 ) -> EvaluationReport:
     """Score every `{name: {id: caption}}` set against `references` in one toolkit pass (one
-    tokenizer and one METEOR start), with grounded scores where `objects` (id -> scene) is given,
-    and the leave-one-out human row unless `human=False`."""
+    tokenizer and one METEOR start), with grounded scores where `objects` (id -> scene or object
+    names, see `mmlab.data.lexicons.ground_truth`) is given, read through `lexicon` (default:
+    the synthetic one), and the leave-one-out human row unless `human=False`."""
     jobs = {name: (references, predictions) for name, predictions in prediction_sets.items()}
     if human:
         jobs[HUMAN] = leave_one_out(references)
@@ -638,7 +685,7 @@ def evaluate_sets(
         if objects is not None:
             image_of = (lambda k: k.rsplit("#", 1)[0]) if name == HUMAN else (lambda k: k)
             scenes = {k: objects[image_of(k)] for k in predictions}
-            grounded, counts = grounded_scores(predictions, scenes, per_image=True)
+            grounded, counts = grounded_scores(predictions, scenes, lexicon, per_image=True)
             row.update(grounded)
             table = table.join(counts)
         # one caption per image, as for a model: the human row's wording is the first reference's

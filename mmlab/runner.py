@@ -31,7 +31,16 @@ from typing import Any
 
 from mlflow.entities import Param, RunTag
 
-from mmlab import batch_view, config, executors, parameters_cell, progress, tracking, workspace
+from mmlab import (
+    batch_view,
+    config,
+    executors,
+    parameters_cell,
+    progress,
+    resume_keys,
+    tracking,
+    workspace,
+)
 from mmlab.config import Batch, BatchError, Execution
 
 Print = Callable[[str], None]
@@ -120,8 +129,10 @@ def output_path(batch: Batch, execution: Execution) -> Path:
 
 def resume_key(execution: Execution, params: dict[str, Any]) -> dict[str, str]:
     """The tags a FINISHED run must carry to stand in for this execution (the cache key)."""
+    # what `dataset` and `model` stand for now (content fingerprint, resolved URI) is keyed too
+    keyed = {**params, **resume_keys.content_keys(params)}
     return {
-        "mmlab.params_hash": config.parameter_hash(params),
+        "mmlab.params_hash": config.parameter_hash(keyed),
         "mmlab.code_hash": code_hash(execution.notebook),
     }
 

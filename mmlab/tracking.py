@@ -497,3 +497,6 @@ def log_dataset(dataset: Mapping[str, Any], fingerprint: str, name: str, source:
     inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", ",".join(splits))])]
     retry(client().log_inputs, active_run_id(), datasets=inputs)
     set_tags({"mmlab.dataset": name, "mmlab.dataset.fingerprint": fingerprint})
+    plan = getattr(dataset, "split_plan", None)  # how `load_dataset` made missing splits
+    if plan is not None:
+        set_tags({"mmlab.dataset.splits": plan.describe()})

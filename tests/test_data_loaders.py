@@ -132,16 +132,23 @@ def test_all_formats_give_the_same_schema_and_captions(images, tmp_path):
 def test_coco_annotations_with_an_image_root(images, tmp_path):
     ann = _coco(images, tmp_path / "coco" / "annotations" / "captions_val2017.json", CAPTIONS)
     ds_dict = load_dataset(ann, image_root=images)
-    _check_schema(ds_dict, ["validation"])
-    assert _by_image(ds_dict) == {n: ("validation", CAPTIONS[n]) for n in CAPTIONS}
-    assert ds_dict["validation"]["id"] == ["0", "1", "2", "3"]
+    _check_schema(ds_dict)  # one split in the file: cut 80/10/10 by image id
+    assert {n: c for n, (_, c) in _by_image(ds_dict).items()} == CAPTIONS
+    assert {s: len(d) for s, d in ds_dict.items()} == {"train": 2, "validation": 1, "test": 1}
+    assert ds_dict.split_plan.made == ["train", "validation", "test"]
+    assert sorted(i for d in ds_dict.values() for i in d["id"]) == ["0", "1", "2", "3"]
 
 
 def test_coco_image_root_is_found_beside_the_annotations(images, tmp_path):
-    ann = _coco(images, tmp_path / "coco" / "annotations" / "captions_train2017.json", ["img0"])
+    ann = _coco(images, tmp_path / "coco" / "annotations" / "captions_train2017.json", CAPTIONS)
     shutil.copytree(images, tmp_path / "coco" / "train2017")
     ds_dict = load_dataset(ann)
-    assert list(ds_dict) == ["train"] and ds_dict["train"]["captions"] == [CAPTIONS["img0"]]
+    assert list(ds_dict) == ["train", "validation", "test"]
+    assert sum(map(len, ds_dict.values())) == 4
+    one = _coco(images, tmp_path / "one" / "annotations" / "captions_train2017.json", ["img0"])
+    shutil.copytree(images, tmp_path / "one" / "train2017")
+    with pytest.raises(ValueError, match=r"split 'train' has 1 image\(s\).*at least 4"):
+        load_dataset(one)  # too few images to split
     lonely = _coco(images, tmp_path / "elsewhere" / "captions_val2014.json", ["img0"])
     with pytest.raises(DataError, match="image_root"):
         load_dataset(lonely)

@@ -329,16 +329,18 @@ def compare_decodings(
     objects=None,
     metrics=("bleu", "cider"),
     tokenizer: str = "auto",
+    lexicon=None,
 ):
     """`(table, decoded)`: a row per beam size (1 = greedy) with n-gram scores, grounded scores
-    where `objects` (id -> scene objects) is given, and the mean log-probability per token of
-    the captions; `decoded[beam]` holds the `Captions` (text, attention)."""
+    where `objects` (id -> scene or object names) is given, read through `lexicon` (a
+    `mmlab.data.lexicons.Lexicon`; default: the synthetic one), and the mean log-probability per
+    token of the captions; `decoded[beam]` holds the `Captions` (text, attention)."""
     from mmlab.metrics import evaluate_sets
 
     decoded = {b: model.decode_grids(data.inputs, b) for b in beam_sizes}
     predictions = {b: dict(zip(data.ids, out.captions, strict=True)) for b, out in decoded.items()}
     report = evaluate_sets(data.reference_dict, predictions, objects, metrics, tokenizer,
-                           human=False)  # fmt: skip
+                           human=False, lexicon=lexicon)  # fmt: skip
     table = report.table.copy()
     table["mean_log_prob"] = [float(decoded[b].mean_log_prob.mean()) for b in table.index]
     table.index.name = "beam_size"

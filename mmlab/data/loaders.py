@@ -30,6 +30,7 @@ import datasets
 
 from mmlab import workspace
 from mmlab.data import fingerprinting as fp
+from mmlab.data import splits as splitting
 from mmlab.data import synthetic
 
 CAPTION_COLUMNS = ("captions", "caption", "text", "sentences")
@@ -79,27 +80,34 @@ def load_dataset(
     image_root=None,
     on_error: str = "raise",
     limit: int | None = None,
+    split_seed: int = 0,
 ) -> datasets.DatasetDict:
     """Load any supported source into the common schema (see the module docstring).
 
     `on_error="skip"` drops rows whose image/audio/video file is missing or unreadable and
     counts them in `result.load_report`; `"raise"` stops at the first, naming the file.
-    `limit` keeps the first rows of each split. The content fingerprint is computed once here
-    and available as `mmlab.data.fingerprint(result)`.
+    `limit` keeps the first rows of each split. A source with fewer than the three splits gets
+    the missing ones made by `mmlab.data.splits.ensure_splits` (80/10/10 by image id, seeded by
+    `split_seed`), described in `result.split_plan`. The content fingerprint is computed once
+    here and available as `mmlab.data.fingerprint(result)`.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     kind, reader = _detect(source)
     with _quiet():
         splits = reader(source, image_root)
+        splits, plan = splitting.ensure_splits(splits, split_seed, where=str(source))
         splits = _finish(splits, str(source), limit)
         report = LoadReport(source=str(source))
         splits, digests = _check_files(splits, on_error, report)
+        plan.sizes = {s: len(splits[s]) for s in _ordered(splits)}
+        splitting.check_sizes(plan.sizes, str(source), plan)
     if report.skipped:
         log.warning("%s: skipped %d rows with bad files", source, report.n_skipped)
     result = datasets.DatasetDict({s: splits[s] for s in _ordered(splits)})
     result.load_report = report
     result.source_kind = kind
+    result.split_plan = plan
     fp.remember(result, fp.compute(result, digests))
     return result
 
@@ -130,9 +138,9 @@ def _detect(source) -> tuple[str, Reader]:
         return "synthetic", _read_synthetic
     if text.startswith("hf:"):
         return "hf", _read_hf
-    path = Path(text).expanduser()
+    path = _local_path(text)
     if path.is_dir():
-        return "imagefolder", _read_imagefolder
+        return "imagefolder", lambda src, root: _read_imagefolder(path, root)
     if path.is_file() and path.suffix.lower() == ".json":
         data = _read_json(path)
         kind = _json_kind(path, data)
@@ -147,6 +155,20 @@ def _detect(source) -> tuple[str, Reader]:
         f"cannot read {text!r}: expected a directory (imagefolder) or a .json file "
         "(Karpathy split or COCO captions)"
     )
+
+
+def _local_path(text: str) -> Path:
+    """A local source path; a relative one that is not found from the working directory is
+    looked up from the workspace root, then from the checkout holding `mmlab` (kernels run in
+    notebooks/, batch files name paths from the root)."""
+    path = Path(text).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    checkout = Path(__file__).resolve().parents[2]
+    for base in (workspace.root(), checkout):
+        if (base / path).exists():
+            return base / path
+    return path
 
 
 def _read_json(path: Path):
@@ -383,6 +405,8 @@ def _from_records(records: list[dict], where: str):
     )
     if not records:
         raise DataError(f"{where}: no images")
+    if "categories" in records[0]:  # COCO instance annotations: the objects in each image
+        features["categories"] = datasets.List(datasets.Value("string"))
     columns = {k: [r[k] for r in records] for k in features}
     return datasets.Dataset.from_dict(columns, features=features)
 
@@ -436,18 +460,39 @@ def _read_coco(path: Path, image_root, data: dict) -> dict:
         if "image_id" not in ann or "caption" not in ann:
             raise DataError(f"{path}: annotations[{index}] lacks 'image_id' or 'caption'")
         captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    categories = _coco_instances(path.with_name(f"instances_{folder}.json"))
     records = []
     for index, image in enumerate(data["images"]):
         if "id" not in image or "file_name" not in image:
             raise DataError(f"{path}: images[{index}] lacks 'id' or 'file_name'")
-        records.append(
-            {
-                "id": str(image["id"]),
-                "image": str(root / image["file_name"]),
-                "captions": captions.get(image["id"], []),
-            }
-        )
+        record = {
+            "id": str(image["id"]),
+            "image": str(root / image["file_name"]),
+            "captions": captions.get(image["id"], []),
+        }
+        if categories is not None:
+            record["categories"] = categories.get(image["id"], [])
+        records.append(record)
     return {split: _from_records(records, str(path))}
+
+
+def _coco_instances(path: Path) -> dict[int, list[str]] | None:
+    """The object categories in each image (sorted, distinct) from the COCO instance
+    annotations beside the captions file (`instances_val2017.json`), or None without one."""
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    try:
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        found: dict[int, set[str]] = {}
+        for ann in data["annotations"]:
+            found.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
+    except (KeyError, TypeError) as e:
+        raise DataError(
+            f"{path}: COCO instances need 'categories' (id, name) and 'annotations' (image_id, "
+            f"category_id); missing {e}"
+        ) from e
+    return {image: sorted(objects) for image, objects in found.items()}
 
 
 READERS = {"karpathy": _read_karpathy, "coco": _read_coco}

@@ -134,3 +134,79 @@ def metrics(summary: pd.DataFrame, probes: pd.DataFrame) -> dict[str, float]:
     for row in probes.itertuples():
         out[f"probe.{row.target}.{row.modality}.{row.encoder}"] = float(row.accuracy)
     return out
+
+
+# Columns that are no attribute of an image: the row's id, its files and text, the match task's
+# pairs, COCO instance categories (a list).
+NOT_ATTRIBUTES = frozenset({"id", "image", "audio", "video", "captions", "split", "objects",
+                            "categories", "match_caption", "match_label", "match_kind"})  # fmt: skip
+MAX_CLASSES = 50  # more distinct values than this is an identifier or free text, not a class
+MIN_PROJECTED = 3  # a 2-D projection needs at least this many points
+
+
+def attribute_columns(ds, train: str = "train") -> list[str]:
+    """The columns a linear probe can predict: `label` first, then every scalar column (string,
+    integer, boolean or class label) with 2 to `MAX_CLASSES` values in the train split, and
+    fewer values than rows."""
+    import datasets
+
+    split = ds[train]
+    found = []
+    for column, feature in split.features.items():
+        scalar = isinstance(feature, datasets.ClassLabel) or (
+            isinstance(feature, datasets.Value) and not feature.dtype.startswith("float")
+        )
+        if column in NOT_ATTRIBUTES or not scalar:
+            continue
+        values = len(set(split[column]))
+        if 2 <= values <= MAX_CLASSES and values < len(split):  # one value per row: an id
+            found.append(column)
+    return sorted(found, key=lambda c: c != "label")
+
+
+def probe_targets(ds, requested: Sequence[str], train: str = "train", test: str = "test"):
+    """`(targets, note)`: the requested probe targets the dataset has in both splits; when it
+    has none of them, its `attribute_columns`. `note` is one line saying what changed ("" when
+    nothing did); no targets at all means the probes are skipped."""
+    columns = set(ds[train].column_names) & set(ds[test].column_names)
+    present = [t for t in requested if t in columns]
+    missing = [t for t in requested if t not in columns]
+    if present:
+        note = (
+            f"probe targets {missing} are not columns of this dataset: left out" if missing else ""
+        )
+        return present, note
+    found = [c for c in attribute_columns(ds, train) if c in columns]
+    if found:
+        return (
+            found,
+            f"probe targets {list(requested)} not in this dataset; probing {found} instead",
+        )
+    return [], (
+        f"no probe targets: the dataset has none of {list(requested)} and no label or attribute "
+        "column (give one, e.g. a 'label' column in metadata.jsonl); probes skipped"
+    )
+
+
+def projection_split(ds, preferred: str = "test", fallback: str = "train") -> str:
+    """The split to project: `preferred` unless it has too few points, then `fallback`."""
+    return preferred if len(ds[preferred]) >= MIN_PROJECTED else fallback
+
+
+def colour_labels(split, column: str | None) -> list:
+    """Values colouring a projection: the column's, or one class for all when it is missing."""
+    if column and column in split.column_names:
+        return list(split[column])
+    return ["all"] * len(split)
+
+
+def modalities_present(ds, chosen: Mapping[str, Sequence[str]], split: str = "train"):
+    """`(chosen, note)`: the `{modality: encoders}` whose column the dataset has, and one line
+    naming those left out ("" when none is); photos have no audio or video column."""
+    columns = ds[split].column_names
+    kept = {m: names for m, names in chosen.items() if cache.DEFAULT_COLUMNS[m] in columns}
+    left = [m for m in chosen if m not in kept]
+    note = (
+        f"the dataset has no {', '.join(left)} column: those encoders are left out" if left else ""
+    )
+    return kept, note

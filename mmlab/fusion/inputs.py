@@ -117,7 +117,8 @@ def _labels(ds, column: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     for name in ds:
         if column not in ds[name].column_names:
             raise KeyError(
-                f"label column {column!r} not in split {name!r}; columns: {ds[name].column_names}"
+                f"label column {column!r} not in split {name!r}; columns: {ds[name].column_names}."
+                " Use task='match' (any caption dataset) or a dataset with that column"
             )
     classes = sorted(set(ds["train"][column]), key=str)
     index = {c: i for i, c in enumerate(classes)}
@@ -199,16 +200,22 @@ class ExtraPairs:
 
 
 def _extra_pairs(train, t: Task, k: int) -> ExtraPairs:
+    from mmlab.data import negatives
     from mmlab.data.synthetic import more_match_pairs
 
-    if t.name != "match" or "objects" not in train.column_names:
+    if t.name != "match" or not {"objects", "captions"} & set(train.column_names):
         raise ValueError(
-            "extra_pairs needs the match task on a dataset with an 'objects' column (the "
-            f"embedded synthetic data); task {t.name!r}, columns {train.column_names}"
+            "extra_pairs needs the match task on a dataset with captions; "
+            f"task {t.name!r}, columns {train.column_names}"
         )
-    rows = train.select_columns(["id", "objects", "motion"]).to_list()
-    found = [(i, f"{r['id']}~{j}", pair) for i, r in enumerate(rows)
-             for j, pair in enumerate(more_match_pairs(r, k))]  # fmt: skip
+    if "objects" in train.column_names:  # the embedded world: the generator's exact negatives
+        rows = train.select_columns(["id", "objects", "motion"]).to_list()
+        drawn = [more_match_pairs(r, k) for r in rows]
+    else:  # any caption dataset: negatives made from the captions
+        rows = train.select_columns(["id"]).to_list()
+        drawn = negatives.more_match_pairs(train, k)
+    found = [(i, f"{r['id']}~{j}", pair) for i, (r, pairs) in enumerate(zip(rows, drawn, strict=True))
+             for j, pair in enumerate(pairs)]  # fmt: skip
     return ExtraPairs(
         rows=torch.tensor([i for i, _, _ in found], dtype=torch.long),
         ids=[name for _, name, _ in found],
@@ -275,6 +282,10 @@ def build(
     if missing:
         raise KeyError(f"the dataset lacks splits {missing}; it has {list(ds)}")
     ds = {s: ds[s] for s in SPLITS}
+    if t.name == "match" and t.label_column not in ds["train"].column_names:
+        from mmlab.data import negatives  # a caption dataset: match pairs from its captions
+
+        ds = negatives.add_match_columns(ds)
     extra = _extra_pairs(ds["train"], t, extra_pairs) if extra_pairs else None
     forms = {f: dict(e) for f, e in (("pooled", encoders), ("tokens", token_encoders)) if e}
     if not forms:
