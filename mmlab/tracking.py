@@ -31,7 +31,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mmlab import workspace
+from mmlab import experiments, notebook_status, workspace
 
 HEADLINE_TAG = "mmlab.headline"
 NOTEBOOK_TAG = "mmlab.notebook"
@@ -135,16 +135,19 @@ def experiment_id(name: str, uri: str | None = None) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             retry(mlf.restore_experiment, found.experiment_id)
+        experiments.describe(mlf, found, name)
         return found.experiment_id
     root = default_artifact_root(uri)
     location = f"{root}/{name}" if root else None
     try:
-        return retry(mlf.create_experiment, name, artifact_location=location)
+        created = retry(mlf.create_experiment, name, artifact_location=location)
     except MlflowException as error:  # another process created it first
         found = retry(mlf.get_experiment_by_name, name)
         if found is None:
             raise error
-        return found.experiment_id
+        created = found.experiment_id
+    experiments.describe(mlf, retry(mlf.get_experiment, created), name)
+    return created
 
 
 # --------------------------------------------------------------------------- runs
@@ -422,3 +425,7 @@ def log_dataset(dataset: Mapping[str, Any], fingerprint: str, name: str, source:
     inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", ",".join(splits))])]
     retry(client().log_inputs, active_run_id(), datasets=inputs)
     set_tags({"mmlab.dataset": name, "mmlab.dataset.fingerprint": fingerprint})
+
+
+# In a notebook kernel, a cell that raises marks the run FAILED (see mmlab.notebook_status).
+notebook_status.watch_cells()
