@@ -140,6 +140,17 @@ def version_of(source: str | Path):
     return None
 
 
+def logged_model_id(source: str | Path) -> str | None:
+    """MLflow 3's id of the logged model (`m-...`) a source names: what metrics link to."""
+    from mlflow.models import Model
+
+    from mmlab import tracking
+
+    _client()
+    with quiet_transfers():
+        return tracking.retry(Model.load, model_uri(source)).model_id
+
+
 def set_alias(name: str, alias: str, version: str | int) -> None:
     from mmlab import tracking
 
@@ -234,6 +245,7 @@ __all__ = [
     "Promotion",
     "download",
     "latest_version",
+    "logged_model_id",
     "model_uri",
     "promote",
     "serve_command",

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import mlflow
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -403,28 +403,18 @@ def log_environment() -> dict[str, Any]:
     return info
 
 
-def log_dataset(dataset: Mapping[str, Any], fingerprint: str, name: str, source: str = "") -> None:
-    """Record a dataset (a DatasetDict or any split -> table mapping) as a run input.
-
-    MLflow keeps the name, the fingerprint as digest, the split sizes as profile and the
-    columns as schema; the run is tagged with the fingerprint too, for searching.
+def log_dataset(
+    dataset: Mapping[str, Any], fingerprint: str, name: str, source: str = ""
+) -> dict[str, Any]:
+    """Record a dataset (a DatasetDict or any split -> table mapping) as run inputs, one per
+    split (`mmlab.lineage.log_splits`: digest = the fingerprint, context = the split); the
+    run is tagged with the fingerprint too, for searching. Returns the MLflow datasets by split.
     """
-    splits = {split: len(table) for split, table in dataset.items()}
-    first = next(iter(dataset.values()), None)
-    columns = getattr(first, "column_names", None)  # datasets.Dataset; else a DataFrame
-    if columns is None:
-        columns = list(getattr(first, "columns", []))
-    entity = Dataset(
-        name=name,
-        digest=fingerprint[:36],
-        source_type="local",
-        source=json.dumps({"source": source or name}),
-        schema=json.dumps({"columns": [str(c) for c in columns]}),
-        profile=json.dumps({"num_rows": splits}),
-    )
-    inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", ",".join(splits))])]
-    retry(client().log_inputs, active_run_id(), datasets=inputs)
+    from mmlab import lineage
+
+    inputs = lineage.log_splits(dataset, fingerprint, name, source)
     set_tags({"mmlab.dataset": name, "mmlab.dataset.fingerprint": fingerprint})
+    return inputs
 
 
 # In a notebook kernel, a cell that raises marks the run FAILED (see mmlab.notebook_status).
