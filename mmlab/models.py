@@ -24,7 +24,8 @@ MODEL_ARTIFACT = "model"
 CANDIDATE, CHAMPION = "candidate", "champion"
 EVALUATION_TAG = "mmlab.evaluation"  # on a model version: {metric: {value, data, run_id}}
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_MODELS_URI = re.compile(r"^models:/[^/@]+(@[\w-]+|/\d+|/latest)$")
+# models:/NAME@ALIAS, models:/NAME/VERSION (or /latest), and MLflow 3's models:/<model id>
+_MODELS_URI = re.compile(r"^models:/([^/@]+(@[\w-]+|/\d+|/latest)|m-[0-9a-f]+)$")
 FORMS = (
     "a run id, runs:/<run id>/model, models:/NAME@ALIAS, models:/NAME/VERSION, a local model "
     "folder (holding an MLmodel file), or 'latest' (the newest registered version)"
@@ -122,6 +123,16 @@ def version_of(source: str | Path):
 
     uri = model_uri(source)
     client = _client()
+    if uri.startswith(("runs:/", "models:/m-")):  # a logged model: registered by its run?
+        model_id = logged_model_id(uri)
+        if uri.startswith("runs:/"):
+            run_id = uri[len("runs:/") :].split("/")[0]
+        else:
+            run_id = tracking.retry(client.get_logged_model, model_id).source_run_id
+        found = tracking.retry(client.search_model_versions, f"run_id = '{run_id}'")
+        if model_id is not None:  # MLflow 3: a version's source is its logged model
+            found = [v for v in found if v.source == f"models:/{model_id}"]
+        return max(found, key=lambda v: int(v.version)) if found else None
     if uri.startswith("models:/"):
         name, _, alias = uri[len("models:/") :].partition("@")
         name, _, version = name.partition("/")
@@ -133,10 +144,6 @@ def version_of(source: str | Path):
             return tracking.retry(client.get_model_version, name, version)
         except (MlflowException, LookupError):
             return None
-    if uri.startswith("runs:/"):
-        run_id = uri[len("runs:/") :].split("/")[0]
-        found = tracking.retry(client.search_model_versions, f"run_id = '{run_id}'")
-        return max(found, key=lambda v: int(v.version)) if found else None
     return None
 
 
@@ -233,6 +240,9 @@ def serve_command(source: str | Path, host: str, port: int) -> tuple[list[str], 
         )
         raise LookupError(f"{uri} names no registered model version{hint}")
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.ensure_store()}
+    # MLflow starts `uvicorn` by name: this Python's scripts first, venv activated or not
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
                "--env-manager", "local", "--host", host, "--port", str(port)]  # fmt: skip
     return command, env

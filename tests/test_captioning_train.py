@@ -42,7 +42,7 @@ def trained(tiny):
     result = captioning.fit(
         captioner, splits["train"], splits["validation"], config, on_epoch=captioning.log_epoch
     )
-    info = captioning.log_captioner(captioner)
+    info = captioning.log_captioner(captioner, registered_model_name="mmlab-captioner")
     tracking.finish()
     return captioner, result, run.info.run_id, info.model_uri
 

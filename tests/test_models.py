@@ -135,12 +135,15 @@ def test_weights_that_do_not_fit_are_explained(folder, tmp_path):
         saving.read_captioner(broken)
 
 
-@pytest.mark.parametrize("form", ["run_id", "runs", "version", "alias", "latest", "folder"])
+@pytest.mark.parametrize(
+    "form", ["run_id", "runs", "logged", "version", "alias", "latest", "folder"]
+)
 def test_every_way_to_name_a_model_loads_it(logged, folder, captioner, data, form):
     run_id, first, second = logged
     source = {
         "run_id": run_id,
         "runs": f"runs:/{run_id}/model",
+        "logged": second.model_uri,  # MLflow 3's models:/<model id>
         "version": f"models:/{NAME}/{first.registered_model_version}",
         "alias": f"models:/{NAME}@candidate",
         "latest": "latest",  # the newest version of mmlab-captioner
@@ -156,7 +159,9 @@ def test_latest_is_the_newest_version_and_bad_names_say_what_is_accepted(logged,
     assert models.latest_version(NAME).version == second.registered_model_version
     newest = models.latest_version(models.REGISTERED_MODEL).version
     assert models.model_uri("latest") == f"models:/{models.REGISTERED_MODEL}/{newest}"
-    assert models.version_of(f"runs:/{run_id}/model").version == second.registered_model_version
+    assert models.version_of(f"runs:/{run_id}/model").version == first.registered_model_version
+    assert models.version_of(f"runs:/{run_id}/again").version == second.registered_model_version
+    assert models.version_of(second.model_uri).version == second.registered_model_version
     with pytest.raises(FileNotFoundError, match="models:/NAME@ALIAS"):
         models.model_uri(tmp_path / "nothing-here")
     with pytest.raises(ValueError, match="models:/NAME@ALIAS or models:/NAME/VERSION"):
