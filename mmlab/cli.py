@@ -92,8 +92,13 @@ def ui_command(host: str, port: int) -> list[str]:
 def _ui(args: argparse.Namespace) -> int:
     command = ui_command(args.host, args.port)
     print(f"MLflow UI on http://{args.host}:{args.port}  ({command[5]})", flush=True)
-    # Its own process group, so stopping `mmlab ui` stops the server's workers too.
-    with subprocess.Popen(command, start_new_session=True) as server:
+    return run_server(command)
+
+
+def run_server(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run a server until it exits or we are stopped; its own process group, so stopping
+    `mmlab ui` / `mmlab serve` stops the server's workers too."""
+    with subprocess.Popen(command, env=env, start_new_session=True) as server:
         try:
             return server.wait()
         finally:
@@ -191,14 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (FileNotFoundError, LookupError, ValueError) as error:
         raise UsageError(f"--model {args.model}: {error}") from None
     print(f"serving {command[6]} on http://{args.host}:{args.port}/invocations", flush=True)
-    # Its own process group, so stopping `mmlab serve` stops the server's workers too.
-    with subprocess.Popen(command, env=env, start_new_session=True) as server:
-        try:
-            return server.wait()
-        finally:
-            if server.poll() is None:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait()
+    return run_server(command, env)
 
 
 COMMANDS: dict[str, Command] = {
