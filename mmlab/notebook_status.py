@@ -35,6 +35,11 @@ def mark_failed(run_id: str, error: BaseException) -> None:
     _state["failed"] = run_id
 
 
+def failed(run_id: str) -> bool:
+    """Whether a cell raised while `run_id` was the active run."""
+    return run_id == _state["failed"]
+
+
 def _after_cell(result) -> None:
     import mlflow
 
@@ -53,7 +58,7 @@ def _at_exit() -> None:
     import mlflow
 
     run = mlflow.active_run()
-    if run is not None and run.info.run_id == _state["failed"]:
+    if run is not None and failed(run.info.run_id):
         while mlflow.active_run() is not None:
             mlflow.end_run(status="FAILED")
 

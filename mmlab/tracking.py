@@ -215,6 +215,8 @@ def finish(status: str = "FINISHED") -> None:
     if _state["run"] is None:
         return
     if _state["owned"]:
+        if notebook_status.failed(_state["run"].info.run_id):
+            status = "FAILED"  # a cell raised in this run: re-running start does not hide it
         while mlflow.active_run() is not None:  # close children left open, then the run
             retry(mlflow.end_run, status=status)
     _state.update(run=None, owned=False, params=None)

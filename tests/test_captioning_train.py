@@ -110,7 +110,7 @@ def test_saved_folder_loads_and_bad_sources_are_explained(tiny, trained, tmp_pat
     folder = captioning.saving.save_checkpoint(captioner, tmp_path / "captioner")
     images = ds["test"]["image"][:2]
     assert captioning.load_captioner(folder).caption(images) == captioner.caption(images)
-    with pytest.raises(FileNotFoundError, match="neither a run id"):
+    with pytest.raises(FileNotFoundError, match="is not a model: expected a run id"):
         captioning.load_captioner(tmp_path / "nothing-here")
 
 
