@@ -22,7 +22,8 @@ from pathlib import Path
 REGISTERED_MODEL = "mmlab-captioner"
 MODEL_ARTIFACT = "model"
 CANDIDATE, CHAMPION = "candidate", "champion"
-EVALUATION_TAG = "mmlab.evaluation"  # on a model version: {metric: {value, data, run_id}}
+EVALUATION_TAG = "mmlab.evaluation"  # on a version: {metric: {data: {value, run_id}}}
+KEPT_EVALUATIONS = 20  # per metric, the newest (a tag holds at most 5000 characters)
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 # models:/NAME@ALIAS, models:/NAME/VERSION (or /latest), and MLflow 3's models:/<model id>
 _MODELS_URI = re.compile(r"^models:/([^/@]+(@[\w-]+|/\d+|/latest)|m-[0-9a-f]+)$")
@@ -165,7 +166,7 @@ def set_alias(name: str, alias: str, version: str | int) -> None:
 
 
 def evaluations(version) -> dict:
-    """The evaluations recorded on a model version: {metric: {value, data, run_id}}."""
+    """The evaluations recorded on a model version: {metric: {data: {value, run_id}}}."""
     try:
         return json.loads(version.tags.get(EVALUATION_TAG, "{}"))
     except json.JSONDecodeError:
@@ -192,6 +193,8 @@ def promote(
     """Record `metric = value` (measured on data fingerprint `data`) on the model's registered
     version, and point `alias` at it when it beats the alias's version on the same data (or no
     version holds the alias yet). Scores on other data are not comparable: the alias stays."""
+    from mlflow.exceptions import MlflowException
+
     from mmlab import tracking
 
     version = version_of(source)
@@ -199,18 +202,20 @@ def promote(
         return Promotion(False, None, f"{source} is not a registered model version")
     client = _client()
     record = evaluations(version)
-    record[metric] = {"value": float(value), "data": data, "run_id": run_id}
+    scores = {k: v for k, v in record.get(metric, {}).items() if k != data}
+    scores[data] = {"value": float(value), "run_id": run_id}
+    record[metric] = dict(list(scores.items())[-KEPT_EVALUATIONS:])
     tracking.retry(
         client.set_model_version_tag, version.name, version.version, EVALUATION_TAG,
         json.dumps(record),
     )  # fmt: skip
     try:
         current = tracking.retry(client.get_model_version_by_alias, version.name, alias)
-    except Exception:  # no version holds the alias yet
+    except MlflowException:  # no version holds the alias yet
         current = None
     if current is not None and current.version != version.version:
-        theirs = evaluations(current).get(metric)
-        if theirs is None or theirs.get("data") != data:
+        theirs = evaluations(current).get(metric, {}).get(data)
+        if theirs is None:
             return Promotion(
                 False, version.version,
                 f"{alias} is version {current.version}, not evaluated on this data ({metric}); kept",

@@ -203,7 +203,7 @@ def test_champion_moves_only_to_a_better_score_on_the_same_data(logged, folder):
     assert models.promote(v2, "test_cider_best", 0.6, data="d1", alias="best").promoted
     assert models.version_of(f"models:/{NAME}@best").version == second.registered_model_version
     recorded = models.evaluations(models.version_of(v2))["test_cider_best"]
-    assert recorded == {"value": 0.6, "data": "d1", "run_id": ""}
+    assert recorded == {"d2": {"value": 0.9, "run_id": ""}, "d1": {"value": 0.6, "run_id": ""}}
     unregistered = models.promote(folder, "test_cider_best", 1.0, data="d1", alias="best")
     assert not unregistered.promoted and "not a registered model version" in unregistered.reason
 
