@@ -3,7 +3,8 @@
     mmlab run PARAMS.yaml [--jobs N] [--only STAGE] [--set k=v] [--dry-run] [--force]
     mmlab ui [--host 127.0.0.1] [--port 5000]
     mmlab data synth --out DIR --n N --seed S [--image-size 128]
-    mmlab caption IMAGE... --model URI [--beam 3]
+    mmlab caption IMAGE... [--model latest] [--beam 3]
+    mmlab serve [--model models:/mmlab-captioner@champion] [--host 127.0.0.1] [--port 5001]
 
 Heavy modules (runner, data, captioning) are imported by the handler that needs them.
 """
@@ -91,8 +92,13 @@ def ui_command(host: str, port: int) -> list[str]:
 def _ui(args: argparse.Namespace) -> int:
     command = ui_command(args.host, args.port)
     print(f"MLflow UI on http://{args.host}:{args.port}  ({command[5]})", flush=True)
-    # Its own process group, so stopping `mmlab ui` stops the server's workers too.
-    with subprocess.Popen(command, start_new_session=True) as server:
+    return run_server(command)
+
+
+def run_server(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run a server until it exits or we are stopped; its own process group, so stopping
+    `mmlab ui` / `mmlab serve` stops the server's workers too."""
+    with subprocess.Popen(command, env=env, start_new_session=True) as server:
         try:
             return server.wait()
         finally:
@@ -127,9 +133,15 @@ def _data(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- caption
 
 
+MODEL_HELP = (
+    "run id, runs:/<id>/model, models:/NAME@ALIAS, models:/NAME/VERSION, a model folder, or "
+    "latest (the newest registered version; the default)"
+)
+
+
 def _caption_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    p.add_argument("--model", required=True, help="MLflow run id, runs:/ URI or local path")
+    p.add_argument("--model", default="latest", help=MODEL_HELP)
     p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
 
 
@@ -159,7 +171,7 @@ def _caption(args: argparse.Namespace) -> int:
 
     try:
         captioner = load_captioner(args.model)
-    except (FileNotFoundError, LookupError, MlflowException) as error:
+    except (FileNotFoundError, LookupError, ValueError, MlflowException) as error:
         raise UsageError(f"--model {args.model}: cannot load a captioner ({error})") from None
     captions = captioner.caption(images, beam_size=args.beam)
     for path, caption in zip(args.images, captions, strict=True):
@@ -167,11 +179,32 @@ def _caption(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="models:/mmlab-captioner@champion", help=MODEL_HELP)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5001)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mmlab import models
+
+    try:
+        command, env = models.serve_command(args.model, args.host, args.port)
+    except (FileNotFoundError, LookupError, ValueError) as error:
+        raise UsageError(f"--model {args.model}: {error}") from None
+    print(f"serving {command[6]} on http://{args.host}:{args.port}/invocations", flush=True)
+    return run_server(command, env)
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command("run a batch of notebooks", _run_arguments, _run),
     "ui": Command("MLflow UI on the workspace store", _ui_arguments, _ui),
     "data": Command("datasets", _data_arguments, _data),
     "caption": Command("caption images with a trained model", _caption_arguments, _caption),
+    "serve": Command("serve a captioner over HTTP (MLflow)", _serve_arguments, _serve),
 }
 
 

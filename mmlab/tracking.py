@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import mlflow
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mmlab import workspace
+from mmlab import experiments, notebook_status, workspace
 
 HEADLINE_TAG = "mmlab.headline"
 NOTEBOOK_TAG = "mmlab.notebook"
@@ -137,16 +137,19 @@ def experiment_id(name: str, uri: str | None = None) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             retry(mlf.restore_experiment, found.experiment_id)
+        experiments.describe(mlf, found, name)
         return found.experiment_id
     root = default_artifact_root(uri)
     location = f"{root}/{name}" if root else None
     try:
-        return retry(mlf.create_experiment, name, artifact_location=location)
+        created = retry(mlf.create_experiment, name, artifact_location=location)
     except MlflowException as error:  # another process created it first
         found = retry(mlf.get_experiment_by_name, name)
         if found is None:
             raise error
-        return found.experiment_id
+        created = found.experiment_id
+    experiments.describe(mlf, retry(mlf.get_experiment, created), name)
+    return created
 
 
 # --------------------------------------------------------------------------- runs
@@ -287,6 +290,8 @@ def finish(status: str = "FINISHED") -> None:
     if _state["run"] is None:
         return
     if _state["owned"]:
+        if notebook_status.failed(_state["run"].info.run_id):
+            status = "FAILED"  # a cell raised in this run: re-running start does not hide it
         while mlflow.active_run() is not None:  # close children left open, then the run
             retry(mlflow.end_run, status=status)
     _state.update(run=None, owned=False, params=None)
@@ -475,28 +480,22 @@ def log_environment() -> dict[str, Any]:
     return info
 
 
-def log_dataset(dataset: Mapping[str, Any], fingerprint: str, name: str, source: str = "") -> None:
-    """Record a dataset (a DatasetDict or any split -> table mapping) as a run input.
-
-    MLflow keeps the name, the fingerprint as digest, the split sizes as profile and the
-    columns as schema; the run is tagged with the fingerprint too, for searching.
+def log_dataset(
+    dataset: Mapping[str, Any], fingerprint: str, name: str, source: str = ""
+) -> dict[str, Any]:
+    """Record a dataset (a DatasetDict or any split -> table mapping) as run inputs, one per
+    split (`mmlab.lineage.log_splits`: digest = the fingerprint, context = the split); the
+    run is tagged with the fingerprint too, for searching. Returns the MLflow datasets by split.
     """
-    splits = {split: len(table) for split, table in dataset.items()}
-    first = next(iter(dataset.values()), None)
-    columns = getattr(first, "column_names", None)  # datasets.Dataset; else a DataFrame
-    if columns is None:
-        columns = list(getattr(first, "columns", []))
-    entity = Dataset(
-        name=name,
-        digest=fingerprint[:36],
-        source_type="local",
-        source=json.dumps({"source": source or name}),
-        schema=json.dumps({"columns": [str(c) for c in columns]}),
-        profile=json.dumps({"num_rows": splits}),
-    )
-    inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", ",".join(splits))])]
-    retry(client().log_inputs, active_run_id(), datasets=inputs)
+    from mmlab import lineage
+
+    inputs = lineage.log_splits(dataset, fingerprint, name, source)
     set_tags({"mmlab.dataset": name, "mmlab.dataset.fingerprint": fingerprint})
     plan = getattr(dataset, "split_plan", None)  # how `load_dataset` made missing splits
     if plan is not None:
         set_tags({"mmlab.dataset.splits": plan.describe()})
+    return inputs
+
+
+# In a notebook kernel, a cell that raises marks the run FAILED (see mmlab.notebook_status).
+notebook_status.watch_cells()

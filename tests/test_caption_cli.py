@@ -39,7 +39,7 @@ def trained(tiny_synthetic, tmp_path_factory):
     model = build("lstm_attention", encoder, vocab, embed_dim=32, hidden_dim=64, attention_dim=32)
     fit(model, split("train"), split("validation"), TrainConfig(epochs=2, batch_size=32))
     run = tracking.start(notebook="03_caption_training", params={"purpose": "caption cli test"})
-    log_captioner(model)
+    log_captioner(model, registered_model_name="mmlab-captioner")
     tracking.finish()
     folder = save_checkpoint(model, tmp_path_factory.mktemp("model") / "captioner")
     return {"run_id": run.info.run_id, "folder": folder, "images": data["test"]["image"][:2]}
@@ -100,4 +100,17 @@ def test_unknown_model_names_what_was_expected(image_files, tmp_path):
     done = mmlab("caption", str(image_files[0]), "--model", str(tmp_path / "no-model"))
     assert done.returncode == 2
     assert "no-model" in done.stderr and "MLmodel" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_caption_defaults_to_the_newest_registered_model(trained, image_files):
+    done = mmlab("caption", str(image_files[0]), "--beam", "1")
+    assert done.returncode == 0, done.stderr
+    assert [done.stdout.strip().split("\t")[1]] == expected_captions("latest", image_files[:1], 1)
+
+
+def test_serve_refuses_a_model_name_that_names_nothing(trained):
+    done = mmlab("serve", "--model", "models:/mmlab-captioner@nobody")
+    assert done.returncode == 2
+    assert "models:/mmlab-captioner@nobody names no registered model version" in done.stderr
     assert "Traceback" not in done.stderr

@@ -42,7 +42,7 @@ def trained(tiny):
     result = captioning.fit(
         captioner, splits["train"], splits["validation"], config, on_epoch=captioning.log_epoch
     )
-    info = captioning.log_captioner(captioner)
+    info = captioning.log_captioner(captioner, registered_model_name="mmlab-captioner")
     tracking.finish()
     return captioner, result, run.info.run_id, info.model_uri
 
@@ -110,7 +110,7 @@ def test_saved_folder_loads_and_bad_sources_are_explained(tiny, trained, tmp_pat
     folder = captioning.saving.save_checkpoint(captioner, tmp_path / "captioner")
     images = ds["test"]["image"][:2]
     assert captioning.load_captioner(folder).caption(images) == captioner.caption(images)
-    with pytest.raises(FileNotFoundError, match="neither a run id"):
+    with pytest.raises(FileNotFoundError, match="is not a model: expected a run id"):
         captioning.load_captioner(tmp_path / "nothing-here")
 
 

@@ -150,8 +150,10 @@ def test_artifacts_figure_table_environment_dataset(store):
     got = client.get_run(rid)
     assert got.data.params["env.device"] == info["device"]
     assert got.data.tags["mmlab.dataset.fingerprint"] == "f" * 64
-    (dataset_input,) = got.inputs.dataset_inputs
-    assert dataset_input.dataset.name == "tiny" and '"train": 3' in dataset_input.dataset.profile
+    inputs = {i.dataset.name: i for i in got.inputs.dataset_inputs}  # one input per split
+    assert set(inputs) == {"tiny/train", "tiny/test"}
+    assert inputs["tiny/train"].dataset.digest == "f" * 36
+    assert {t.key: t.value for t in inputs["tiny/test"].tags}["mlflow.data.context"] == "test"
 
 
 def test_helpers_need_a_run(store):

@@ -64,8 +64,9 @@ def build(
             **decoder_options,
         )
     return Captioner(
-        encoder, net, vocab, decoder_name=decoder, max_len=max_len, length_penalty=length_penalty
-    )
+        encoder, net, vocab, decoder_name=decoder, decoder_options=decoder_options,
+        max_len=max_len, length_penalty=length_penalty,
+    )  # fmt: skip
 
 
 __all__ = [

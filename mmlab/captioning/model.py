@@ -40,12 +40,14 @@ class Captioner(nn.Module):
         vocab,
         *,
         decoder_name: str = "",
+        decoder_options: dict | None = None,
         max_len: int = 30,
         length_penalty: float = 1.0,
     ):
         super().__init__()
         self.encoder, self.decoder, self.vocab = encoder, decoder, vocab
-        self.decoder_name = decoder_name
+        # name and options rebuild the decoder when a saved model loads (weights come apart)
+        self.decoder_name, self.decoder_options = decoder_name, dict(decoder_options or {})
         self.max_len, self.length_penalty = max_len, length_penalty
 
     @property

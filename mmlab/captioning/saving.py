@@ -1,21 +1,23 @@
-"""Captioners in MLflow: per-epoch logging, the model with its vocabulary, loading it back.
+"""Captioners in MLflow: per-epoch logging, the model as an MLflow pyfunc, loading it back.
 
-    log_captioner(captioner)                       # under the active run, artifact path "model"
-    captioner = load_captioner("runs:/<run_id>/model")   # or a run id, models:/..., a folder
-    captioner.caption([Image.open("photo.png")])
+    info = log_captioner(captioner)                  # under the active run, registered
+    captioner = load_captioner("models:/mmlab-captioner@champion")  # any form of mmlab.models
+    captioner.caption([Image.open("photo.jpg")])
+    mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [jpeg_bytes]}))  # captions
 
-The whole `Captioner` (encoder trunk with its preprocessing, decoder, vocabulary) is pickled by
-`mlflow.pytorch.log_model`; `vocab.json` and `captioner.json` ride along as readable extra files.
-Loading needs `mmlab` installed (the pickle refers to its classes).
+A saved captioner is three plain files (the "captioner folder"): `captioner.json` (what
+`captioning.build` needs: decoder name and options, encoder identity, lengths), `vocab.json`
+and `weights.safetensors` (the state dict). Loading builds the model with today's classes and
+loads the weights into it, so a change to the classes that keeps the parameters keeps every
+saved model loadable; nothing of ours is pickled. The MLflow model wraps that folder in a
+`mlflow.pyfunc` model defined from code (`mlflow_model.py`) that carries a copy of `mmlab`
+(`code_paths`), a signature, an input example and pinned requirements.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
-import logging
-import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -23,26 +25,13 @@ from mmlab.captioning.model import Captioner
 from mmlab.captioning.train import EpochResult
 
 MODEL_ARTIFACT = "model"
-MODEL_TAG = "mmlab.model_uri"  # set on a run that logged a captioner: what "latest" looks for
-TRAINING_NOTEBOOK = "03_caption_training"
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-@contextlib.contextmanager
-def _quiet_mlflow():
-    """No progress bars or pickle-format warning in notebook output while a model moves."""
-    logger = logging.getLogger("mlflow.pytorch")
-    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    logger.setLevel(logging.ERROR)
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        if bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+CAPTIONER_ARTIFACT = "captioner"  # the captioner folder's key among the pyfunc's artifacts
+CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "captioner.json", "vocab.json", "weights.safetensors"
+FORMAT_VERSION = 1
+DEFAULT_BEAM = 3
+# What the pyfunc imports (through mmlab.captioning), as distributions to pin.
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas", "safetensors",
+                "tqdm", "efficientnet-lite-pytorch")  # fmt: skip
 
 
 def log_epoch(result: EpochResult) -> None:
@@ -54,132 +43,262 @@ def log_epoch(result: EpochResult) -> None:
 
 
 def describe(captioner: Captioner) -> dict:
-    """What the model is, in plain values (logged as `captioner.json`)."""
+    """What the model is, in plain values: what `build` needs to make it again, and its size."""
+    encoder = captioner.encoder
     return {
+        "format_version": FORMAT_VERSION,
         "decoder": captioner.decoder_name,
-        "encoder": captioner.encoder.identity,
-        "train_stages": captioner.encoder.train_stages,
-        "grid_size": list(captioner.grid_size),
-        "encoder_dim": captioner.encoder.dim,
-        "image_size": captioner.encoder.image_size,
-        "vocab_size": len(captioner.vocab),
+        "decoder_options": dict(getattr(captioner, "decoder_options", {})),
+        "encoder": {
+            "identity": dict(encoder.identity),
+            "train_stages": encoder.train_stages,
+            "colour_detail": encoder.colour_detail,
+        },
         "max_len": captioner.max_len,
         "length_penalty": captioner.length_penalty,
+        # informational: checked against the rebuilt model, never used to build it
+        "grid_size": list(captioner.grid_size),
+        "encoder_dim": encoder.dim,
+        "image_size": encoder.image_size,
+        "vocab_size": len(captioner.vocab),
         "parameters": sum(p.numel() for p in captioner.parameters()),
     }
 
 
+# --------------------------------------------------------------------------- the captioner folder
+
+
+def write_captioner(captioner: Captioner, folder: str | Path) -> Path:
+    """`captioner.json`, `vocab.json` and `weights.safetensors` into `folder` (created)."""
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    captioner = captioner.cpu().eval()
+    (folder / CONFIG_FILE).write_text(json.dumps(describe(captioner), indent=2, default=str) + "\n")
+    captioner.vocab.save(folder / VOCAB_FILE)
+    # save_model drops tied copies of a tensor and stores channels-last weights contiguous
+    save_model(captioner, str(folder / WEIGHTS_FILE), metadata={"format": "mmlab-captioner"})
+    return folder
+
+
+def _config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{folder} holds no {CONFIG_FILE}: not a captioner folder (expected {CONFIG_FILE}, "
+            f"{VOCAB_FILE} and {WEIGHTS_FILE}, as write_captioner makes them)"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    missing = [k for k in ("decoder", "encoder", "max_len", "length_penalty") if k not in config]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; was it written by write_captioner?")
+    version = config.get("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {version} is newer than this mmlab reads ({FORMAT_VERSION});"
+            f" upgrade mmlab"
+        )
+    return config
+
+
+def _encoder(spec: dict, where: Path):
+    """The GridEncoder of `spec`, rebuilt without pretrained weights (the state dict has them)."""
+    from mmlab import features
+    from mmlab.captioning.encoder import GridEncoder
+
+    identity = dict(spec["identity"])
+    try:
+        extractor = features.create(
+            "image", identity["name"], image_size=identity["image_size"], kind="grid",
+            layer=identity.get("layer", "last"), weights=None, device="cpu",
+        )  # fmt: skip
+    except KeyError as error:
+        raise ValueError(
+            f"{where / CONFIG_FILE}: encoder {identity.get('name')!r}: {error}"
+        ) from None
+    encoder = GridEncoder(
+        extractor,
+        train_stages=spec.get("train_stages", 0),
+        colour_detail=spec.get("colour_detail", 0),
+    )
+    encoder.identity = identity  # what it was trained from (pretrained weights), not weights=None
+    return encoder
+
+
+def read_captioner(folder: str | Path, device: str = "cpu") -> Captioner:
+    """Build the captioner a captioner folder describes and load its weights."""
+    from safetensors.torch import load_model
+
+    from mmlab.captioning import build
+    from mmlab.data.text import Vocabulary
+    from mmlab.features.device import resolve_device
+
+    folder = Path(folder)
+    config = _config(folder)
+    vocab = Vocabulary.load(folder / VOCAB_FILE)
+    captioner = build(
+        config["decoder"], _encoder(config["encoder"], folder), vocab, max_len=config["max_len"],
+        length_penalty=config["length_penalty"], seed=0, **config.get("decoder_options", {}),
+    )  # fmt: skip
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder} holds no {WEIGHTS_FILE} (the captioner's weights)")
+    try:
+        load_model(captioner, str(weights), strict=True, device="cpu")
+    except RuntimeError as error:  # parameter names or shapes differ from today's classes
+        raise ValueError(
+            f"{weights}: the weights do not fit decoder {config['decoder']!r} as this mmlab "
+            f"builds it ({str(error).splitlines()[0]}); load it with the mmlab version that saved "
+            f"it (the MLflow model carries a copy under code/)"
+        ) from None
+    return captioner.to(resolve_device(device)).eval()
+
+
+# --------------------------------------------------------------------------- the MLflow model
+
+
 def _requirements() -> list[str]:
-    """Pinned explicitly: MLflow's inference would reload the model in a subprocess."""
+    """Pinned to this environment; mmlab itself travels as code (`code_paths`)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ["torch", "torchvision", "pillow", "efficientnet-lite-pytorch", "mlflow"]
     pins = []
-    for name in names:
+    for name in REQUIREMENTS:
         try:
-            pins.append(f"{name}=={version(name)}")
+            pins.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:
             continue
     return pins
 
 
-def log_captioner(captioner: Captioner, name: str = MODEL_ARTIFACT):
-    """Log the captioner under the active run (`runs:/<run_id>/<name>`); returns MLflow's info."""
-    import mlflow.pytorch
-    from mlflow.tracking.fluent import active_run
+def signature():
+    """One column `image` (encoded image bytes, or a path when called in Python) in, one
+    column `caption` out; `beam_size` (1 = greedy) as a parameter."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    if active_run() is None:
-        raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
-    from mmlab import tracking
-
-    captioner = captioner.cpu().eval()
-    with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
-        vocab_path, config_path = Path(tmp) / "vocab.json", Path(tmp) / "captioner.json"
-        captioner.vocab.save(vocab_path)
-        config_path.write_text(json.dumps(describe(captioner), indent=2, default=str) + "\n")
-        info = mlflow.pytorch.log_model(
-            captioner, name=name, extra_files=[str(vocab_path), str(config_path)],
-            pip_requirements=_requirements(),
-            serialization_format="pickle",  # pt2 would keep only a traced forward()
-        )  # fmt: skip
-    tracking.set_tags({MODEL_TAG: f"runs:/{active_run().info.run_id}/{name}"})
-    return info
-
-
-def resolve_model(model: str = "latest") -> str:
-    """`"latest"`: the newest FINISHED run of notebook 03 that logged a captioner; anything else
-    goes through `model_uri` (run id, runs:/.., models:/.., local folder)."""
-    if model != "latest":
-        return model_uri(model)
-    from mmlab import tracking
-
-    uri = tracking.ensure_store()
-    experiment = tracking.client(uri).get_experiment_by_name(TRAINING_NOTEBOOK)
-    runs = [] if experiment is None else tracking.client(uri).search_runs(
-        [experiment.experiment_id], filter_string="attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=200,
-    )  # fmt: skip
-    for run in runs:
-        if MODEL_TAG in run.data.tags:
-            return run.data.tags[MODEL_TAG]
-    raise LookupError(
-        f"no FINISHED run of {TRAINING_NOTEBOOK} with a logged captioner in {uri}: run notebook "
-        f"03 first, or pass a run id, runs:/<id>/model URI or model folder"
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema([ColSpec("string", "caption")]),
+        params=ParamSchema([ParamSpec("beam_size", "long", DEFAULT_BEAM)]),
     )
 
 
-def model_uri(source: str | Path) -> str:
-    """A run id, `runs:/..`, `models:/..`, any MLflow URI, or a local model folder -> a URI."""
-    text = str(source)
-    if _RUN_ID.match(text):
-        return f"runs:/{text}/{MODEL_ARTIFACT}"
-    if "://" in text or text.startswith(("runs:/", "models:/")):
-        return text
-    path = Path(text).expanduser()
-    if not (path / "MLmodel").is_file():
-        raise FileNotFoundError(
-            f"{text!r} is neither a run id, an MLflow model URI (runs:/<id>/model, models:/..) "
-            f"nor a folder holding an MLmodel file"
+def input_example(captioner: Captioner):
+    """A small grey JPEG: MLflow stores it with the model and checks the model can serve it."""
+    import pandas as pd
+    from PIL import Image
+
+    size = captioner.encoder.image_size
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (128, 128, 128)).save(buffer, format="JPEG")
+    return pd.DataFrame({"image": [buffer.getvalue()]})
+
+
+def _model_arguments(captioner: Captioner, folder: Path) -> dict:
+    import mmlab
+
+    return dict(
+        python_model=str(Path(__file__).with_name("mlflow_model.py")),
+        artifacts={CAPTIONER_ARTIFACT: str(write_captioner(captioner, folder))},
+        code_paths=[str(Path(mmlab.__file__).parent)],
+        signature=signature(),
+        input_example=input_example(captioner),
+        pip_requirements=_requirements(),
+    )
+
+
+def log_captioner(
+    captioner: Captioner,
+    name: str = MODEL_ARTIFACT,
+    registered_model_name: str | None = None,
+    alias: str | None = None,
+):
+    """Log the captioner under the active run as an MLflow pyfunc model (`runs:/<id>/<name>`);
+    with `registered_model_name`, register it as a new version and point `alias` at it.
+    Returns MLflow's ModelInfo (its `registered_model_version` set when registered)."""
+    import mlflow.pyfunc
+    from mlflow.tracking.fluent import active_run
+
+    from mmlab import models, tracking
+
+    if active_run() is None:
+        raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
+    with tempfile.TemporaryDirectory() as tmp, models.quiet_transfers():
+        info = tracking.retry(
+            mlflow.pyfunc.log_model,
+            name=name,
+            registered_model_name=registered_model_name,
+            **_model_arguments(captioner, Path(tmp) / CAPTIONER_ARTIFACT),
         )
-    return str(path.resolve())
-
-
-def load_captioner(source: str | Path, device: str = "auto") -> Captioner:
-    """Load a logged captioner ready to `.caption(images)`."""
-    import mlflow
-    import mlflow.pytorch
-
-    from mmlab import tracking
-    from mmlab.features.device import resolve_device
-
-    uri = model_uri(source)
-    if uri.startswith(("runs:/", "models:/")):
-        mlflow.set_tracking_uri(tracking.ensure_store())
-    with _quiet_mlflow():
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
-    if not isinstance(model, Captioner):
-        raise TypeError(f"{source!r} holds a {type(model).__name__}, not an mmlab Captioner")
-    return model.to(resolve_device(device)).eval()
+    if registered_model_name and alias:
+        models.set_alias(registered_model_name, alias, info.registered_model_version)
+    return info
 
 
 def save_checkpoint(captioner: Captioner, path: str | Path) -> Path:
-    """The captioner as a local MLflow model folder (written atomically); load_captioner reads it."""
-    import mlflow.pytorch
+    """The captioner as a local MLflow model folder (written atomically); load_captioner and
+    `mlflow.pyfunc.load_model` read it."""
+    import mlflow.pyfunc
 
+    from mmlab import models
     from mmlab.workspace import atomic_path
 
     path = Path(path)
-    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as extra, _quiet_mlflow():
-        vocab_path = Path(extra) / "vocab.json"
-        captioner.vocab.save(vocab_path)
-        mlflow.pytorch.save_model(
-            captioner.cpu().eval(),
-            str(tmp),
-            extra_files=[str(vocab_path)],
-            pip_requirements=_requirements(),
-            serialization_format="pickle",  # pt2 would keep only a traced forward()
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as extra, models.quiet_transfers():
+        mlflow.pyfunc.save_model(
+            str(tmp), **_model_arguments(captioner, Path(extra) / CAPTIONER_ARTIFACT)
         )
     return path
 
 
-__all__ = ["load_captioner", "log_captioner", "log_epoch", "model_uri", "save_checkpoint"]
+def captioner_folder(model_dir: str | Path) -> Path:
+    """The captioner folder inside a downloaded MLflow model (or `model_dir` if it is one)."""
+    from mlflow.models import Model
+
+    model_dir = Path(model_dir)
+    if (model_dir / CONFIG_FILE).is_file():
+        return model_dir
+    flavor = Model.load(str(model_dir)).flavors.get("python_function", {})
+    artifact = flavor.get("artifacts", {}).get(CAPTIONER_ARTIFACT)
+    if artifact is None:
+        raise ValueError(
+            f"{model_dir} is an MLflow model but not an mmlab captioner (no "
+            f"{CAPTIONER_ARTIFACT!r} artifact); models saved before the pyfunc format must be "
+            f"logged again from their notebook 03 run"
+        )
+    return model_dir / artifact["path"]
+
+
+def load_captioner(source: str | Path = "latest", device: str = "auto") -> Captioner:
+    """Load a captioner ready to `.caption(images)` from any source `mmlab.models.model_uri`
+    accepts (run id, runs:/, models:/NAME@ALIAS, models:/NAME/VERSION, folder, "latest")."""
+    from mmlab import models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_captioner(captioner_folder(models.download(source, tmp)), device=device)
+
+
+def model_uri(source: str | Path) -> str:
+    """`mmlab.models.model_uri` (kept here for the notebooks and scripts that import it)."""
+    from mmlab import models
+
+    return models.model_uri(source)
+
+
+resolve_model = model_uri
+
+__all__ = [
+    "describe",
+    "load_captioner",
+    "log_captioner",
+    "log_epoch",
+    "model_uri",
+    "read_captioner",
+    "resolve_model",
+    "save_checkpoint",
+    "write_captioner",
+]

@@ -1,0 +1,269 @@
+"""Models in MLflow's registry: one resolver for every way to name a model, aliases, promotion.
+
+    model_uri("latest")                           -> "models:/mmlab-captioner/7" (newest version)
+    model_uri("<run id>")                         -> "runs:/<run id>/model"
+    model_uri("models:/mmlab-captioner@champion") -> as is (also runs:/.., models:/NAME/VERSION)
+    model_uri("path/to/folder")                   -> the folder's absolute path (holds MLmodel)
+    promote(uri, "test_cider_best", 0.9, data=fp) -> sets `champion` if it beats the champion
+
+Notebook 03 registers every captioner it trains (alias `candidate`); notebook 04 evaluates one
+and moves `champion` to it when it scores better than the champion did on the same data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+REGISTERED_MODEL = "mmlab-captioner"
+MODEL_ARTIFACT = "model"
+CANDIDATE, CHAMPION = "candidate", "champion"
+EVALUATION_TAG = "mmlab.evaluation"  # on a version: {metric: {data: {value, run_id}}}
+KEPT_EVALUATIONS = 20  # per metric, the newest (a tag holds at most 5000 characters)
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+# models:/NAME@ALIAS, models:/NAME/VERSION (or /latest), and MLflow 3's models:/<model id>
+_MODELS_URI = re.compile(r"^models:/([^/@]+(@[\w-]+|/\d+|/latest)|m-[0-9a-f]+)$")
+FORMS = (
+    "a run id, runs:/<run id>/model, models:/NAME@ALIAS, models:/NAME/VERSION, a local model "
+    "folder (holding an MLmodel file), or 'latest' (the newest registered version)"
+)
+
+
+@contextlib.contextmanager
+def quiet_transfers():
+    """No artifact progress bars in notebook output while a model moves."""
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+
+
+def _client():
+    import mlflow
+
+    from mmlab import tracking
+
+    uri = tracking.ensure_store()
+    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve against the same store
+    mlflow.set_registry_uri(uri)
+    return tracking.client(uri)
+
+
+def latest_version(name: str = REGISTERED_MODEL):
+    """The newest version of registered model `name`, or a LookupError saying what to run."""
+    from mmlab import tracking
+
+    client = _client()
+    versions = tracking.retry(client.search_model_versions, f"name = '{name}'")
+    if not versions:
+        raise LookupError(
+            f"no registered model {name!r} in {tracking.ensure_store()}: run notebook "
+            f"03_caption_training first (it registers every captioner it trains), or pass {FORMS}"
+        )
+    return max(versions, key=lambda v: int(v.version))
+
+
+def model_uri(source: str | Path = "latest") -> str:
+    """Any accepted way to name a model -> an MLflow model URI or a local folder path."""
+    text = str(source).strip()
+    if text == "latest":
+        latest = latest_version()
+        return f"models:/{latest.name}/{latest.version}"
+    if _RUN_ID.match(text):
+        return f"runs:/{text}/{MODEL_ARTIFACT}"
+    if text.startswith("runs:/"):
+        return text
+    if text.startswith("models:/"):
+        if not _MODELS_URI.match(text):
+            raise ValueError(f"{text!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        return text
+    if "://" in text:
+        return text  # any other MLflow artifact URI (s3://, file://...)
+    path = Path(text).expanduser()
+    if not (path / "MLmodel").is_file():
+        raise FileNotFoundError(f"{text!r} is not a model: expected {FORMS}")
+    return str(path.resolve())
+
+
+def download(source: str | Path, destination: str | Path) -> Path:
+    """The model's files under `destination` (a local folder is used where it is)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    uri = model_uri(source)
+    if Path(uri).is_dir():
+        return Path(uri)
+    from mmlab import tracking
+
+    _client()
+    try:
+        with quiet_transfers():
+            path = tracking.retry(
+                mlflow.artifacts.download_artifacts, artifact_uri=uri, dst_path=str(destination)
+            )
+        return Path(path)
+    except MlflowException as error:
+        raise LookupError(f"{source!r} ({uri}): {error.message}") from None
+
+
+def version_of(source: str | Path):
+    """The registered version a model source names (a models:/ URI, or a run that logged a
+    registered model), or None when it is not registered."""
+    from mlflow.exceptions import MlflowException
+
+    from mmlab import tracking
+
+    uri = model_uri(source)
+    client = _client()
+    if uri.startswith(("runs:/", "models:/m-")):  # a logged model: registered by its run?
+        model_id = logged_model_id(uri)
+        if uri.startswith("runs:/"):
+            run_id = uri[len("runs:/") :].split("/")[0]
+        else:
+            run_id = tracking.retry(client.get_logged_model, model_id).source_run_id
+        found = tracking.retry(client.search_model_versions, f"run_id = '{run_id}'")
+        if model_id is not None:  # MLflow 3: a version's source is its logged model
+            found = [v for v in found if v.source == f"models:/{model_id}"]
+        return max(found, key=lambda v: int(v.version)) if found else None
+    if uri.startswith("models:/"):
+        name, _, alias = uri[len("models:/") :].partition("@")
+        name, _, version = name.partition("/")
+        try:
+            if alias:
+                return tracking.retry(client.get_model_version_by_alias, name, alias)
+            if version == "latest":
+                return latest_version(name)
+            return tracking.retry(client.get_model_version, name, version)
+        except (MlflowException, LookupError):
+            return None
+    return None
+
+
+def logged_model_id(source: str | Path) -> str | None:
+    """MLflow 3's id of the logged model (`m-...`) a source names: what metrics link to."""
+    from mlflow.models import Model
+
+    from mmlab import tracking
+
+    _client()
+    with quiet_transfers():
+        return tracking.retry(Model.load, model_uri(source)).model_id
+
+
+def set_alias(name: str, alias: str, version: str | int) -> None:
+    from mmlab import tracking
+
+    tracking.retry(_client().set_registered_model_alias, name, alias, str(version))
+
+
+def evaluations(version) -> dict:
+    """The evaluations recorded on a model version: {metric: {data: {value, run_id}}}."""
+    try:
+        return json.loads(version.tags.get(EVALUATION_TAG, "{}"))
+    except json.JSONDecodeError:
+        return {}
+
+
+@dataclass(frozen=True)
+class Promotion:
+    promoted: bool
+    version: str | None
+    reason: str
+
+
+def promote(
+    source: str | Path,
+    metric: str,
+    value: float,
+    *,
+    data: str,
+    run_id: str = "",
+    alias: str = CHAMPION,
+    higher_is_better: bool = True,
+) -> Promotion:
+    """Record `metric = value` (measured on data fingerprint `data`) on the model's registered
+    version, and point `alias` at it when it beats the alias's version on the same data (or no
+    version holds the alias yet). Scores on other data are not comparable: the alias stays."""
+    from mlflow.exceptions import MlflowException
+
+    from mmlab import tracking
+
+    version = version_of(source)
+    if version is None:
+        return Promotion(False, None, f"{source} is not a registered model version")
+    client = _client()
+    record = evaluations(version)
+    scores = {k: v for k, v in record.get(metric, {}).items() if k != data}
+    scores[data] = {"value": float(value), "run_id": run_id}
+    record[metric] = dict(list(scores.items())[-KEPT_EVALUATIONS:])
+    tracking.retry(
+        client.set_model_version_tag, version.name, version.version, EVALUATION_TAG,
+        json.dumps(record),
+    )  # fmt: skip
+    try:
+        current = tracking.retry(client.get_model_version_by_alias, version.name, alias)
+    except MlflowException:  # no version holds the alias yet
+        current = None
+    if current is not None and current.version != version.version:
+        theirs = evaluations(current).get(metric, {}).get(data)
+        if theirs is None:
+            return Promotion(
+                False, version.version,
+                f"{alias} is version {current.version}, not evaluated on this data ({metric}); kept",
+            )  # fmt: skip
+        better = value > theirs["value"] if higher_is_better else value < theirs["value"]
+        if not better:
+            return Promotion(
+                False, version.version,
+                f"{alias} version {current.version} has {metric} {theirs['value']:.4f}, not "
+                f"beaten by {value:.4f}; kept",
+            )  # fmt: skip
+    set_alias(version.name, alias, version.version)
+    return Promotion(True, version.version, f"version {version.version} is {alias}")
+
+
+def serve_command(source: str | Path, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """`mlflow models serve` for the model `source` names, in this environment, against the
+    workspace store (the command line and its environment)."""
+    import sys
+
+    from mmlab import tracking
+
+    uri = model_uri(source)
+    if uri.startswith("models:/") and version_of(uri) is None:
+        hint = (
+            " (notebook 04 sets champion; --model latest serves the newest)" if "@" in uri else ""
+        )
+        raise LookupError(f"{uri} names no registered model version{hint}")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.ensure_store()}
+    # MLflow starts `uvicorn` by name: this Python's scripts first, venv activated or not
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
+               "--env-manager", "local", "--host", host, "--port", str(port)]  # fmt: skip
+    return command, env
+
+
+__all__ = [
+    "CANDIDATE",
+    "CHAMPION",
+    "REGISTERED_MODEL",
+    "Promotion",
+    "download",
+    "latest_version",
+    "logged_model_id",
+    "model_uri",
+    "promote",
+    "serve_command",
+    "set_alias",
+    "version_of",
+]

@@ -1,0 +1,76 @@
+"""A notebook cell that raises marks its MLflow run FAILED, however the notebook runs.
+
+Under `mmlab run` the runner sets the final status, but plain `papermill` and JupyterLab
+have no runner: the kernel's exit used to end the run FINISHED (MLflow's own exit hook), so a
+broken run looked like a good one. `watch_cells()` (called when `mmlab.tracking` is imported
+in an IPython kernel) registers a `post_run_cell` handler: when a cell raises, the active run
+gets status FAILED and the tag `mmlab.error` (the traceback's last line, as the runner writes
+it), and at exit the run is ended FAILED instead of FINISHED.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+
+ERROR_TAG = "mmlab.error"
+_state: dict = {"shell": None, "failed": None}
+
+
+def error_line(error: BaseException) -> str:
+    """`ValueError: boom`: the last line of the traceback."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}".strip()
+
+
+def mark_failed(run_id: str, error: BaseException) -> None:
+    """Status FAILED and the error's line as a tag, leaving the run open for more cells."""
+    from mlflow.entities import RunTag
+
+    from mmlab import tracking
+
+    client = tracking.client()
+    tracking.retry(client.log_batch, run_id, tags=[RunTag(ERROR_TAG, error_line(error)[:5000])])
+    tracking.retry(client.update_run, run_id, status="FAILED")
+    _state["failed"] = run_id
+
+
+def failed(run_id: str) -> bool:
+    """Whether a cell raised while `run_id` was the active run."""
+    return run_id == _state["failed"]
+
+
+def _after_cell(result) -> None:
+    import mlflow
+
+    error = result.error_in_exec or result.error_before_exec
+    run = mlflow.active_run()
+    if error is None or run is None:
+        return
+    try:
+        mark_failed(run.info.run_id, error)
+    except Exception as failure:  # the store is down: say so, never hide the cell's own error
+        print(f"mmlab: could not mark run {run.info.run_id} FAILED: {failure}", file=sys.stderr)
+
+
+def _at_exit() -> None:
+    """Runs before MLflow's exit hook (registered later): a failed run ends FAILED."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is not None and failed(run.info.run_id):
+        while mlflow.active_run() is not None:
+            mlflow.end_run(status="FAILED")
+
+
+def watch_cells() -> bool:
+    """Install the handler in the running IPython shell (once); False outside IPython."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or _state["shell"] is shell:
+        return shell is not None
+    shell.events.register("post_run_cell", _after_cell)
+    if _state["shell"] is None:
+        atexit.register(_at_exit)
+    _state["shell"] = shell
+    return True
