@@ -144,7 +144,7 @@ def model_training_view(page, base: str) -> None:
 def check_experiments(page, base: str, names: list[str], out: Path) -> None:
     """The experiments list shows every experiment in `names`."""
     model_training_view(page, base)
-    page.goto(f"{base}/#/experiments")
+    page.reload()  # the list as the store holds it now, not as this page last loaded it
     page.get_by_role("link", name="Default", exact=True).wait_for()  # every store has it
     page.screenshot(path=out / "experiments.png")
     missing = [n for n in names if not page.get_by_role("link", name=n, exact=True).count()]
@@ -277,10 +277,13 @@ def check_notebook_in_lab(page, base: str, token: str, notebook: str, kernel: st
     ask the kernel which Python and which mmlab it runs; returns that answer."""
     page.goto(f"{base}/lab/tree/{notebook}?token={token}")
     page.locator(".jp-Notebook .jp-Cell").nth(1).wait_for()
-    idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-    idle.first.wait_for()
-    shown = page.locator(".jp-KernelName").first.inner_text().strip()
+    name = page.locator(".jp-KernelName").first
+    with contextlib.suppress(Exception):  # "No Kernel" until the session starts, then its name
+        page.wait_for_function("([el, k]) => el.textContent.trim() === k",
+                               arg=[name.element_handle(), kernel])  # fmt: skip
+    shown = name.inner_text().strip()
     assert shown == kernel, f"{notebook} opened with kernel {shown!r}, expected {kernel!r}"
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
     cells = page.locator(".jp-Notebook .jp-Cell")
     parameters = cells.nth(1)
     assert "jp-mod-noOutputs" in (parameters.get_attribute("class") or "")
