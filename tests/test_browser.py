@@ -152,8 +152,9 @@ def check_experiments(page, base: str, names: list[str], out: Path) -> None:
 
 
 def check_runs_table(page, base: str, experiment_id: str, expected: int, out: Path,
-                     wait_ms: int = WAIT_MS) -> None:  # fmt: skip
-    """The experiment's runs table counts `expected` runs (parents and their children)."""
+                     wait_ms: int = WAIT_MS, run_name: str = "") -> None:  # fmt: skip
+    """The experiment's runs table counts `expected` runs (parents and their children) and
+    shows the row of `run_name`."""
     page.goto(f"{base}/#/experiments/{experiment_id}/runs")
     counter = page.get_by_text(re.compile(r"^[1-9]\d* matching runs?$"))
     try:
@@ -161,6 +162,8 @@ def check_runs_table(page, base: str, experiment_id: str, expected: int, out: Pa
     except Exception as error:  # playwright's TimeoutError: the table stayed empty
         page.screenshot(path=out / f"runs_{experiment_id}.png")
         raise AssertionError(f"experiment {experiment_id}: the runs table shows no runs") from error
+    if run_name:
+        page.get_by_text(run_name, exact=True).first.wait_for()
     page.screenshot(path=out / f"runs_{experiment_id}.png")
     shown = int(counter.inner_text().split()[0])
     assert shown == expected, f"experiment {experiment_id}: {shown} runs shown, {expected} stored"
@@ -228,7 +231,7 @@ def test_mlflow_ui_shows_the_smoke_batch(smoke_batch, page, tmp_path):
     stored = len(client.search_runs([eid]))
     with mlflow_ui(home, client.tracking_uri, tmp_path / "ui.log") as base:
         check_experiments(page, base, smoke_notebooks(), tmp_path)
-        check_runs_table(page, base, eid, stored, tmp_path)
+        check_runs_table(page, base, eid, stored, tmp_path, run_name=fusion.info.run_name)
         check_child_runs(page, base, eid, run_id, [c.info.run_name for c in children], tmp_path)
         pair = {c.info.run_id: c.info.run_name for c in children[:2]}
         check_compare(page, base, eid, pair, tmp_path)
