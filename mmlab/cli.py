@@ -184,7 +184,7 @@ def _compare(args: argparse.Namespace) -> int:
     forced: the runs it reads change while its parameters stay the same."""
     import json
 
-    from mmlab import batch_compare, runner, workspace
+    from mmlab import batch_compare, runner, tracking, workspace
 
     if not 0 < args.confidence < 1:
         raise UsageError(f"--confidence {args.confidence}: expected a level between 0 and 1")
@@ -200,7 +200,8 @@ def _compare(args: argparse.Namespace) -> int:
     (result,) = report.results
     if not result.ok:
         return 1
-    moved = int(float(result.headline.partition("=")[2] or 0))
+    run = tracking.retry(tracking.client().get_run, result.run_id)
+    moved = int(run.data.metrics["metrics_moved"])
     print(f"{moved} metric{'' if moved == 1 else 's'} moved beyond their intervals: {out} "
           f"(MLflow run {result.run_id}, artifact compare_report.html)")  # fmt: skip
     return 0
