@@ -5,6 +5,7 @@
     mmlab data synth --out DIR --n N --seed S [--image-size 128]
     mmlab caption IMAGE... [--model latest] [--beam 3]
     mmlab serve [--model models:/mmlab-captioner@champion] [--host 127.0.0.1] [--port 5001]
+    mmlab compare BATCH [BATCH...] [--out report.html] [--confidence 0.95]
 
 Heavy modules (runner, data, captioning) are imported by the handler that needs them.
 """
@@ -199,12 +200,52 @@ def _serve(args: argparse.Namespace) -> int:
     return run_server(command, env)
 
 
+# --------------------------------------------------------------------------- compare
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("batches", nargs="+", metavar="BATCH", help="batch name or id; first: baseline")
+    p.add_argument(
+        "--out", type=Path, help="HTML report (default runs/compare/compare_report.html)"
+    )
+    p.add_argument("--confidence", type=float, default=0.95, help="level of the intervals")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Run notebook 00 through the runner (a tracked run with the executed notebook attached),
+    forced: the runs it reads change while its parameters stay the same."""
+    import json
+
+    from mmlab import batch_compare, runner, tracking, workspace
+
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"--confidence {args.confidence}: expected a level between 0 and 1")
+    try:  # a clear error before a kernel starts
+        batch_compare.resolve(args.batches)
+    except batch_compare.BatchNotFound as error:
+        raise UsageError(str(error)) from None
+    out = (args.out or workspace.runs_dir() / "compare" / "compare_report.html").resolve()
+    params = {"batches": args.batches, "confidence": args.confidence, "report_path": str(out)}
+    overrides = [f"{k}={json.dumps(v)}" for k, v in params.items()]
+    batch = Path(__file__).resolve().parent.parent / "params" / "compare.yaml"
+    report = runner.run(batch, jobs=1, overrides=overrides, force=True)
+    (result,) = report.results
+    if not result.ok:
+        return 1
+    run = tracking.retry(tracking.client().get_run, result.run_id)
+    moved = int(run.data.metrics["metrics_moved"])
+    print(f"{moved} metric{'' if moved == 1 else 's'} moved beyond their intervals: {out} "
+          f"(MLflow run {result.run_id}, artifact compare_report.html)")  # fmt: skip
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command("run a batch of notebooks", _run_arguments, _run),
     "ui": Command("MLflow UI on the workspace store", _ui_arguments, _ui),
     "data": Command("datasets", _data_arguments, _data),
     "caption": Command("caption images with a trained model", _caption_arguments, _caption),
     "serve": Command("serve a captioner over HTTP (MLflow)", _serve_arguments, _serve),
+    "compare": Command("compare batches of runs (notebook 00)", _compare_arguments, _compare),
 }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,17 @@ def tiny_synthetic(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic") / "tiny"
     synthetic.generate(out, n=48, seed=0, image_size=64)
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_batch(tmp_path_factory):
+    """`mmlab run params/smoke.yaml` through the real CLI, once per session, in a workspace of
+    its own: (completed process, MlflowClient on its store, workspace folder)."""
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path_factory.mktemp("smoke-home")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    env = {**os.environ, "MMLAB_HOME": str(home), "MLFLOW_TRACKING_URI": uri}
+    cli = [sys.executable, "-m", "mmlab", "run", str(REPO / "params" / "smoke.yaml")]
+    done = subprocess.run(cli, cwd=REPO, env=env, capture_output=True, text=True)
+    return done, MlflowClient(uri), home

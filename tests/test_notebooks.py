@@ -1,34 +1,21 @@
 """The shipped notebooks, end to end: `mmlab run params/smoke.yaml` through the real CLI.
 
 One batch runs all four notebooks on tiny settings with real Papermill kernels and a real
-MLflow store; the assertions are what a researcher opening the MLflow UI relies on.
+MLflow store; the assertions are what a researcher opening the MLflow UI relies on. The batch
+is the session's `smoke_batch` fixture (tests/conftest.py), shared with the browser tests.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smoke_batch(tmp_path_factory):
-    home = tmp_path_factory.mktemp("smoke-home")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    env = {**os.environ, "MMLAB_HOME": str(home), "MLFLOW_TRACKING_URI": uri}
-    cli = [sys.executable, "-m", "mmlab", "run", str(REPO / "params" / "smoke.yaml")]
-    done = subprocess.run(cli, cwd=REPO, env=env, capture_output=True, text=True)
-    return done, MlflowClient(uri), home
 
 
 def test_smoke_batch_runs_every_notebook(smoke_batch):
