@@ -217,3 +217,19 @@ def _line(pair: str, method: str, seed: int, outcome: Outcome) -> str:
         else (f"  (best epoch {outcome.fit.best_epoch}, {outcome.fit.seconds:.0f} s)")
     )
     return f"{pair:12s} {method:17s} seed {seed}  {q}->{g} {head}{extra}"
+
+
+def diagonal_block(sim: np.ndarray, rows, n: int) -> np.ndarray:
+    """[n, n] block of a [captions, images] matrix: the first caption of each of the first n
+    images against those images, so each row's match is on the diagonal."""
+    first = np.unique(np.asarray(rows), return_index=True)[1][:n]
+    return np.asarray(sim)[first][:, : len(first)]
+
+
+def example_queries(texts: Sequence[str], rows, ids: Sequence[str], n: int, seed: int = 0):
+    """`n` captions of distinct test images picked at random: (captions, their image ids)."""
+    rows = np.asarray(rows)
+    first = np.unique(rows, return_index=True)[1]
+    chosen = np.sort(np.random.default_rng(seed).choice(first, size=min(n, len(first)),
+                                                        replace=False))  # fmt: skip
+    return [texts[i] for i in chosen], [ids[rows[i]] for i in chosen]

@@ -115,7 +115,7 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         scores = evaluate(model, val)
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "temperature": float(1 / model.scale()),
                "val_mean_recall": _monitor(scores),
