@@ -117,7 +117,7 @@ def fit(
             sched.step()
             losses.append(float(loss.detach()))
         scores = evaluate(model, val)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "temperature": float(1 / model.scale()),
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "temperature": float(1 / model.scale().detach()),
                "val_mean_recall": _monitor(scores),
                **{f"val_{k}": v for k, v in scores.items() if "recall_at" in k}}  # fmt: skip
         history.append(row)
