@@ -10,6 +10,7 @@ the ceiling against which a model's is read.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -20,9 +21,8 @@ def fits(caption: str, scene: Sequence[Mapping]) -> bool:
     """True when `caption` is true of `scene` (objects with colour, shape, size, x, y): it names
     exactly the scene's objects, with the right sizes where stated and the relations it states."""
     from mmlab.data.synthetic import relation
-    from mmlab.metrics import parse_caption
 
-    mentions, relations = parse_caption(caption)
+    mentions, relations = _parsed(caption)
     looks = {(o["colour"], o["shape"]): o for o in scene}
     if {(m.colour, m.shape) for m in mentions} != set(looks) or len(mentions) != len(scene):
         return False
@@ -35,6 +35,14 @@ def fits(caption: str, scene: Sequence[Mapping]) -> bool:
     )
 
 
+@lru_cache(maxsize=8192)
+def _parsed(caption: str):
+    """Each caption is parsed once, however many scenes it is checked against."""
+    from mmlab.metrics import parse_caption
+
+    return parse_caption(caption)
+
+
 def oracle_scores(
     captions: Sequence[str],
     caption_rows,
@@ -45,7 +53,14 @@ def oracle_scores(
 ) -> tuple[dict[str, float], np.ndarray]:
     """The oracle's scores (mean over `draws` random orders of the fitting scenes) and the fit
     matrix; `own_fits` is the share of captions the parser finds true of their own scene."""
-    raw = np.array([[fits(c, s) for s in scenes] for c in captions], dtype=bool)
+    by_looks: dict[frozenset, list[int]] = {}  # only scenes with the named objects can fit
+    for j, scene in enumerate(scenes):
+        by_looks.setdefault(frozenset((o["colour"], o["shape"]) for o in scene), []).append(j)
+    raw = np.zeros((len(captions), len(scenes)), dtype=bool)
+    for i, caption in enumerate(captions):
+        looks = frozenset((m.colour, m.shape) for m in _parsed(caption)[0])
+        for j in by_looks.get(looks, []):
+            raw[i, j] = fits(caption, scenes[j])
     fitting = raw.copy()
     fitting[np.arange(len(captions)), np.asarray(caption_rows)] = True
     rng = np.random.default_rng(seed)
