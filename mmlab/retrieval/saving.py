@@ -4,6 +4,9 @@ logged as a pyfunc model that answers queries.
     log_search_model(searcher)                            # under the active run, path "model"
     searcher = load_searcher("runs:/<run_id>/model")     # or a run id, models:/.., a folder
     mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": ["a red circle"]}))
+
+Loading for search reads the artifacts directly (no pyfunc machinery), so `mmlab search` in a
+new process pays for torch and the query encoder, not for MLflow's model loading.
 """
 
 from __future__ import annotations
@@ -11,33 +14,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import mlflow.pyfunc
-import pandas as pd
-
 from mmlab.retrieval.searcher import Searcher
 
 MODEL_ARTIFACT = "model"
 MODEL_TAG = "mmlab.search_model_uri"
-ENTRY = Path(__file__).with_name("pyfunc_model.py")
+ENTRY = Path(__file__).with_name("pyfunc_model.py")  # the pyfunc (MLflow's models from code)
 FILES = "searcher"  # the pyfunc artifact holding the Searcher's folder
-
-
-class SearchModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc: `predict(DataFrame with text or image column, params={"k": 5})`."""
-
-    searcher: Searcher | None = None
-
-    def load_context(self, context) -> None:
-        self.searcher = Searcher.load(context.artifacts[FILES])
-
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
-        k = int((params or {}).get("k", 5))
-        for column, modality in (("text", "text"), ("image", "image"), ("audio", "audio")):
-            if column in model_input.columns:
-                return self.searcher.search(modality, list(model_input[column]), k)
-        raise KeyError(
-            f"the input needs a 'text', 'image' or 'audio' column; got {list(model_input.columns)}"
-        )
 
 
 def _requirements() -> list[str]:
@@ -55,6 +37,7 @@ def _requirements() -> list[str]:
 
 def log_search_model(searcher: Searcher, name: str = MODEL_ARTIFACT):
     """Log the searcher under the active run as a pyfunc model (`runs:/<run_id>/<name>`)."""
+    import mlflow.pyfunc
     from mlflow.tracking.fluent import active_run
 
     from mmlab import tracking
@@ -76,6 +59,8 @@ def log_search_model(searcher: Searcher, name: str = MODEL_ARTIFACT):
 def load_searcher(source: str | Path, index: str = "auto") -> Searcher:
     """The Searcher of a logged retrieval model: run id, runs:/.., models:/.. or a folder (an
     MLflow model folder or a folder `Searcher.save` wrote)."""
+    import mlflow.artifacts
+
     from mmlab import tracking
     from mmlab.captioning.saving import _quiet_mlflow, model_uri
 
