@@ -21,7 +21,7 @@ from mmlab.retrieval.pairs import PairData, PairSplit, Side
 @dataclass
 class TrainConfig:
     epochs: int = 12
-    batch_size: int = 256
+    batch_size: int = 640  # pairs: whole images with their captions (128 images x 5 captions)
     lr: float = 1e-3
     weight_decay: float = 0.05
     dim: int = 256  # shared space
@@ -66,6 +66,17 @@ def evaluate(model: DualEncoder, split: PairSplit) -> dict[str, float]:
     return both_directions(sim, split.right.rows.numpy(), split.left.rows.numpy(), names)
 
 
+def grouped_order(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Pair indices in a random order of their rows, the pairs of one row side by side: a batch
+    holds whole images with all their captions, so each image is encoded once for five
+    captions (its other captions masked as negatives) and an epoch costs one pass over images."""
+    n_rows = int(rows.max()) + 1
+    rank = torch.empty(n_rows, dtype=torch.long)
+    rank[torch.randperm(n_rows, generator=generator)] = torch.arange(n_rows)
+    within = torch.randperm(len(rows), generator=generator)  # captions' order inside a row
+    return within[rank[rows[within]].argsort(stable=True)]
+
+
 def _monitor(scores: dict[str, float]) -> float:
     """Mean of Recall@1/5/10 in both directions."""
     return float(np.mean([v for k, v in scores.items() if "recall_at" in k]))
@@ -98,7 +109,7 @@ def fit(
     for epoch in range(1, config.epochs + 1):
         model.train()
         losses = []
-        for batch in torch.randperm(len(rows), generator=g).split(config.batch_size):
+        for batch in grouped_order(rows, g).split(config.batch_size):
             li, ri, r = left_idx[batch], right_idx[batch], rows[batch]
             # each distinct item is encoded once, then gathered (captions share their image)
             ul, inv_l = li.unique(return_inverse=True)
