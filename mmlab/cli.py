@@ -6,6 +6,7 @@
     mmlab caption IMAGE... [--model latest] [--beam 3]
     mmlab serve [--model models:/mmlab-captioner@champion] [--host 127.0.0.1] [--port 5001]
     mmlab compare BATCH [BATCH...] [--out report.html] [--confidence 0.95]
+    mmlab search "a red circle above a blue square" --model URI [--gallery DATASET] [-k 5]
 
 Heavy modules (runner, data, captioning) are imported by the handler that needs them.
 """
@@ -236,6 +237,40 @@ def _compare(args: argparse.Namespace) -> int:
     moved = int(run.data.metrics["metrics_moved"])
     print(f"{moved} metric{'' if moved == 1 else 's'} moved beyond their intervals: {out} "
           f"(MLflow run {result.run_id}, artifact compare_report.html)")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("query", nargs="?", help="a sentence: find the images it describes")
+    p.add_argument("--image", type=Path, help="an image: find the captions that match it")
+    p.add_argument("--model", required=True, help="retrieval model: run id, runs:/ URI or folder")
+    p.add_argument("--gallery", help="search this dataset's items instead of the logged gallery")
+    p.add_argument("--split", default="test", help="split of --gallery (default: test)")
+    p.add_argument("-k", type=int, default=5, help="hits per query (default: 5)")
+
+
+def _search(args: argparse.Namespace) -> int:
+    if (args.query is None) == (args.image is None):
+        raise UsageError("give either a sentence or --image PATH")
+    if args.k < 1:
+        raise UsageError(f"-k {args.k}: expected at least 1")
+    images = open_images([args.image]) if args.image else None  # before the model load
+    from mlflow.exceptions import MlflowException
+
+    from mmlab.retrieval.saving import load_searcher
+
+    try:
+        searcher = load_searcher(args.model)
+    except (FileNotFoundError, LookupError, MlflowException) as error:
+        raise UsageError(f"--model {args.model}: cannot load a retrieval model ({error})") from None
+    modality = "image" if images else "text"
+    if args.gallery:
+        searcher.use_dataset(args.gallery, args.split, searcher.other(modality))
+    hits = searcher.search(modality, images or [args.query], k=args.k)
+    for hit in hits.itertuples():
+        print(f"{hit.rank}\t{hit.score:.4f}\t{hit.id}\t{hit.item}")
     return 0
 
 
@@ -246,6 +281,7 @@ COMMANDS: dict[str, Command] = {
     "caption": Command("caption images with a trained model", _caption_arguments, _caption),
     "serve": Command("serve a captioner over HTTP (MLflow)", _serve_arguments, _serve),
     "compare": Command("compare batches of runs (notebook 00)", _compare_arguments, _compare),
+    "search": Command("search a retrieval model's gallery", _search_arguments, _search),
 }
 
 

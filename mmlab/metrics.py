@@ -1,4 +1,4 @@
-"""Caption metrics: n-gram scores from the COCO caption toolkit, grounded object scores, retrieval.
+"""Caption metrics: n-gram scores from the COCO caption toolkit, grounded object scores.
 
 N-gram scores (`caption_scores`) are BLEU-1..4, METEOR, ROUGE-L and CIDEr-D exactly as
 `pycocoevalcap` computes them, after its PTB tokenisation (lower case, punctuation removed).
@@ -19,8 +19,8 @@ Two things to know when reading them:
 Grounded scores (`grounded_scores`) compare the objects a caption names with the objects in the
 scene, in the spirit of CHAIR (Rohrbach et al., 2018), through a `mmlab.data.lexicons.Lexicon`:
 against a synthetic scene (colours, shapes, sizes, places) or against a list of object names
-(COCO instance categories, or the objects the references mention); retrieval scores (`retrieval_scores`) turn
-a similarity matrix into Recall@K and ranks.
+(COCO instance categories, or the objects the references mention). Retrieval metrics (Recall@K, ranks) live
+in `mmlab.retrieval.metrics`.
 """
 
 from __future__ import annotations
@@ -695,41 +695,3 @@ def evaluate_sets(
         rows[name], per_image[name] = row, table
     notes = next(iter(evaluations.values())).notes()
     return EvaluationReport(pd.DataFrame.from_dict(rows, orient="index"), per_image, notes)
-
-
-# --------------------------------------------------------------------------- retrieval
-def retrieval_ranks(similarity, targets: Sequence | None = None) -> np.ndarray:
-    """1-based rank of the first correct item for each query (row) of a similarity matrix.
-
-    `targets[i]` is the correct column of row i, or a collection of correct columns (an image
-    with five captions); default: the diagonal. Ties count against the model: the rank is 1 + the
-    number of wrong items scoring at least as high as the best correct one, so a constant matrix
-    ranks every query last.
-    """
-    sim = np.asarray(similarity, dtype=float)
-    if sim.ndim != 2:
-        raise ValueError(f"similarity must be a 2-D [queries, items] matrix, got shape {sim.shape}")
-    if targets is None:
-        if sim.shape[0] > sim.shape[1]:
-            raise ValueError(f"no targets given and {sim.shape} has no full diagonal")
-        targets = range(sim.shape[0])
-    if len(targets) != sim.shape[0]:
-        raise ValueError(f"{len(targets)} targets for {sim.shape[0]} queries")
-    correct = np.zeros(sim.shape, dtype=bool)
-    for row, target in enumerate(targets):
-        correct[row, np.atleast_1d(np.asarray(target, dtype=int))] = True
-    if not correct.any(axis=1).all():
-        raise ValueError("every query needs at least one correct item")
-    best = np.where(correct, sim, -np.inf).max(axis=1, keepdims=True)
-    return 1 + ((sim >= best) & ~correct).sum(axis=1)
-
-
-def retrieval_scores(
-    similarity, targets: Sequence | None = None, ks: Iterable[int] = (1, 5, 10)
-) -> dict[str, float]:
-    """`recall_at_K` (share of queries whose first correct item ranks within K), `median_rank`,
-    `mean_rank`, from a [queries, items] similarity matrix (see `retrieval_ranks`)."""
-    ranks = retrieval_ranks(similarity, targets)
-    scores = {f"recall_at_{k}": float((ranks <= k).mean()) for k in ks}
-    scores.update(median_rank=float(np.median(ranks)), mean_rank=float(ranks.mean()))
-    return scores

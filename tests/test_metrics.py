@@ -224,24 +224,6 @@ def test_references_of_the_synthetic_dataset_are_perfectly_grounded():
     assert table["relations"].sum() > 20  # relations were actually checked
 
 
-# --------------------------------------------------------------------------- retrieval
-def test_retrieval_on_a_3x3_matrix_by_hand():
-    sim = [[0.9, 0.1, 0.3], [0.8, 0.5, 0.2], [0.1, 0.7, 0.4]]
-    assert metrics.retrieval_ranks(sim).tolist() == [1, 2, 2]
-    s = metrics.retrieval_scores(sim, ks=(1, 2))
-    assert s == pytest.approx(
-        {"recall_at_1": 1 / 3, "recall_at_2": 1.0, "median_rank": 2.0, "mean_rank": 5 / 3}
-    )
-    # image -> captions: query 1 counts as right if either of its captions (1 or 0) ranks first
-    assert metrics.retrieval_ranks(sim, targets=[[0], [1, 0], [2]]).tolist() == [1, 1, 2]
-
-
-def test_retrieval_ties_count_against_the_model():
-    assert metrics.retrieval_ranks(np.ones((4, 4))).tolist() == [4, 4, 4, 4]
-    with pytest.raises(ValueError, match="2 targets for 3 queries"):
-        metrics.retrieval_ranks(np.eye(3), targets=[0, 1])
-
-
 # --------------------------------------------------------------------------- caption statistics
 def test_lengths_and_vocabulary_use_by_hand():
     assert metrics.caption_lengths(["A red circle.", "", "a b, c d"]).tolist() == [3, 0, 4]
