@@ -131,6 +131,16 @@ class MultiHeadAttention(nn.Module):
         else:
             self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
+        self._reset_parameters(d_model)
+
+    def _reset_parameters(self, d_model: int) -> None:
+        """As nn.MultiheadAttention initialises itself: the input projections uniform with
+        the Xavier bound of its packed `[3D, D]` weight, zero biases."""
+        bound = math.sqrt(6 / (4 * d_model))
+        for linear in (self.qkv,) if hasattr(self, "qkv") else (self.q, self.kv):
+            nn.init.uniform_(linear.weight, -bound, bound)
+            nn.init.zeros_(linear.bias)
+        nn.init.zeros_(self.proj.bias)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, T, D]` -> `[B, heads, T, D / heads]`."""
