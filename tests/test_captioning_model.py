@@ -103,7 +103,7 @@ def test_grid_projection_is_computed_once_per_batch(monkeypatch):
 
 def test_gating_scalar_and_initial_state_follow_the_paper():
     decoder = make("lstm_attention")
-    assert decoder.f_beta.out_features == 1  # one gating scalar per step
+    assert decoder.cell.f_beta.out_features == 1  # one gating scalar per step
     grid = grids()
     h, c = decoder.init_state(grid.flatten(2).transpose(1, 2))
     torch.testing.assert_close(h, torch.tanh(decoder.init_h(grid.mean((2, 3)))))
@@ -239,12 +239,12 @@ def test_teacher_forcing_is_the_tutorials_loop_with_nn_lstm_cell():
     h, c = torch.tanh(decoder.init_h(a.mean(1))), torch.tanh(decoder.init_c(a.mean(1)))
     step_logits, step_alpha = [], []
     for t in range(7):  # every row every step: the padded ones are masked by the loss
-        e = decoder.attention.w(
-            torch.tanh(decoder.attention.W_e(a) + decoder.attention.W_h(h).unsqueeze(1))
+        e = decoder.cell.attention.w(
+            torch.tanh(decoder.cell.attention.W_e(a) + decoder.cell.attention.W_h(h).unsqueeze(1))
         ).squeeze(2)
         weights = torch.softmax(e, dim=1)
-        context = torch.sigmoid(decoder.f_beta(h)) * (weights.unsqueeze(2) * a).sum(1)
-        h, c = decoder.cell(torch.cat([decoder.embed(tokens[:, t]), context], 1), (h, c))
+        context = torch.sigmoid(decoder.cell.f_beta(h)) * (weights.unsqueeze(2) * a).sum(1)
+        h, c = decoder.cell.lstm(torch.cat([decoder.embed(tokens[:, t]), context], 1), (h, c))
         step_logits.append(decoder.fc(h))
         step_alpha.append(weights)
     inside = (tokens[:, :-1] != PAD).unsqueeze(2)

@@ -33,6 +33,23 @@ def grid_tokens(grid: torch.Tensor) -> torch.Tensor:
     return grid.flatten(2).transpose(1, 2)
 
 
+class AttentionLSTMCell(nn.Module):
+    """One step of Show, Attend and Tell: attend with h_{t-1}, gate the context, run the LSTM."""
+
+    def __init__(self, embed_dim: int, encoder_dim: int, hidden_dim: int, attention_dim: int):
+        super().__init__()
+        self.attention = AdditiveAttention(encoder_dim, hidden_dim, attention_dim)
+        self.f_beta = nn.Linear(hidden_dim, 1)
+        self.lstm = nn.LSTMCell(embed_dim + encoder_dim, hidden_dim)
+
+    def forward(self, grid, projected_grid, words, h, c):
+        """`(h, c, alpha)` for the embedded `words [B * K, E]` (K rows per grid row)."""
+        context, alpha = self.attention(grid, projected_grid, h)
+        context = torch.sigmoid(self.f_beta(h)) * context
+        h, c = self.lstm(torch.cat([words, context], dim=1), (h, c))
+        return h, c, alpha
+
+
 class LSTMAttentionDecoder(nn.Module):
     """Show, Attend and Tell (Xu et al., 2015) with soft attention.
 
@@ -60,24 +77,15 @@ class LSTMAttentionDecoder(nn.Module):
         self.vocab_size, self.encoder_dim, self.hidden_dim = vocab_size, encoder_dim, hidden_dim
         self.attention_dim, self.pad_id = attention_dim, pad_id
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
-        self.attention = AdditiveAttention(encoder_dim, hidden_dim, attention_dim)
         self.init_h = nn.Linear(encoder_dim, hidden_dim)
         self.init_c = nn.Linear(encoder_dim, hidden_dim)
-        self.f_beta = nn.Linear(hidden_dim, 1)
-        self.cell = nn.LSTMCell(embed_dim + encoder_dim, hidden_dim)
+        self.cell = AttentionLSTMCell(embed_dim, encoder_dim, hidden_dim, attention_dim)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_dim, vocab_size)
 
     def init_state(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = grid.mean(dim=1)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
-
-    def _step(self, grid, projected_grid, words, h, c):
-        """One step for the embedded `words [B * K, E]` (K rows per grid row)."""
-        context, alpha = self.attention(grid, projected_grid, h)
-        context = torch.sigmoid(self.f_beta(h)) * context
-        h, c = self.cell(torch.cat([words, context], dim=1), (h, c))
-        return h, c, alpha
 
     def forward(self, grid: torch.Tensor, tokens: torch.Tensor):
         """Teacher forcing. Padded positions get zero attention and zero logits: the loss
@@ -88,12 +96,12 @@ class LSTMAttentionDecoder(nn.Module):
         grid = grid_tokens(grid)[order]
         inside = lengths[order].unsqueeze(0) > torch.arange(T, device=tokens.device).unsqueeze(1)
         active = inside.sum(1).tolist()  # rows at each step
-        projected = self.attention.project_grid(grid)  # W_e a once per batch, not per step
+        projected = self.cell.attention.project_grid(grid)  # W_e a once per batch, not per step
         words = self.embed(tokens[order])
         h, c = self.init_state(grid)
         hs, alphas = [], []
         for t, n in enumerate(active):  # the batch shrinks as captions end (rows sorted)
-            h, c, alpha = self._step(grid[:n], projected[:n], words[:n, t], h[:n], c[:n])
+            h, c, alpha = self.cell(grid[:n], projected[:n], words[:n, t], h[:n], c[:n])
             hs.append(h)
             alphas.append(F.pad(alpha, (0, 0, 0, B - n)))
         # The output layer over the packed positions only, then scattered back into [B, T, V].
@@ -102,14 +110,19 @@ class LSTMAttentionDecoder(nn.Module):
         logits = packed.new_zeros(B, T, packed.size(1)).index_put((order[rows], steps), packed)
         return logits, torch.stack(alphas, dim=1)[order.argsort()]
 
+    def compile(self, **options) -> None:
+        """`torch.compile` the step, in place; the loop around it stays eager (its length and
+        the rows at each step change from batch to batch)."""
+        self.cell.compile(**{"dynamic": True, **options})
+
     def start(self, grid: torch.Tensor) -> tuple[State, State]:
         grid = grid_tokens(grid)
         h, c = self.init_state(grid)
-        memory = {"grid": grid, "projected_grid": self.attention.project_grid(grid)}
+        memory = {"grid": grid, "projected_grid": self.cell.attention.project_grid(grid)}
         return memory, {"h": h, "c": c}
 
     def step(self, memory: State, state: State, tokens: torch.Tensor):
-        h, c, alpha = self._step(
+        h, c, alpha = self.cell(
             memory["grid"], memory["projected_grid"], self.embed(tokens), state["h"], state["c"]
         )
         return F.log_softmax(self.fc(h).float(), dim=-1), alpha, {"h": h, "c": c}
@@ -245,6 +258,10 @@ class TransformerDecoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(d_model, vocab_size)
+
+    def compile(self, **options) -> None:
+        """`torch.compile` teacher forcing, in place, for captions of any length."""
+        super().compile(**{"dynamic": True, **options})
 
     def encode(self, grid: torch.Tensor) -> torch.Tensor:
         if tuple(grid.shape[2:]) != self.grid_size:

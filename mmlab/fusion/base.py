@@ -91,6 +91,10 @@ class FusionModule(nn.Module):
         self.specs = dict(specs)
         self.num_classes = num_classes
 
+    def compile(self, **options) -> None:
+        """`torch.compile` in place, for batches of any size."""
+        super().compile(**{"dynamic": True, **options})
+
     def modality_weights(self, inputs: Mapping[str, Tensor]) -> Tensor | None:
         """Per-sample weight of each modality [N, M] where the method learns one, else None."""
         return None

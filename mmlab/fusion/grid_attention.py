@@ -181,6 +181,14 @@ class GridCrossAttention(FusionModule):
             else None
         )
 
+    def compile(self, **options) -> None:
+        """`torch.compile` each part in place: training runs `training_forward`, not
+        `forward`, so compiling the whole module would leave training eager."""
+        parts = [*self.token_encoders.values(), self.cross_attention, self.compare, self.locate]
+        parts += [self.reason, self.head, *([self.word_head] if self.word_head else [])]
+        for part in parts:
+            part.compile(**{"dynamic": True, **options})
+
     @staticmethod
     def _coordinates(specs, query) -> Tensor:
         parts = []
