@@ -208,6 +208,7 @@ def main():
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--compile", choices=("off", "on"), default="on",
                         help="also measure ours under torch.compile")  # fmt: skip
+    parser.add_argument("--parts", nargs="+", default=["train", "beam"], choices=["train", "beam"])
     parser.add_argument("--train-batches", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=100)
@@ -220,26 +221,30 @@ def main():
     train_rows, beam_rows = [], []
     for name in args.sizes:
         size = SIZES[name]
-        rates = bench_training(name, size, args)
-        base = rates.pop("tutorial")
-        cells = " | ".join(f"{rate:.0f} ({rate / base:.2f}x)" for rate in rates.values())
-        train_rows.append((f"| {name} | {base:.0f} | {cells} |", list(rates)))
-        speeds = bench_beam(name, size, args)
-        single = speeds.pop("one image at a time")
-        cells = " | ".join(f"{speed:.1f} ({speed / single:.1f}x)" for speed in speeds.values())
-        beam_rows.append((f"| {name} | {single:.1f} | {cells} | {args.images}/{args.images} |",
-                          list(speeds)))  # fmt: skip
-    keys = train_rows[0][1]
-    print("Training, tokens/s (speed-up over the tutorial; target >= 2x):\n")
-    print("| sizes | tutorial | " + " | ".join(keys) + " |")
-    print("|---|---:|" + "---:|" * len(keys))
-    print("\n".join(row for row, _ in train_rows))
-    keys = beam_rows[0][1]
-    print("\nBeam search, captions/s (speed-up over one image at a time; target >= 8x):\n")
-    print("| sizes | one image at a time | " + " | ".join(f"batched, {k}" for k in keys)
-          + " | identical captions |")  # fmt: skip
-    print("|---|---:|" + "---:|" * len(keys) + "---:|")
-    print("\n".join(row for row, _ in beam_rows))
+        if "train" in args.parts:
+            rates = bench_training(name, size, args)
+            base = rates.pop("tutorial")
+            cells = " | ".join(f"{rate:.0f} ({rate / base:.2f}x)" for rate in rates.values())
+            train_rows.append((f"| {name} | {base:.0f} | {cells} |", list(rates)))
+        if "beam" in args.parts:
+            speeds = bench_beam(name, size, args)
+            single = speeds.pop("one image at a time")
+            cells = " | ".join(f"{speed:.1f} ({speed / single:.1f}x)" for speed in speeds.values())
+            beam_rows.append((f"| {name} | {single:.1f} | {cells} | {args.images}/{args.images} |",
+                              list(speeds)))  # fmt: skip
+    if train_rows:
+        keys = train_rows[0][1]
+        print("Training, tokens/s (speed-up over the tutorial; target >= 2x):\n")
+        print("| sizes | tutorial | " + " | ".join(keys) + " |")
+        print("|---|---:|" + "---:|" * len(keys))
+        print("\n".join(row for row, _ in train_rows) + "\n")
+    if beam_rows:
+        keys = beam_rows[0][1]
+        print("Beam search, captions/s (speed-up over one image at a time; target >= 8x):\n")
+        print("| sizes | one image at a time | " + " | ".join(f"batched, {k}" for k in keys)
+              + " | identical captions |")  # fmt: skip
+        print("|---|---:|" + "---:|" * len(keys) + "---:|")
+        print("\n".join(row for row, _ in beam_rows) + "\n")
 
 
 if __name__ == "__main__":
