@@ -217,7 +217,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.threads} thread(s), {args.rounds} rounds, medians; beam {args.beam}, "
-          f"{args.images} images, max_len {args.max_len}\n")  # fmt: skip
+          f"{args.images} images, max_len {args.max_len}\n", flush=True)  # fmt: skip
     train_rows, beam_rows = [], []
     for name in args.sizes:
         size = SIZES[name]
@@ -226,12 +226,15 @@ def main():
             base = rates.pop("tutorial")
             cells = " | ".join(f"{rate:.0f} ({rate / base:.2f}x)" for rate in rates.values())
             train_rows.append((f"| {name} | {base:.0f} | {cells} |", list(rates)))
+            print(f"training, {name}: tutorial {base:.0f}, {cells} tokens/s", flush=True)
         if "beam" in args.parts:
             speeds = bench_beam(name, size, args)
             single = speeds.pop("one image at a time")
             cells = " | ".join(f"{speed:.1f} ({speed / single:.1f}x)" for speed in speeds.values())
             beam_rows.append((f"| {name} | {single:.1f} | {cells} | {args.images}/{args.images} |",
                               list(speeds)))  # fmt: skip
+            print(f"beam search, {name}: one at a time {single:.1f}, {cells} captions/s",
+                  flush=True)  # fmt: skip
     if train_rows:
         keys = train_rows[0][1]
         print("Training, tokens/s (speed-up over the tutorial; target >= 2x):\n")

@@ -301,3 +301,21 @@ def test_multi_head_attention_equals_nn_multihead_attention(causal):
     fused, none = ours(x, memory_arg, causal=causal)
     torch.testing.assert_close(fused, expected)
     assert none is None
+
+
+@pytest.mark.slow  # compiles
+@pytest.mark.parametrize("name", DECODERS)
+def test_a_compiled_decoder_computes_what_the_eager_one_does(name):
+    """`compile` (the notebook's parameter) changes the speed, not the captions."""
+    decoder, grid = make(name), grids()
+    tokens = torch.randint(3, 23, (5, 7))
+    tokens[1, 4:] = PAD
+    options = dict(beam_size=2, start_id=START, end_id=END, max_len=6)
+    expected, expected_captions = (
+        decoder(grid, tokens),
+        decoding.beam_search(decoder, grid, **options),
+    )
+    decoder.compile()
+    for a, b in zip(decoder(grid, tokens), expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert decoding.beam_search(decoder, grid, **options).tokens == expected_captions.tokens

@@ -344,3 +344,19 @@ def test_on_epoch_reports_each_epoch():
                         on_epoch=lambda epoch, values: seen.append((epoch, values)))  # fmt: skip
     assert [e for e, _ in seen] == [1, 2, 3]
     assert seen[-1][1] == {k: v[-1] for k, v in result.history.items()}
+
+
+@pytest.mark.slow  # compiles
+def test_a_compiled_grid_cross_attention_computes_what_the_eager_one_does():
+    """Its training step (`training_forward`) runs compiled parts, and the logits are the same."""
+    torch.manual_seed(0)
+    specs = {"image": InputSpec("grid", 5, (3, 4)), "text": WORDS}
+    model = fusion.create("grid_cross_attention", specs, hidden=16, dropout=0.0).eval()
+    inputs = _one_object_world(8, seed=0)
+    expected = model(inputs)
+    model.compile()
+    torch.testing.assert_close(model(inputs), expected, atol=1e-5, rtol=1e-4)
+    model.train()
+    logits, loss = model.training_forward(inputs, torch.ones(8, dtype=torch.long))
+    loss.backward()
+    assert logits.shape == (8, 2) and model.cross_attention.in_proj_weight.grad is not None
