@@ -40,8 +40,9 @@ lab: $(STAMP)
 ui: $(STAMP)
 	$(VENV)/bin/mmlab ui --host $(HOST)
 
+# Rewrites benchmarks/RESULTS.md with the figures, the date and the machine.
 bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) benchmarks/results.py
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check mmlab tests benchmarks

@@ -4,19 +4,25 @@
    (LSTMCell; the grid's attention projection `W_e a` recomputed at every time step; the batch
    sorted by length and shrunk as captions end; the output layer applied step by step). Same
    sizes, same batches, same loss (cross-entropy + doubly stochastic penalty), same optimiser
-   step (the library's fused AdamW, `mmlab.optim.adamw`). Target: >= 2x.
+   step (the library's AdamW, `mmlab.optim.adamw`). Target: >= 2x.
 2. Beam search: all images at once (`decode.beam_search` on a batch) against one image at a
    time, same model and beam size; the captions must be identical. Target: >= 8x.
 
-    .venv/bin/python benchmarks/bench_captioning.py [--threads 2] [--model runs:/<id>/model]
+Both at three sizes: the notebooks' (`default`) and the published tutorial's own (embed,
+hidden and attention 512, batch 32, dropout 0.5, its COCO vocabulary of 9490 words) on a
+ResNet-101 grid (2048 x 14 x 14) and an EfficientNet-B0 grid (1280 x 8 x 8); ours with
+`compile` off and on (`torch.compile` of the decoder's step).
 
-Without `--model`, a decoder with random weights is used (its captions run to max_len). Rounds
-alternate baseline and ours, and medians are reported, so load from other processes hits both.
+    .venv/bin/python benchmarks/bench_captioning.py [--sizes default] [--compile off]
+
+Decoders have random weights (their captions run to max_len). Rounds alternate baseline and
+ours, and medians are reported, so load from other processes hits both.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -24,9 +30,19 @@ import torch
 from torch import nn
 
 from mmlab.captioning import decode as decoding
-from mmlab.captioning.decoders import LSTMAttentionDecoder, create_decoder
+from mmlab.captioning.decoders import LSTMAttentionDecoder
 from mmlab.captioning.train import caption_loss
 from mmlab.optim import adamw
+
+TUTORIAL = dict(vocab=9490, embed=512, hidden=512, attention=512, batch_size=32, dropout=0.5)
+SIZES = {
+    "default": dict(
+        dim=112, grid=(8, 8), vocab=80, embed=128, hidden=256, attention=128, batch_size=64,
+        dropout=0.3,
+    ),
+    "tutorial 2048x14x14": dict(dim=2048, grid=(14, 14), **TUTORIAL),
+    "tutorial 1280x8x8": dict(dim=1280, grid=(8, 8), **TUTORIAL),
+}  # fmt: skip
 
 
 class TutorialAttention(nn.Module):
@@ -96,8 +112,7 @@ def batches(n_batches, batch_size, vocab_size, dim, grid, seed=0):
     return out
 
 
-def train_tokens_per_second(model, data, ours: bool, penalty=1.0) -> float:
-    optimizer = adamw(model.parameters(), 1e-3, 0.01, "cpu")  # the library's, for both sides
+def train_tokens_per_second(model, optimizer, data, ours: bool, penalty=1.0) -> float:
     model.train()
     start, tokens_seen = time.perf_counter(), 0
     for grid, tokens, lengths in data:
@@ -115,94 +130,124 @@ def train_tokens_per_second(model, data, ours: bool, penalty=1.0) -> float:
     return tokens_seen / (time.perf_counter() - start)
 
 
-def bench_training(args):
-    sizes = dict(embed_dim=128, hidden_dim=args.hidden, attention_dim=args.attention, dropout=0.3)
+def decoders(size, compiled: bool):
+    """`{name: decoder}`: ours eager (and compiled) from one initialisation."""
     torch.manual_seed(0)
-    ours = LSTMAttentionDecoder(args.vocab, args.dim, args.grid, **sizes)
-    baseline = TutorialDecoder(args.vocab, args.dim, **sizes)
-    data = batches(args.train_batches, args.batch_size, args.vocab, args.dim, args.grid)
-    train_tokens_per_second(ours, data[:1], True)  # warm-up
-    train_tokens_per_second(baseline, data[:1], False)
-    rates = {"baseline": [], "ours": []}
+    ours = LSTMAttentionDecoder(
+        size["vocab"], size["dim"], size["grid"], embed_dim=size["embed"],
+        hidden_dim=size["hidden"], attention_dim=size["attention"], dropout=size["dropout"],
+    )  # fmt: skip
+    models = {"ours": ours}
+    if compiled:
+        models["ours, compiled"] = copy.deepcopy(ours)
+        models["ours, compiled"].compile()
+    return models
+
+
+def bench_training(name, size, args) -> dict[str, float]:
+    """Tokens/s of the tutorial decoder and of ours (eager, compiled), medians of rounds."""
+    torch.manual_seed(0)
+    models = {
+        "tutorial": TutorialDecoder(
+            size["vocab"],
+            size["dim"],
+            size["embed"],
+            size["hidden"],
+            size["attention"],
+            size["dropout"],
+        ),  # fmt: skip
+        **decoders(size, args.compile == "on"),
+    }
+    optimizers = {key: adamw(m.parameters(), 1e-3, 0.01, "cpu") for key, m in models.items()}
+    data = batches(args.train_batches, size["batch_size"], size["vocab"], size["dim"], size["grid"])
+    warm = batches(2, size["batch_size"], size["vocab"], size["dim"], size["grid"], seed=1)
+    for key, model in models.items():  # warm-up (and compilation) on other batches
+        train_tokens_per_second(model, optimizers[key], warm, key != "tutorial")
+    rates = {key: [] for key in models}
     for _ in range(args.rounds):
-        rates["baseline"].append(train_tokens_per_second(baseline, data, False))
-        rates["ours"].append(train_tokens_per_second(ours, data, True))
-    base, fast = statistics.median(rates["baseline"]), statistics.median(rates["ours"])
-    print(
-        f"training, grid {args.grid[0]}x{args.grid[1]}x{args.dim}, batch {args.batch_size}, "
-        f"hidden {args.hidden}, attention {args.attention}:"
+        for key, model in models.items():
+            rate = train_tokens_per_second(model, optimizers[key], data, key != "tutorial")
+            rates[key].append(rate)
+    return {key: statistics.median(values) for key, values in rates.items()}
+
+
+def bench_beam(name, size, args) -> dict[str, float]:
+    """Captions/s of beam search one image at a time and batched (eager, compiled)."""
+    models = decoders(size, args.compile == "on")
+    grids = torch.randn(
+        args.images, size["dim"], *size["grid"], generator=torch.Generator().manual_seed(1)
     )
-    print(f"  tutorial (W_e a per step)  {base:9.0f} tokens/s")
-    print(f"  mmlab lstm_attention       {fast:9.0f} tokens/s")
-    print(f"  speed-up                   {fast / base:9.2f}x  (target >= 2x)")
-    return fast / base
-
-
-def bench_beam(args):
-    if args.model:
-        from mmlab.captioning import load_captioner
-
-        captioner = load_captioner(args.model, device="cpu")
-        decoder, vocab = captioner.decoder, captioner.vocab
-        start_id, end_id, pad_id = vocab.start_id, vocab.end_id, vocab.pad_id
-        dim, grid = captioner.encoder.dim, captioner.grid_size
-    else:
-        torch.manual_seed(0)
-        decoder = create_decoder(args.decoder, vocab_size=args.vocab, encoder_dim=args.dim,
-                                 grid_size=args.grid)  # fmt: skip
-        start_id, end_id, pad_id, dim, grid = 1, 2, 0, args.dim, args.grid
-    decoder.eval()
-    grids = torch.randn(args.images, dim, *grid, generator=torch.Generator().manual_seed(1))
-    options = dict(
-        beam_size=args.beam, start_id=start_id, end_id=end_id, pad_id=pad_id, max_len=args.max_len
-    )
-    batched_times, single_times = [], []
+    options = dict(beam_size=args.beam, start_id=1, end_id=2, pad_id=0, max_len=args.max_len)
+    for model in models.values():
+        model.eval()
+        decoding.beam_search(model, grids[:2], **options)  # warm-up (and compilation)
+    times = {key: [] for key in ("one image at a time", *models)}
     for _ in range(args.rounds):  # alternate, report medians: load from elsewhere hits both
         started = time.perf_counter()
-        batched = decoding.beam_search(decoder, grids, **options)
-        batched_times.append(time.perf_counter() - started)
-        started = time.perf_counter()
         singles = [
-            decoding.beam_search(decoder, grids[i : i + 1], **options).tokens[0]
+            decoding.beam_search(models["ours"], grids[i : i + 1], **options).tokens[0]
             for i in range(args.images)
         ]
-        single_times.append(time.perf_counter() - started)
-    batched_s, single_s = statistics.median(batched_times), statistics.median(single_times)
-    identical = sum(a == b for a, b in zip(batched.tokens, singles, strict=True))
-    print(
-        f"beam search, beam {args.beam}, {args.images} images, max_len {args.max_len}"
-        f"{' (' + args.model + ')' if args.model else ' (random weights)'}:"
-    )
-    print(f"  one image at a time        {args.images / single_s:9.1f} captions/s")
-    print(f"  batched                    {args.images / batched_s:9.1f} captions/s")
-    print(f"  speed-up                   {single_s / batched_s:9.2f}x  (target >= 8x)")
-    print(f"  identical captions         {identical}/{args.images}")
-    if identical != args.images:
-        raise SystemExit("batched and one-at-a-time beam search disagree")
-    return single_s / batched_s
+        times["one image at a time"].append(time.perf_counter() - started)
+        for key, model in models.items():
+            started = time.perf_counter()
+            batched = decoding.beam_search(model, grids, **options)
+            times[key].append(time.perf_counter() - started)
+            identical = sum(a == b for a, b in zip(batched.tokens, singles, strict=True))
+            if identical != args.images:
+                raise SystemExit(
+                    f"{name}: batched beam search ({key}) and one image at a time disagree on "
+                    f"{args.images - identical} of {args.images} captions"
+                )
+    return {key: args.images / statistics.median(values) for key, values in times.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dim", type=int, default=112)  # EfficientNet-Lite0 mid-level grid
-    parser.add_argument("--grid", type=int, nargs=2, default=(8, 8))
-    parser.add_argument("--vocab", type=int, default=80)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--attention", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--train-batches", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--compile", choices=("off", "on"), default="on",
+                        help="also measure ours under torch.compile")  # fmt: skip
+    parser.add_argument("--parts", nargs="+", default=["train", "beam"], choices=["train", "beam"])
+    parser.add_argument("--train-batches", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--max-len", type=int, default=20)
-    parser.add_argument("--model", default=None, help="a logged captioner to decode with")
-    parser.add_argument("--decoder", default="lstm_attention", help="beam search: decoder name")
     args = parser.parse_args()
-    args.grid = tuple(args.grid)
     torch.set_num_threads(args.threads)
-    bench_training(args)
-    bench_beam(args)
+    print(f"{args.threads} thread(s), {args.rounds} rounds, medians; beam {args.beam}, "
+          f"{args.images} images, max_len {args.max_len}\n", flush=True)  # fmt: skip
+    train_rows, beam_rows = [], []
+    for name in args.sizes:
+        size = SIZES[name]
+        if "train" in args.parts:
+            rates = bench_training(name, size, args)
+            base = rates.pop("tutorial")
+            cells = " | ".join(f"{rate:.0f} ({rate / base:.2f}x)" for rate in rates.values())
+            train_rows.append((f"| {name} | {base:.0f} | {cells} |", list(rates)))
+            print(f"training, {name}: tutorial {base:.0f}, {cells} tokens/s", flush=True)
+        if "beam" in args.parts:
+            speeds = bench_beam(name, size, args)
+            single = speeds.pop("one image at a time")
+            cells = " | ".join(f"{speed:.1f} ({speed / single:.1f}x)" for speed in speeds.values())
+            beam_rows.append((f"| {name} | {single:.1f} | {cells} | {args.images}/{args.images} |",
+                              list(speeds)))  # fmt: skip
+            print(f"beam search, {name}: one at a time {single:.1f}, {cells} captions/s",
+                  flush=True)  # fmt: skip
+    if train_rows:
+        keys = train_rows[0][1]
+        print("Training, tokens/s (speed-up over the tutorial; target >= 2x):\n")
+        print("| sizes | tutorial | " + " | ".join(keys) + " |")
+        print("|---|---:|" + "---:|" * len(keys))
+        print("\n".join(row for row, _ in train_rows) + "\n")
+    if beam_rows:
+        keys = beam_rows[0][1]
+        print("Beam search, captions/s (speed-up over one image at a time; target >= 8x):\n")
+        print("| sizes | one image at a time | " + " | ".join(f"batched, {k}" for k in keys)
+              + " | identical captions |")  # fmt: skip
+        print("|---|---:|" + "---:|" * len(keys) + "---:|")
+        print("\n".join(row for row, _ in beam_rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from mmlab.captioning import available, create_decoder
 from mmlab.captioning import decode as decoding
 from mmlab.captioning.attention import AdditiveAttention
-from mmlab.captioning.decoders import dropout, multihead_attention
+from mmlab.captioning.decoders import MultiHeadAttention
 
 torch.set_num_threads(2)
 START, END, PAD = 1, 2, 0
@@ -61,8 +61,7 @@ def test_teacher_forcing_shapes_and_attention_is_a_distribution(name):
 
 @pytest.mark.parametrize(("name", "dim"), [*((n, 16) for n in DECODERS), ("lstm_attention", 48)])
 def test_step_by_step_equals_teacher_forcing(name, dim):
-    """The incremental path used by decoding computes exactly what training optimises
-    (dim 48 on 12 locations: the LSTM folds W_c into the cached grid projection)."""
+    """The incremental path used by decoding computes exactly what training optimises."""
     decoder, grid = make(name, dim=dim), grids(dim=dim)
     tokens = torch.randint(3, 23, (5, 6))
     logits, alpha = decoder(grid, tokens)
@@ -104,8 +103,7 @@ def test_grid_projection_is_computed_once_per_batch(monkeypatch):
 
 def test_gating_scalar_and_initial_state_follow_the_paper():
     decoder = make("lstm_attention")
-    H, A = decoder.hidden_dim, decoder.attention_dim
-    assert decoder.hidden_proj.out_features == 4 * H + A + 1  # f_beta gives one scalar
+    assert decoder.cell.f_beta.out_features == 1  # one gating scalar per step
     grid = grids()
     h, c = decoder.init_state(grid.flatten(2).transpose(1, 2))
     torch.testing.assert_close(h, torch.tanh(decoder.init_h(grid.mean((2, 3)))))
@@ -147,9 +145,10 @@ def test_batched_beam_search_equals_one_image_at_a_time(name):
 def test_captions_of_different_lengths_in_one_batch_equal_one_at_a_time():
     """Images whose beams end at different steps (finished beams go on with free <pad>): each
     gets exactly the caption, length, score and attention it gets alone."""
-    decoder, grid = make("lstm_attention"), grids(n=8)
-    with torch.no_grad():
-        decoder.fc.weight[END] *= 3  # <end> at different steps per image (and some never)
+    decoder, grid = make("lstm_attention", seed=1), grids(n=8)
+    with torch.no_grad():  # <end> at different steps per image (and some never)
+        decoder.embed.weight *= 3
+        decoder.fc.weight[END] *= 2.5
     options = dict(beam_size=3, start_id=START, end_id=END, max_len=12)
     batched = decoding.beam_search(decoder, grid, **options)
     assert len({len(t) for t in batched.tokens}) > 2
@@ -206,146 +205,117 @@ def test_decode_validates_beam_size():
         )
 
 
-def test_folded_context_projection_equals_projecting_the_context():
-    """`beta * alpha @ (W_c a)` (cached per batch) is `W_c (beta * alpha @ a)` (per step)."""
-    from mmlab.captioning.decoders import grid_tokens
-
-    decoder = make("lstm_attention", dim=48)
-    grid = grid_tokens(grids(dim=48))
-    folded = decoder.project_grid(grid)
-    assert "grid_gates" in folded
-    plain = {"projected_grid": folded["projected_grid"], "grid": grid}
-    h, c = decoder.init_state(grid)
-    word_gates = torch.randn(5, 4 * decoder.hidden_dim)
-    for a, b in zip(
-        decoder._cell(folded, word_gates, h, c), decoder._cell(plain, word_gates, h, c), strict=True
-    ):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
 def test_attention_is_the_papers_additive_attention():
     torch.manual_seed(0)
-    attention = AdditiveAttention(encoder_dim=16, attention_dim=8)
-    grid, W_h_h = torch.randn(3, 12, 16), torch.randn(3, 8)
+    attention = AdditiveAttention(encoder_dim=16, hidden_dim=10, attention_dim=8)
+    grid, h = torch.randn(3, 12, 16), torch.randn(3, 10)
     projected = attention.project_grid(grid)
-    context, alpha = attention(grid, projected, W_h_h)
-    e = attention.w(torch.tanh(attention.W_e(grid) + W_h_h.unsqueeze(1))).squeeze(2)
+    context, alpha = attention(grid, projected, h)
+    e = attention.w(torch.tanh(attention.W_e(grid) + attention.W_h(h).unsqueeze(1))).squeeze(2)
     expected = torch.softmax(e, dim=1)
     torch.testing.assert_close(alpha, expected)
     torch.testing.assert_close(context, (expected.unsqueeze(2) * grid).sum(1))
 
 
-def test_decoding_scores_attention_in_blocks_with_the_same_result(monkeypatch):
-    """Without gradients, the attention scores are computed a few rows at a time (to stay in
-    the CPU cache while decoding many beams); alpha is the same as in one piece."""
-    from mmlab.captioning import attention as module
-
-    torch.manual_seed(0)
-    attention = AdditiveAttention(encoder_dim=16, attention_dim=8)
-    grid, W_h_h = torch.randn(7, 12, 16), torch.randn(7, 8)
-    projected = attention.project_grid(grid)
-    _, whole = attention(grid, projected, W_h_h)
-    monkeypatch.setattr(module, "block_elements", lambda: 2 * 12 * 8)  # 2 rows: 4 blocks
-    with torch.no_grad():
-        _, blocked = attention(grid, projected, W_h_h)
-    torch.testing.assert_close(blocked, whole)
-
-
-@pytest.mark.parametrize("dim", [16, 96])  # W_c per step; W_c a cached per batch (deep grid)
-def test_the_hand_written_training_backward_equals_autograds(monkeypatch, dim):
-    """On a CPU, teacher forcing runs the recurrence as one node with a hand-written backward;
-    its gradients (every weight, and the grid's, as when the encoder is fine-tuned) must be
-    autograd's through `_cell` step by step, with captions of different lengths and the
-    attention penalty on alpha."""
-    from mmlab.captioning import attention as module
+def test_teacher_forcing_is_the_tutorials_loop_with_nn_lstm_cell():
+    """Teacher forcing (sorted rows, the batch shrinking, the output layer over packed
+    positions) computes what a plain loop over every step computes with the same nn.LSTMCell, and so
+    do the gradients of every weight and of the grid (as when the encoder is fine-tuned)."""
     from mmlab.captioning.train import caption_loss
 
-    monkeypatch.setattr(module, "block_elements", lambda: 2 * 12 * 24)  # blocks of 2 rows
-    decoder = make("lstm_attention", dim=dim, dropout=0.0).double().train()
+    decoder = make("lstm_attention", dropout=0.0).double().train()
     tokens = torch.randint(3, 23, (5, 8), generator=torch.Generator().manual_seed(2))
     tokens[:, 0] = START
     for row, length in enumerate([8, 3, 6, 2, 8]):
         tokens[row, length - 1], tokens[row, length:] = END, PAD
-    results = []
-    for recurrence in ("_fused", "_stepwise"):
-        monkeypatch.setattr(decoder, "_fused", getattr(decoder, recurrence))
-        grid = grids(dim=dim).double().requires_grad_()
-        decoder.zero_grad()
-        logits, alpha = decoder(grid, tokens[:, :-1])
-        caption_loss(logits, alpha, tokens[:, 1:], PAD, attention_penalty=1.0)[0].backward()
-        grads = {name: p.grad for name, p in decoder.named_parameters()}
-        results.append((logits, alpha, grid.grad, grads))
-    (logits, alpha, d_grid, grads), expected = results
-    torch.testing.assert_close(logits, expected[0])
-    torch.testing.assert_close(alpha, expected[1])
-    torch.testing.assert_close(d_grid, expected[2])
-    assert grads.keys() == expected[3].keys()
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, expected[3][name], msg=name)
+    grid = grids().double().requires_grad_()
+    logits, alpha = decoder(grid, tokens[:, :-1])
+    caption_loss(logits, alpha, tokens[:, 1:], PAD, attention_penalty=1.0)[0].backward()
+    ours = [grid.grad, *(p.grad for p in decoder.parameters())]
 
-
-def test_word_gates_from_the_vocabulary_table_equal_the_products_word_by_word():
-    """A batch with more words than the vocabulary looks its input-gate products up in a
-    table of the vocabulary's: the values and the gradients of the embedding and of the input
-    weights must be those of multiplying word by word (padding never gets a gradient)."""
-    decoder = make("lstm_attention").double().train()
-    words = torch.randint(1, 23, (60,), generator=torch.Generator().manual_seed(3))
-    upstream = torch.randn(60, 4 * 32, dtype=torch.double)
-    results = []
-    for table in (True, False):
-        decoder.zero_grad()
-        gates = decoder.word_gates(words) if table else decoder.input_gates(decoder.embed(words))
-        (gates * upstream).sum().backward()
-        results.append((gates, decoder.embed.weight.grad, decoder.input_gates.weight.grad))
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b)
-    assert results[0][1][PAD].abs().sum() == 0
+    decoder.zero_grad()
+    grid.grad = None
+    a = grid.flatten(2).transpose(1, 2)
+    h, c = torch.tanh(decoder.init_h(a.mean(1))), torch.tanh(decoder.init_c(a.mean(1)))
+    step_logits, step_alpha = [], []
+    for t in range(7):  # every row every step: the padded ones are masked by the loss
+        e = decoder.cell.attention.w(
+            torch.tanh(decoder.cell.attention.W_e(a) + decoder.cell.attention.W_h(h).unsqueeze(1))
+        ).squeeze(2)
+        weights = torch.softmax(e, dim=1)
+        context = torch.sigmoid(decoder.cell.f_beta(h)) * (weights.unsqueeze(2) * a).sum(1)
+        h, c = decoder.cell.lstm(torch.cat([decoder.embed(tokens[:, t]), context], 1), (h, c))
+        step_logits.append(decoder.fc(h))
+        step_alpha.append(weights)
+    inside = (tokens[:, :-1] != PAD).unsqueeze(2)
+    expected_logits = torch.stack(step_logits, 1) * inside
+    expected_alpha = torch.stack(step_alpha, 1) * inside
+    torch.testing.assert_close(logits, expected_logits)
+    torch.testing.assert_close(alpha, expected_alpha)
+    loss = caption_loss(expected_logits, expected_alpha, tokens[:, 1:], PAD, 1.0)[0]
+    names = ["grid", *(n for n, _ in decoder.named_parameters())]
+    expected = torch.autograd.grad(loss, [grid, *decoder.parameters()])
+    for name, mine, theirs in zip(names, ours, expected, strict=True):
+        torch.testing.assert_close(mine, theirs, msg=name)
 
 
 @pytest.mark.parametrize("grad", [True, False])
 def test_beams_attend_to_their_images_one_grid_row_without_copies(grad):
     """K hidden rows per grid row (beams of one image) get what each would get from its own
-    copy of the grid, with and without gradients (the blocked decoding path)."""
+    copy of the grid, with and without gradients."""
     torch.manual_seed(0)
-    attention = AdditiveAttention(encoder_dim=16, attention_dim=8)
-    grid, W_h_h = torch.randn(2, 12, 16), torch.randn(6, 8)  # 3 beams for each of 2 images
+    attention = AdditiveAttention(encoder_dim=16, hidden_dim=10, attention_dim=8)
+    grid, h = torch.randn(2, 12, 16), torch.randn(6, 10)  # 3 beams for each of 2 images
     copies = grid.repeat_interleave(3, dim=0)
     with torch.set_grad_enabled(grad):
-        shared = attention(grid, attention.project_grid(grid), W_h_h)
-        copied = attention(copies, attention.project_grid(copies), W_h_h)
+        shared = attention(grid, attention.project_grid(grid), h)
+        copied = attention(copies, attention.project_grid(copies), h)
     for a, b in zip(shared, copied, strict=True):
         torch.testing.assert_close(a, b)
 
 
-def test_decoder_dropout_drops_a_fraction_p_and_rescales_the_rest():
-    """The decoder's own dropout (a cheaper mask on a CPU) behaves as `F.dropout`: each value
-    is kept with probability 1 - p and scaled by 1 / (1 - p), the gradient flows through the
-    kept ones only, and outside training nothing changes."""
-    torch.manual_seed(0)
-    x = torch.ones(1000, 256, requires_grad=True)
-    y = dropout(x, 0.3, training=True)
-    kept = y != 0
-    assert abs(1 - kept.float().mean().item() - 0.3) < 0.005  # 256000 draws: sd 0.0009
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
-    y.sum().backward()
-    torch.testing.assert_close(x.grad, y.detach())
-    assert dropout(x, 0.3, training=False) is x
-
-
 @pytest.mark.parametrize("causal", [False, True])
-def test_written_out_attention_equals_the_multihead_attention_module(causal):
-    """The transformer's layers run their attention by hand (`multihead_attention`) with the
-    parameters of `nn.MultiheadAttention`: the output and the head-averaged weights must be
-    the module's, for self-attention with a causal mask and for cross-attention."""
+def test_multi_head_attention_equals_nn_multihead_attention(causal):
+    """The transformer's attention, given nn.MultiheadAttention's weights, gives the module's
+    output and head-averaged weights, for causal self-attention and for cross-attention,
+    with the weights asked for (written out) and without (scaled_dot_product_attention)."""
     torch.manual_seed(0)
-    attn = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    reference = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    ours = MultiHeadAttention(32, 4, dropout=0.0, cross=not causal).eval()
+    weight, bias = reference.in_proj_weight, reference.in_proj_bias
+    with torch.no_grad():
+        if causal:
+            ours.qkv.weight.copy_(weight), ours.qkv.bias.copy_(bias)
+        else:
+            ours.q.weight.copy_(weight[:32]), ours.q.bias.copy_(bias[:32])
+            ours.kv.weight.copy_(weight[32:]), ours.kv.bias.copy_(bias[32:])
+        ours.proj.load_state_dict(reference.out_proj.state_dict())
     x, memory = torch.randn(3, 7, 32), torch.randn(3, 12, 32)
     keys = x if causal else memory
     mask = torch.ones(7, keys.size(1), dtype=torch.bool).triu(1) if causal else None
-    expected, expected_weights = attn(x, keys, keys, attn_mask=mask, need_weights=True)
-    out, weights = multihead_attention(attn, x, keys, causal=causal, need_weights=True)
+    expected, expected_weights = reference(x, keys, keys, attn_mask=mask, need_weights=True)
+    memory_arg = None if causal else memory
+    out, weights = ours(x, memory_arg, causal=causal, need_weights=True)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(weights, expected_weights)
-    fused, none = multihead_attention(attn, x, keys, causal=causal)
+    fused, none = ours(x, memory_arg, causal=causal)
     torch.testing.assert_close(fused, expected)
     assert none is None
+
+
+@pytest.mark.slow  # compiles
+@pytest.mark.parametrize("name", DECODERS)
+def test_a_compiled_decoder_computes_what_the_eager_one_does(name):
+    """`compile` (the notebook's parameter) changes the speed, not the captions."""
+    decoder, grid = make(name), grids()
+    tokens = torch.randint(3, 23, (5, 7))
+    tokens[1, 4:] = PAD
+    options = dict(beam_size=2, start_id=START, end_id=END, max_len=6)
+    expected, expected_captions = (
+        decoder(grid, tokens),
+        decoding.beam_search(decoder, grid, **options),
+    )
+    decoder.compile()
+    for a, b in zip(decoder(grid, tokens), expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert decoding.beam_search(decoder, grid, **options).tokens == expected_captions.tokens

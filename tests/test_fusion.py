@@ -135,7 +135,7 @@ def test_grid_cross_attention_sees_whether_neighbouring_words_look_at_one_place(
     alpha[0, 0, 0] = alpha[0, 1, 0] = 1  # words 0 and 1 look at cell 0, (row, col) (-1, -1)
     alpha[0, 2, 11] = 1  # word 2 at cell 11, (1, 1)
     mask = torch.tensor([[True, True, True, False]])  # word 3 is padding
-    features = model._where(alpha, mask)
+    features = model._locations(alpha, mask)
     assert features.shape == (1, 4, 2 + 2 * 2 * 3)  # location; (overlap, offset) per k
     assert features[0, 0, :2].tolist() == [-1, -1]
     next_word = slice(2, 5)  # k = 1
@@ -196,7 +196,7 @@ def test_masked_words_teach_each_word_to_find_its_object():
     model.eval()
     with torch.no_grad():  # hide the colour word (position 1) and read the prediction
         masked = dict(test, text=test["text"].index_fill(1, torch.tensor([1]), 3))
-        q, mask, context, alpha = model._attend(masked)
+        q, mask, context, alpha = model._look(masked)
         located = model._read(q, mask, context, alpha)[1]
         named = model.word_head(torch.cat([q, context, located], -1))[:, 1].argmax(-1)
     assert (named == test["text"][:, 1]).float().mean() > 0.9
@@ -211,7 +211,11 @@ def test_masked_words_hide_words_only_in_captions_that_describe_their_image():
     logits, loss = model.training_forward(inputs, torch.tensor([1, 0, 0, 0, 0, 0, 0, 0]))
     assert logits.shape == (8, 2) and loss.ndim == 0 and loss > 0
     loss.backward()  # the objective trains the text encoder, the attention and the grid tokens
-    for part in (model.tokenizers["text"].embed, model.attend, model.tokenizers["image"]):
+    for part in (
+        model.token_encoders["text"].embed,
+        model.cross_attention,
+        model.token_encoders["image"],
+    ):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     # captions of special ids only have no word to hide
     only_special = dict(inputs, text=torch.tensor([[1, 3, 2, 0]] * 8))
@@ -340,3 +344,19 @@ def test_on_epoch_reports_each_epoch():
                         on_epoch=lambda epoch, values: seen.append((epoch, values)))  # fmt: skip
     assert [e for e, _ in seen] == [1, 2, 3]
     assert seen[-1][1] == {k: v[-1] for k, v in result.history.items()}
+
+
+@pytest.mark.slow  # compiles
+def test_a_compiled_grid_cross_attention_computes_what_the_eager_one_does():
+    """Its training step (`training_forward`) runs compiled parts, and the logits are the same."""
+    torch.manual_seed(0)
+    specs = {"image": InputSpec("grid", 5, (3, 4)), "text": WORDS}
+    model = fusion.create("grid_cross_attention", specs, hidden=16, dropout=0.0).eval()
+    inputs = _one_object_world(8, seed=0)
+    expected = model(inputs)
+    model.compile()
+    torch.testing.assert_close(model(inputs), expected, atol=1e-5, rtol=1e-4)
+    model.train()
+    logits, loss = model.training_forward(inputs, torch.ones(8, dtype=torch.long))
+    loss.backward()
+    assert logits.shape == (8, 2) and model.cross_attention.in_proj_weight.grad is not None

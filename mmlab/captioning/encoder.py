@@ -8,8 +8,8 @@ k (fine-tune the top k stages), or `"all"` (train from scratch, e.g. `small_cnn`
 
 `colour_detail=d` appends the image's own colours to every grid cell: the pixels average-pooled
 to a `(d*H) x (d*W)` map and folded into `3*d*d` channels per cell (pixel_unshuffle). ImageNet
-features at stride 16 tell shapes apart far better than the scene's colours (30% of named
-objects had the wrong colour without it); the raw colours are a cheap, exact complement.
+features at stride 16 tell shapes apart far better than the scene's colours; the raw colours
+are a cheap, exact complement.
 """
 
 from __future__ import annotations

@@ -128,6 +128,7 @@ class TrainConfig:
     metric_tokenizer: str = "auto"  # see mmlab.metrics.resolve_tokenizer
     device: str = "auto"
     amp: bool | str = "auto"  # "auto": bfloat16 autocast on CUDA, off on the CPU
+    compile: bool = False  # torch.compile the decoder (its `compile` says which part)
     seed: int = 0
 
     def __post_init__(self):
@@ -246,6 +247,8 @@ def fit(
         raise ValueError("frozen encoder: pass cached grids [N, D, H, W] as inputs, not pixels")
     device = resolve_device(config.device)
     model.to(device)
+    if config.compile:
+        model.decoder.compile()
     pad = model.vocab.pad_id
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)

@@ -140,7 +140,7 @@ def run(
 
     `workers` training processes run side by side, one thread each (None: one per CPU core
     on a CPU, one on a GPU). These models are small: a step is mostly per-operation overhead,
-    so a second thread speeds one run up 1.2x where a second process doubles the runs done.
+    so a second thread speeds one run up far less than a second process adds runs.
     Workers are spawned, so a script that calls this needs the usual
     `if __name__ == "__main__":` guard (notebooks do not), or `workers=1`.
     """

@@ -61,6 +61,7 @@ class TrainConfig:
     schedule: str = "constant"  # or "cosine": the learning rate decays to 0 over `epochs`
     seed: int = 0
     device: str = "cpu"
+    compile: bool = False  # torch.compile the model (its `compile` says which parts)
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -140,6 +141,8 @@ def fit(
     called after each epoch with that epoch's train loss and validation loss and accuracy.
     """
     model.to(config.device)
+    if config.compile:
+        model.compile()
     optimiser = adamw(model.parameters(), config.lr, config.weight_decay, config.device)
     steps = config.epochs * math.ceil(len(train) / config.batch_size)
     scheduler = SCHEDULES[config.schedule](optimiser, steps)

@@ -1,0 +1,125 @@
+"""What every fusion method shares: the input description, the projection, the head, the base.
+
+Every method projects each modality to a common width `hidden`, fuses, and classifies with
+the same small head, so a comparison measures the fusion, not the head. A method declares the
+input form it needs (`input_form`): `"pooled"` methods take one vector per modality, `"tokens"`
+methods take token-level inputs (an image grid, a caption as vocabulary ids, a sequence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from torch import Tensor, nn
+
+Kind = Literal["pooled", "grid", "sequence", "ids"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one modality's input looks like.
+
+    kind: `pooled` [N, dim], `grid` [N, dim, H, W], `sequence` [N, T, dim] (zero rows are
+    padding), `ids` [N, T] token ids of a vocabulary of size `dim` padded with `pad_id`.
+    shape: the grid's (H, W) or the sequence's maximum length T (sizes position embeddings).
+    special_ids (ids): the ids that are not words (padding, start, end, unknown); `unk_id`,
+    the unknown word, also stands for a hidden word in masked-word training.
+    """
+
+    kind: Kind
+    dim: int
+    shape: tuple[int, ...] = ()
+    pad_id: int = 0
+    unk_id: int | None = None
+    special_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in ("pooled", "grid", "sequence", "ids"):
+            raise ValueError(
+                f"InputSpec kind {self.kind!r} is not one of pooled, grid, sequence, ids"
+            )
+        if self.kind == "grid" and len(self.shape) != 2:
+            raise ValueError(f"a grid InputSpec needs shape=(H, W), got {self.shape!r}")
+        if self.kind == "sequence" and len(self.shape) != 1:
+            raise ValueError(f"a sequence InputSpec needs shape=(T,), got {self.shape!r}")
+
+    @classmethod
+    def of(cls, value: int | InputSpec) -> InputSpec:
+        """An int is the width of a pooled vector."""
+        return value if isinstance(value, InputSpec) else cls("pooled", int(value))
+
+
+class FeatureNorm(nn.BatchNorm1d):
+    """Standardise each feature with batch statistics (running ones at eval) over any leading
+    shape [..., D]. Per-feature, unlike LayerNorm, which would mix a sample's features."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
+
+
+def projection(dim: int, hidden: int, dropout: float) -> nn.Module:
+    """Standardise a modality's features (encoders differ wildly in scale), map to `hidden`."""
+    return nn.Sequential(FeatureNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout))
+
+
+def head(width: int, hidden: int, num_classes: int, dropout: float) -> nn.Module:
+    """The classifier every method ends with."""
+    return nn.Sequential(
+        nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+    )
+
+
+class FusionModule(nn.Module):
+    """Base class: `forward(inputs: dict[str, Tensor]) -> logits [N, num_classes]`."""
+
+    input_form: ClassVar[Literal["pooled", "tokens"]] = "pooled"
+    accepts: ClassVar[tuple[str, ...]] = ("pooled",)
+
+    def __init__(self, specs: Mapping[str, InputSpec], num_classes: int):
+        super().__init__()
+        if not specs:
+            raise ValueError(f"{type(self).__name__} needs at least one modality, got none")
+        for modality, spec in specs.items():
+            if spec.kind not in self.accepts:
+                raise ValueError(
+                    f"{type(self).__name__} takes {'/'.join(self.accepts)} inputs, but modality "
+                    f"{modality!r} is {spec.kind}"
+                )
+        self.modalities = list(specs)
+        self.specs = dict(specs)
+        self.num_classes = num_classes
+
+    def compile(self, **options) -> None:
+        """`torch.compile` in place, for batches of any size."""
+        super().compile(**{"dynamic": True, **options})
+
+    def modality_weights(self, inputs: Mapping[str, Tensor]) -> Tensor | None:
+        """Per-sample weight of each modality [N, M] where the method learns one, else None."""
+        return None
+
+    def training_forward(
+        self, inputs: Mapping[str, Tensor], labels: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """(logits, an objective of the method's own or None) for a training batch: `train.fit`
+        adds the objective to the task's cross-entropy. A method with one overrides this, so
+        that both share the batch's work."""
+        return self(inputs), None
+
+
+class PooledFusion(FusionModule):
+    """Projects each pooled modality to `hidden`: subclasses fuse the list `self.project(...)`."""
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
+        super().__init__(specs, num_classes)
+        self.hidden = hidden
+        self.projections = nn.ModuleDict(
+            {m: projection(s.dim, hidden, dropout) for m, s in specs.items()}
+        )
+
+    def project(self, inputs: Mapping[str, Tensor]) -> list[Tensor]:
+        missing = [m for m in self.modalities if m not in inputs]
+        if missing:
+            raise KeyError(f"inputs lack modalities {missing}; got {sorted(inputs)}")
+        return [self.projections[m](inputs[m].float()) for m in self.modalities]
