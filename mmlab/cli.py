@@ -1,14 +1,8 @@
-"""The `mmlab` command: subcommands live in a registry (name -> arguments, handler).
+"""The `mmlab` command: run notebook batches, browse runs, make data, caption images.
 
-    mmlab run PARAMS.yaml [--jobs N] [--only STAGE] [--set k=v] [--dry-run] [--force]
-    mmlab ui [--host 127.0.0.1] [--port 5000]
-    mmlab data synth --out DIR --n N --seed S [--image-size 128]
-    mmlab caption IMAGE... [--model latest] [--beam 3]
-    mmlab serve [--model models:/mmlab-captioner@champion] [--host 127.0.0.1] [--port 5001]
-    mmlab compare BATCH [BATCH...] [--out report.html] [--confidence 0.95]
-    mmlab search "a red circle above a blue square" --model URI [--gallery DATASET] [-k 5]
-
-Heavy modules (runner, data, captioning) are imported by the handler that needs them.
+Subcommands live in the `COMMANDS` registry (name -> arguments, handler); heavy modules
+(runner, data, captioning) are imported by the handler that needs them, so `mmlab --help`,
+`--version` and `doctor` start fast.
 """
 
 from __future__ import annotations
@@ -47,7 +41,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a parameter (key=value, or stage.key=value)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the expanded plan only")
     p.add_argument("--force", action="store_true", help="re-run executions found in the cache")
-    p.add_argument("--executor", default="local", choices=sorted(EXECUTORS))
+    p.add_argument("--executor", default="local", choices=sorted(EXECUTORS),
+                   help="where executions run (default: local processes)")  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -75,8 +70,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _ui_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
 
 
 def ui_command(host: str, port: int) -> list[str]:
@@ -115,10 +112,10 @@ def run_server(command: list[str], env: dict[str, str] | None = None) -> int:
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     synth = sub.add_parser("synth", help="generate the embedded synthetic dataset")
-    synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--n", type=int, default=3000)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--image-size", type=int, default=128)
+    synth.add_argument("--out", type=Path, required=True, help="folder to write the dataset to")
+    synth.add_argument("--n", type=int, default=3000, help="examples (default: %(default)s)")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
+    synth.add_argument("--image-size", type=int, default=128, help="image side in pixels")
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -142,7 +139,7 @@ MODEL_HELP = (
 
 
 def _caption_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files to caption")
     p.add_argument("--model", default="latest", help=MODEL_HELP)
     p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
 
@@ -186,8 +183,10 @@ def _caption(args: argparse.Namespace) -> int:
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="models:/mmlab-captioner@champion", help=MODEL_HELP)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5001)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -274,19 +273,70 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- doctor
+
+
+def _doctor_arguments(p: argparse.ArgumentParser) -> None:
+    from mmlab.doctor import CHECKS
+
+    p.add_argument("checks", nargs="*", metavar="CHECK",
+                   help=f"checks to run (default: all): {', '.join(CHECKS)}")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from mmlab import doctor
+
+    try:
+        findings = doctor.run_checks(args.checks)
+    except KeyError as error:
+        raise UsageError(error.args[0]) from None
+    print(doctor.report(findings, as_json=args.json))
+    return 1 if any(f.status == "fail" for f in findings.values()) else 0
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command("run a batch of notebooks", _run_arguments, _run),
     "ui": Command("MLflow UI on the workspace store", _ui_arguments, _ui),
-    "data": Command("datasets", _data_arguments, _data),
+    "data": Command("generate the embedded synthetic dataset", _data_arguments, _data),
     "caption": Command("caption images with a trained model", _caption_arguments, _caption),
     "serve": Command("serve a captioner over HTTP (MLflow)", _serve_arguments, _serve),
     "compare": Command("compare batches of runs (notebook 00)", _compare_arguments, _compare),
     "search": Command("search a retrieval model's gallery", _search_arguments, _search),
+    "doctor": Command(
+        "check the setup: Python, torch, CUDA, Java, the store, disk", _doctor_arguments, _doctor
+    ),  # fmt: skip
 }
 
 
+DESCRIPTION = """\
+A Jupyter-first experiment workspace for multimodal learning: notebooks run as
+parameterized batches with Papermill, every run tracked in MLflow."""
+
+EXAMPLES = """\
+examples:
+  mmlab doctor                                  check the setup (first thing to run)
+  mmlab run params/default.yaml                 the main batch (what `make run` does)
+  mmlab run params/smoke.yaml --dry-run         print the plan, run nothing
+  mmlab run params/default.yaml --only fusion --set seeds=5
+  mmlab ui                                      MLflow UI on http://127.0.0.1:5000
+  mmlab data synth --out data/mine --n 300      generate the synthetic dataset
+  mmlab caption scene.png --model models:/mmlab-captioner@champion
+  mmlab serve                                   the champion captioner over HTTP on :5001
+  mmlab compare yesterday default               two batches side by side, moved metrics flagged
+  mmlab search "a red circle above a blue square" --model <run_id> -k 5
+
+`mmlab COMMAND --help` shows a command's options."""
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="mmlab", description=__doc__.split("\n\n")[0])
+    from mmlab import __version__
+
+    top = argparse.ArgumentParser(
+        prog="mmlab", description=DESCRIPTION, epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    top.add_argument("--version", action="version", version=f"mmlab {__version__}")
     top.add_argument("--home", type=Path, help="workspace root (default: $MMLAB_HOME or checkout)")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from mmlab import progress, workspace
+from mmlab import kernels, progress, workspace
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def execute(job: Job) -> Outcome:
                 str(job.notebook),
                 str(tmp),
                 parameters=job.parameters,
-                kernel_name="python3",
+                kernel_name=kernels.kernel_name(),
                 progress_bar=False,
                 cwd=str(job.notebook.parent),
                 start_timeout=300,  # kernels start slowly when the machine is busy

@@ -12,7 +12,6 @@ reads before it writes can still get SQLITE_BUSY at once when several processes 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import inspect
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import mlflow
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -116,8 +116,7 @@ def ensure_store(uri: str | None = None) -> str:
         retry(MlflowClient(uri).search_experiments, max_results=1)
     elif not db.exists():
         db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.parent / f".{db.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with FileLock(db.parent / f".{db.name}.lock"):  # flock or msvcrt: Windows too
             if not db.exists():
                 with workspace.atomic_path(db) as tmp:
                     MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)

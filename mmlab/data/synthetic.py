@@ -576,7 +576,7 @@ def default_dataset(
 
     A lock file makes parallel notebooks wait for one generation instead of racing.
     """
-    import fcntl
+    from filelock import FileLock
 
     from mmlab import workspace
 
@@ -594,8 +594,7 @@ def default_dataset(
             "main script; put the script's code under `if __name__ == '__main__':`"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.parent / f".{name}.lock"):  # flock, or msvcrt on Windows
         if not is_generated(path):
             workspace.sweep_stale(path)  # left by a killed generation; we hold the lock
             generate(

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..extras import require
 from .base import Extractor, check_kind, pad_cat
 from .registry import register
 
@@ -21,8 +22,9 @@ def load_audio(item, sample_rate: int) -> np.ndarray:
     """Mono float32 samples at `sample_rate` from a path (or an array already at that rate)."""
     if isinstance(item, np.ndarray):
         return item.astype(np.float32)
-    import librosa
     import soundfile
+
+    librosa = require("librosa", "reading audio for the audio encoders")
 
     path = Path(item)
     if not path.is_file():
@@ -45,6 +47,7 @@ class FrameFeatures(Extractor):
 
     def __init__(self, name, n: int, kind: str, sample_rate: int, device="cpu", **options):
         super().__init__("cpu")  # numpy work: the device does not matter
+        require("librosa", f"the {name!r} audio encoder")  # here, not in a DataLoader worker
         self.name, self.kind = name, check_kind(kind, ("pooled", "sequence"), name)
         self.n, self.sample_rate = n, sample_rate
         self.win, self.hop = int(0.025 * sample_rate), int(0.010 * sample_rate)

