@@ -6,8 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from mmlab import config, resume_keys, tracking
-from mmlab.captioning.saving import MODEL_TAG, TRAINING_NOTEBOOK
+from mmlab import config, models, resume_keys, tracking
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 
@@ -36,17 +35,25 @@ def test_synthetic_sources_key_by_spec_without_generating(tmp_path):
     assert keys != resume_keys.content_keys({"dataset": "synthetic:n=999999,seed=5"})
 
 
-def test_latest_model_keys_as_the_newest_trained_captioner():
+def test_latest_model_keys_as_the_newest_registered_captioner(tmp_path):
     client = tracking.client()
-    experiment = tracking.experiment_id(TRAINING_NOTEBOOK)
-    first = client.create_run(experiment, tags={MODEL_TAG: "runs:/first/model"})
-    client.set_terminated(first.info.run_id)
+    try:
+        client.create_registered_model(models.REGISTERED_MODEL)
+    except Exception:  # registered by an earlier test of the session
+        pass
+
+    def register() -> str:
+        source = tmp_path / f"model-{len(list(tmp_path.iterdir()))}"
+        source.mkdir()
+        version = client.create_model_version(models.REGISTERED_MODEL, source.as_uri())
+        return f"models:/{models.REGISTERED_MODEL}/{version.version}"
+
+    first = register()
     params = {"model": "latest"}
-    assert resume_keys.content_keys(params) == {"model@content": "runs:/first/model"}
+    assert resume_keys.content_keys(params) == {"model@content": first}
     before = _hash(params)
-    second = client.create_run(experiment, tags={MODEL_TAG: "runs:/second/model"})
-    client.set_terminated(second.info.run_id)
-    assert resume_keys.content_keys(params) == {"model@content": "runs:/second/model"}
+    second = register()
+    assert resume_keys.content_keys(params) == {"model@content": second}
     assert _hash(params) != before
 
 
