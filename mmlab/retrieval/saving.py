@@ -40,11 +40,11 @@ def log_search_model(searcher: Searcher, name: str = MODEL_ARTIFACT):
     from mlflow.tracking.fluent import active_run
 
     from mmlab import tracking
-    from mmlab.captioning.saving import _quiet_mlflow
+    from mmlab.models import quiet_transfers
 
     if active_run() is None:
         raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
-    with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
+    with tempfile.TemporaryDirectory() as tmp, quiet_transfers():
         folder = searcher.save(Path(tmp) / FILES)
         info = mlflow.pyfunc.log_model(
             name=name, python_model=str(ENTRY), artifacts={FILES: str(folder)},
@@ -61,7 +61,7 @@ def load_searcher(source: str | Path, index: str = "auto") -> Searcher:
     import mlflow.artifacts
 
     from mmlab import tracking
-    from mmlab.captioning.saving import _quiet_mlflow, model_uri
+    from mmlab.models import model_uri, quiet_transfers
 
     path = Path(str(source)).expanduser()
     if (path / "config.json").is_file():
@@ -69,7 +69,7 @@ def load_searcher(source: str | Path, index: str = "auto") -> Searcher:
     uri = model_uri(source)
     if uri.startswith(("runs:/", "models:/")):
         mlflow.set_tracking_uri(tracking.ensure_store())
-    with _quiet_mlflow():
+    with quiet_transfers():
         local = Path(mlflow.artifacts.download_artifacts(uri))
     folder = local / "artifacts" / FILES
     if not folder.is_dir():
