@@ -17,7 +17,16 @@ from mmlab import fusion, stats, tracking  # noqa: E402
 from mmlab.fusion import compare, inputs  # noqa: E402
 from mmlab.plots import fusion as plots  # noqa: E402
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread, as each worker process has: a module-level set_num_threads would be undone by
+    whichever test module pytest imports after this one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 ENCODERS = {"image": "efficientnet_lite0:image_size=64", "text": "minilm"}
 TOKENS = {"image": "efficientnet_lite0:image_size=64,kind=grid,layer=mid", "text": "vocab"}
