@@ -13,7 +13,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# The four notebooks of the study (00 compares batches; 05, retrieval, is not in photos.yaml yet)
+NOTEBOOKS = [
+    "01_feature_extraction",
+    "02_fusion_comparison",
+    "03_caption_training",
+    "04_caption_evaluation",
+]
 
 pytestmark = pytest.mark.slow
 

@@ -130,7 +130,7 @@ def test_plain_papermill_of_a_failing_notebook_leaves_a_failed_run(tmp_path):
     papermill = Path(sys.executable).with_name("papermill")
     done = subprocess.run(
         [str(papermill), str(REPO / "tests/notebooks/fail.ipynb"), str(tmp_path / "out.ipynb"),
-         "-p", "x", "41"],
+         "-p", "x", "41", "--cwd", str(REPO / "tests/notebooks")],
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert done.returncode != 0 and "boom 41" in done.stderr
