@@ -264,7 +264,7 @@ def section_of(notebook: str) -> Section:
 
 
 def observations(batches: Sequence[Batch]) -> pd.DataFrame:
-    """One row per measured value: section, key (method, encoder, decoder and beam...), metric,
+    """One row per value: section, key (method, encoder, decoder and beam...), metric,
     batch, value."""
     rows = []
     for batch in batches:

@@ -190,7 +190,7 @@ def promote(
     alias: str = CHAMPION,
     higher_is_better: bool = True,
 ) -> Promotion:
-    """Record `metric = value` (measured on data fingerprint `data`) on the model's registered
+    """Record `metric = value` (scored on data fingerprint `data`) on the model's registered
     version, and point `alias` at it when it beats the alias's version on the same data (or no
     version holds the alias yet). Scores on other data are not comparable: the alias stays."""
     from mlflow.exceptions import MlflowException

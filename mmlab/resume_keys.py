@@ -11,9 +11,9 @@ from importlib import import_module
 
 
 def _model_key(model: str) -> str:
-    from mmlab.captioning import resolve_model
+    from mmlab.models import model_uri  # the one resolver; no torch in the runner's process
 
-    return resolve_model(model)  # "latest" -> the URI of the newest trained captioner
+    return model_uri(model)  # "latest" -> the URI of the newest registered captioner
 
 
 def _dataset_key(source: str) -> str:
