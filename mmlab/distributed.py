@@ -82,6 +82,12 @@ def setup(device: torch.device | str) -> Group:
     return Group(dist.get_rank(), dist.get_world_size(), device)
 
 
+def teardown() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shard(rows: torch.Tensor, group: Group) -> torch.Tensor:
     """This process's part of a global batch's rows: consecutive, sizes differing by at most
     one (a process may get none when the batch has fewer rows than there are processes)."""
@@ -227,8 +233,7 @@ def _process(rank, fn, args, size, port, queue, threads) -> None:
         if rank == 0:
             queue.put(pickle.dumps(("result", result)))
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        teardown()
 
 
 def _free_port() -> int:
