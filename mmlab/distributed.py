@@ -190,23 +190,32 @@ def launch(
         join=False,
         start_method="spawn",
     )
-    result, finished = None, False
-    while not finished:
-        if not queue.empty():
-            kind, payload = pickle.loads(queue.get())
-            if kind == "result":
-                result = payload
-            elif on_message is not None:
-                on_message(payload)
-            continue
-        finished = spawned.join(timeout=0.2)
-    while not queue.empty():  # what came in after the last look
+    result = []
+
+    def receive() -> None:
         kind, payload = pickle.loads(queue.get())
         if kind == "result":
-            result = payload
+            result.append(payload)
         elif on_message is not None:
             on_message(payload)
-    return result
+
+    try:
+        finished = False
+        while not finished:
+            if not queue.empty():
+                receive()
+                continue
+            finished = spawned.join(timeout=0.2)
+        while not queue.empty():  # what came in after the last look
+            receive()
+    except BaseException:  # an interrupted kernel, a failed `on_message`: stop them all
+        for process in spawned.processes:
+            if process.is_alive():
+                process.terminate()
+        for process in spawned.processes:
+            process.join()
+        raise
+    return result[0] if result else None
 
 
 def send(message: Any) -> None:
