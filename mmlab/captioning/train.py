@@ -8,6 +8,11 @@ attention penalty `lambda * mean_i (1 - sum_t alpha_ti)^2`; AdamW, gradient clip
 per-step learning-rate schedule with warm-up. After each epoch the validation images are
 decoded (greedy by default) and scored with BLEU-4 and CIDEr; the best state by `monitor` is
 kept and restored at the end, and training stops after `patience` epochs without improvement.
+
+On N processes (`TrainConfig.processes`, or under torchrun: see `mmlab.distributed`) each
+global batch of `batch_size` captions is split over the processes, each weighting its loss by
+its share of the batch's words, so that DDP's averaged gradient is the one process's gradient;
+rank 0 decodes the validation images and reports the epochs.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from mmlab import progress
+from mmlab import distributed, progress
 from mmlab.features.device import resolve_device
 from mmlab.optim import adamw
 
@@ -130,8 +135,11 @@ class TrainConfig:
     amp: bool | str = "auto"  # "auto": bfloat16 autocast on CUDA, off on the CPU
     compile: bool = False  # torch.compile the decoder (its `compile` says which part)
     seed: int = 0
+    processes: int = 1  # training processes (DDP) that `fit` starts; see mmlab.distributed
 
     def __post_init__(self):
+        if not isinstance(self.processes, int) or self.processes < 1:
+            raise ValueError(f"processes must be an int >= 1, got {self.processes!r}")
         if self.schedule not in SCHEDULES:
             raise KeyError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.monitor not in MONITORS:
@@ -163,19 +171,26 @@ def caption_loss(
     pad_id: int,
     attention_penalty: float = 0.0,
     label_smoothing: float = 0.0,
+    *,
+    share: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(total, cross_entropy)`: CE over non-pad targets plus the doubly stochastic penalty."""
+    """`(total, cross_entropy)`: CE over non-pad targets plus the doubly stochastic penalty.
+
+    `share` weights the two means by this process's share of the global batch's words and
+    captions (times the number of processes): DDP's average of the processes' gradients is
+    then the gradient of the global batch's means. One process: (1, 1)."""
     ce = F.cross_entropy(
         logits.float().flatten(0, 1),
         targets.flatten(),
         ignore_index=pad_id,
         label_smoothing=label_smoothing,
     )
+    words, captions = share
     if not attention_penalty:
-        return ce, ce
+        return ce * words, ce
     mask = (targets != pad_id).unsqueeze(2).to(alpha.dtype)
     penalty = ((1.0 - (alpha * mask).sum(dim=1)) ** 2).mean()
-    return ce + attention_penalty * penalty.float(), ce
+    return ce * words + attention_penalty * penalty.float() * captions, ce
 
 
 def _autocast(device: torch.device, amp: bool | str):
@@ -188,8 +203,13 @@ def _autocast(device: torch.device, amp: bool | str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _batches(data: CaptionData, batch_size: int, generator=None):
-    """Caption rows in batches (shuffled with a generator), trimmed to their longest caption."""
+def _batches(data: CaptionData, batch_size: int, generator=None, group=None):
+    """Caption rows in batches (shuffled with a generator), trimmed to their longest caption.
+
+    In a process group: this process's share of each global batch (every process draws the
+    same order) and the share's weights for `caption_loss`. A share is trimmed to its own
+    longest caption: a word's outputs never depend on the padding after its caption ends. A
+    last batch with fewer captions than processes is left out."""
     order = (
         torch.randperm(len(data.tokens), generator=generator)
         if generator is not None
@@ -197,8 +217,16 @@ def _batches(data: CaptionData, batch_size: int, generator=None):
     )
     lengths = data.tokens.ne(data.pad_id).sum(1)
     for rows in torch.split(order, batch_size):
+        share = (1.0, 1.0)
+        if group is not None and group.distributed:
+            if len(rows) < group.size:
+                continue
+            everyone = rows
+            rows = distributed.shard(everyone, group)
+            words = lengths[rows].sub(1).sum() / lengths[everyone].sub(1).sum()
+            share = (float(words) * group.size, len(rows) * group.size / len(everyone))
         width = max(int(lengths[rows].max()), 2)
-        yield data.inputs[data.image_index[rows]], data.tokens[rows, :width]
+        yield data.inputs[data.image_index[rows]], data.tokens[rows, :width], share
 
 
 @torch.no_grad()
@@ -206,7 +234,7 @@ def validation_loss(model, data: CaptionData, batch_size: int = 256, amp="auto")
     model.eval()
     device, pad = model.device, model.vocab.pad_id
     total, count = 0.0, 0
-    for inputs, tokens in _batches(data, batch_size):
+    for inputs, tokens, _ in _batches(data, batch_size):
         tokens = tokens.to(device)
         with _autocast(device, amp):
             logits, _ = model(inputs.to(device), tokens[:, :-1])
@@ -241,17 +269,25 @@ def fit(
     config: TrainConfig | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> FitResult:
-    """Train `model` (a `Captioner`) in place; the best epoch's weights are restored at the end."""
+    """Train `model` (a `Captioner`) in place; the best epoch's weights are restored at the end.
+
+    `config.processes > 1` trains on that many processes started here (this one waits and
+    reports their epochs through `on_epoch`); under torchrun, on the group it started."""
     config = config or TrainConfig()
     if model.encoder.frozen and train.inputs.dtype == torch.uint8:
         raise ValueError("frozen encoder: pass cached grids [N, D, H, W] as inputs, not pixels")
-    device = resolve_device(config.device)
+    if config.processes > 1 and not distributed.active():
+        return _launch(model, train, val, config, on_epoch)
+    group = distributed.setup(resolve_device(config.device))
+    device = group.device
     model.to(device)
+    _sync_batch_norm(model, group)
     if config.compile:
         model.decoder.compile()
+    net = distributed.wrap(model, group)
     pad = model.vocab.pad_id
-    generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # the same order in every process
+    torch.manual_seed(config.seed + group.rank)  # dropout: each process its own draws
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, config.lr, config.weight_decay, device)
     steps_per_epoch = math.ceil(len(train.tokens) / config.batch_size)
@@ -268,61 +304,110 @@ def fit(
     best_score, best_epoch, best_state, stale = -math.inf, -1, None, 0
     rows, stopped_early = [], False
     sample_ids = val.ids[: config.sample_images]
-    bar = progress.EpochBar(config.epochs, getattr(model, "decoder_name", "") or "captioner")
+    name = getattr(model, "decoder_name", "") or "captioner"
+    bar = progress.EpochBar(config.epochs, name) if group.main else None
 
     for epoch in range(config.epochs):
         started = time.perf_counter()
-        model.train()
-        loss_sum, loss_count = 0.0, 0
-        for inputs, tokens in _batches(train, config.batch_size, generator):
+        net.train()
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # per word: sum, count
+        for inputs, tokens, share in _batches(train, config.batch_size, generator, group):
             inputs, tokens = inputs.to(device, non_blocking=True), tokens.to(device)
             with _autocast(device, config.amp):
-                logits, alpha = model(inputs, tokens[:, :-1])
+                logits, alpha = net(inputs, tokens[:, :-1])
             loss, ce = caption_loss(
-                logits, alpha, tokens[:, 1:], pad, config.attention_penalty, config.label_smoothing
-            )
+                logits, alpha, tokens[:, 1:], pad, config.attention_penalty,
+                config.label_smoothing, share=share,
+            )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss_sum += ce.item() * len(tokens)
-            loss_count += len(tokens)
+            words = tokens[:, 1:].ne(pad).sum()
+            loss_sum += torch.stack([ce.detach().double() * words, words.double()])
+        loss_sum = distributed.all_sum(loss_sum)
         train_seconds = time.perf_counter() - started
-        scores, captions = score_captions(model, val, config.val_beam_size, config.metric_tokenizer)
-        metrics = {
-            "train_loss": loss_sum / max(loss_count, 1),
-            "val_loss": validation_loss(model, val, amp=config.amp),
-            "val_bleu4": scores["bleu4"],
-            "val_cider": scores["cider"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_seconds": train_seconds,
-            "epoch_seconds": time.perf_counter() - started,
-        }
+        # rank 0 decodes and scores; every process follows its verdict
+        metrics = None
+        if group.main:
+            scores, captions = score_captions(
+                model, val, config.val_beam_size, config.metric_tokenizer
+            )
+            metrics = {
+                "train_loss": float(loss_sum[0] / loss_sum[1].clamp_min(1)),
+                "val_loss": validation_loss(model, val, amp=config.amp),
+                "val_bleu4": scores["bleu4"],
+                "val_cider": scores["cider"],
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_seconds": train_seconds,
+                "epoch_seconds": time.perf_counter() - started,
+            }
+        metrics = distributed.broadcast(metrics, group)
         improved = metrics[monitor] > best_score
         if improved:
             best_score, best_epoch, stale = metrics[monitor], epoch, 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         else:
             stale += 1
-        samples = pd.DataFrame({
-            "epoch": epoch, "id": sample_ids, "caption": captions[: len(sample_ids)],
-            "reference": [refs[0] for refs in val.references[: len(sample_ids)]],
-        })  # fmt: skip
         rows.append({"epoch": epoch, **metrics})
-        bar.update({"loss": metrics["train_loss"], monitor: metrics[monitor]})
-        if on_epoch is not None:
-            on_epoch(EpochResult(epoch, metrics, samples, improved))
+        if group.main:
+            samples = pd.DataFrame({
+                "epoch": epoch, "id": sample_ids, "caption": captions[: len(sample_ids)],
+                "reference": [refs[0] for refs in val.references[: len(sample_ids)]],
+            })  # fmt: skip
+            bar.update({"loss": metrics["train_loss"], monitor: metrics[monitor]})
+            if on_epoch is not None:
+                on_epoch(EpochResult(epoch, metrics, samples, improved))
         if stale >= config.patience:
             stopped_early = True
             break
-    bar.close()
+    if bar is not None:
+        bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return FitResult(
         pd.DataFrame(rows), best_epoch, best_score, monitor, stopped_early, asdict(config)
     )
+
+
+def _sync_batch_norm(model, group) -> None:
+    """Encoder stages that learn normalise with the statistics of the global batch: on GPUs
+    with `nn.SyncBatchNorm`, which has no CPU version (train them on one process there)."""
+    if not group.distributed or model.encoder.frozen:
+        return
+    stages = model.encoder.stages
+    learning = stages[len(stages) - model.encoder.train_stages :]
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in learning.modules()):
+        return
+    if group.device.type != "cuda":
+        raise ValueError(
+            f"train_stages={model.encoder.train_stages}: the encoder's learning stages have "
+            "BatchNorm, whose statistics would differ per CPU process (nn.SyncBatchNorm needs "
+            "GPUs); train with processes=1, train_stages=0 (cached grids) or on GPUs"
+        )
+    model.encoder.stages = torch.nn.SyncBatchNorm.convert_sync_batchnorm(stages)
+
+
+def _launch(model, train, val, config, on_epoch) -> FitResult:
+    """`fit` on `config.processes` processes started here; rank 0's best weights come back
+    into `model`, and its epochs reach `on_epoch` (and MLflow) from this process."""
+    result, state = distributed.launch(
+        _fit_process, (model, train, val, replace(config, processes=1)), config.processes, on_epoch
+    )
+    model.to(resolve_device(config.device)).load_state_dict(state)
+    model.eval()
+    return result
+
+
+def _fit_process(model, train, val, config):
+    """One process of `_launch`: rank 0 sends its epochs and returns the result."""
+    # The arguments arrive in shared memory: the data is read by all, but each process
+    # trains weights of its own.
+    model = copy.deepcopy(model)
+    result = fit(model, train, val, config, on_epoch=distributed.send)
+    return result, {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def compare_decodings(

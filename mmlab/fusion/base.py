@@ -14,6 +14,8 @@ from typing import ClassVar, Literal
 
 from torch import Tensor, nn
 
+from mmlab import distributed
+
 Kind = Literal["pooled", "grid", "sequence", "ids"]
 
 
@@ -56,7 +58,10 @@ class FeatureNorm(nn.BatchNorm1d):
     shape [..., D]. Per-feature, unlike LayerNorm, which would mix a sample's features."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
+        flat = x.reshape(-1, x.shape[-1])
+        if self.training and distributed.active():  # N processes normalise as one would
+            return distributed.batch_norm(self, flat).view_as(x)
+        return super().forward(flat).view_as(x)
 
 
 def projection(dim: int, hidden: int, dropout: float) -> nn.Module:

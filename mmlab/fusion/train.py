@@ -10,14 +10,14 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
-from mmlab import progress
+from mmlab import distributed, progress
 from mmlab.optim import adamw
 
 Inputs = Mapping[str, Tensor]
@@ -62,8 +62,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     compile: bool = False  # torch.compile the model (its `compile` says which parts)
+    processes: int = 1  # training processes (DDP) that `fit` starts; see mmlab.distributed
 
     def __post_init__(self):
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"
@@ -139,11 +142,22 @@ def fit(
     Seeds the shuffling from `config.seed` (build the model under the same seed for a fully
     repeatable run: `torch.manual_seed(seed)` before `create`). `on_epoch(epoch, values)` is
     called after each epoch with that epoch's train loss and validation loss and accuracy.
+
+    With `config.processes > 1` (and under torchrun) every global batch of `batch_size` rows
+    is split over the processes (`mmlab.distributed`): the same steps as one process, up to
+    rounding, except that dropout and the masked words are drawn per process.
     """
-    model.to(config.device)
+    if config.processes > 1 and not distributed.active():
+        return _launch(model, train, validation, config, on_epoch)
+    group = distributed.setup(config.device)
+    device = group.device
+    model.to(device)
     if config.compile:
         model.compile()
-    optimiser = adamw(model.parameters(), config.lr, config.weight_decay, config.device)
+    # The objective depends on the batch (masked words only where a caption describes its
+    # image): some parameters may go unused in one process's share.
+    net = distributed.wrap(_Objective(model), group, find_unused_parameters=True)
+    optimiser = adamw(model.parameters(), config.lr, config.weight_decay, device)
     steps = config.epochs * math.ceil(len(train) / config.batch_size)
     scheduler = SCHEDULES[config.schedule](optimiser, steps)
     loss_fn = nn.CrossEntropyLoss()
@@ -157,40 +171,49 @@ def fit(
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
     start = time.perf_counter()
     epoch = 0
-    bar = progress.EpochBar(config.epochs, f"{type(model).__name__} seed {config.seed}")
+    bar = (
+        progress.EpochBar(config.epochs, f"{type(model).__name__} seed {config.seed}")
+        if group.main
+        else None
+    )
     for epoch in range(1, config.epochs + 1):
-        model.train()
+        net.train()
         order = torch.randperm(len(train), generator=generator)
-        total = total_auxiliary = 0.0
+        total = torch.zeros(2, dtype=torch.float64)  # task loss, method's own objective
         for i in range(0, len(train), config.batch_size):
-            x, y = train.take(order[i : i + config.batch_size])
-            if len(y) < 2:  # a lone leftover sample: batch statistics need two
+            rows = order[i : i + config.batch_size]
+            # a lone leftover sample: batch statistics need two (and every process a share)
+            if len(rows) < max(2, group.size):
                 continue
-            x, y = _to(x, config.device), y.to(config.device)
-            logits, auxiliary = (
-                model.training_forward(x, y)
-                if hasattr(model, "training_forward")
-                else (model(x), None)
-            )
+            x, y = train.take(distributed.shard(rows, group))
+            x, y = _to(x, device), y.to(device)
+            logits, auxiliary = net(x, y)
             loss = loss_fn(logits, y)
             optimiser.zero_grad(set_to_none=True)
-            (loss if auxiliary is None else loss + auxiliary).backward()
+            # DDP averages the processes' gradients: weighted by its share of the rows, each
+            # process's mean makes that average the gradient of the global batch's mean.
+            share = len(y) * group.size / len(rows)
+            (loss * share if auxiliary is None else loss * share + auxiliary).backward()
             optimiser.step()
             scheduler.step()
-            total += loss.item() * len(y)
+            total[0] += loss.item() * len(y)
             if auxiliary is not None:
-                total_auxiliary += auxiliary.item() * len(y)
-        logits = predict(model, validation.inputs, device=config.device)
-        accuracy = float((logits.argmax(-1) == validation.labels).float().mean())
-        history["train_loss"].append(total / len(train))  # the task's loss alone
-        if total_auxiliary:  # the method's own objective, where it has one
-            history.setdefault("train_auxiliary_loss", []).append(total_auxiliary / len(train))
-        history["val_loss"].append(float(loss_fn(logits, validation.labels)))
+                total[1] += auxiliary.item() * len(y)
+        total = distributed.all_sum(total.to(device)).cpu()
+        values = (
+            _validate(model, validation, loss_fn, device) if group.main else None
+        )  # rank 0 evaluates, every process follows its verdict
+        accuracy, val_loss = distributed.broadcast(values, group)
+        history["train_loss"].append(float(total[0]) / len(train))  # the task's loss alone
+        if total[1]:  # the method's own objective, where it has one
+            history.setdefault("train_auxiliary_loss", []).append(float(total[1]) / len(train))
+        history["val_loss"].append(val_loss)
         history["val_accuracy"].append(accuracy)
         history["lr"].append(optimiser.param_groups[0]["lr"])
-        bar.update({"loss": history["train_loss"][-1], "val_accuracy": accuracy})
-        if on_epoch:
-            on_epoch(epoch, {k: v[-1] for k, v in history.items()})
+        if group.main:
+            bar.update({"loss": history["train_loss"][-1], "val_accuracy": accuracy})
+            if on_epoch:
+                on_epoch(epoch, {k: v[-1] for k, v in history.items()})
         if accuracy > best:
             best, best_epoch, stale = accuracy, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -198,9 +221,56 @@ def fit(
             stale += 1
             if stale >= config.patience:
                 break
-    bar.close()
+    if bar is not None:
+        bar.close()
     model.load_state_dict(best_state)
     return TrainResult(model, history, best_epoch, epoch, time.perf_counter() - start)
+
+
+class _Objective(nn.Module):
+    """A training step's forward, `(logits, the method's own objective or None)`, as a module
+    call, so that DistributedDataParallel sees it (DDP hooks `forward`, not other methods)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        if hasattr(self.model, "training_forward"):
+            return self.model.training_forward(x, y)
+        return self.model(x), None
+
+
+def _validate(model, validation: Split, loss_fn, device) -> tuple[float, float]:
+    """(accuracy, loss) on the validation split."""
+    logits = predict(model, validation.inputs, device=device)
+    accuracy = float((logits.argmax(-1) == validation.labels).float().mean())
+    return accuracy, float(loss_fn(logits, validation.labels))
+
+
+def _launch(model, train, validation, config, on_epoch) -> TrainResult:
+    """`fit` on `config.processes` processes started here; this process keeps the result."""
+    single = replace(config, processes=1)
+    report = (lambda message: on_epoch(*message)) if on_epoch else None
+    state, history, best_epoch, epochs_run, seconds = distributed.launch(
+        _fit_process, (model, train, validation, single), config.processes, report
+    )
+    model.to(config.device).load_state_dict(state)
+    return TrainResult(model, history, best_epoch, epochs_run, seconds)
+
+
+def _fit_process(model, train, validation, config):
+    """One process of `_launch`: rank 0 sends its epochs and returns the result."""
+    # The arguments arrive in shared memory: the data is read by all, but each process
+    # trains weights of its own.
+    model = copy.deepcopy(model)
+    result = fit(model, train, validation, config, on_epoch=_send_epoch)
+    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    return state, result.history, result.best_epoch, result.epochs_run, result.train_seconds
+
+
+def _send_epoch(epoch: int, values: dict[str, float]) -> None:
+    distributed.send((epoch, values))
 
 
 def parameter_count(model: nn.Module) -> int:
