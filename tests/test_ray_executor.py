@@ -1,0 +1,293 @@
+"""The Ray executor: the `resources` key, the executor registry's errors, and (slow) real Ray.
+
+The slow tests start real Ray instances on 127.0.0.1: one started by the runner itself (no
+`--address`), one started by another process and joined with `--address`, and the smoke
+batch through the CLI. Nothing of Ray, MLflow or Papermill is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mmlab import cli, config, executors, ray_executor, runner
+from mmlab.config import BatchError
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BATCH = HERE / "batches" / "ray.yaml"
+OK = str(HERE / "notebooks" / "ok.ipynb")
+
+
+# --------------------------------------------------------------------------- fast
+
+
+def load_stage(tmp_path: Path, **stage) -> config.Execution:
+    path = tmp_path / "batch.yaml"
+    path.write_text(yaml.safe_dump({"stages": {"a": {"notebook": OK, **stage}}}))
+    return config.load(path).stages["a"][0]
+
+
+def test_resources_default_and_given(tmp_path):
+    assert load_stage(tmp_path).resources == executors.Resources(cpus=1, gpus=0)
+    given = load_stage(tmp_path, resources={"cpus": 2, "gpus": 0.5})
+    assert given.resources == executors.Resources(cpus=2, gpus=0.5)
+    batch = config.load(BATCH)
+    assert batch.stages["single"][0].resources.cpus == 2
+    assert batch.stages["gpu"][0].resources.gpus == 1
+
+
+def test_bad_resources_are_all_reported_with_file_stage_and_key(tmp_path):
+    path = tmp_path / "batch.yaml"
+    stages = {
+        "a": {"notebook": OK, "resources": {"cpu": 2}},
+        "b": {"notebook": OK, "resources": {"cpus": "two", "gpus": -1}},
+        "c": {"notebook": OK, "resources": {"cpus": 0}},
+        "d": {"notebook": OK, "resources": 4},
+        "e": {"notebook": OK, "resources": {"gpus": True}},
+    }
+    path.write_text(yaml.safe_dump({"stages": stages}))
+    with pytest.raises(BatchError) as info:
+        config.load(path)
+    lines = str(info.value).splitlines()
+    expected = [
+        "stage 'a': key 'resources.cpu': unknown key",
+        "stage 'b': key 'resources.cpus': Input should be a valid number",
+        "stage 'b': key 'resources.gpus': Input should be greater than or equal to 0",
+        "stage 'c': key 'resources.cpus': Input should be greater than 0",
+        "stage 'd': key 'resources'",
+        "stage 'e': key 'resources.gpus': Input should be a valid number",
+    ]
+    assert len(lines) == len(expected), lines
+    for line, want in zip(lines, expected, strict=True):
+        assert line.startswith(f"{path}: ") and want in line, (line, want)
+
+
+def test_registry_errors_name_what_is_available():
+    assert set(executors.EXECUTORS) == {"local", "ray"}
+    with pytest.raises(
+        executors.ExecutorError, match="unknown executor 'nope'; available: local, ray"
+    ):
+        executors.create("nope", 1)
+    with pytest.raises(executors.ExecutorError, match="--executor local takes no --address"):
+        executors.create("local", 1, address="auto")
+
+
+def test_cli_reports_an_option_the_executor_does_not_take(capsys):
+    argv = ["run", str(HERE / "batches" / "demo.yaml"), "--address", "auto"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "mmlab run: error: --executor local takes no --address" in err
+    assert "Traceback" not in err
+
+
+def test_without_ray_installed_the_error_names_the_extra(tmp_path):
+    """`ray` made unimportable (None in sys.modules is how Python blocks an import)."""
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from mmlab import cli\n"
+        f"sys.exit(cli.main(['run', {str(HERE / 'batches' / 'demo.yaml')!r}, '--executor', 'ray']))"
+    )
+    env = {
+        **os.environ,
+        "MMLAB_HOME": str(tmp_path),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "--executor ray needs ray, which is not installed: pip install 'mmlab[ray]'" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_addresses_and_stores():
+    assert ray_executor.remote_address(None) is None
+    assert ray_executor.remote_address("auto") is None
+    assert ray_executor.remote_address("ray://127.0.0.1:10001") is None
+    assert ray_executor.remote_address("localhost:6379") is None
+    assert ray_executor.remote_address("ray://head.example:10001") == "head.example"
+    assert ray_executor.remote_address("10.1.2.3:6379") == "10.1.2.3"
+    local = ["sqlite:////srv/mlflow.db", "sqlite:///mlflow.db", "/srv/mlruns", "file:///srv/mlruns"]
+    remote = ["http://mlflow:5000", "https://mlflow.example", "databricks", "postgresql://u@h/db"]
+    assert all(ray_executor.local_store(uri) for uri in local)
+    assert not any(ray_executor.local_store(uri) for uri in remote)
+
+
+def test_a_remote_cluster_with_a_local_store_is_refused_before_connecting(tmp_path, monkeypatch):
+    pytest.importorskip("ray")  # part of mmlab[all]; this checks our refusal, not Ray
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(executors.ExecutorError) as info:
+        executors.create("ray", 2, address="ray://head.example:10001")
+    message = str(info.value)
+    assert "a file on the machine running `mmlab run`" in message
+    assert "workers of the cluster at head.example" in message and "mmlab server" in message
+
+
+def test_the_shipped_checkout_leaves_out_workspace_files():
+    env = ray_executor.runtime_env(REPO)
+    assert env["working_dir"] == str(REPO) and "py_modules" not in env
+    for pattern in ("/runs/", "/data/", "/cache/", "/mlflow.db*", ".venv*/", "/.git/"):
+        assert pattern in env["excludes"]
+    assert "data/" not in env["excludes"]  # unanchored, it would drop the mmlab/data package
+
+
+# --------------------------------------------------------------------------- slow: real Ray
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLAB_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return tmp_path
+
+
+def shipped(path: str) -> bool:
+    """A path inside a copy Ray unpacked for a job's `working_dir`, not the checkout itself."""
+    return "working_dir_files" in path and not path.startswith(str(REPO) + os.sep)
+
+
+@pytest.mark.slow
+def test_a_batch_on_a_local_ray_instance(home):
+    pytest.importorskip("ray")
+    lines: list[str] = []
+    report = runner.run(BATCH, jobs=2, executor="ray", out=lines.append, progress_every=0.5)
+    text = "\n".join(lines)
+    status = {label: r.status for label, r in report.by_label().items()}
+    assert status == {
+        "where": "done",
+        "grid[x=1]": "done",
+        "grid[x=2]": "done",
+        "single": "done",
+        "consume": "done",
+        "fail": "failed",
+        "after_fail": "skipped",
+        "crash": "failed",
+        "epochs": "done",
+        "gpu": "failed",
+    }, text
+    assert "executions run on ray (a local instance, 2 CPUs)" in text
+    results = report.by_label()
+    assert "ValueError: boom 1" in results["fail"].error
+    assert "needs 'fail', which failed" in results["after_fail"].error
+    assert "resources.gpus=1, the local Ray instance has 0" in results["gpu"].error
+    assert "upstream_value=10" in results["consume"].headline  # ${single.run_id} reached it
+    # a training loop's epochs reach the runner from a Ray worker on this machine
+    assert any(line.startswith("  ... epochs ") and "toy epoch" in line for line in lines), text
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = {label: client.get_run(r.run_id) for label, r in results.items() if r.run_id}
+    assert {label: run.info.status for label, run in runs.items()} == {
+        "where": "FINISHED",
+        "grid[x=1]": "FINISHED",
+        "grid[x=2]": "FINISHED",
+        "single": "FINISHED",
+        "consume": "FINISHED",
+        "fail": "FAILED",
+        "crash": "FAILED",
+        "epochs": "FINISHED",
+        "gpu": "FAILED",
+    }
+    # the kernel imported the mmlab Ray shipped, with this workspace and live progress
+    where = runs["where"].data.tags
+    assert shipped(where["kernel.mmlab"]) and shipped(where["kernel.cwd"]), where
+    assert where["kernel.home"] == str(home) and where["kernel.progress"], where
+    # a kernel uses the cores its task holds
+    assert runs["single"].data.tags["kernel.omp_num_threads"] == "2"
+    assert runs["grid[x=1]"].data.tags["kernel.omp_num_threads"] == "1"
+    # the executed notebooks came back to this workspace and are attached to their runs
+    for stem in ("where/where", "fail/fail", "epochs/epochs"):
+        for suffix in (".ipynb", ".html", ".log"):
+            assert (home / "runs" / "ray" / f"{stem}{suffix}").is_file(), (stem, suffix)
+    attached = {a.path for a in client.list_artifacts(runs["fail"].info.run_id, "notebook")}
+    assert {"notebook/fail.ipynb", "notebook/fail.html", "notebook/fail.log"} <= attached
+
+
+@pytest.fixture()
+def ray_head(home, tmp_path_factory):
+    """A Ray head on 127.0.0.1 started by another process, as `ray start --head` would: its
+    workers do not inherit this test's environment (no PYTHONPATH, another folder). Closing
+    its stdin ends the process, which stops the Ray processes it started."""
+    pytest.importorskip("ray")
+    code = (
+        "import sys, ray\n"
+        "ray.init(address='local', num_cpus=2, include_dashboard=False,"
+        " _node_ip_address='127.0.0.1')\n"
+        "print(ray.get_runtime_context().gcs_address, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cwd = tmp_path_factory.mktemp("ray-head")
+    head = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    address = head.stdout.readline().strip()
+    try:
+        assert address, "the Ray head did not start"
+        yield address
+    finally:
+        head.stdin.close()
+        head.wait()
+
+
+@pytest.mark.slow
+def test_a_batch_on_a_running_cluster_by_address_then_resumed(home, ray_head):
+    lines: list[str] = []
+    options = {"address": ray_head}
+    report = runner.run(
+        BATCH, jobs=2, only=["where"], executor="ray", executor_options=options, out=lines.append
+    )
+    assert report.ok, lines
+    assert f"executions run on ray at {ray_head} (1 nodes, 2 CPUs)" in lines
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(report.results[0].run_id)
+    assert shipped(run.data.tags["kernel.mmlab"]), run.data.tags
+    again = runner.run(
+        BATCH, jobs=2, only=["where"], executor="ray", executor_options=options, out=lines.append
+    )
+    assert [r.status for r in again.results] == ["cached"]
+    assert again.results[0].run_id == report.results[0].run_id
+
+
+@pytest.mark.slow
+def test_smoke_batch_on_ray_through_the_cli(tmp_path):
+    """The issue's bar: `mmlab run params/smoke.yaml --executor ray` exits 0, all FINISHED."""
+    pytest.importorskip("ray")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {
+        **os.environ,
+        "MMLAB_HOME": str(tmp_path),
+        "MLFLOW_TRACKING_URI": uri,
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    cli_args = [sys.executable, "-m", "mmlab", "run", str(REPO / "params" / "smoke.yaml")]
+    done = subprocess.run(
+        [*cli_args, "--executor", "ray", "--jobs", "2"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.status for r in runs} == {"FINISHED"}  # nested sweep runs included
+    stage_runs = [r for r in runs if "mmlab.stage" in r.data.tags]
+    stages = config.load(REPO / "params" / "smoke.yaml").stages
+    assert sorted(r.data.tags["mmlab.stage"] for r in stage_runs) == sorted(stages)
+    for run in stage_runs:
+        attached = {Path(a.path).suffix for a in client.list_artifacts(run.info.run_id, "notebook")}
+        assert {".ipynb", ".html", ".log"} <= attached, run.data.tags["mmlab.stage"]
+    assert "executions run on ray (a local instance, 2 CPUs)" in done.stdout
