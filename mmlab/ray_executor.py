@@ -36,7 +36,7 @@ from mmlab.executors import ExecutorError, Job, Outcome, safe_execute
 # Ray also honours the checkout's own .gitignore). A leading "/" keeps `/data/` from matching
 # the `mmlab/data` package.
 EXCLUDES = [
-    "/.git/",
+    "/.git",  # a folder in a clone, a file in a worktree
     ".venv*/",
     "/runs/",
     "/mlruns/",
@@ -63,10 +63,17 @@ def code_root() -> Path:
 
 
 def runtime_env(root: Path) -> dict[str, Any]:
+    """Ray's runtime environment for the batch: the checkout (and mmlab, if it lies outside),
+    and this shell's MLflow client settings (a server's user and password, its certificate),
+    which a cluster's workers do not have otherwise."""
     env: dict[str, Any] = {"working_dir": str(root), "excludes": list(EXCLUDES)}
     package = Path(mmlab.__file__).resolve().parent
     if not package.is_relative_to(root):
         env["py_modules"] = [str(package)]
+    client = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_TRACKING_")}
+    client.pop("MLFLOW_TRACKING_URI", None)  # each job carries the URI it was created with
+    if client:
+        env["env_vars"] = client
     return env
 
 
@@ -167,7 +174,9 @@ class RayExecutor:
             "logging_level": logging.ERROR,
         }
         if address is None:
-            # a fresh instance even if another one runs here; on the loopback interface only
+            # a fresh instance even if another one runs here, on the loopback interface only,
+            # reporting nothing to Ray's usage statistics service
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             options |= {
                 "address": "local",
                 "num_cpus": max(1, jobs),
@@ -179,6 +188,7 @@ class RayExecutor:
         try:
             ray.init(**options)
         except Exception as error:  # ConnectionError, a node that did not start, bad address
+            ray.shutdown()  # whatever part of a local instance did start
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
             hint = (
                 "is it running (`ray start --head`), and is the address right?"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -130,12 +131,29 @@ def test_a_remote_cluster_with_a_local_store_is_refused_before_connecting(tmp_pa
     assert "workers of the cluster at head.example" in message and "mmlab server" in message
 
 
-def test_the_shipped_checkout_leaves_out_workspace_files():
-    env = ray_executor.runtime_env(REPO)
-    assert env["working_dir"] == str(REPO) and "py_modules" not in env
-    for pattern in ("/runs/", "/data/", "/cache/", "/mlflow.db*", ".venv*/", "/.git/"):
-        assert pattern in env["excludes"]
-    assert "data/" not in env["excludes"]  # unanchored, it would drop the mmlab/data package
+def test_the_shipped_checkout_leaves_out_workspace_files(tmp_path):
+    """Packed by Ray's own packaging (what `working_dir` uploads), without a cluster."""
+    pytest.importorskip("ray")
+    from ray._private.runtime_env.packaging import create_package
+
+    files = [
+        "pyproject.toml", "notebooks/a.ipynb", "mmlab/__init__.py", "mmlab/data/__init__.py",
+        "params/x.yaml", "runs/x/a/a.ipynb", "data/set/1.png", "cache/f.parquet", "mlflow.db",
+        "mlartifacts/1/f.png", ".venv/bin/python", ".git", "mmlab/__pycache__/x.pyc",
+    ]  # fmt: skip
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    env = ray_executor.runtime_env(tmp_path)
+    assert env["working_dir"] == str(tmp_path)
+    package = tmp_path.parent / "package.zip"
+    create_package(str(tmp_path), package, include_gitignore=True, excludes=env["excludes"])
+    with zipfile.ZipFile(package) as archive:
+        shipped_files = {n for n in archive.namelist() if not n.endswith("/")}
+    assert shipped_files == {
+        "pyproject.toml", "notebooks/a.ipynb", "mmlab/__init__.py", "mmlab/data/__init__.py",
+        "params/x.yaml",
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------- slow: real Ray
