@@ -10,7 +10,8 @@ written into this workspace's runs/ by this process, as the local executor would
 A worker that sees this machine's files (a local instance: the execution's progress folder
 exists there) keeps the workspace's data and caches and reports its progress. A worker elsewhere
 uses its node's MMLAB_HOME, or its copy of the checkout, and shows no live progress; it must
-reach the tracking store, so a SQLite file on this machine is refused with what to do instead.
+reach the tracking store, so a SQLite file (or a server on 127.0.0.1) here is refused with what
+to do instead.
 """
 
 from __future__ import annotations
@@ -77,16 +78,19 @@ def runtime_env(root: Path) -> dict[str, Any]:
     return env
 
 
-def local_store(uri: str) -> bool:
-    """A tracking URI that names a file on this machine (SQLite, a file store)."""
+def only_here(uri: str) -> bool:
+    """A tracking URI that only this machine reaches: a file (SQLite, a file store) or a
+    server on a loopback address."""
     if uri == "databricks":  # MLflow's one scheme-less URI that is not a path
         return False
-    scheme = urlparse(uri).scheme
-    return scheme in ("", "file", "sqlite") or len(scheme) == 1  # "C:" is a Windows path
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        return loopback(parsed.hostname or "")
+    return parsed.scheme in ("", "file", "sqlite") or len(parsed.scheme) == 1  # "C:\\..."
 
 
 def loopback(host: str) -> bool:
-    if host in ("localhost", socket.gethostname()):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -100,14 +104,14 @@ def remote_address(address: str | None) -> str | None:
     if not address or address in ("auto", "local"):
         return None
     host = urlparse(address if "://" in address else f"ray-gcs://{address}").hostname or ""
-    return None if loopback(host) else host
+    return None if loopback(host) or host == socket.gethostname() else host
 
 
 def store_error(uri: str, where: str) -> str:
     return (
-        f"MLFLOW_TRACKING_URI is {uri}, a file on the machine running `mmlab run`, and {where} "
-        "cannot write to it: start a tracking server (`mmlab server`, docs/scale-out.md) and "
-        "export MLFLOW_TRACKING_URI=http://HOST:PORT before `mmlab run`"
+        f"MLFLOW_TRACKING_URI is {uri}, which only the machine running `mmlab run` reaches, and "
+        f"{where} must write to it: start a tracking server that every node reaches "
+        "(`mmlab server`, docs/scale-out.md) and export MLFLOW_TRACKING_URI=http://HOST:PORT"
     )
 
 
@@ -125,7 +129,7 @@ def run_task(job: Job, notebook: str) -> tuple[Outcome, dict[str, bytes]]:
     env = dict(job.env)
     folder = env.get(progress.ENV)
     if not (folder and Path(folder).is_dir()):  # not on the driver's machine
-        if local_store(job.tracking_uri):
+        if only_here(job.tracking_uri):
             return Outcome(ok=False, error=store_error(job.tracking_uri, "this Ray worker")), {}
         env.pop(progress.ENV, None)
         env["MMLAB_HOME"] = os.environ.get("MMLAB_HOME") or str(here)
@@ -165,7 +169,7 @@ class RayExecutor:
         self.root = code_root()
         host = remote_address(address)
         uri = tracking.tracking_uri()
-        if host and local_store(uri):
+        if host and only_here(uri):
             raise ExecutorError(store_error(uri, f"workers of the cluster at {host}"))
         options: dict[str, Any] = {
             "runtime_env": runtime_env(self.root),

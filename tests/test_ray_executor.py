@@ -115,10 +115,11 @@ def test_addresses_and_stores():
     assert ray_executor.remote_address("localhost:6379") is None
     assert ray_executor.remote_address("ray://head.example:10001") == "head.example"
     assert ray_executor.remote_address("10.1.2.3:6379") == "10.1.2.3"
-    local = ["sqlite:////srv/mlflow.db", "sqlite:///mlflow.db", "/srv/mlruns", "file:///srv/mlruns"]
-    remote = ["http://mlflow:5000", "https://mlflow.example", "databricks", "postgresql://u@h/db"]
-    assert all(ray_executor.local_store(uri) for uri in local)
-    assert not any(ray_executor.local_store(uri) for uri in remote)
+    here = ["sqlite:////srv/mlflow.db", "sqlite:///mlflow.db", "/srv/mlruns", "file:///srv/mlruns"]
+    here += ["http://127.0.0.1:5000", "http://localhost:5000"]
+    shared = ["http://mlflow:5000", "https://mlflow.example", "databricks"]
+    assert all(ray_executor.only_here(uri) for uri in here)
+    assert not any(ray_executor.only_here(uri) for uri in shared)
 
 
 def test_a_remote_cluster_with_a_local_store_is_refused_before_connecting(tmp_path, monkeypatch):
@@ -127,7 +128,7 @@ def test_a_remote_cluster_with_a_local_store_is_refused_before_connecting(tmp_pa
     with pytest.raises(executors.ExecutorError) as info:
         executors.create("ray", 2, address="ray://head.example:10001")
     message = str(info.value)
-    assert "a file on the machine running `mmlab run`" in message
+    assert "which only the machine running `mmlab run` reaches" in message
     assert "workers of the cluster at head.example" in message and "mmlab server" in message
 
 
