@@ -157,7 +157,7 @@ def test_the_shipped_checkout_leaves_out_workspace_files(tmp_path):
     }  # fmt: skip
 
 
-# --------------------------------------------------------------------------- slow: real Ray
+# --------------------------------------------------------------------------- the task's body
 
 
 @pytest.fixture()
@@ -167,6 +167,47 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     return tmp_path
+
+
+def test_the_task_body_runs_a_job_here_and_returns_its_files(home, monkeypatch):
+    """`run_task` called in this process, in the folder where Ray starts a worker (its copy
+    of the checkout): a real kernel, a real run; the job's environment does not leak."""
+    from mmlab import progress, tracking
+
+    batch_run = runner.BatchRun(config.load(BATCH), 1, ["where"], False, "ray", print)
+    result = batch_run.results[0]
+    job = batch_run.prepare(result)
+    monkeypatch.chdir(REPO)
+    before = dict(os.environ)
+    try:
+        outcome, files = ray_executor.run_task(job, "tests/notebooks/where.ipynb")
+    finally:
+        batch_run.release(result)
+    assert dict(os.environ) == before
+    assert outcome.ok, outcome.error
+    assert set(files) == {".ipynb", ".html", ".log"} and b"kernel.mmlab" in files[".ipynb"]
+    tags = tracking.client().get_run(job.run_id).data.tags
+    # on the driver's machine: the workspace's own home, and progress where the runner reads it
+    assert tags["kernel.home"] == str(home)
+    assert tags["kernel.progress"] == job.env[progress.ENV]
+    assert tags["kernel.cwd"] == str(REPO / "tests" / "notebooks")
+
+
+def test_the_task_body_elsewhere_refuses_a_store_only_this_machine_reaches(home):
+    from mmlab import progress
+
+    batch_run = runner.BatchRun(config.load(BATCH), 1, ["where"], False, "ray", print)
+    result = batch_run.results[0]
+    job = batch_run.prepare(result)
+    batch_run.release(result)  # removes the progress folder: the task runs "elsewhere"
+    assert not Path(job.env[progress.ENV]).exists()
+    outcome, files = ray_executor.run_task(job, "tests/notebooks/where.ipynb")
+    assert not outcome.ok and files == {}
+    assert f"MLFLOW_TRACKING_URI is {job.tracking_uri}, which only the machine" in outcome.error
+    assert "this Ray worker must write to it" in outcome.error
+
+
+# --------------------------------------------------------------------------- slow: real Ray
 
 
 def shipped(path: str) -> bool:
