@@ -107,6 +107,23 @@ def remote_address(address: str | None) -> str | None:
     return None if loopback(host) or host == socket.gethostname() else host
 
 
+def send_token_if_any() -> None:
+    """Send Ray's authentication token when joining a cluster, as `ray start` does for a node.
+
+    Ray clusters take a token by default (`~/.ray/auth_token`, or RAY_AUTH_TOKEN[_PATH]), but
+    a driver sends it only in RAY_AUTH_MODE=token; an explicit RAY_AUTH_MODE is left alone.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:  # Ray's own switch: it also refreshes the configuration `import ray` already read
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def store_error(uri: str, where: str) -> str:
     return (
         f"MLFLOW_TRACKING_URI is {uri}, which only the machine running `mmlab run` reaches, and "
@@ -189,6 +206,7 @@ class RayExecutor:
             }
         else:
             options["address"] = address
+            send_token_if_any()
         try:
             ray.init(**options)
         except Exception as error:  # ConnectionError, a node that did not start, bad address

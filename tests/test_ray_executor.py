@@ -8,8 +8,11 @@ batch through the CLI. Nothing of Ray, MLflow or Papermill is mocked.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -215,11 +218,53 @@ def shipped(path: str) -> bool:
     return "working_dir_files" in path and not path.startswith(str(REPO) + os.sep)
 
 
-@pytest.mark.slow
-def test_a_batch_on_a_local_ray_instance(home):
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head on 127.0.0.1 (`ray start --head --block`), in a session and a folder of its
+    own, without this test's PYTHONPATH: its workers get mmlab only through the upload.
+    SIGTERM stops it and every Ray process it started."""
     pytest.importorskip("ray")
+    port = free_port()
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+               "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+               "--disable-usage-stats"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen(
+            command, cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None, f"the Ray head did not start:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # its own session: nothing else is in the group
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+@pytest.mark.slow
+def test_a_batch_on_a_ray_cluster_by_address_then_resumed(home, ray_head):
     lines: list[str] = []
-    report = runner.run(BATCH, jobs=2, executor="ray", out=lines.append, progress_every=0.5)
+    stages = ["where", "grid", "single", "consume", "fail", "after_fail", "crash", "epochs"]
+    options = {"address": ray_head}
+    report = runner.run(
+        BATCH, jobs=2, only=stages, executor="ray", executor_options=options,
+        out=lines.append, progress_every=0.5,
+    )  # fmt: skip
     text = "\n".join(lines)
     status = {label: r.status for label, r in report.by_label().items()}
     assert status == {
@@ -232,13 +277,12 @@ def test_a_batch_on_a_local_ray_instance(home):
         "after_fail": "skipped",
         "crash": "failed",
         "epochs": "done",
-        "gpu": "failed",
     }, text
-    assert "executions run on ray (a local instance, 2 CPUs)" in text
+    assert f"executions run on ray at {ray_head} (1 nodes, 2 CPUs)" in text
     results = report.by_label()
     assert "ValueError: boom 1" in results["fail"].error
     assert "needs 'fail', which failed" in results["after_fail"].error
-    assert "resources.gpus=1, the local Ray instance has 0" in results["gpu"].error
+    assert "DeadKernelError" in results["crash"].error
     assert "upstream_value=10" in results["consume"].headline  # ${single.run_id} reached it
     # a training loop's epochs reach the runner from a Ray worker on this machine
     assert any(line.startswith("  ... epochs ") and "toy epoch" in line for line in lines), text
@@ -254,7 +298,6 @@ def test_a_batch_on_a_local_ray_instance(home):
         "fail": "FAILED",
         "crash": "FAILED",
         "epochs": "FINISHED",
-        "gpu": "FAILED",
     }
     # the kernel imported the mmlab Ray shipped, with this workspace and live progress
     where = runs["where"].data.tags
@@ -264,61 +307,31 @@ def test_a_batch_on_a_local_ray_instance(home):
     assert runs["single"].data.tags["kernel.omp_num_threads"] == "2"
     assert runs["grid[x=1]"].data.tags["kernel.omp_num_threads"] == "1"
     # the executed notebooks came back to this workspace and are attached to their runs
-    for stem in ("where/where", "fail/fail", "epochs/epochs"):
+    for stem in ("where/where", "fail/fail", "epochs/epochs", "grid/x=2"):
         for suffix in (".ipynb", ".html", ".log"):
             assert (home / "runs" / "ray" / f"{stem}{suffix}").is_file(), (stem, suffix)
     attached = {a.path for a in client.list_artifacts(runs["fail"].info.run_id, "notebook")}
     assert {"notebook/fail.ipynb", "notebook/fail.html", "notebook/fail.log"} <= attached
 
-
-@pytest.fixture()
-def ray_head(home, tmp_path_factory):
-    """A Ray head on 127.0.0.1 started by another process, as `ray start --head` would: its
-    workers do not inherit this test's environment (no PYTHONPATH, another folder). Closing
-    its stdin ends the process, which stops the Ray processes it started."""
-    pytest.importorskip("ray")
-    code = (
-        "import sys, ray\n"
-        "ray.init(address='local', num_cpus=2, include_dashboard=False,"
-        " _node_ip_address='127.0.0.1')\n"
-        "print(ray.get_runtime_context().gcs_address, flush=True)\n"
-        "sys.stdin.read()\n"
+    again = runner.run(
+        BATCH, jobs=2, only=stages, executor="ray", executor_options=options, out=lines.append
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cwd = tmp_path_factory.mktemp("ray-head")
-    head = subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    address = head.stdout.readline().strip()
-    try:
-        assert address, "the Ray head did not start"
-        yield address
-    finally:
-        head.stdin.close()
-        head.wait()
+    resumed = {label: r.status for label, r in again.by_label().items()}
+    assert resumed == {**status, **{k: "cached" for k, v in status.items() if v == "done"}}
+    assert again.by_label()["where"].run_id == results["where"].run_id
 
 
 @pytest.mark.slow
-def test_a_batch_on_a_running_cluster_by_address_then_resumed(home, ray_head):
+def test_a_local_instance_fails_at_once_what_it_can_never_run(home):
+    """No --address: the runner starts (and stops) a local instance with --jobs CPUs."""
+    pytest.importorskip("ray")
     lines: list[str] = []
-    options = {"address": ray_head}
-    report = runner.run(
-        BATCH, jobs=2, only=["where"], executor="ray", executor_options=options, out=lines.append
-    )
-    assert report.ok, lines
-    assert f"executions run on ray at {ray_head} (1 nodes, 2 CPUs)" in lines
-    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(report.results[0].run_id)
-    assert shipped(run.data.tags["kernel.mmlab"]), run.data.tags
-    again = runner.run(
-        BATCH, jobs=2, only=["where"], executor="ray", executor_options=options, out=lines.append
-    )
-    assert [r.status for r in again.results] == ["cached"]
-    assert again.results[0].run_id == report.results[0].run_id
+    report = runner.run(BATCH, jobs=2, only=["gpu"], executor="ray", out=lines.append)
+    assert "executions run on ray (a local instance, 2 CPUs)" in lines
+    (gpu,) = report.results
+    assert gpu.status == "failed"
+    assert "resources.gpus=1, the local Ray instance has 0" in gpu.error, gpu.error
+    assert "--address" in gpu.error
 
 
 @pytest.mark.slow
