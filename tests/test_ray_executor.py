@@ -7,6 +7,7 @@ batch through the CLI. Nothing of Ray, MLflow or Papermill is mocked.
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import socket
@@ -151,7 +152,10 @@ def test_the_shipped_checkout_leaves_out_workspace_files(tmp_path):
     env = ray_executor.runtime_env(tmp_path)
     assert env["working_dir"] == str(tmp_path)
     package = tmp_path.parent / "package.zip"
-    create_package(str(tmp_path), package, include_gitignore=True, excludes=env["excludes"])
+    # newer Ray can be told to skip .gitignore (on by default); older Ray always reads it
+    takes = inspect.signature(create_package).parameters
+    gitignore = {"include_gitignore": True} if "include_gitignore" in takes else {}
+    create_package(str(tmp_path), package, excludes=env["excludes"], **gitignore)
     with zipfile.ZipFile(package) as archive:
         shipped_files = {n for n in archive.namelist() if not n.endswith("/")}
     assert shipped_files == {
