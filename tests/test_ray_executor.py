@@ -240,6 +240,8 @@ def ray_head(tmp_path_factory):
                "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
                "--disable-usage-stats"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Ray restarts a worker that takes over 60 s to register; a busy CI machine can be slower
+    env["RAY_worker_register_timeout_seconds"] = "600"
     log = tmp_path_factory.mktemp("ray-head") / "head.log"
     with open(log, "w") as out:
         head = subprocess.Popen(
