@@ -42,12 +42,15 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the expanded plan only")
     p.add_argument("--force", action="store_true", help="re-run executions found in the cache")
     p.add_argument("--executor", default="local", choices=sorted(EXECUTORS),
-                   help="where executions run (default: local processes)")  # fmt: skip
+                   help="where executions run: local processes (default) or Ray tasks")  # fmt: skip
+    p.add_argument("--address", default=None, metavar="auto|ray://HOST:10001",
+                   help="--executor ray: the cluster to use (default: start a local instance)")  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
     from mmlab import runner
     from mmlab.config import BatchError
+    from mmlab.executors import ExecutorError
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: expected at least 1")
@@ -60,8 +63,9 @@ def _run(args: argparse.Namespace) -> int:
             force=args.force,
             dry_run=args.dry_run,
             executor=args.executor,
+            executor_options={"address": args.address},
         )
-    except BatchError as error:
+    except (BatchError, ExecutorError) as error:
         raise UsageError(str(error)) from None
     return 0 if report is None or report.ok else 1
 

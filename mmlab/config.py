@@ -13,6 +13,7 @@ A batch file lists stages; each stage runs one notebook, once or once per grid c
         notebook: notebooks/04_caption_evaluation.ipynb
         needs: [train]
         parameters: {model_uri: "${train.run_id}"}
+        resources: {cpus: 2, gpus: 1}  # what one execution asks of a Ray cluster
 
 Parameters are layered: defaults < stage parameters < grid combination < `--set` overrides.
 A relative notebook path is looked up from the batch file's folder upwards (the first folder
@@ -34,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmlab import parameters_cell
+from mmlab.executors import Resources
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+?)\.run_id\}")
@@ -41,6 +43,16 @@ REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+?)\.run_id\}")
 
 class BatchError(ValueError):
     """A batch file that cannot run; the message names the file, the stage and the key."""
+
+
+class ResourcesSpec(BaseModel):
+    """What one execution of a stage needs; the Ray executor schedules by it (Ray's own
+    `num_cpus` / `num_gpus`, fractions allowed). The local executor runs `--jobs` at a time."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    cpus: float = Field(default=1, gt=0)
+    gpus: float = Field(default=0, ge=0)
 
 
 class StageSpec(BaseModel):
@@ -52,6 +64,7 @@ class StageSpec(BaseModel):
     needs: list[str] = Field(default_factory=list)
     # seconds one cell may run before the execution fails (a hung notebook frees its job)
     timeout: float | None = Field(default=None, gt=0)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
 
 class BatchSpec(BaseModel):
@@ -72,6 +85,7 @@ class Execution:
     parameters: dict[str, Any]
     needs: tuple[str, ...]
     timeout: float | None = None  # seconds per cell
+    resources: Resources = Resources()
 
     @property
     def label(self) -> str:
@@ -348,6 +362,7 @@ def _build(
                     params,
                     tuple(stage.needs),
                     stage.timeout,
+                    Resources(stage.resources.cpus, stage.resources.gpus),
                 )
             )
         stages[name] = runs

@@ -1,25 +1,37 @@
 """Where executions run. The runner hands a `Job` to an executor and gets a Future[Outcome].
 
 `execute(job)` is the whole unit of work (Papermill run, HTML rendering, artifacts); an
-executor only decides where it runs. The local one is a process pool; a distributed engine
-(Ray: `ray.remote(execute).remote(job).future()`) plugs in by adding a class to EXECUTORS.
+executor only decides where it runs: `local`, a process pool on this machine, or `ray`, a Ray
+task per execution on a local instance or a cluster (`mmlab.ray_executor`). EXECUTORS maps a
+name to a factory `(jobs, **options) -> Executor`; a factory imports its engine only when called,
+so a missing optional engine is an error naming its `pip install`, not an import failure here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import multiprocessing
 import os
 import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from mmlab import kernels, progress, workspace
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one execution asks of a scheduler (a stage's `resources` key; Ray's units)."""
+
+    cpus: float = 1
+    gpus: float = 0
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,7 @@ class Job:
     run_id: str
     tracking_uri: str
     timeout: float | None = None  # seconds a cell may run; None: no limit
+    resources: Resources = Resources()  # what the stage asks of a scheduler (Ray)
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,8 @@ def safe_execute(job: Job) -> Outcome:
 
 
 class Executor(Protocol):
+    description: str  # where executions run, for the runner's first line
+
     def submit(self, job: Job) -> Future[Outcome]: ...
 
     def shutdown(self, wait: bool = True) -> None:
@@ -178,8 +193,16 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+class ExecutorError(RuntimeError):
+    """An executor that cannot start (engine missing, cluster unreachable, store it cannot
+    reach); the message says what to do. Raised before any execution runs."""
+
+
 class LocalExecutor:
-    """A pool of `jobs` worker processes on this machine (spawned: no forked MLflow state)."""
+    """A pool of `jobs` worker processes on this machine (spawned: no forked MLflow state).
+    A stage's `resources` are not enforced here: `--jobs` executions run at a time."""
+
+    description = "local processes"
 
     def __init__(self, jobs: int):
         context = multiprocessing.get_context("spawn")
@@ -198,10 +221,37 @@ class LocalExecutor:
         self.pool.shutdown(wait=wait, cancel_futures=True)
 
 
-EXECUTORS: dict[str, type] = {"local": LocalExecutor}
+def _local(jobs: int) -> Executor:
+    return LocalExecutor(jobs)
 
 
-def create(name: str, jobs: int) -> Executor:
+def _ray(jobs: int, address: str | None = None) -> Executor:
+    from mmlab import extras
+
+    try:
+        extras.require("ray", "--executor ray")
+    except extras.MissingExtra as error:
+        raise ExecutorError(str(error)) from None
+    from mmlab.ray_executor import RayExecutor
+
+    return RayExecutor(jobs, address)
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": _local, "ray": _ray}
+
+
+def create(name: str, jobs: int, **options: Any) -> Executor:
+    """The executor `name` for `jobs` parallel executions; `options` are its own (Ray:
+    `address`). An option the executor does not take is an ExecutorError naming it."""
     if name not in EXECUTORS:
-        raise KeyError(f"unknown executor {name!r}; available: {', '.join(sorted(EXECUTORS))}")
-    return EXECUTORS[name](jobs)
+        raise ExecutorError(f"unknown executor {name!r}; available: {', '.join(sorted(EXECUTORS))}")
+    factory = EXECUTORS[name]
+    accepted = set(inspect.signature(factory).parameters) - {"jobs"}
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise ExecutorError(
+            f"--executor {name} takes no {', '.join('--' + k for k in unknown)} "
+            f"({'options: ' + ', '.join('--' + k for k in sorted(accepted)) if accepted else 'no options'})"
+        )
+    return factory(jobs, **given)

@@ -204,9 +204,11 @@ class BatchRun:
         executor: str,
         out: Print,
         view: batch_view.PlainView | batch_view.LiveView | None = None,
+        executor_options: dict[str, Any] | None = None,
     ):
         self.batch, self.jobs, self.force, self.out = batch, jobs, force, out
         self.executor_name = executor
+        self.executor_options = executor_options or {}
         self.view = view or batch_view.PlainView(out)
         self.stages = select(batch, only)
         self.forced = set(only) if only else set(batch.stages)
@@ -344,6 +346,7 @@ class BatchRun:
             run.info.run_id,
             tracking.tracking_uri(),
             execution.timeout,
+            execution.resources,
         )
 
     def finish(self, result: Result, outcome: executors.Outcome) -> None:
@@ -366,7 +369,8 @@ class BatchRun:
 
     def run(self) -> Report:
         tracking.ensure_store()
-        executor = executors.create(self.executor_name, self.jobs)
+        executor = executors.create(self.executor_name, self.jobs, **self.executor_options)
+        self.view.line(f"executions run on {executor.description}")
         running: dict[Future, Result] = {}
         try:
             while True:
@@ -489,6 +493,7 @@ def run(
     force: bool = False,
     dry_run: bool = False,
     executor: str = "local",
+    executor_options: dict[str, Any] | None = None,
     out: Print = print,
     progress_every: float = 30.0,
 ) -> Report | None:
@@ -496,7 +501,9 @@ def run(
 
     While executions run, each one's current cell and latest training epoch are shown: in a
     live table when `out` is `print` to a terminal, else as lines every `progress_every` s.
-    Raises BatchError (before anything runs) for a batch file that cannot run.
+    Raises BatchError (before anything runs) for a batch file that cannot run, and
+    executors.ExecutorError for an executor that cannot start (`executor_options`: its own,
+    e.g. Ray's `address`).
     """
     batch = config.load(path, list(overrides))
     jobs = jobs or os.cpu_count() or 1
@@ -505,7 +512,7 @@ def run(
         return None
     interactive = out is print and sys.stdout.isatty()
     view = batch_view.create(out, interactive, progress_every)
-    batch_run = BatchRun(batch, jobs, list(only), force, executor, out, view)
+    batch_run = BatchRun(batch, jobs, list(only), force, executor, out, view, executor_options)
     view.line(
         f"batch {batch.name!r} ({batch_run.batch_id}): {len(batch_run.results)} executions, "
         f"{jobs} jobs, tracking {tracking.tracking_uri()}"
