@@ -9,9 +9,10 @@ workers do them while the network runs.
   cannot tell which way the scene moves.
 - `r3d_18`: torchvision's 3D ResNet-18 up to its global pool (a 512-d clip vector). Its
   Kinetics-400 weights do not install offline: with `weights=None` (the default) it is a
-  random-init 3-D CNN, seeded. A random 3x3x3 filter is only weakly direction-selective, and
-  after ReLU and the global average pool what is left of direction is a small difference in
-  motion energy, which four stages of random filters mix into appearance. Give it
+  random-init 3-D CNN, seeded, and it barely sees direction: the global average of a linear
+  filter's response is the filter's sum times the clip's mean, blind to motion, so only the
+  ReLUs' motion energy carries direction, through the faint time asymmetry of random filters,
+  and four stages of random filters mix that into appearance. Give it
   `weights="DEFAULT"` (a network or a warm torch hub cache) or a local state dict to have the
   trained video model.
 - `two_stream`: an appearance stream (the frame encoder on the RGB frames, averaged over time)
