@@ -165,8 +165,8 @@ class TwoStream(FrameMean):
     least_frames = 2  # flow needs a pair
 
     def __init__(self, name, frame_encoder, num_frames, image_size, device, flow_bins, flow_grid):
-        super().__init__(name, frame_encoder, num_frames, image_size, device)
         cv2 = require("cv2", "the two_stream video encoder")  # here, not in a DataLoader worker
+        super().__init__(name, frame_encoder, num_frames, image_size, device)
         if int(flow_bins) < 4 or int(flow_grid) < 1:
             raise ValueError(
                 f"{name}: flow_bins={flow_bins}, flow_grid={flow_grid}; give at least 4 "
