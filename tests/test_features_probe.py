@@ -98,3 +98,33 @@ def test_survey_on_the_tiny_dataset(tiny_synthetic):
     plots.sample_grid([ds["train"][i]["image"] for i in range(4)], ds["train"]["captions"][:4])
     with pytest.raises(KeyError, match="'nope'"):
         survey.probe_table(results, ds, targets=("nope",))
+
+
+def test_video_cost_table_on_the_tiny_dataset(tiny_synthetic):
+    """Notebook 01's motion section: cost per clip against frame_mean, motion probe accuracy."""
+    from mmlab.data import load_dataset
+
+    ds = load_dataset(tiny_synthetic)
+    results = survey.encode_all(
+        ds,
+        {"video": ["frame_mean", "two_stream"]},
+        options={"video": {"frame_encoder": "small_cnn"}},
+        progress=False,
+        throughput_items=4,
+    )
+    probes = survey.probe_table(results, ds, targets=("motion",))
+    table = survey.cost_table(results, probes, "video", "motion", baseline="frame_mean")
+    assert list(table.columns) == [
+        "encoder", "ms_per_item", "cost_vs_frame_mean", "accuracy_motion", "majority"
+    ]  # fmt: skip
+    assert list(table["encoder"]) == ["frame_mean", "two_stream"]
+    assert table["cost_vs_frame_mean"].iloc[0] == 1 and (table["ms_per_item"] > 0).all()
+    assert table["accuracy_motion"].between(0, 1).all()
+    # Even on a few dozen clips the flow histogram tells the direction better than the frames.
+    frame_mean, two_stream = table["accuracy_motion"]
+    assert two_stream > frame_mean and two_stream > table["majority"].iloc[0]
+    plots.cost_vs_accuracy(table, "accuracy_motion")
+    # Without the baseline or the target, the columns stay and hold NaN.
+    alone = survey.cost_table(results[1:], probes.iloc[0:0], "video", "motion", "frame_mean")
+    assert alone[["cost_vs_frame_mean", "accuracy_motion"]].isna().all().all()
+    assert survey.cost_table(results, probes, "audio", "motion", "mfcc").empty

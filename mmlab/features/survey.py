@@ -124,6 +124,33 @@ def probe_table(
     return pd.DataFrame(rows)
 
 
+def cost_table(
+    results: Sequence[Encoded],
+    probes: pd.DataFrame,
+    modality: str,
+    target: str,
+    baseline: str,
+) -> pd.DataFrame:
+    """One row per `modality` encoder: milliseconds per item, that cost as a multiple of
+    `baseline`'s (NaN without it), and the probe accuracy on `target` with its majority rate
+    (NaN when not probed). Empty when no encoder of `modality` ran."""
+    encoded = [r for r in results if r.modality == modality]
+    ms = {r.name: 1000 / r.items_per_s for r in encoded}
+    base = ms.get(baseline, float("nan"))
+    probed = (
+        probes[(probes["modality"] == modality) & (probes["target"] == target)].set_index("encoder")
+        if not probes.empty
+        else pd.DataFrame(columns=["accuracy", "majority"])
+    )
+    return pd.DataFrame(
+        [{"encoder": name, "ms_per_item": cost, f"cost_vs_{baseline}": cost / base,
+          f"accuracy_{target}": probed["accuracy"].get(name, float("nan")),
+          "majority": probed["majority"].get(name, float("nan"))} for name, cost in ms.items()],
+        columns=["encoder", "ms_per_item", f"cost_vs_{baseline}", f"accuracy_{target}",
+                 "majority"],
+    )  # fmt: skip
+
+
 def metrics(summary: pd.DataFrame, probes: pd.DataFrame) -> dict[str, float]:
     """Flat MLflow metrics: `items_per_s.<modality>.<encoder>`, `dim.<...>` and
     `probe.<target>.<modality>.<encoder>`."""

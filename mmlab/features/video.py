@@ -4,13 +4,22 @@ Each item is a path to a video file, decoded with PyAV; `num_frames` frames are 
 and resized to `image_size`. Decoding (and optical flow) happen in `preprocess`, so DataLoader
 workers do them while the network runs.
 
-- `frame_mean`: an image encoder (default EfficientNet-Lite0) on every frame, averaged: the
-  simple baseline, blind to motion.
-- `r3d_18`: torchvision's 3D ResNet-18, random init offline (or `weights=` a local state dict
-  or a torchvision name): a 512-d clip vector.
-- `two_stream`: the frame encoder on the RGB frames plus the same encoder on optical flow
-  (OpenCV Farneback between consecutive frames, drawn as a 3-channel image: dx, dy, speed),
-  each averaged over time and concatenated.
+- `frame_mean`: an image encoder (default EfficientNet-Lite0) on every frame, averaged over
+  time: the baseline with no time axis. A clip played backwards gives the same vector, so it
+  cannot tell which way the scene moves.
+- `r3d_18`: torchvision's 3D ResNet-18 up to its global pool (a 512-d clip vector). Its
+  Kinetics-400 weights do not install offline: with `weights=None` (the default) it is a
+  random-init 3-D CNN, seeded, and it barely sees direction: the global average of a linear
+  filter's response is the filter's sum times the clip's mean, blind to motion, so only the
+  ReLUs' motion energy carries direction, through the faint time asymmetry of random filters,
+  and four stages of random filters mix that into appearance. Give it
+  `weights="DEFAULT"` (a network or a warm torch hub cache) or a local state dict to have the
+  trained video model.
+- `two_stream`: an appearance stream (the frame encoder on the RGB frames, averaged over time)
+  and a motion stream computed from optical flow (OpenCV Farneback between consecutive frames):
+  a histogram of flow orientations weighted by flow magnitude (HOF, as in Laptev et al. 2008
+  and dense trajectories), over the whole frame and a `flow_grid` x `flow_grid` layout, plus
+  the mean speed. The orientation is signed, so left and right land in opposite bins.
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ from .registry import lookup, register
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
+# OpenCV's calcOpticalFlowFarneback arguments; they join two_stream's identity (cache key).
+FARNEBACK = {"pyr_scale": 0.5, "levels": 3, "winsize": 9, "iterations": 3, "poly_n": 5,
+             "poly_sigma": 1.1, "flags": 0}  # fmt: skip
 
 
 def read_frames(path, num_frames: int, image_size: int) -> np.ndarray:
@@ -51,76 +63,152 @@ def read_frames(path, num_frames: int, image_size: int) -> np.ndarray:
     return np.stack([frames[i] for i in picks])
 
 
-def flow_images(frames: np.ndarray, scale: float = 8.0) -> np.ndarray:
-    """Farneback optical flow between consecutive frames, as uint8 images `[T-1, S, S, 3]`:
-    horizontal and vertical motion around mid-grey, and speed."""
+def optical_flow(frames: np.ndarray) -> np.ndarray:
+    """Farneback optical flow between consecutive frames, float32 `[T-1, S, S, 2]` (dx, dy in
+    pixels; y points down): the mean of the flows of the L, a and b channels of CIELAB."""
     cv2 = require("cv2", "optical flow (the two_stream video encoder)")
 
-    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    out = []
-    for prev, nxt in zip(grey[:-1], grey[1:], strict=True):
-        flow = cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, 3, 9, 3, 5, 1.1, 0)
-        speed = np.linalg.norm(flow, axis=-1, keepdims=True)
-        image = np.concatenate([128 + scale * flow, 2 * scale * speed], axis=-1)
-        out.append(np.clip(image, 0, 255).astype(np.uint8))
-    return np.stack(out)
+    # Flow of the grey image alone misses objects as bright as their background; the colour
+    # channels a and b still show their edges.
+    lab = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2LAB) for f in frames]
+    flows = []
+    for prev, nxt in zip(lab[:-1], lab[1:], strict=True):
+        per_channel = [
+            cv2.calcOpticalFlowFarneback(
+                np.ascontiguousarray(prev[..., c]), np.ascontiguousarray(nxt[..., c]), None,
+                **FARNEBACK,
+            )
+            for c in range(3)
+        ]  # fmt: skip
+        flows.append(np.mean(per_channel, axis=0))
+    return np.stack(flows).astype(np.float32)
+
+
+def flow_histogram(flow: np.ndarray, bins: int = 8, grid: int = 2) -> np.ndarray:
+    """Histogram of flow orientations weighted by magnitude (HOF) of `[T, H, W, 2]` flow, summed
+    over time, float32 `[flow_dim(bins, grid)]`: the whole frame's histogram, then each cell of
+    a `grid` x `grid` layout (row-major; none when `grid` is 1), as fractions of the total
+    magnitude, and last the mean speed in pixels per frame."""
+    dx, dy = flow[..., 0], flow[..., 1]
+    magnitude = np.hypot(dx, dy)
+    # Signed orientation over the full circle: abs or a half circle would merge left and right.
+    position = (np.arctan2(dy, dx) % (2 * np.pi)) / (2 * np.pi) * bins
+    low = np.floor(position).astype(np.int64)
+    upper_weight = position - low  # soft assignment: a direction on a bin edge is not noise
+    t, h, w = magnitude.shape
+    cells = (np.arange(h)[:, None] * grid // h) * grid + np.arange(w)[None, :] * grid // w
+    cells = np.broadcast_to(cells, (t, h, w))
+    counts = np.zeros(grid * grid * bins)
+    for index, weight in ((low % bins, 1 - upper_weight), ((low + 1) % bins, upper_weight)):
+        counts += np.bincount(
+            (cells * bins + index).ravel(),
+            weights=(magnitude * weight).ravel(),
+            minlength=grid * grid * bins,
+        )
+    counts = counts.reshape(grid * grid, bins)
+    # Fractions, not sums: how far or how many objects move should not outweigh which way.
+    total = max(float(counts.sum()), 1e-6)
+    parts = [counts.sum(0) / total] + ([counts.ravel() / total] if grid > 1 else [])
+    return np.concatenate([*parts, [magnitude.mean()]]).astype(np.float32)
+
+
+def flow_dim(bins: int, grid: int) -> int:
+    """Length of `flow_histogram(flow, bins, grid)`."""
+    return bins * (1 + (grid * grid if grid > 1 else 0)) + 1
 
 
 def _to_chw(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # [T, 3, S, S]
 
 
-class FrameEncoded(Extractor):
-    """Shared by `frame_mean` and `two_stream`: an image extractor applied to frame stacks."""
+def _check_frames(name: str, num_frames: int, image_size: int, least: int = 1) -> None:
+    if int(num_frames) < least:
+        raise ValueError(f"{name}: num_frames={num_frames}; it needs at least {least}")
+    if int(image_size) < 8:
+        raise ValueError(f"{name}: image_size={image_size}; give at least 8 pixels")
+
+
+class FrameMean(Extractor):
+    """An image extractor applied to every frame, its vectors averaged over time."""
 
     modality = "video"
     kind = "pooled"
     default_batch_size = 16
     default_workers = 2
+    least_frames = 1
 
-    def __init__(self, name, frame_encoder, num_frames, image_size, device, flow: bool):
+    def __init__(self, name, frame_encoder, num_frames, image_size, device):
         super().__init__(device)
-        self.name, self.flow = name, flow
-        self.num_frames, self.image_size = num_frames, image_size
+        _check_frames(name, num_frames, image_size, least=self.least_frames)
+        self.name, self.num_frames, self.image_size = name, int(num_frames), int(image_size)
         self.frame = lookup("image", frame_encoder)(
-            name=frame_encoder, image_size=image_size, kind="pooled", device=device
+            name=frame_encoder, image_size=self.image_size, kind="pooled", device=device
         )
-        self.dim = self.frame.dim * (2 if flow else 1)
-        self.options = {"frame_encoder": self.frame.identity, "num_frames": num_frames,
-                        "image_size": image_size}  # fmt: skip
+        self.dim = self.frame.dim
+        self.options = {"frame_encoder": self.frame.identity, "num_frames": self.num_frames,
+                        "image_size": self.image_size}  # fmt: skip
 
-    def preprocess(self, item):
-        frames = read_frames(item, self.num_frames, self.image_size)
-        rgb = _to_chw(frames)
-        return (rgb, _to_chw(flow_images(frames))) if self.flow else rgb
+    def preprocess(self, item) -> torch.Tensor:
+        return _to_chw(read_frames(item, self.num_frames, self.image_size))
 
     def _mean_over_time(self, clips: torch.Tensor) -> torch.Tensor:
         b, t = clips.shape[:2]
         return self.frame.forward(clips.flatten(0, 1)).view(b, t, -1).mean(1)
 
     def forward(self, batch) -> torch.Tensor:
-        if not self.flow:
-            return self._mean_over_time(batch)
-        rgb, flow = batch
-        return torch.cat([self._mean_over_time(rgb), self._mean_over_time(flow)], dim=1)
+        return self._mean_over_time(batch)
+
+
+class TwoStream(FrameMean):
+    """`FrameMean` on the RGB frames, then the flow histogram of the same frames."""
+
+    least_frames = 2  # flow needs a pair
+
+    def __init__(self, name, frame_encoder, num_frames, image_size, device, flow_bins, flow_grid):
+        cv2 = require("cv2", "the two_stream video encoder")  # here, not in a DataLoader worker
+        super().__init__(name, frame_encoder, num_frames, image_size, device)
+        if int(flow_bins) < 4 or int(flow_grid) < 1:
+            raise ValueError(
+                f"{name}: flow_bins={flow_bins}, flow_grid={flow_grid}; give at least 4 "
+                "orientation bins (fewer cannot tell four directions apart) and a grid of 1 or more"
+            )
+        self.flow_bins, self.flow_grid = int(flow_bins), int(flow_grid)
+        self.dim = self.frame.dim + flow_dim(self.flow_bins, self.flow_grid)
+        # Every setting of the flow stream, and OpenCV's release, changes the features.
+        self.options.update({"flow": "farneback-lab-hof", "farneback": FARNEBACK,
+                             "flow_bins": self.flow_bins, "flow_grid": self.flow_grid,
+                             "opencv": cv2.__version__})  # fmt: skip
+
+    def preprocess(self, item):
+        frames = read_frames(item, self.num_frames, self.image_size)
+        motion = flow_histogram(optical_flow(frames), self.flow_bins, self.flow_grid)
+        return _to_chw(frames), torch.from_numpy(motion)
 
     def collate(self, batch):
-        if self.flow:
-            return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-        return torch.stack(batch)
+        return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+    def forward(self, batch) -> torch.Tensor:
+        rgb, motion = batch
+        appearance = self._mean_over_time(rgb)
+        return torch.cat([appearance, motion.to(appearance.device, appearance.dtype)], dim=1)
+
+
+# One default for every video encoder, so notebooks 01 and 02 share cached features: the
+# synthetic objects move a few pixels between four frames of 32 px, enough for optical flow,
+# and r3d_18's cost grows with frames x side^2.
+NUM_FRAMES, IMAGE_SIZE = 4, 32
 
 
 @register("video", "frame_mean")
-def frame_mean(name="frame_mean", frame_encoder="efficientnet_lite0", num_frames=8,
-               image_size=64, device="auto") -> FrameEncoded:  # fmt: skip
-    return FrameEncoded(name, frame_encoder, num_frames, image_size, device, flow=False)
+def frame_mean(name="frame_mean", frame_encoder="efficientnet_lite0", num_frames=NUM_FRAMES,
+               image_size=IMAGE_SIZE, device="auto") -> FrameMean:  # fmt: skip
+    return FrameMean(name, frame_encoder, num_frames, image_size, device)
 
 
 @register("video", "two_stream")
-def two_stream(name="two_stream", frame_encoder="efficientnet_lite0", num_frames=8,
-               image_size=64, device="auto") -> FrameEncoded:  # fmt: skip
-    require("cv2", "the two_stream video encoder")  # here, not in a DataLoader worker
-    return FrameEncoded(name, frame_encoder, num_frames, image_size, device, flow=True)
+def two_stream(name="two_stream", frame_encoder="efficientnet_lite0", num_frames=NUM_FRAMES,
+               image_size=IMAGE_SIZE, flow_bins=8, flow_grid=2, device="auto") -> TwoStream:  # fmt: skip
+    return TwoStream(name, frame_encoder, num_frames, image_size, device, flow_bins, flow_grid)
 
 
 @register("video", "r3d_18")
@@ -132,14 +220,15 @@ class R3D18(Extractor):
     default_batch_size = 8
     default_workers = 2
 
-    def __init__(self, name="r3d_18", weights=None, num_frames=8, image_size=64, seed=0,
-                 device="auto"):  # fmt: skip
+    def __init__(self, name="r3d_18", weights=None, num_frames=NUM_FRAMES, image_size=IMAGE_SIZE,
+                 seed=0, device="auto"):  # fmt: skip
         super().__init__(device)
-        self.name, self.num_frames, self.image_size = name, num_frames, image_size
+        _check_frames(name, num_frames, image_size)
+        self.name, self.num_frames, self.image_size = name, int(num_frames), int(image_size)
         with seeded(seed):
             model = torchvision.models.video.r3d_18(weights=None)
-        self.options = {"weights": weights, "num_frames": num_frames, "image_size": image_size,
-                        "seed": seed}  # fmt: skip
+        self.options = {"weights": weights, "num_frames": self.num_frames,
+                        "image_size": self.image_size, "seed": seed}  # fmt: skip
         if weights is not None:
             if is_weights_path(weights):
                 model.load_state_dict(load_state_dict(weights))

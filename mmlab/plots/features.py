@@ -1,4 +1,5 @@
-"""Figures of notebook 01: sample grid, 2-D projections, probe accuracies, throughput."""
+"""Figures of notebook 01: sample grid, 2-D projections, probe accuracies, throughput, cost
+against accuracy."""
 
 from __future__ import annotations
 
@@ -77,5 +78,26 @@ def throughput(table: pd.DataFrame):
     ax.set_xscale("log")
     ax.set_xlabel("items / s (batched, this machine)")
     ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def cost_vs_accuracy(table: pd.DataFrame, accuracy: str, title: str = ""):
+    """Each encoder of a `survey.cost_table` as a point: ms per item (log) against the probe
+    accuracy in column `accuracy`, the majority rate dashed."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.scatter(table["ms_per_item"], table[accuracy], s=40, color="tab:blue")
+    for row in table.itertuples():
+        ax.annotate(row.encoder, (row.ms_per_item, getattr(row, accuracy)), fontsize=8,
+                    xytext=(5, 4), textcoords="offset points")  # fmt: skip
+    ax.axhline(table["majority"].max(), ls="--", lw=1, color="grey")
+    ax.annotate("majority class", (table["ms_per_item"].min(), table["majority"].max()),
+                fontsize=7, color="grey", va="bottom")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("ms per item (batched, this machine)")
+    ax.set_ylabel(f"linear-probe {accuracy.replace('_', ' ')}")
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -31,19 +31,20 @@ PAIRS: dict[str, tuple[str, str]] = {
 }
 # What the trained heads read: the image as a grid (attention pooling over its cells with 2-D
 # positions), the sound as a log-mel sequence (pulse rates and onsets live in time), the clip
-# as the mean of its frames' vectors, a caption as MiniLM's sentence vector.
+# as the mean of its frames' vectors (all eight at the clips' full 64 px: the captions name
+# shapes, which 32 px frames blur), a caption as MiniLM's sentence vector.
 HEAD_ENCODERS: dict[str, str] = {
     "image": "efficientnet_lite0:image_size=128,kind=grid,layer=mid",
     "text": "minilm",
     "audio": "logmel:kind=sequence",
-    "video": "frame_mean",
+    "video": "frame_mean:num_frames=8,image_size=64",
 }
 # What the frozen-feature baseline reads: one pooled vector per item.
 POOLED_ENCODERS: dict[str, str] = {
     "image": "efficientnet_lite0:image_size=128",
     "text": "minilm",
     "audio": "logmel",
-    "video": "frame_mean",
+    "video": "frame_mean:num_frames=8,image_size=64",
 }
 COLUMNS = {"image": "image", "audio": "audio", "video": "video", "text": "captions"}
 
