@@ -59,6 +59,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     patience: int = 5  # epochs without a better validation accuracy before stopping
     schedule: str = "constant"  # or "cosine": the learning rate decays to 0 over `epochs`
+    warmup: float = 0.0  # epochs over which the learning rate rises linearly from 0 to `lr`
     seed: int = 0
     device: str = "cpu"
     compile: bool = False  # torch.compile the model (its `compile` says which parts)
@@ -67,6 +68,10 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"
+            )
+        if not 0 <= self.warmup < self.epochs:
+            raise ValueError(
+                f"warmup must be in [0, epochs={self.epochs}) epochs, got {self.warmup!r}"
             )
 
 
@@ -79,14 +84,28 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-SCHEDULES: dict[
-    str, Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
-] = {
-    "constant": lambda optimiser, steps: torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda _: 1.0
-    ),
-    "cosine": lambda optimiser, steps: torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps),
+# The learning rate's factor at a fraction `t` in [0, 1] of the steps after the warmup.
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda t: 1.0,
+    "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
 }
+
+
+def schedule(
+    optimiser: torch.optim.Optimizer, name: str, steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear warmup over `warmup_steps`, then the schedule `name` over the rest: attention
+    learns where to look in the first steps, and a full learning rate on random attention
+    can settle it on a plateau it leaves late or never."""
+    decay = SCHEDULES[name]
+    rest = max(1, steps - warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return decay(min(1.0, (step - warmup_steps) / rest))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
 
 
 def _to(inputs: Inputs, device: str) -> dict[str, Tensor]:
@@ -144,8 +163,10 @@ def fit(
     if config.compile:
         model.compile()
     optimiser = adamw(model.parameters(), config.lr, config.weight_decay, config.device)
-    steps = config.epochs * math.ceil(len(train) / config.batch_size)
-    scheduler = SCHEDULES[config.schedule](optimiser, steps)
+    per_epoch = math.ceil(len(train) / config.batch_size)
+    scheduler = schedule(
+        optimiser, config.schedule, config.epochs * per_epoch, round(config.warmup * per_epoch)
+    )
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
     history: dict[str, list[float]] = {
