@@ -94,9 +94,9 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
 def schedule(
     optimiser: torch.optim.Optimizer, name: str, steps: int, warmup_steps: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A linear warmup over `warmup_steps`, then the schedule `name` over the rest: attention
-    learns where to look in the first steps, and a full learning rate on random attention
-    can settle it on a plateau it leaves late or never."""
+    """A linear warmup over `warmup_steps`, then the schedule `name` over the rest. The warmup
+    is what lets attention models take a higher learning rate: Adam's first steps, on
+    second-moment estimates of a few batches, are too large for it (as in transformers)."""
     decay = SCHEDULES[name]
     rest = max(1, steps - warmup_steps)
 
