@@ -191,3 +191,10 @@ def test_every_problem_is_reported_at_once(tmp_path):
     ):
         assert expected in message, (expected, message)
     assert len(message.splitlines()) == 6
+
+
+@pytest.mark.parametrize("path", sorted((HERE.parent / "params").glob("*.yaml")), ids=str)
+def test_every_shipped_batch_file_is_valid(path):
+    """Every parameter a shipped batch sets exists in its notebook's parameters cell."""
+    batch = config.load(path)
+    assert batch.stages

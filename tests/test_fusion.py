@@ -7,6 +7,7 @@ import torch
 
 from mmlab import fusion
 from mmlab.fusion import InputSpec
+from mmlab.fusion.train import schedule as lr_schedule
 
 torch.set_num_threads(1)  # small models: one thread is as fast and immune to contention
 
@@ -290,6 +291,34 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_budget():
             assert lr == sorted(lr, reverse=True) and lr[0] < 0.01 and lr[-1] == pytest.approx(0)
     with pytest.raises(ValueError, match="unknown schedule 'step'; valid schedules: constant"):
         fusion.TrainConfig(schedule="step")
+
+
+def test_warmup_raises_the_learning_rate_linearly_then_hands_over_to_the_schedule():
+    for name in ("constant", "cosine"):
+        model = fusion.create("concat", PAIR, hidden=8)
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
+        scheduler = lr_schedule(optimiser, name, steps=8, warmup_steps=3)
+        rates = []
+        for _ in range(8):
+            rates.append(optimiser.param_groups[0]["lr"])
+            optimiser.step()
+            scheduler.step()
+        assert rates[:3] == pytest.approx([0.01 / 3, 0.02 / 3, 0.01])
+        if name == "constant":
+            assert rates[3:] == pytest.approx([0.01] * 5)
+        else:  # the decay runs over the 5 steps after the warmup, from lr to 0
+            assert rates[3] == pytest.approx(0.01) and rates[3:] == sorted(rates[3:], reverse=True)
+            assert optimiser.param_groups[0]["lr"] == pytest.approx(0)
+
+
+def test_fit_counts_the_warmup_in_epochs():
+    train, val = _task(128, 0), _task(64, 1)  # two steps an epoch
+    config = fusion.TrainConfig(epochs=3, batch_size=64, patience=10, lr=0.01, warmup=2)
+    lr = fusion.fit(fusion.create("concat", PAIR, hidden=8), train, val, config).history["lr"]
+    assert lr == pytest.approx([0.0075, 0.01, 0.01])  # for the steps after 2 (3 of 4), 4 and 6
+    for warmup in (-1, 3):
+        with pytest.raises(ValueError, match=r"warmup must be in \[0, epochs=3\)"):
+            fusion.TrainConfig(epochs=3, warmup=warmup)
 
 
 def test_fit_keeps_the_best_validation_epoch_and_stops_early():

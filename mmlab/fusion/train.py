@@ -59,6 +59,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     patience: int = 5  # epochs without a better validation accuracy before stopping
     schedule: str = "constant"  # or "cosine": the learning rate decays to 0 over `epochs`
+    warmup: float = 0.0  # epochs over which the learning rate rises linearly from 0 to `lr`
     seed: int = 0
     device: str = "cpu"
     compile: bool = False  # torch.compile the model (its `compile` says which parts)
@@ -71,6 +72,10 @@ class TrainConfig:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"
             )
+        if not 0 <= self.warmup < self.epochs:
+            raise ValueError(
+                f"warmup must be in [0, epochs={self.epochs}) epochs, got {self.warmup!r}"
+            )
 
 
 @dataclass
@@ -82,14 +87,28 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-SCHEDULES: dict[
-    str, Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
-] = {
-    "constant": lambda optimiser, steps: torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda _: 1.0
-    ),
-    "cosine": lambda optimiser, steps: torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps),
+# The learning rate's factor at a fraction `t` in [0, 1] of the steps after the warmup.
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda t: 1.0,
+    "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
 }
+
+
+def schedule(
+    optimiser: torch.optim.Optimizer, name: str, steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear warmup over `warmup_steps`, then the schedule `name` over the rest. The warmup
+    is what lets attention models take a higher learning rate: Adam's first steps, on
+    second-moment estimates of a few batches, are too large for it (as in transformers)."""
+    decay = SCHEDULES[name]
+    rest = max(1, steps - warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return decay(min(1.0, (step - warmup_steps) / rest))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
 
 
 def _to(inputs: Inputs, device: str) -> dict[str, Tensor]:
@@ -158,8 +177,10 @@ def fit(
     # image): some parameters may go unused in one process's share.
     net = distributed.wrap(_Objective(model), group, find_unused_parameters=True)
     optimiser = adamw(model.parameters(), config.lr, config.weight_decay, device)
-    steps = config.epochs * math.ceil(len(train) / config.batch_size)
-    scheduler = SCHEDULES[config.schedule](optimiser, steps)
+    per_epoch = math.ceil(len(train) / config.batch_size)
+    scheduler = schedule(
+        optimiser, config.schedule, config.epochs * per_epoch, round(config.warmup * per_epoch)
+    )
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
     history: dict[str, list[float]] = {
