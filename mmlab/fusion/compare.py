@@ -133,6 +133,13 @@ def missing_by_target(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
     return pd.concat(tables, names=["target", "method"])
 
 
+def all_runs(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
+    """Every comparison's runs in one table, with a `target` column first."""
+    return pd.concat(
+        [c.runs.assign(target=t) for t, c in comparisons.items()], ignore_index=True
+    ).pipe(lambda t: t[["target", *[c for c in t.columns if c != "target"]]])
+
+
 def with_modality_dropout(choices: Iterable[MethodChoice], p: float) -> list[MethodChoice]:
     """The choices with option `modality_dropout=p` where the method takes it (pooled ones)
     and does not set its own."""
