@@ -114,12 +114,8 @@ class Comparison:
 def by_target(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
     """Mean test accuracy of each method (rows) on each target (columns: one comparison per
     target), with every target's chance level as the last row: which modality carries what."""
-    table = pd.DataFrame(
-        {
-            target: c.runs.groupby("method", sort=False)[METRIC].mean()
-            for target, c in comparisons.items()
-        }  # fmt: skip
-    )
+    means = {t: c.runs.groupby("method", sort=False)[METRIC].mean() for t, c in comparisons.items()}
+    table = pd.DataFrame(means)
     table.loc["chance"] = [c.chance for c in comparisons.values()]
     table.columns.name = "target"
     return table
@@ -127,7 +123,8 @@ def by_target(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
 
 def missing_by_target(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
     """`Comparison.missing()` of every target, stacked: rows (target, method)."""
-    tables = {t: c.missing() for t, c in comparisons.items() if not c.missing().empty}
+    tables = {t: c.missing() for t, c in comparisons.items()}
+    tables = {t: table for t, table in tables.items() if not table.empty}
     if not tables:
         return pd.DataFrame()
     return pd.concat(tables, names=["target", "method"])
@@ -135,9 +132,8 @@ def missing_by_target(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
 
 def all_runs(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
     """Every comparison's runs in one table, with a `target` column first."""
-    return pd.concat(
-        [c.runs.assign(target=t) for t, c in comparisons.items()], ignore_index=True
-    ).pipe(lambda t: t[["target", *[c for c in t.columns if c != "target"]]])
+    table = pd.concat([c.runs.assign(target=t) for t, c in comparisons.items()], ignore_index=True)
+    return table[["target", *table.columns.drop("target")]]
 
 
 def with_modality_dropout(choices: Iterable[MethodChoice], p: float) -> list[MethodChoice]:
