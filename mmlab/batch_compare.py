@@ -174,6 +174,8 @@ def read_fusion(runs: pd.DataFrame) -> list[tuple[str, str, float]]:
     for _, parent in runs.iterrows():
         for _, child in _children(parent).iterrows():
             method = child.get("tags.fusion_method") or _strip_seed(child["tags.mlflow.runName"])
+            target = child.get("tags.fusion_target")  # the label task: a method per target
+            method = f"{target}:{method}" if isinstance(target, str) and target else method
             rows += [(_with_config(parent, method), m, v) for m, v in _metrics(child).items()
                      if m.startswith("test_")]  # fmt: skip
     return rows

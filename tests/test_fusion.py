@@ -39,7 +39,7 @@ def test_pooled_methods_give_logits_and_gradients_for_every_modality(name):
         assert (inputs[m].grad is not None and inputs[m].grad.abs().sum() > 0) == (m in used)
 
 
-@pytest.mark.parametrize("name", ["concat", "gated", "tensor", "low_rank", "cross_attention"])
+@pytest.mark.parametrize("name", [m for m in POOLED if m != "unimodal"])
 def test_methods_work_with_one_two_and_four_modalities(name):
     for dims in (
         {"image": 6},
@@ -85,8 +85,121 @@ def test_unknown_method_and_bad_options_are_clear_errors():
         fusion.create("concat", {"image": InputSpec("grid", 4, (2, 2))})
     with pytest.raises(ValueError, match="needs shape"):
         InputSpec("grid", 4)
-    with pytest.raises(KeyError, match="inputs lack modalities"):
-        fusion.create("concat", DIMS)({"image": torch.randn(2, 12)})
+    with pytest.raises(KeyError, match="no inputs"):
+        fusion.create("concat", DIMS)({})
+    with pytest.raises(ValueError, match="modality_dropout must be in"):
+        fusion.create("concat", DIMS, modality_dropout=1.0)
+
+
+FOUR = {"image": 6, "text": 4, "audio": 3, "video": 5}
+
+
+@pytest.mark.parametrize("name", POOLED)
+def test_every_pooled_method_fuses_four_modalities_and_answers_with_any_one_missing(name):
+    torch.manual_seed(0)
+    model = fusion.create(name, FOUR, num_classes=3, hidden=8, **_options(name, FOUR)).eval()
+    inputs = _pooled(5, FOUR)
+    full = model(inputs)
+    assert full.shape == (5, 3)
+    for removed in FOUR:
+        kept = {m: x for m, x in inputs.items() if m != removed}
+        without = model(kept)
+        assert without.shape == (5, 3) and torch.isfinite(without).all()
+        # the removed modality's values no longer matter: its missing token stands in
+        changed = {**kept, removed: torch.randn(5, FOUR[removed])}
+        assert torch.equal(model({**kept, removed: inputs[removed]}), full)
+        if removed in model.modalities:
+            assert not torch.allclose(model(changed), full)
+        assert torch.equal(model(kept), without)
+
+
+def test_a_missing_modality_is_its_missing_token_after_the_projection():
+    model = fusion.create("concat", FOUR, hidden=8).eval()
+    with torch.no_grad():
+        model.missing["audio"].copy_(torch.arange(8.0))
+    inputs = _pooled(4, FOUR)
+    z = model.project({m: x for m, x in inputs.items() if m != "audio"})
+    assert torch.equal(z[2], torch.arange(8.0).expand(4, -1))
+    assert torch.equal(z[0], model.project(inputs)[0])
+
+
+def test_modality_dropout_removes_modalities_in_training_only_and_never_all():
+    model = fusion.create("concat", FOUR, hidden=8, modality_dropout=0.6)
+    torch.manual_seed(0)
+    dropped = model._dropped(20000, "cpu")
+    assert dropped.shape == (20000, 4)
+    assert not dropped.all(1).any()  # every sample keeps a modality
+    # p = 0.6 per modality, less what restoring all-dropped samples (0.6^4 of them) gives back
+    assert 0.55 < dropped.float().mean() < 0.6
+    inputs = _pooled(64, FOUR)
+    model.train()
+    z = torch.stack(model.project(inputs), 1)  # [N, M, H]; missing tokens are still zero
+    assert (z.abs().sum(-1) == 0).any() and (z.abs().sum(-1) > 0).all(1).any()
+    model.eval()
+    assert model._dropped(64, "cpu") is None
+    assert torch.equal(model(inputs), model(inputs))
+    assert (
+        fusion.create("concat", {"image": 6}, modality_dropout=0.6).train()._dropped(9, "cpu")
+        is None
+    )
+
+
+def _redundant(n, seed):
+    """Image and text both carry the label (each alone answers it); video is noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    sign = 2 * y[:, None].float() - 1
+    x = {
+        "image": sign + 0.5 * torch.randn(n, 4, generator=g),
+        "text": sign + 0.5 * torch.randn(n, 3, generator=g),
+        "video": torch.randn(n, 5, generator=g),
+    }
+    return fusion.Split(x, y)
+
+
+def test_modality_dropout_teaches_a_method_to_answer_without_a_modality():
+    from mmlab.fusion import compare
+
+    train, val, test = _redundant(512, 0), _redundant(128, 1), _redundant(256, 2)
+    config = fusion.TrainConfig(epochs=15, lr=3e-3, patience=15)
+    dims = {m: x.shape[1] for m, x in train.inputs.items()}
+    torch.manual_seed(0)
+    model = fusion.create("concat", dims, hidden=16, modality_dropout=0.5)
+    result = fusion.fit(model, train, val, config)
+    without = compare.accuracy_without(result.model, test)
+    assert set(without) == {f"test_accuracy_without_{m}" for m in dims}
+    assert fusion.evaluate(result.model, test)["accuracy"] > 0.95
+    for m in ("image", "text", "video"):  # either of the redundant modalities suffices
+        assert without[f"test_accuracy_without_{m}"] > 0.95, without
+
+
+def _motion(n, seed):
+    """Only `video` tells the 4-way label; image and text are noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = {
+        "video": torch.nn.functional.one_hot(y, 4).float() + 0.3 * torch.randn(n, 4, generator=g),
+        "image": torch.randn(n, 6, generator=g),
+        "text": torch.randn(n, 3, generator=g),
+    }
+    return fusion.Split(x, y)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_without_the_only_modality_that_carries_a_target_every_method_is_at_chance(dropout):
+    from mmlab.fusion import compare
+
+    train, val, test = _motion(400, 0), _motion(100, 1), _motion(400, 2)
+    dims = {m: x.shape[1] for m, x in train.inputs.items()}
+    config = fusion.TrainConfig(epochs=8, lr=1e-2)
+    for name in ("concat", "gated", "late", "cross_attention"):
+        torch.manual_seed(0)
+        model = fusion.create(name, dims, 4, hidden=16, modality_dropout=dropout)
+        model = fusion.fit(model, train, val, config).model
+        assert fusion.evaluate(model, test)["accuracy"] > 0.9, name
+        # image and text are noise: with video missing the answer is a guess (chance 0.25)
+        without = compare.accuracy_without(model, test)["test_accuracy_without_video"]
+        assert abs(without - 0.25) < 0.08, (name, without)
 
 
 def _token_inputs(n=48, vocab=11, seed=0):

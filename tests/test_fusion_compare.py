@@ -336,3 +336,100 @@ def test_worker_processes_give_the_results_of_one_process(data):
     timing = ["train_seconds", "latency_ms"]
     pd.testing.assert_frame_equal(here.runs.drop(columns=timing), workers.runs.drop(columns=timing))
     assert here.histories == workers.histories
+
+
+FOUR = {
+    "image": "efficientnet_lite0:image_size=64",
+    "text": "tfidf",
+    "audio": "mfcc",
+    "video": "frame_mean:num_frames=2,image_size=32",
+}
+
+
+@pytest.fixture(scope="module")
+def label_data(tiny_ds):
+    return inputs.build(tiny_ds, "label", FOUR, device="cpu", target="motion")
+
+
+def test_label_task_fuses_four_modalities_for_any_target(label_data, tiny_ds):
+    assert label_data.modalities == ["image", "text", "audio", "video"]
+    assert label_data.task.label_column == "motion"
+    test = label_data.split("pooled", "test")
+    assert [label_data.class_names[i] for i in test.labels] == list(tiny_ds["test"]["motion"])
+    composite = inputs.relabel(label_data, tiny_ds, "circle_xor_sideways")
+    assert composite.class_names == ["no", "yes"]
+    for split in ("train", "test"):  # the features are shared, only the labels change
+        a, b = label_data.split("pooled", split), composite.split("pooled", split)
+        assert all(a.inputs[m] is b.inputs[m] for m in label_data.modalities)
+    with pytest.raises(ValueError, match="target='motion' is for the label task"):
+        inputs.build(tiny_ds, "match", ENCODERS, target="motion")
+    with pytest.raises(KeyError, match=r"modalities \['smell'\] have no encoder"):
+        inputs.select(FOUR, ["image", "smell"])
+    assert list(inputs.select(FOUR, ["video", "text"])) == ["video", "text"]
+
+
+def test_each_target_is_compared_with_every_modality_removed_in_turn(label_data, tiny_ds, store):
+    parent = tracking.start(notebook="02_test", params={"x": 1})
+    config = fusion.TrainConfig(epochs=2, batch_size=16)
+    comparisons = compare.run_targets(
+        label_data, tiny_ds, ["motion", "circle_xor_sideways"], ["unimodal", "concat", "late"],
+        seeds=[0], config=config, hidden=8, workers=1, progress=None, modality_dropout=0.3,
+    )  # fmt: skip
+    tracking.finish()
+    assert list(comparisons) == ["motion", "circle_xor_sideways"]
+    methods = ["unimodal_image", "unimodal_text", "unimodal_audio", "unimodal_video", "concat",
+               "late"]  # fmt: skip
+    table = compare.by_target(comparisons)
+    assert list(table.columns) == ["motion", "circle_xor_sideways"]
+    assert set(table.index) == {*methods, "chance"}
+    assert table.loc["chance", "motion"] == comparisons["motion"].chance
+    missing = compare.missing_by_target(comparisons)
+    assert list(missing.columns) == ["none", "image", "text", "audio", "video"]
+    assert set(missing.index) == {(t, m) for t in comparisons for m in methods}
+    # a baseline does not see the other modalities: removing them changes nothing
+    row = missing.loc[("motion", "unimodal_video")]
+    assert row["image"] == row["text"] == row["audio"] == row["none"]
+    runs = compare.all_runs(comparisons)
+    assert list(runs["target"].unique()) == ["motion", "circle_xor_sideways"]
+    assert len(runs) == 2 * len(methods)
+    fig = plots.group_heatmap(missing, title="with a modality removed")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()][
+        0
+    ] == f"motion · {missing.index[0][1]}"
+
+    client = MlflowClient(store)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == len(runs)
+    child = next(c for c in children if c.info.run_name == "circle_xor_sideways:concat-seed0")
+    assert child.data.tags["fusion_target"] == "circle_xor_sideways"
+    assert child.data.tags["modalities"] == "image,text,audio,video"
+    assert child.data.params["option.modality_dropout"] == "0.3"
+    assert "test_accuracy_without_video" in child.data.metrics
+
+
+def test_run_targets_of_the_match_task_is_one_comparison(data, tiny_ds):
+    config = fusion.TrainConfig(epochs=1, batch_size=16)
+    comparisons = compare.run_targets(
+        data, tiny_ds, None, ["concat"], seeds=[0], config=config, hidden=8, log=False,
+        progress=None, workers=1,
+    )  # fmt: skip
+    assert list(comparisons) == ["match"]
+    assert {"test_accuracy_without_image", "test_accuracy_without_text"} <= set(
+        comparisons["match"].runs.columns
+    )
+    with pytest.raises(ValueError, match="are for the label task"):
+        compare.run_targets(data, tiny_ds, ["motion"], ["concat"])
+
+
+def test_modality_dropout_is_an_option_of_the_methods_that_take_it():
+    choices = compare.expand(["concat", "grid_cross_attention", "late:modality_dropout=0.1"],
+                             ["image", "text"])  # fmt: skip
+    chosen = {c.label: dict(c.options) for c in compare.with_modality_dropout(choices, 0.3)}
+    assert chosen == {
+        "concat": {"modality_dropout": 0.3},
+        "grid_cross_attention": {},  # a token method of image and text: no missing token
+        "late:modality_dropout=0.1": {"modality_dropout": 0.1},
+    }
+    assert compare.with_modality_dropout(choices, 0.0) == choices

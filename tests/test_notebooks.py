@@ -47,13 +47,35 @@ def test_the_fusion_run_holds_one_child_run_per_method_and_seed(smoke_batch):
     under the stage's run, which keeps its own name (the first child used to reopen it)."""
     _, client, _ = smoke_batch
     experiment = client.get_experiment_by_name("02_fusion_comparison")
-    parent = client.search_runs([experiment.experiment_id], "tags.`mmlab.stage` != ''")[0]
+    parent = client.search_runs([experiment.experiment_id], "tags.`mmlab.stage` = 'fusion'")[0]
     children = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     names = {c.info.run_name for c in children}
     assert len(children) == 12 and "grid_cross_attention-seed1" in names, sorted(names)
     assert parent.info.run_name not in names
+
+
+def test_the_label_stage_compares_each_target_with_each_modality_removed(smoke_batch):
+    """The smoke batch's label stage: 2 targets x (4 baselines + concat + late) x 1 seed, the
+    target x method table and the table with each modality removed logged beside them."""
+    _, client, _ = smoke_batch
+    experiment = client.get_experiment_by_name("02_fusion_comparison")
+    stage = "tags.`mmlab.stage` = 'fusion_label'"
+    parent = client.search_runs([experiment.experiment_id], stage)[0]
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    names = {c.info.run_name for c in children}
+    assert len(children) == 12 and "circle_xor_sideways:concat-seed0" in names, sorted(names)
+    concat = next(c for c in children if c.info.run_name == "motion:concat-seed0")
+    assert concat.data.tags["modalities"] == "image,text,audio,video"
+    assert {f"test_accuracy_without_{m}" for m in ("image", "text", "audio", "video")} <= set(
+        concat.data.metrics
+    )
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"accuracy_by_target.csv", "accuracy_without_modality.csv"} <= logged, logged
 
 
 def test_notebooks_are_committed_without_outputs():

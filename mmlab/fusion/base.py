@@ -4,6 +4,11 @@ Every method projects each modality to a common width `hidden`, fuses, and class
 the same small head, so a comparison measures the fusion, not the head. A method declares the
 input form it needs (`input_form`): `"pooled"` methods take one vector per modality, `"tokens"`
 methods take token-level inputs (an image grid, a caption as vocabulary ids, a sequence).
+
+Pooled methods take any number of modalities, and any of them may be missing: a modality left
+out of the inputs is replaced, after projection, by a learned *missing token* of its own.
+Modality dropout (`modality_dropout=p`) trains that token: in training mode each sample loses
+each modality with probability p (never all of them), so the method learns to answer without it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import torch
 from torch import Tensor, nn
 
 from mmlab import distributed
@@ -114,17 +120,54 @@ class FusionModule(nn.Module):
 
 
 class PooledFusion(FusionModule):
-    """Projects each pooled modality to `hidden`: subclasses fuse the list `self.project(...)`."""
+    """Projects each pooled modality to `hidden`: subclasses fuse the list `self.project(...)`.
 
-    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
+    A modality absent from the inputs becomes its missing token `self.missing[m]`. The token
+    lives in the projected space rather than in the feature space: zeros as features would pass
+    through the feature standardisation and come out as an arbitrary, confidently "present"
+    vector, while a token after it means "absent" to every method alike. It starts at zero (a
+    silent modality, for methods trained without modality dropout) and is learned under it.
+    """
+
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0):
         super().__init__(specs, num_classes)
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout!r}")
         self.hidden = hidden
+        self.modality_dropout = float(modality_dropout)
         self.projections = nn.ModuleDict(
             {m: projection(s.dim, hidden, dropout) for m, s in specs.items()}
         )
+        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(hidden)) for m in specs})
 
     def project(self, inputs: Mapping[str, Tensor]) -> list[Tensor]:
-        missing = [m for m in self.modalities if m not in inputs]
-        if missing:
-            raise KeyError(f"inputs lack modalities {missing}; got {sorted(inputs)}")
-        return [self.projections[m](inputs[m].float()) for m in self.modalities]
+        """One [N, hidden] tensor per modality, in `self.modalities` order; a missing modality
+        (absent from `inputs`, or dropped in training) is its missing token."""
+        if not inputs:
+            raise KeyError(f"no inputs: give a tensor for any of {self.modalities}")
+        # Any input gives the batch size: a baseline's one modality can be the missing one.
+        first = next(iter(inputs.values()))
+        n = first.shape[0]
+        dropped = self._dropped(n, first.device)
+        z = []
+        for i, m in enumerate(self.modalities):
+            if m not in inputs:
+                z.append(self.missing[m].expand(n, -1))
+                continue
+            zm = self.projections[m](inputs[m].float())
+            if dropped is not None:
+                zm = torch.where(dropped[:, i : i + 1], self.missing[m], zm)
+            z.append(zm)
+        return z
+
+    def _dropped(self, n: int, device) -> Tensor | None:
+        """[N, M] True where modality dropout removes a modality from a training sample; a
+        sample that would lose every modality keeps one, drawn at random."""
+        m = len(self.modalities)
+        if not (self.training and self.modality_dropout and m > 1):
+            return None
+        dropped = torch.rand(n, m, device=device) < self.modality_dropout
+        kept = torch.randint(m, (n,), device=device)
+        everything = dropped.all(1)
+        dropped[everything, kept[everything]] = False
+        return dropped

@@ -3,6 +3,10 @@
 comparison = compare.run(data, ["concat", "gated", "unimodal"], seeds=[0, 1, 2])
 comparison.summary()    # mean, std, 95% t-interval per method, cost columns
 comparison.by_group()   # accuracy per hard-negative kind and method
+comparison.missing()    # accuracy with each modality removed at test time
+
+Over several targets of the label task (one comparison each, on the same features):
+`by_target(comparisons)` and `missing_by_target(comparisons)`.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import inspect
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 
@@ -18,11 +22,13 @@ import pandas as pd
 import torch
 
 from mmlab import stats
+from mmlab.fusion.base import PooledFusion
 from mmlab.fusion.inputs import FusionData, parse_encoder
 from mmlab.fusion.methods import create, input_form, method_class
-from mmlab.fusion.train import TrainConfig, evaluate, fit, latency_ms, parameter_count
+from mmlab.fusion.train import Split, TrainConfig, evaluate, fit, latency_ms, parameter_count
 
 METRIC = "test_accuracy"
+WITHOUT = f"{METRIC}_without_"  # + modality: test accuracy with that modality removed
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,67 @@ class Comparison:
         table.columns = [c.split("/", 1)[1] for c in columns]
         return table.loc[self.summary()["method"]]
 
+    def missing(self) -> pd.DataFrame:
+        """Mean test accuracy per method (rows, best first) with every modality (`none`
+        removed) and with each one removed at test time (`image`, `text`, ...); empty where
+        no method was tested without a modality."""
+        columns = [c for c in self.runs.columns if c.startswith(WITHOUT)]
+        if not columns:
+            return pd.DataFrame()
+        table = self.runs.groupby("method", sort=False)[[METRIC, *columns]].mean()
+        table.columns = ["none"] + [c.removeprefix(WITHOUT) for c in columns]
+        table.columns.name = "removed"
+        return table.loc[self.summary()["method"]]
+
+
+def by_target(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
+    """Mean test accuracy of each method (rows) on each target (columns: one comparison per
+    target), with every target's chance level as the last row: which modality carries what."""
+    means = {t: c.runs.groupby("method", sort=False)[METRIC].mean() for t, c in comparisons.items()}
+    table = pd.DataFrame(means)
+    table.loc["chance"] = [c.chance for c in comparisons.values()]
+    table.columns.name = "target"
+    return table
+
+
+def missing_by_target(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
+    """`Comparison.missing()` of every target, stacked: rows (target, method)."""
+    tables = {t: c.missing() for t, c in comparisons.items()}
+    tables = {t: table for t, table in tables.items() if not table.empty}
+    if not tables:
+        return pd.DataFrame()
+    return pd.concat(tables, names=["target", "method"])
+
+
+def all_runs(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
+    """Every comparison's runs in one table, with a `target` column first."""
+    table = pd.concat([c.runs.assign(target=t) for t, c in comparisons.items()], ignore_index=True)
+    return table[["target", *table.columns.drop("target")]]
+
+
+def with_modality_dropout(choices: Iterable[MethodChoice], p: float) -> list[MethodChoice]:
+    """The choices with option `modality_dropout=p` where the method takes it (pooled ones)
+    and does not set its own."""
+    out = []
+    for c in choices:
+        takes = "modality_dropout" in inspect.signature(method_class(c.name)).parameters
+        if p and takes and "modality_dropout" not in dict(c.options):
+            c = replace(c, options=(*c.options, ("modality_dropout", p)))
+        out.append(c)
+    return out
+
+
+def accuracy_without(model, test: Split, device: str = "cpu") -> dict[str, float]:
+    """Test accuracy of a pooled method with each of its split's modalities removed in turn
+    (the method sees its missing token instead): `{WITHOUT + modality: accuracy}`."""
+    if not isinstance(model, PooledFusion) or len(test.inputs) < 2:
+        return {}
+    out = {}
+    for removed in test.inputs:
+        kept = {m: x for m, x in test.inputs.items() if m != removed}
+        out[WITHOUT + removed] = evaluate(model, Split(kept, test.labels), device)["accuracy"]
+    return out
+
 
 def run_one(
     data: FusionData, choice: MethodChoice, seed: int, config: TrainConfig, hidden: int
@@ -108,6 +175,7 @@ def run_one(
     result = fit(model, train, val, replace(config, seed=seed))
     scores = evaluate(result.model, test, device=config.device)
     row = {f"test_{k}": v for k, v in scores.items()}
+    row.update(accuracy_without(result.model, test, config.device))
     row.update(
         n_parameters=parameter_count(result.model),
         train_seconds=result.train_seconds,
@@ -134,9 +202,15 @@ def run(
     log: bool = True,
     progress: Callable[[str], None] | None = print,
     workers: int | None = None,
+    modality_dropout: float = 0.0,
 ) -> Comparison:
     """Every method x seed; with `log`, each is a nested MLflow run (`tracking.child_run`)
-    tagged `fusion_method`, `seed`, `modalities`, holding its metrics and validation curves.
+    tagged `fusion_method`, `seed`, `modalities` (and `fusion_target` on the label task),
+    holding its metrics and validation curves.
+
+    `modality_dropout`: train every pooled method with that modality dropout (see
+    `mmlab.fusion.base`). Pooled methods are also tested with each modality removed
+    (`test_accuracy_without_<modality>`, `Comparison.missing()`).
 
     `workers` training processes run side by side, one thread each (None: one per CPU core
     on a CPU, one on a GPU). These models are small: a step is mostly per-operation overhead,
@@ -145,13 +219,14 @@ def run(
     `if __name__ == "__main__":` guard (notebooks do not), or `workers=1`.
     """
     config = config or TrainConfig()
-    choices = expand(methods, data.modalities)
+    choices = with_modality_dropout(expand(methods, data.modalities), modality_dropout)
+    target = data.task.label_column if data.task.name == "label" else None
     jobs = [(choice, seed) for choice in choices for seed in seeds]
     results = {}
     for (choice, seed), (row, history, w) in _train_all(data, jobs, config, hidden, workers):
         modalities = _modalities(data, choice)
         if log:
-            _log(choice, seed, modalities, config, hidden, row, history)
+            _log(choice, seed, modalities, config, hidden, row, history, target)
         results[choice, seed] = (modalities, row, history, w)
         if progress:
             progress(
@@ -167,6 +242,26 @@ def run(
         weights += [{"method": choice.label, "seed": seed, "modality": m, "weight": v}
                     for m, v in (w or {}).items()]  # fmt: skip
     return Comparison(pd.DataFrame(rows), histories, pd.DataFrame(weights), chance=_chance(data))
+
+
+def run_targets(
+    data: FusionData, ds, targets: Sequence[str] | None, methods: Iterable[str], **options
+) -> dict[str, Comparison]:
+    """`run` once per target of the label task, on the same features (`inputs.relabel`): a
+    comparison per target, in order. Any other task (`targets` None) is one comparison,
+    under the task's name. `options` are `run`'s."""
+    from mmlab.fusion.inputs import relabel
+
+    if data.task.name != "label" or targets is None:
+        if targets and data.task.name != "label":
+            raise ValueError(
+                f"targets {list(targets)} are for the label task, not {data.task.name!r}"
+            )
+        return {data.task.name: run(data, methods, **options)}
+    if not targets:
+        raise ValueError("the label task needs at least one target")
+    methods = list(methods)
+    return {t: run(relabel(data, ds, t), methods, **options) for t in targets}
 
 
 def _train_all(data, jobs, config, hidden, workers):
@@ -192,14 +287,18 @@ def _train_all(data, jobs, config, hidden, workers):
             yield futures[future], future.result()
 
 
-def _log(choice, seed, modalities, config, hidden, row, history) -> None:
+def _log(choice, seed, modalities, config, hidden, row, history, target=None) -> None:
     from mmlab import tracking
 
     tags = {"fusion_method": choice.label, "seed": str(seed), "modalities": modalities}
+    name = f"{choice.label}-seed{seed}"
+    if target is not None:  # one notebook run compares methods on several targets
+        tags["fusion_target"] = target
+        name = f"{target}:{name}"
     params = {**tags, "input_form": choice.form, "hidden": hidden,
               **{f"option.{k}": v for k, v in choice.options},
               **{f"train.{k}": v for k, v in vars(config).items() if k != "seed"}}  # fmt: skip
-    with tracking.child_run(f"{choice.label}-seed{seed}", tags=tags, params=params):
+    with tracking.child_run(name, tags=tags, params=params):
         tracking.log_metrics(row)
         tracking.log_history(history, start_step=1)
 

@@ -14,8 +14,8 @@ or a dict `{"name": ..., **options}`:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -113,23 +113,21 @@ class FusionData:
 
 
 def _labels(ds, column: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Integer labels per split; classes are the train split's values, sorted."""
-    for name in ds:
-        if column not in ds[name].column_names:
-            raise KeyError(
-                f"label column {column!r} not in split {name!r}; columns: {ds[name].column_names}."
-                " Use task='match' (any caption dataset) or a dataset with that column"
-            )
-    classes = sorted(set(ds["train"][column]), key=str)
+    """Integer labels per split (a column, or a registered target of `mmlab.data.targets`);
+    classes are the train split's values, sorted."""
+    from mmlab.data import targets
+
+    answers = {name: targets.values(ds[name], column, name) for name in ds}
+    classes = sorted(set(answers["train"]), key=str)
     index = {c: i for i, c in enumerate(classes)}
     labels = {}
-    for name in ds:
-        unseen = set(ds[name][column]) - set(index)
+    for name, values in answers.items():
+        unseen = set(values) - set(index)
         if unseen:
             raise ValueError(
                 f"split {name!r} has labels {sorted(unseen, key=str)[:5]} not in train"
             )
-        labels[name] = torch.tensor([index[v] for v in ds[name][column]], dtype=torch.long)
+        labels[name] = torch.tensor([index[v] for v in values], dtype=torch.long)
     return labels, [str(c) for c in classes]
 
 
@@ -258,6 +256,19 @@ def _mismatched(
     return chosen[keep], other[keep]
 
 
+def select(encoders: Mapping[str, Any], modalities: Sequence[str]) -> dict[str, Any]:
+    """The encoders of `modalities`, in that order (notebook 02's `modalities` parameter)."""
+    lacking = [m for m in modalities if m not in encoders]
+    if lacking:
+        raise KeyError(
+            f"modalities {lacking} have no encoder in `encoders` (it names {list(encoders)}); "
+            f"add e.g. {{'audio': 'mfcc', 'video': 'two_stream'}}"
+        )
+    if not modalities:
+        raise ValueError("`modalities` is empty: name at least one of " + ", ".join(encoders))
+    return {m: encoders[m] for m in modalities}
+
+
 def build(
     ds,
     task: str | Task = "match",
@@ -266,10 +277,14 @@ def build(
     device: str = "auto",
     extra_pairs: int = 0,
     mismatched: float = 0.0,
+    target: str | None = None,
 ) -> FusionData:
     """Inputs of `task` for the modalities named in `encoders` (pooled) and/or `token_encoders`.
 
     Features come from the cache (computed if missing); splits are train, validation, test.
+    `target` (label task): the column to predict, or a target of `mmlab.data.targets`
+    (`motion`, `first_shape`, `first_colour`, `circle_xor_sideways`); default `label`. Further
+    targets on the same features: `relabel(data, ds, target)`.
     `extra_pairs` (match task on the embedded dataset): that many more (caption, label) pairs
     per training image, drawn like the `match_*` columns; the image features are shared.
     `mismatched` (match task): add negatives to the training split, the captions of that
@@ -277,7 +292,7 @@ def build(
     `mismatched`). Hard negatives differ in one word; these differ in all, so every word that
     is grounded helps tell them apart: they end the long loss plateau of token methods.
     """
-    t = task_spec(task) if isinstance(task, str) else task
+    t = _with_target(task_spec(task) if isinstance(task, str) else task, target)
     missing = [s for s in SPLITS if s not in ds]
     if missing:
         raise KeyError(f"the dataset lacks splits {missing}; it has {list(ds)}")
@@ -323,6 +338,23 @@ def build(
     if mismatched:
         _add_mismatched(data, extra, mismatched)
     return data
+
+
+def _with_target(t: Task, target: str | None) -> Task:
+    if target is None:
+        return t
+    if t.name != "label":
+        raise ValueError(f"target={target!r} is for the label task, not {t.name!r}")
+    return replace(t, label_column=target)
+
+
+def relabel(data: FusionData, ds, target: str) -> FusionData:
+    """The label task's inputs of `data` (shared, not copied) with the labels of `target`."""
+    t = _with_target(data.task, target)
+    labels, classes = _labels({s: ds[s] for s in SPLITS}, t.label_column)
+    splits = {form: {s: Split(x.inputs, labels[s]) for s, x in split.items()}
+              for form, split in data.splits.items()}  # fmt: skip
+    return replace(data, task=t, splits=splits, class_names=classes)
 
 
 def _add_mismatched(data: FusionData, extra: ExtraPairs | None, fraction: float) -> None:

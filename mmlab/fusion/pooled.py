@@ -14,10 +14,20 @@ from mmlab.fusion.base import PooledFusion, head
 class Unimodal(PooledFusion):
     """Baseline: one modality alone (the others are ignored)."""
 
-    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, modality: str | None = None):
+    def __init__(
+        self,
+        specs,
+        num_classes,
+        hidden=128,
+        dropout=0.1,
+        modality_dropout=0.0,
+        modality: str | None = None,
+    ):
         if modality is None or modality not in specs:
             raise ValueError(f"unimodal needs modality= one of {list(specs)}, got {modality!r}")
-        super().__init__({modality: specs[modality]}, num_classes, hidden, dropout)
+        super().__init__(
+            {modality: specs[modality]}, num_classes, hidden, dropout, modality_dropout
+        )
         self.head = head(hidden, hidden, num_classes, dropout)
 
     def forward(self, inputs):
@@ -27,8 +37,8 @@ class Unimodal(PooledFusion):
 class Concat(PooledFusion):
     """Early fusion: concatenate the projected modalities."""
 
-    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
-        super().__init__(specs, num_classes, hidden, dropout)
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0):
+        super().__init__(specs, num_classes, hidden, dropout, modality_dropout)
         self.head = head(hidden * len(specs), hidden, num_classes, dropout)
 
     def forward(self, inputs):
@@ -38,8 +48,8 @@ class Concat(PooledFusion):
 class WeightedSum(PooledFusion):
     """A learned, softmax-normalised weight per modality (the same for every sample)."""
 
-    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
-        super().__init__(specs, num_classes, hidden, dropout)
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0):
+        super().__init__(specs, num_classes, hidden, dropout, modality_dropout)
         self.logits = nn.Parameter(torch.zeros(len(specs)))
         self.head = head(hidden, hidden, num_classes, dropout)
 
@@ -55,8 +65,8 @@ class WeightedSum(PooledFusion):
 class Attention(PooledFusion):
     """Weights computed per sample from the features themselves (additive attention)."""
 
-    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
-        super().__init__(specs, num_classes, hidden, dropout)
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0):
+        super().__init__(specs, num_classes, hidden, dropout, modality_dropout)
         self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.head = head(hidden, hidden, num_classes, dropout)
 
@@ -78,8 +88,8 @@ class Gated(PooledFusion):
     With two modalities the softmax is exactly the paper's sigmoid gate z and 1 - z.
     """
 
-    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
-        super().__init__(specs, num_classes, hidden, dropout)
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0):
+        super().__init__(specs, num_classes, hidden, dropout, modality_dropout)
         m = len(specs)
         self.transforms = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(m))
         self.gate = nn.Linear(hidden * m, hidden * m)
@@ -108,11 +118,23 @@ class Tensor_(PooledFusion):
     """Tensor fusion (Zadeh et al., 2017): the outer product of the [z_m, 1] vectors.
 
     The product has prod(d_m + 1) entries, so modalities are first reduced to `tensor_dim`
-    (default: 32 for two modalities, smaller for more, keeping the product near 20k).
+    (default: 32 for two modalities, smaller for more, keeping the product near 20k). Its cost
+    grows as (d + 1)^N: with N = 4 modalities the default d = 11 gives 12^4 = 20,736 products
+    per sample, and the head's first layer alone holds 20,736 x hidden weights (1.3 M at
+    hidden 64), against 4 x hidden inputs for `concat`; `low_rank` computes the same kind of
+    product in N x rank x (hidden + 1) x hidden weights without building it.
     """
 
-    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, tensor_dim: int | None = None):
-        super().__init__(specs, num_classes, hidden, dropout)
+    def __init__(
+        self,
+        specs,
+        num_classes,
+        hidden=128,
+        dropout=0.1,
+        modality_dropout=0.0,
+        tensor_dim: int | None = None,
+    ):
+        super().__init__(specs, num_classes, hidden, dropout, modality_dropout)
         m = len(specs)
         d = tensor_dim or max(2, min(32, round(20000 ** (1 / m)) - 1))
         self.reduce = nn.ModuleList(nn.Linear(hidden, d) for _ in range(m))
@@ -132,8 +154,10 @@ class LowRank(PooledFusion):
     fused = sum_r prod_m ([z_m, 1] W_m^(r)), never building the outer product.
     """
 
-    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, rank: int = 8):
-        super().__init__(specs, num_classes, hidden, dropout)
+    def __init__(
+        self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0, rank: int = 8
+    ):
+        super().__init__(specs, num_classes, hidden, dropout, modality_dropout)
         self.factors = nn.ParameterList(
             nn.Parameter(torch.randn(rank, hidden + 1, hidden) / math.sqrt(hidden + 1))
             for _ in specs
@@ -153,8 +177,8 @@ class LowRank(PooledFusion):
 class Late(PooledFusion):
     """Late fusion: a head per modality; the prediction is the average of their probabilities."""
 
-    def __init__(self, specs, num_classes, hidden=128, dropout=0.1):
-        super().__init__(specs, num_classes, hidden, dropout)
+    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0):
+        super().__init__(specs, num_classes, hidden, dropout, modality_dropout)
         self.heads = nn.ModuleList(head(hidden, hidden, num_classes, dropout) for _ in specs)
 
     def forward(self, inputs):
@@ -165,8 +189,10 @@ class Late(PooledFusion):
 class CrossAttention(PooledFusion):
     """A small transformer over modality tokens (each pooled modality is one token) + [CLS]."""
 
-    def __init__(self, specs, num_classes, hidden=128, dropout=0.1, heads=4, layers=2):
-        super().__init__(specs, num_classes, hidden, dropout)
+    def __init__(
+        self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0, heads=4, layers=2
+    ):
+        super().__init__(specs, num_classes, hidden, dropout, modality_dropout)
         self.cls = nn.Parameter(torch.zeros(1, 1, hidden))
         self.modality_embedding = nn.Parameter(torch.randn(1, len(specs), hidden) * 0.02)
         layer = nn.TransformerEncoderLayer(

@@ -1,5 +1,5 @@
 """Figures of notebook 02: accuracy with confidence intervals, cost, modality weights,
-accuracy per hard-negative kind, validation curves. Each takes tables from
+accuracy per hard-negative kind, per target and with a modality missing, validation curves. Each takes tables from
 `mmlab.fusion.compare.Comparison` and returns a matplotlib Figure."""
 
 from __future__ import annotations
@@ -70,11 +70,13 @@ def modality_weights(weights: pd.DataFrame):
 
 
 def group_heatmap(by_group: pd.DataFrame, title: str = "test accuracy by hard-negative kind"):
-    """Methods (rows) x groups (columns) coloured by accuracy, values written in the cells."""
+    """Methods (rows) x groups (columns) coloured by accuracy, values written in the cells; also
+    methods x targets, and (target, method) x removed modality (`compare.missing_by_target`)."""
     fig, ax = plt.subplots(figsize=(1.1 * by_group.shape[1] + 3, 0.4 * len(by_group) + 1.5))
     image = ax.imshow(by_group.to_numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(by_group.shape[1]), by_group.columns)
-    ax.set_yticks(range(len(by_group)), by_group.index)
+    rows = [" · ".join(map(str, r)) if isinstance(r, tuple) else r for r in by_group.index]
+    ax.set_yticks(range(len(by_group)), rows)
     for (i, j), value in np.ndenumerate(by_group.to_numpy()):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
     ax.set_title(title, fontsize=10)
