@@ -191,3 +191,18 @@ def test_faiss_gives_the_same_answers_on_a_small_gallery():
     assert (exact[1] == faiss[1]).all()
     assert np.allclose(exact[0], faiss[0], atol=1e-5)
     assert index.make_index(gallery, "auto").name == "exact"  # small: the matrix product
+
+
+def test_a_text_query_imports_no_image_or_audio_stack():
+    """`mmlab search "a sentence"` loads the model and the text encoder only: torchvision,
+    scikit-learn and librosa stay out of the process (they cost seconds at its start)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mlflow.artifacts; from mmlab.retrieval.saving import load_searcher; "
+        "from mmlab.features.registry import lookup; lookup('text', 'minilm'); "
+        "print([m for m in ('torchvision', 'sklearn', 'librosa') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -11,7 +11,6 @@ the features of a dataset split.
 
 from __future__ import annotations
 
-from . import audio, image, text, video  # noqa: F401  (importing registers the encoders)
 from .base import KINDS, Extractor
 from .device import resolve_device
 from .registry import MODALITIES, lookup, names

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from mmlab.features.registry import parse_encoder
 from mmlab.fusion.methods import InputSpec
 from mmlab.fusion.train import Split
 
@@ -50,35 +51,6 @@ def task_spec(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise KeyError(f"unknown fusion task {name!r}; valid tasks: {', '.join(TASKS)}") from None
-
-
-def parse_encoder(
-    spec: str | Mapping[str, Any], what: str = "encoder"
-) -> tuple[str, dict[str, Any]]:
-    """`"name"`, `"name:k=v,k=v"` (ints and floats converted) or `{"name": ..., **options}`;
-    `what` names the thing in errors."""
-    if isinstance(spec, Mapping):
-        if "name" not in spec:
-            raise ValueError(f"{what} {dict(spec)!r} has no 'name' key")
-        options = dict(spec)
-        return str(options.pop("name")), options
-    name, _, rest = str(spec).partition(":")
-    options = {}
-    for part in filter(None, rest.split(",")):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise ValueError(f"{what} {spec!r}: option {part!r} is not key=value")
-        options[key.strip()] = _number(value.strip())
-    return name.strip(), options
-
-
-def _number(value: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from mmlab.fusion.inputs import parse_encoder
+from mmlab.features.registry import parse_encoder
 
 SPLITS = ("train", "validation", "test")
 CAPTION_COLUMN = "caption"  # column of the flattened caption table
