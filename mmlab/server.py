@@ -167,10 +167,10 @@ def auth_config(db: str) -> Path:
     """MLflow's basic-auth configuration: users and permissions in the tracking database
     (MLflow keeps their schema apart: tables of their own, version table
     `alembic_version_auth`). Readable by us only: it holds the database password."""
-    config = configparser.RawConfigParser()  # raw: a URL may hold `%`
+    config = configparser.RawConfigParser()
     config["mlflow"] = {
         "default_permission": "READ",
-        "database_uri": db,
+        "database_uri": db.replace("%", "%%"),  # MLflow reads it with `%` interpolation
         "admin_username": "admin",
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
     }
@@ -256,6 +256,10 @@ def serve(settings: Settings, out: Print = print) -> int:
         )
     cluster = None
     try:
+        if settings.auth:
+            extras.require("flask_wtf", "mmlab server --auth (MLflow's basic auth)")
+        port = settings.port or postgres.free_port(settings.host)
+        check_port(settings.host, port)  # first: it costs nothing, a database start does
         if settings.db is None:
             check_driver(store_url("postgresql://"))
             cluster = postgres.Cluster(postgres.default_folder())
@@ -266,8 +270,6 @@ def serve(settings: Settings, out: Print = print) -> int:
             db = store_url(settings.db)
             check_driver(db)
             check_database(db)
-        port = settings.port or postgres.free_port(settings.host)
-        check_port(settings.host, port)
         artifacts = artifacts_destination(settings.artifacts)
         line = command(settings, db, artifacts, port)
         url = public_url(settings.host, port)
