@@ -160,6 +160,34 @@ def artifacts_destination(artifacts: str | None) -> str:
     return str(folder)
 
 
+def check_auth(db: str) -> None:
+    """MLflow creates the admin user on the first start with auth, from a password only the
+    environment (or its config file) can give: say so before it fails in a traceback."""
+    import sqlalchemy
+
+    if os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        return
+    username = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin"
+    engine = sqlalchemy.create_engine(db)
+    try:
+        with engine.connect() as connection:
+            exists = (
+                sqlalchemy.inspect(connection).has_table("users")
+                and connection.execute(
+                    sqlalchemy.text("SELECT 1 FROM users WHERE username = :name"),
+                    {"name": username},
+                ).first()
+            )
+    finally:
+        engine.dispose()
+    if not exists:
+        raise ServerError(
+            f"--auth: the first start creates the admin user {username!r}, whose password MLflow "
+            f"takes from MLFLOW_AUTH_ADMIN_PASSWORD (at least 12 characters): export it and "
+            f"start again"
+        )
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -270,6 +298,8 @@ def serve(settings: Settings, out: Print = print) -> int:
             db = store_url(settings.db)
             check_driver(db)
             check_database(db)
+        if settings.auth:
+            check_auth(db)
         artifacts = artifacts_destination(settings.artifacts)
         line = command(settings, db, artifacts, port)
         url = public_url(settings.host, port)
