@@ -355,8 +355,8 @@ class BatchRun:
             self.lost = str(error).strip() or "no answer"
             reason = tracking.why_unreachable(self.lost)
             self.view.line(
-                f"the tracking server {tracking.tracking_uri()} stopped answering ({reason}): "
-                f"no new executions start"
+                f"the tracking server {tracking.tracking_uri()} stopped answering"
+                f"{f' ({reason})' if reason else ''}: no new executions start"
             )
         for result in self.results:
             if result.status == "pending":
@@ -564,9 +564,10 @@ def run(
         out(line)
     if report.lost:
         unfinished = sum(not r.ok for r in report.results)
+        reason = tracking.why_unreachable(report.lost)
         out(
-            f"the tracking server {tracking.tracking_uri()} stopped answering "
-            f"({tracking.why_unreachable(report.lost)}): {unfinished} executions did not "
+            f"the tracking server {tracking.tracking_uri()} stopped answering"
+            f"{f' ({reason})' if reason else ''}: {unfinished} executions did not "
             f"finish. Start it again (`make server`, or ask whoever runs it) and rerun the "
             f"same command: executions FINISHED in its store are taken from the cache, the "
             f"rest run again."

@@ -138,13 +138,13 @@ def unreachable(error: BaseException | str) -> bool:
 
 def why_unreachable(error: BaseException | str) -> str:
     """The short reason in MLflow's long error: `[Errno 111] Connection refused`, `timed
-    out`, `error code 503`."""
+    out`, `error code 503`; "" when it gives none."""
     text = str(error)
     for pattern in (r"\[Errno -?\d+\] [^'\")\]]+", r"error code 5\d\d", r"timed out"):
         found = re.search(pattern, text)
         if found:
             return found.group(0).strip()
-    return "no answer"
+    return ""
 
 
 def server_down(uri: str | None = None) -> str:
