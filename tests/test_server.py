@@ -6,6 +6,7 @@
    dataset inputs, artifacts per run, logged and registered models.
 2. The server killed in the middle of a batch: the runner says so (the server, what to do, no
    traceback), nothing is FINISHED that did not finish, and the rerun after a restart resumes.
+3. With `--auth`, a batch without a user is refused at once; with one, it runs.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ class Server:
     """`mmlab server` in a workspace of its own, its PostgreSQL cluster in a folder the
     `postgres` user can reach (pytest's tmp folders are closed to other users)."""
 
-    def __init__(self, home: Path, cluster: Path):
-        self.home, self.port = home, postgres.free_port()
+    def __init__(self, home: Path, cluster: Path, *flags: str):
+        self.home, self.port, self.flags = home, postgres.free_port(), flags
         self.url = f"http://127.0.0.1:{self.port}"
         self.cluster = postgres.Cluster(cluster)
         self.env = {**os.environ, "MMLAB_HOME": str(home), "MMLAB_POSTGRES_DIR": str(cluster)}
@@ -52,7 +53,9 @@ class Server:
         what to export."""
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "a") as sink:
-            self.process = self.mmlab("server", "--port", str(self.port), stdout=sink, stderr=sink)
+            self.process = self.mmlab(
+                "server", "--port", str(self.port), *self.flags, stdout=sink, stderr=sink
+            )
         ready = f"export MLFLOW_TRACKING_URI={self.url}"
         while ready not in self.log.read_text()[offset:]:
             assert self.process.poll() is None, self.log.read_text()[offset:][-5000:]
@@ -197,3 +200,27 @@ def test_a_server_killed_mid_batch_is_reported_and_the_rerun_resumes(server):
     after = _statuses(client, "server_kill")
     assert after["quick"] == ["FINISHED"] and after["after"] == ["FINISHED"]
     assert after["slow"].count("FINISHED") == 1 and len(after["slow"]) == 2
+
+
+def test_with_auth_the_server_lets_in_only_a_user_with_a_password(tmp_path_factory, monkeypatch):
+    cluster = Path(tempfile.mkdtemp(prefix="mmlab-test-postgres-"))
+    served = Server(tmp_path_factory.mktemp("auth-home"), cluster, "--auth")
+    password = "a-long-secret-pw"
+    served.env["MLFLOW_AUTH_ADMIN_PASSWORD"] = password  # the first start creates the admin
+    served.start()
+    try:
+        batch = REPO / "tests" / "batches" / "epochs.yaml"
+        refused = served.run(batch)
+        assert refused.returncode == 1, refused.stdout[-2000:] + refused.stderr[-2000:]
+        assert f"the tracking server {served.url} refuses us" in refused.stderr
+        assert "MLFLOW_TRACKING_PASSWORD" in refused.stderr and "Traceback" not in refused.stderr
+        user = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+        done = served.run(batch, **user)  # the kernels get the user from the environment
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        for name, value in user.items():
+            monkeypatch.setenv(name, value)
+        assert _statuses(MlflowClient(served.url), "epochs") == {"train": ["FINISHED"]}
+    finally:
+        stopped = served.stop()
+        shutil.rmtree(cluster, ignore_errors=True)
+    assert stopped.returncode == 0 and served.process.wait() == 143
