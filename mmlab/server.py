@@ -217,6 +217,9 @@ def command(settings: Settings, db: str, artifacts: str, port: int) -> list[str]
         "--backend-store-uri", db,
         "--serve-artifacts", "--artifacts-destination", artifacts,
         "--host", settings.host, "--port", str(port), "--workers", str(settings.workers),
+        # a worker still importing MLflow on a busy machine misses uvicorn's 5 s health check
+        # and is restarted, again and again: give it a minute
+        "--uvicorn-opts", "--timeout-worker-healthcheck 60",
     ]  # fmt: skip
     return line + (["--app-name", "basic-auth"] if settings.auth else [])
 
