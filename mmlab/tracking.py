@@ -112,16 +112,19 @@ def is_server(uri: str | None = None) -> bool:
 
 def answers(uri: str | None = None) -> bool:
     """Whether the tracking server answers at all: one look at /health, without MLflow's
-    retries (minutes when it is down). A database store always does."""
+    retries (minutes when it is down). Only a connection that fails counts: a busy server
+    that is slow to reply is left to MLflow's retries. A database store always answers."""
     uri = uri or tracking_uri()
     if not is_server(uri):
         return True
     import requests
 
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=10)
-    except requests.RequestException:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=30)
+    except requests.ConnectionError:  # refused, no route, no such host, connect timeout
         return False
+    except requests.RequestException:
+        return True
     return True
 
 
