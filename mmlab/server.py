@@ -210,11 +210,11 @@ def auth_config(db: str) -> Path:
     return path
 
 
-def command(settings: Settings, db: str, artifacts: str, port: int) -> list[str]:
-    """The `mlflow server` command line."""
+def command(settings: Settings, artifacts: str, port: int) -> list[str]:
+    """The `mlflow server` command line; the store's URL, password and all, goes in the
+    environment (`environment`), which other users cannot read, unlike a command line."""
     line = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", db,
         "--serve-artifacts", "--artifacts-destination", artifacts,
         "--host", settings.host, "--port", str(port), "--workers", str(settings.workers),
         # a worker still importing MLflow on a busy machine misses uvicorn's 5 s health check
@@ -225,7 +225,7 @@ def command(settings: Settings, db: str, artifacts: str, port: int) -> list[str]
 
 
 def environment(settings: Settings, db: str) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": db}  # --backend-store-uri
     # MLflow starts `uvicorn` by name: this Python's scripts first, venv activated or not
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if settings.auth:
@@ -304,7 +304,7 @@ def serve(settings: Settings, out: Print = print) -> int:
         if settings.auth:
             check_auth(db)
         artifacts = artifacts_destination(settings.artifacts)
-        line = command(settings, db, artifacts, port)
+        line = command(settings, artifacts, port)
         url = public_url(settings.host, port)
         with subprocess.Popen(
             line, env=environment(settings, db), start_new_session=True

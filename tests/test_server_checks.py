@@ -96,7 +96,9 @@ def test_the_auth_configuration_keeps_users_in_the_store_and_is_private(tmp_path
 
     monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
     assert read_auth_config().database_uri == db  # MLflow reads it back, `%` and all
-    line = server.command(server.Settings(auth=True), db, str(tmp_path), 5000)
+    assert env["MLFLOW_BACKEND_STORE_URI"] == db  # mlflow server's --backend-store-uri
+    line = server.command(server.Settings(auth=True), str(tmp_path), 5000)
+    assert "p%40ss" not in " ".join(line)  # `ps` shows command lines to every user
     assert line[line.index("--app-name") + 1] == "basic-auth"
     assert line[line.index("--artifacts-destination") + 1] == str(tmp_path)
     assert "--serve-artifacts" in line
