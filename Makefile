@@ -12,8 +12,8 @@ HOST   ?= 127.0.0.1
 KERNEL := mmlab
 MINVENV ?= .venv-min
 
-.PHONY: setup dev kernel run smoke test test-slow test-full test-min lab ui bench lint format \
-	lock lock-upgrade clean
+.PHONY: setup dev kernel run smoke test test-slow test-full test-min lab ui server server-stop \
+	bench lint format lock lock-upgrade clean
 
 setup: $(STAMP)
 dev: $(DEV)
@@ -78,6 +78,16 @@ lab: $(STAMP)
 
 ui: $(STAMP)
 	$(VENV)/bin/mmlab ui --host $(HOST)
+
+# A shared MLflow tracking server on a local PostgreSQL (.mmlab/postgres, a free port), artifacts
+# in .mmlab/artifacts; it prints the MLFLOW_TRACKING_URI to export. Ctrl-C or `make server-stop`
+# stops both. SERVER_FLAGS=--auth turns on MLflow's basic auth.
+SERVER_PORT ?= 5000
+server: $(STAMP)
+	$(VENV)/bin/mmlab server --host $(HOST) --port $(SERVER_PORT) $(SERVER_FLAGS)
+
+server-stop: $(STAMP)
+	$(VENV)/bin/mmlab server --stop
 
 # Rewrites benchmarks/RESULTS.md with the figures, the date and the machine.
 bench: $(STAMP)

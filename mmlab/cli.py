@@ -48,7 +48,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mmlab import runner
+    from mmlab import runner, tracking
     from mmlab.config import BatchError
     from mmlab.executors import ExecutorError
 
@@ -67,6 +67,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     except (BatchError, ExecutorError) as error:
         raise UsageError(str(error)) from None
+    except tracking.TrackingServerError as error:
+        print(f"mmlab run: error: {error}", file=sys.stderr)
+        return 1
     return 0 if report is None or report.ok else 1
 
 
@@ -277,6 +280,43 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- server
+
+
+def _server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="URL",
+                   help="PostgreSQL store, postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
+                        "(default: a local PostgreSQL in .mmlab/postgres, started and stopped "
+                        "with the server)")  # fmt: skip
+    p.add_argument("--artifacts", metavar="DIR|s3://BUCKET/PATH",
+                   help="where the server stores artifacts (default: .mmlab/artifacts)")  # fmt: skip
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument("--port", type=int, default=5000, help="port, 0 for a free one (default: 5000)")
+    p.add_argument("--auth", action="store_true",
+                   help="MLflow's basic auth (first start: export MLFLOW_AUTH_ADMIN_PASSWORD)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, help="server processes (default: 2)")
+    p.add_argument("--stop", action="store_true", help="stop this workspace's server")
+
+
+def _server(args: argparse.Namespace) -> int:
+    from mmlab import extras, postgres, server
+
+    if args.stop:
+        return server.stop()
+    if not 0 <= args.port < 65536:
+        raise UsageError(f"--port {args.port}: expected 0 (a free one) to 65535")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: expected at least 1")
+    settings = server.Settings(args.db, args.artifacts, args.host, args.port, args.auth,
+                               args.workers)  # fmt: skip
+    try:
+        return server.serve(settings, out=lambda line: print(line, flush=True))
+    except (server.ServerError, postgres.PostgresError, extras.MissingExtra) as error:
+        raise UsageError(str(error)) from None
+
+
 # --------------------------------------------------------------------------- doctor
 
 
@@ -305,6 +345,7 @@ COMMANDS: dict[str, Command] = {
     "data": Command("generate the embedded synthetic dataset", _data_arguments, _data),
     "caption": Command("caption images with a trained model", _caption_arguments, _caption),
     "serve": Command("serve a captioner over HTTP (MLflow)", _serve_arguments, _serve),
+    "server": Command("shared MLflow tracking server on PostgreSQL", _server_arguments, _server),
     "compare": Command("compare batches of runs (notebook 00)", _compare_arguments, _compare),
     "search": Command("search a retrieval model's gallery", _search_arguments, _search),
     "doctor": Command(
@@ -327,6 +368,7 @@ examples:
   mmlab data synth --out data/mine --n 300      generate the synthetic dataset
   mmlab caption scene.png --model models:/mmlab-captioner@champion
   mmlab serve                                   the champion captioner over HTTP on :5001
+  mmlab server                                  MLflow server on a local PostgreSQL (make server)
   mmlab compare yesterday default               two batches side by side, moved metrics flagged
   mmlab search "a red circle above a blue square" --model <run_id> -k 5
 

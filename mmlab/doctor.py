@@ -128,6 +128,10 @@ def check_store() -> Finding:
             return Finding("fail", f"{uri}: cannot create it, {folder} is not writable",
                            "set MMLAB_HOME or MLFLOW_TRACKING_URI to a writable place")  # fmt: skip
         return Finding("ok", f"{uri} (created by the first run)")
+    if not tracking.answers(uri):  # before MLflow's retries, which take minutes
+        return Finding("fail", f"the tracking server {uri} does not answer",
+                       "start it (`make server`, or ask whoever runs it), or unset "
+                       "MLFLOW_TRACKING_URI")  # fmt: skip
     try:
         found = tracking.retry(tracking.MlflowClient(uri).search_experiments, attempts=3)
     except Exception as error:  # any failure to reach the store is this check's finding

@@ -127,6 +127,8 @@ def execute(job: Job) -> Outcome:
     from mlflow.tracking import MlflowClient
     from papermill.engines import papermill_engines
 
+    from mmlab import tracking
+
     start = time.perf_counter()
     os.environ.update(job.env)  # the kernel inherits this process's environment
     papermill_engines.register("mmlab", _progress_engine())
@@ -155,13 +157,21 @@ def execute(job: Job) -> Outcome:
     nb = nbformat.read(job.output, as_version=4)
     html = job.output.with_suffix(".html")
     client = MlflowClient(job.tracking_uri)
+    attached = [job.output, log]
     try:
         _render_html(job.output, html)
-        client.log_artifact(job.run_id, str(html), "notebook")
+        attached.insert(0, html)
     except Exception as raised:  # a rendering problem must not hide the run's own result
         error = error or raised
-    client.log_artifact(job.run_id, str(job.output), "notebook")
-    client.log_artifact(job.run_id, str(log), "notebook")
+    # a tracking server that is down would hold each upload through MLflow's retries: minutes
+    if not tracking.answers(job.tracking_uri):
+        error = error or tracking.TrackingServerError(tracking.server_down(job.tracking_uri))
+    else:
+        try:
+            for path in attached:
+                client.log_artifact(job.run_id, str(path), "notebook")
+        except Exception as raised:  # the server went away since: the runner reports it
+            error = error or raised
     return Outcome(
         ok=error is None,
         error=_error_line(error) if error else "",

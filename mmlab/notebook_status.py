@@ -29,10 +29,10 @@ def mark_failed(run_id: str, error: BaseException) -> None:
 
     from mmlab import tracking
 
+    _state["failed"] = run_id  # first: the run ends FAILED at exit even if the store is down
     client = tracking.client()
     tracking.retry(client.log_batch, run_id, tags=[RunTag(ERROR_TAG, error_line(error)[:5000])])
     tracking.retry(client.update_run, run_id, status="FAILED")
-    _state["failed"] = run_id
 
 
 def failed(run_id: str) -> bool:
@@ -46,6 +46,12 @@ def _after_cell(result) -> None:
     error = result.error_in_exec or result.error_before_exec
     run = mlflow.active_run()
     if error is None or run is None:
+        return
+    from mmlab import tracking
+
+    if tracking.unreachable(error):  # the server is down: no use waiting for it once more
+        _state["failed"] = run.info.run_id
+        print(f"mmlab: run {run.info.run_id} not marked FAILED: {error}", file=sys.stderr)
         return
     try:
         mark_failed(run.info.run_id, error)

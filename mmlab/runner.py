@@ -71,6 +71,7 @@ class Report:
     batch: Batch
     batch_id: str
     results: list[Result] = field(default_factory=list)
+    lost: str = ""  # why the tracking server stopped answering during the batch, if it did
 
     @property
     def ok(self) -> bool:
@@ -217,6 +218,7 @@ class BatchRun:
         self.results = [Result(e) for e in batch.executions if e.stage in self.stages]
         self.commit, self.dirty = git_state(batch.path.parent.resolve())
         self.started = time.perf_counter()
+        self.lost = ""  # what the tracking server said when it stopped answering, if it did
 
     # ----- helpers
     def stage_results(self, stage: str) -> list[Result]:
@@ -349,10 +351,47 @@ class BatchRun:
             execution.resources,
         )
 
+    def lose_server(self, error: BaseException | str) -> None:
+        """The tracking server stopped answering: start nothing more (it could not be
+        recorded); what runs now ends and is recorded if the server is back by then."""
+        if not self.lost:
+            self.lost = str(error).strip() or "no answer"
+            reason = tracking.why_unreachable(self.lost)
+            self.view.line(
+                f"the tracking server {tracking.tracking_uri()} stopped answering"
+                f"{f' ({reason})' if reason else ''}: no new executions start"
+            )
+        for result in self.results:
+            if result.status == "pending":
+                result.status, result.error = "skipped", "not started: no tracking server"
+                self.show(result)
+
     def finish(self, result: Result, outcome: executors.Outcome) -> None:
+        """Record the execution's outcome as its run's final status (FINISHED only if it
+        succeeded and the store took everything). Without a tracking server the run is left
+        as it is, never FINISHED, and the execution counts as failed: a rerun runs it again."""
+        if tracking.unreachable(outcome.error):
+            self.lose_server(outcome.error)
+        try:
+            if self.lost and not tracking.answers():  # one quick look, not MLflow's retries
+                raise tracking.TrackingServerError(self.lost)
+            self.record(result, outcome)
+        except Exception as error:
+            if not isinstance(error, tracking.TrackingServerError) and not tracking.unreachable(
+                error
+            ):
+                raise
+            self.lose_server(error)
+            result.status, result.seconds = "failed", outcome.seconds
+            result.error = "not recorded: the tracking server does not answer"
+            self.release(result)
+
+    def record(self, result: Result, outcome: executors.Outcome) -> None:
         result.status = "done" if outcome.ok else "failed"
         result.error, result.seconds = outcome.error, outcome.seconds
         result.kernel_seconds = outcome.kernel_seconds
+        if tracking.unreachable(outcome.error):
+            result.error = "the tracking server stopped answering during the run"
         client = tracking.client()
         if outcome.error:
             tag = RunTag("mmlab.error", outcome.error[:5000])
@@ -374,7 +413,13 @@ class BatchRun:
         running: dict[Future, Result] = {}
         try:
             while True:
-                self.schedule(executor, running)
+                try:
+                    if not self.lost:
+                        self.schedule(executor, running)
+                except Exception as error:
+                    if not tracking.unreachable(error):
+                        raise
+                    self.lose_server(error)
                 waiting = any(r.status == "pending" and r.waited for r in self.results)
                 if not running and not waiting:
                     break
@@ -401,7 +446,8 @@ class BatchRun:
         except BaseException:  # Ctrl-C, SIGTERM: stop the kernels, leave no RUNNING runs
             executor.shutdown(wait=False)
             for result in running.values():
-                tracking.retry(tracking.client().set_terminated, result.run_id, "KILLED")
+                if not self.lost or tracking.answers():
+                    tracking.retry(tracking.client().set_terminated, result.run_id, "KILLED")
                 result.status, result.error = "failed", "interrupted"
                 self.release(result)
             self.view.line(f"interrupted: {len(running)} running executions marked KILLED")
@@ -410,7 +456,7 @@ class BatchRun:
             for result in self.results:
                 self.release(result)
         executor.shutdown()
-        return Report(self.batch, self.batch_id, self.results)
+        return Report(self.batch, self.batch_id, self.results, self.lost)
 
     def schedule(self, executor: executors.Executor, running: dict[Future, Result]) -> None:
         """Settle what can be settled now (skipped, cached) and submit what is ready."""
@@ -523,5 +569,15 @@ def run(
         view.close()
     for line in summary(report):
         out(line)
+    if report.lost:
+        unfinished = sum(not r.ok for r in report.results)
+        reason = tracking.why_unreachable(report.lost)
+        out(
+            f"the tracking server {tracking.tracking_uri()} stopped answering"
+            f"{f' ({reason})' if reason else ''}: {unfinished} executions did not "
+            f"finish. Start it again (`make server`, or ask whoever runs it) and rerun the "
+            f"same command: executions FINISHED in its store are taken from the cache, the "
+            f"rest run again."
+        )
     sys.stdout.flush()
     return report

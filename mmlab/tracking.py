@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import tempfile
 import time
@@ -98,6 +99,66 @@ def retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -
     raise AssertionError("unreachable")
 
 
+# --------------------------------------------------------------------------- a tracking server
+
+
+class TrackingServerError(RuntimeError):
+    """The tracking server (`MLFLOW_TRACKING_URI=http...`) does not answer or refuses us."""
+
+
+def is_server(uri: str | None = None) -> bool:
+    return (uri or tracking_uri()).startswith(("http://", "https://"))
+
+
+def answers(uri: str | None = None) -> bool:
+    """Whether the tracking server answers at all: one look at /health, without MLflow's
+    retries (minutes when it is down). Only a connection that fails counts: a busy server
+    that is slow to reply is left to MLflow's retries. A database store always answers."""
+    uri = uri or tracking_uri()
+    if not is_server(uri):
+        return True
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=30)
+    except requests.ConnectionError:  # refused, no route, no such host, connect timeout
+        return False
+    except requests.RequestException:
+        return True
+    return True
+
+
+def unreachable(error: BaseException | str) -> bool:
+    """Whether an error (or its line) says the tracking server did not answer: connection
+    refused or timed out, or a 5xx, after MLflow's own retries."""
+    text = str(error)
+    if isinstance(error, TrackingServerError) or text.startswith("TrackingServerError:"):
+        return True
+    return "API request to" in text and bool(
+        re.search(r"failed with (timeout )?exception|failed with error code 5\d\d", text)
+    )
+
+
+def why_unreachable(error: BaseException | str) -> str:
+    """The short reason in MLflow's long error: `[Errno 111] Connection refused`, `timed
+    out`, `error code 503`; "" when it gives none."""
+    text = str(error)
+    for pattern in (r"\[Errno -?\d+\] [^'\")\]]+", r"error code 5\d\d", r"timed out"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(0).strip()
+    return ""
+
+
+def server_down(uri: str | None = None) -> str:
+    """What to say, and do, when the tracking server stopped answering."""
+    return (
+        f"the tracking server {uri or tracking_uri()} does not answer: start it again "
+        f"(`make server`, or ask whoever runs it), or unset MLFLOW_TRACKING_URI to track in "
+        f"the workspace's SQLite file"
+    )
+
+
 _ready_stores: set[str] = set()
 
 
@@ -113,7 +174,17 @@ def ensure_store(uri: str | None = None) -> str:
         return uri
     db = _sqlite_path(uri)
     if db is None:
-        retry(MlflowClient(uri).search_experiments, max_results=1)
+        if not answers(uri):
+            raise TrackingServerError(server_down(uri))
+        try:
+            retry(MlflowClient(uri).search_experiments, max_results=1)
+        except MlflowException as error:
+            if error.get_http_status_code() not in (401, 403):
+                raise
+            raise TrackingServerError(
+                f"the tracking server {uri} refuses us ({error.message.splitlines()[0]}): "
+                f"export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ) from None
     elif not db.exists():
         db.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(db.parent / f".{db.name}.lock"):  # flock or msvcrt: Windows too
