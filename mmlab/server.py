@@ -200,6 +200,13 @@ def auth_config(db: str) -> Path:
         "default_permission": "READ",
         "database_uri": db.replace("%", "%%"),  # MLflow reads it with `%` interpolation
         "admin_username": "admin",
+        # Older MLflow releases (3.11 among them) read the admin's first password from this
+        # file only, later ones from the environment too. `check_auth` has made sure that the
+        # variable is set or the admin exists, whose password MLflow then never reads again:
+        # a random one keeps older releases from failing on the missing key.
+        "admin_password": (
+            os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") or secrets.token_urlsafe(24)
+        ).replace("%", "%%"),
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
     }
     path = state_dir() / "basic_auth.ini"
