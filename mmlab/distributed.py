@@ -17,16 +17,19 @@ a CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 _launcher_queue = None  # set in a process `launch` started: where rank 0's messages go
 
@@ -115,6 +118,35 @@ def broadcast(value: Any, group: Group) -> Any:
 def barrier(group: Group) -> None:
     if group.distributed:
         dist.barrier()
+
+
+def main_first(group: Group, build: Callable[[], T]) -> T:
+    """`build()` on rank 0 first, then on the others: rank 0 fills a cache (features) that
+    the others read, rather than every process computing it at once."""
+    value = build() if group.main else None
+    barrier(group)
+    if not group.main:
+        value = build()
+    barrier(group)
+    return value
+
+
+@contextlib.contextmanager
+def main_run(group: Group, notebook: str, params: dict, tags: dict):
+    """One MLflow run around the body, on rank 0 only (the other ranks never touch the store);
+    it ends FAILED when the body raises."""
+    if not group.main:
+        yield
+        return
+    from mmlab import tracking
+
+    tracking.start(notebook, params=params, tags=tags)
+    try:
+        yield
+    except BaseException:
+        tracking.finish("FAILED")
+        raise
+    tracking.finish()
 
 
 def wrap(model: nn.Module, group: Group, find_unused_parameters: bool = False) -> nn.Module:

@@ -62,14 +62,10 @@ def main(argv=None) -> None:
             layer=args.grid_layer, device=str(group.device),
         )  # fmt: skip
         encoder = captioning.GridEncoder(extractor)
-        splits = {}
-        for turn in ("first", "then"):  # rank 0 fills the cache, the others read it
-            if group.main == (turn == "first"):
-                splits = {
-                    s: captioning.caption_data(ds, s, extractor, encoder, vocab)
-                    for s in ("train", "validation")
-                }
-            distributed.barrier(group)
+        splits = distributed.main_first(group, lambda: {
+            s: captioning.caption_data(ds, s, extractor, encoder, vocab)
+            for s in ("train", "validation")
+        })  # fmt: skip
         captioner = captioning.build(
             args.decoder, encoder, vocab, max_len=args.max_len, seed=args.seed,
             **args.decoder_options,
@@ -80,10 +76,8 @@ def main(argv=None) -> None:
             monitor=args.monitor, metric_tokenizer=args.metric_tokenizer,
             device=args.device, seed=args.seed,
         )  # fmt: skip
-        if group.main:
-            params = {**vars(args), "processes": group.size, "vocab_size": len(vocab)}
-            tracking.start(NOTEBOOK, params=params, tags={"mmlab.launcher": "torchrun"})
-        try:
+        params = {**vars(args), "processes": group.size, "vocab_size": len(vocab)}
+        with distributed.main_run(group, NOTEBOOK, params, {"mmlab.launcher": "torchrun"}):
             on_epoch = captioning.log_epoch if group.main else None
             result = captioning.fit(
                 captioner, splits["train"], splits["validation"], config, on_epoch
@@ -95,12 +89,7 @@ def main(argv=None) -> None:
                 )  # fmt: skip
                 tracking.log_metrics({"best_epoch": result.best_epoch})
                 tracking.headline(f"best_{result.monitor}", result.best_score)
-        except BaseException:
-            if group.main:
-                tracking.finish("FAILED")
-            raise
         if group.main:
-            tracking.finish()
             print(f"best {result.monitor} {result.best_score:.4f} at epoch {result.best_epoch}")
     finally:
         distributed.teardown()

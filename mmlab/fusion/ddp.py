@@ -68,34 +68,24 @@ def main(argv=None) -> None:
             else {}
         )
         encoders = {choice.form: args.token_encoders if choice.form == "tokens" else args.encoders}
-        data = None
-        for turn in ("first", "then"):  # rank 0 fills the cache, the others read it
-            if group.main == (turn == "first"):
-                data = inputs.build(
-                    ds, args.task, encoders.get("pooled"), encoders.get("tokens"),
-                    device=str(group.device), **pairs,
-                )  # fmt: skip
-            distributed.barrier(group)
+        data = distributed.main_first(group, lambda: inputs.build(
+            ds, args.task, encoders.get("pooled"), encoders.get("tokens"),
+            device=str(group.device), **pairs,
+        ))  # fmt: skip
         config = TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             patience=args.patience, schedule=args.schedule, device=str(group.device),
         )  # fmt: skip
-        if group.main:
-            tags = {"mmlab.launcher": "torchrun", "fusion_method": choice.label,
-                    "seed": str(args.seed)}  # fmt: skip
-            tracking.start(NOTEBOOK, params={**vars(args), "processes": group.size}, tags=tags)
-        try:
+        tags = {"mmlab.launcher": "torchrun", "fusion_method": choice.label,
+                "seed": str(args.seed)}  # fmt: skip
+        params = {**vars(args), "processes": group.size}
+        with distributed.main_run(group, NOTEBOOK, params, tags):
             row, history, _ = compare.run_one(data, choice, args.seed, config, args.hidden)
             if group.main:
                 tracking.log_history(history, start_step=1)
                 tracking.log_metrics(row)
                 tracking.headline(compare.METRIC, row[compare.METRIC])
-        except BaseException:
-            if group.main:
-                tracking.finish("FAILED")
-            raise
         if group.main:
-            tracking.finish()
             print(f"{choice.label} seed {args.seed}: test accuracy {row[compare.METRIC]:.3f}")
     finally:
         distributed.teardown()
