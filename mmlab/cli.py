@@ -263,13 +263,11 @@ def _search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise UsageError(f"-k {args.k}: expected at least 1")
     images = open_images([args.image]) if args.image else None  # before the model load
-    from mlflow.exceptions import MlflowException
-
     from mmlab.retrieval.saving import load_searcher
 
-    try:
+    try:  # MLflow's errors come as LookupError: a cached model is read without MLflow
         searcher = load_searcher(args.model)
-    except (FileNotFoundError, LookupError, MlflowException) as error:
+    except (FileNotFoundError, LookupError) as error:
         raise UsageError(f"--model {args.model}: cannot load a retrieval model ({error})") from None
     modality = "image" if images else "text"
     if args.gallery:

@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 import pytest
+import torch
 
 from mmlab import tracking
 from mmlab.data import load_dataset
@@ -97,3 +98,33 @@ def test_search_errors_say_what_to_fix(logged, tmp_path):
     done = mmlab("search", "a red circle", "--model", str(tmp_path / "nothing"))
     assert done.returncode == 2 and "cannot load a retrieval model" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_logged_model_searches_by_text_without_transformers_or_mlflow(logged):
+    """The model carries MiniLM as a `torch.export` program and a run's model is cached after
+    its first download: a text search in a new process imports neither transformers nor
+    MLflow (most of its start), and answers as the full encoder does."""
+    load_searcher(logged["uri"])  # the first load fills the cache
+    code = (
+        "import sys; from mmlab.retrieval.saving import load_searcher; "
+        f"s = load_searcher({logged['uri']!r}); "
+        f"print(s.search('text', [{logged['query']!r}], k=3)['id'].tolist()); "
+        "print(sorted(m for m in ('transformers', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=os.environ.copy())  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    ids, imported = out.stdout.strip().split("\n")[-2:]
+    expected = logged["searcher"].search("text", [logged["query"]], k=3)
+    assert ids == str(expected["id"].tolist())
+    assert imported == "[]"
+
+
+def test_the_exported_text_encoder_gives_the_encoder_vectors(tmp_path):
+    from mmlab.features import create
+    from mmlab.features.text import ExportedMiniLM
+
+    encoder = create("text", "minilm", device="cpu")
+    texts = ["a red circle above a blue square", "green", "a very small purple triangle " * 40]
+    exported = ExportedMiniLM(encoder.export(tmp_path / "minilm"))
+    assert torch.allclose(exported.extract(texts), encoder.extract(texts), atol=1e-5)

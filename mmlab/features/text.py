@@ -12,6 +12,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -197,14 +198,93 @@ class MiniLM(Extractor):
         items = _check_texts(items, self.name)
         return super().extract(items, batch_size, num_workers=0, progress=progress)
 
+    def export(self, folder) -> Path:
+        """Save this encoder as a `torch.export` program with its tokenizer (`ExportedMiniLM`
+        reads them): a query encoder that loads without transformers, whose import is most of
+        a new process's start. One text padded to `max_length` per call: a program with fixed
+        shapes loads in half the time of one with symbolic sizes, and padding changes nothing
+        (the attention mask hides it)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        example = dict(
+            self.tokenizer(
+                ["a red circle above a blue square"], padding="max_length", truncation=True,
+                max_length=self.options["max_length"], return_tensors="pt",
+            )
+        )  # fmt: skip
+        program = torch.export.export(_PooledMiniLM(self.module, self.kind).eval(), (), example)
+        torch.export.save(program, folder / EXPORTED_PROGRAM)
+        self.tokenizer.backend_tokenizer.save(str(folder / EXPORTED_TOKENIZER))
+        (folder / EXPORTED_OPTIONS).write_text(json.dumps({"kind": self.kind, **self.options}))
+        return folder
+
+    def _tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return dict(
+            self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.options["max_length"],
+                return_tensors="pt",
+            )
+        )  # fmt: skip
+
     def forward(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.options["max_length"],
-            return_tensors="pt",
-        ).to(self.device)  # fmt: skip
-        states = self.module(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
-        if self.kind == "sequence":
-            return states * mask  # padding positions are zero, like the padding across batches
-        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, dim=-1)
+        tokens = {k: v.to(self.device) for k, v in self._tokens(texts).items()}
+        return _pool(self.module(**tokens).last_hidden_state, tokens["attention_mask"], self.kind)
+
+
+def _pool(states: torch.Tensor, attention_mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """MiniLM's token states -> sentence vectors (mean over real tokens, unit length), or the
+    token states with padding zeroed (`kind="sequence"`, like the padding across batches)."""
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    if kind == "sequence":
+        return states * mask
+    pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+class _PooledMiniLM(nn.Module):
+    """The transformer and its pooling as one module, for `torch.export`."""
+
+    def __init__(self, module: nn.Module, kind: str):
+        super().__init__()
+        self.module, self.kind = module, kind
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        states = self.module(
+            input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
+        ).last_hidden_state
+        return _pool(states, attention_mask, self.kind)
+
+
+EXPORTED_PROGRAM, EXPORTED_TOKENIZER = "minilm.pt2", "tokenizer.json"
+EXPORTED_OPTIONS = "minilm.json"
+
+
+class ExportedMiniLM:
+    """A MiniLM encoder that `MiniLM.export` saved: the same vectors, loaded with
+    torch and the tokenizers library only."""
+
+    def __init__(self, folder):
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        self.options = json.loads((folder / EXPORTED_OPTIONS).read_text())
+        self.tokenizer = Tokenizer.from_file(str(folder / EXPORTED_TOKENIZER))
+        self.tokenizer.enable_truncation(self.options["max_length"])
+        self.tokenizer.enable_padding(length=self.options["max_length"])
+        self.module = torch.export.load(folder / EXPORTED_PROGRAM).module()
+
+    @staticmethod
+    def exists(folder) -> bool:
+        return all((Path(folder) / f).is_file() for f in (EXPORTED_PROGRAM, EXPORTED_OPTIONS))
+
+    def extract(self, texts) -> torch.Tensor:
+        out = []
+        for encoding in self.tokenizer.encode_batch(_check_texts(texts, "minilm")):
+            tokens = {
+                name: torch.tensor([getattr(encoding, field)])
+                for name, field in (("input_ids", "ids"), ("token_type_ids", "type_ids"),
+                                    ("attention_mask", "attention_mask"))
+            }  # fmt: skip
+            with torch.inference_mode():
+                out.append(self.module(**tokens))
+        return torch.cat(out)

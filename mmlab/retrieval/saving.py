@@ -11,6 +11,8 @@ new process pays for torch and the query encoder, not for MLflow's model loading
 
 from __future__ import annotations
 
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -57,23 +59,61 @@ def log_search_model(searcher: Searcher, name: str = MODEL_ARTIFACT):
 
 def load_searcher(source: str | Path, index: str = "auto") -> Searcher:
     """The Searcher of a logged retrieval model: run id, runs:/.., models:/.. or a folder (an
-    MLflow model folder or a folder `Searcher.save` wrote)."""
-    import mlflow.artifacts
+    MLflow model folder or a folder `Searcher.save` wrote).
 
-    from mmlab import tracking
-    from mmlab.models import model_uri, quiet_transfers
+    A run's model is downloaded once into the workspace cache (`cache/search/<run id>/<path>`):
+    a run's artifacts do not change, so later searches read the cached copy without MLflow,
+    whose import and store round trip are most of a new process's start. `models:/` names are
+    resolved every time (an alias may move)."""
+    from mmlab.models import model_uri
 
     path = Path(str(source)).expanduser()
     if (path / "config.json").is_file():
         return Searcher.load(path, index)
     uri = model_uri(source)
+    cached = _cache_folder(uri)
+    if cached is not None and (cached / "config.json").is_file():
+        return Searcher.load(cached, index)
+    from mmlab import workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _download(source, uri, tmp)
+        if cached is None:
+            return Searcher.load(folder, index)
+        with workspace.atomic_path(cached) as target:
+            shutil.copytree(folder, target)
+    return Searcher.load(cached, index)
+
+
+def _cache_folder(uri: str) -> Path | None:
+    """Where a `runs:/<run id>/<path>` model is cached; None for any other URI."""
+    from mmlab import workspace
+
+    match = re.fullmatch(r"runs:/([0-9a-f]{32})/(.+)", uri)
+    if match is None:
+        return None
+    return workspace.cache_dir() / "search" / match[1] / match[2].strip("/")
+
+
+def _download(source, uri: str, destination: str) -> Path:
+    """The model's searcher folder, downloaded through MLflow under `destination`."""
+    import mlflow.artifacts
+
+    from mmlab import tracking
+    from mmlab.models import quiet_transfers
+
     if uri.startswith(("runs:/", "models:/")):
         mlflow.set_tracking_uri(tracking.ensure_store())
-    with quiet_transfers():
-        local = Path(mlflow.artifacts.download_artifacts(uri))
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with quiet_transfers():
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=destination))
+    except MlflowException as error:
+        raise LookupError(f"{uri}: {error.message}") from None
     folder = local / "artifacts" / FILES
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{source!r} is an MLflow model but not a retrieval model (no artifacts/{FILES} folder)"
         )
-    return Searcher.load(folder, index)
+    return folder

@@ -7,12 +7,15 @@ answer queries with.
 
 On disk (the MLflow model's artifacts): `weights.pt` (the heads' state dict), `config.json`
 (the dual encoder's config), and per gallery modality `gallery_<modality>.npz` (unit vectors)
-with `gallery_<modality>.json` (item ids, file paths or caption texts).
+with `gallery_<modality>.json` (item ids, file paths or caption texts), and for a MiniLM text
+side `query_encoder/`: MiniLM as a `torch.export` program, so a text query is encoded without
+importing transformers (most of a new process's start).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmlab.features.registry import parse_encoder
+from mmlab.features.text import ExportedMiniLM
 from mmlab.retrieval.index import make_index
 from mmlab.retrieval.model import DualConfig, DualEncoder
 from mmlab.retrieval.pairs import Side, caption_table, make_extractor, side
@@ -81,6 +86,9 @@ def dataset_galleries(
     return out
 
 
+QUERY_ENCODER = "query_encoder"
+
+
 class Searcher:
     def __init__(self, model: DualEncoder, galleries: dict[str, Gallery], index: str = "auto"):
         self.model = model.eval()
@@ -88,6 +96,7 @@ class Searcher:
         self.index_kind = index
         self.indexes = {m: make_index(g.vectors, index) for m, g in galleries.items()}
         self._extractors = {}
+        self.folder: Path | None = None  # where it was loaded from (`load`)
 
     def other(self, modality: str) -> str:
         modalities = self.model.config.modalities
@@ -101,11 +110,20 @@ class Searcher:
     def encode(self, modality: str, items: list) -> np.ndarray:
         """Unit vectors of raw queries (strings, or media paths / PIL images)."""
         if modality not in self._extractors:
-            spec = self.model.config.encoders[modality]
-            self._extractors[modality] = make_extractor(modality, spec, "cpu")
+            exported = self._exported()
+            if modality == "text" and exported is not None:
+                self._extractors[modality] = ExportedMiniLM(exported)
+            else:
+                spec = self.model.config.encoders[modality]
+                self._extractors[modality] = make_extractor(modality, spec, "cpu")
         with torch.inference_mode():
             x = self._extractors[modality].extract(items)
         return self.model.embed(modality, x).numpy()
+
+    def _exported(self) -> Path | None:
+        """The exported text encoder saved with this searcher, if any."""
+        folder = self.folder / QUERY_ENCODER if self.folder else None
+        return folder if folder is not None and ExportedMiniLM.exists(folder) else None
 
     def use_dataset(self, source: str, split: str = "test", modality: str | None = None) -> None:
         """Replace the gallery of `modality` (default: both) by `source`'s `split`, embedded."""
@@ -144,6 +162,11 @@ class Searcher:
             np.savez(folder / f"gallery_{m}.npz", vectors=g.vectors.astype(np.float32))
             meta = {"modality": m, "ids": g.ids, "paths": g.paths, "texts": g.texts}
             (folder / f"gallery_{m}.json").write_text(json.dumps(meta))
+        text = self.model.config.encoders.get("text")
+        if self._exported() is not None:
+            shutil.copytree(self._exported(), folder / QUERY_ENCODER, dirs_exist_ok=True)
+        elif text is not None and parse_encoder(text)[0] == "minilm":
+            make_extractor("text", text, "cpu").export(folder / QUERY_ENCODER)
         return folder
 
     @classmethod
@@ -160,4 +183,6 @@ class Searcher:
             galleries[meta["modality"]] = Gallery(
                 meta["modality"], meta["ids"], vectors, meta["paths"], meta["texts"]
             )
-        return cls(model, galleries, index)
+        searcher = cls(model, galleries, index)
+        searcher.folder = folder
+        return searcher
