@@ -433,3 +433,11 @@ def test_modality_dropout_is_an_option_of_the_methods_that_take_it():
         "late:modality_dropout=0.1": {"modality_dropout": 0.1},
     }
     assert compare.with_modality_dropout(choices, 0.0) == choices
+
+
+def test_pooled_methods_take_their_own_epoch_budget(data):
+    config = fusion.TrainConfig(epochs=3, batch_size=16, patience=3)
+    result = compare.run(data, ["concat", "grid_cross_attention"], seeds=[0], config=config,
+                         hidden=8, log=False, progress=None, pooled_epochs=1)  # fmt: skip
+    epochs = result.runs.set_index("method")["epochs_run"]
+    assert epochs["concat"] == 1 and epochs["grid_cross_attention"] == 3

@@ -203,6 +203,7 @@ def run(
     progress: Callable[[str], None] | None = print,
     workers: int | None = None,
     modality_dropout: float = 0.0,
+    pooled_epochs: int | None = None,
 ) -> Comparison:
     """Every method x seed; with `log`, each is a nested MLflow run (`tracking.child_run`)
     tagged `fusion_method`, `seed`, `modalities` (and `fusion_target` on the label task),
@@ -212,6 +213,10 @@ def run(
     `mmlab.fusion.base`). Pooled methods are also tested with each modality removed
     (`test_accuracy_without_<modality>`, `Comparison.missing()`).
 
+    `pooled_epochs`: the pooled methods' epoch budget (None: `config.epochs`), patience capped
+    to it. They peak within a few epochs, while the token method learns relations late: one
+    budget for both would spend the token method's epochs on every pooled run.
+
     `workers` training processes run side by side, one thread each (None: one per CPU core
     on a CPU, one on a GPU). These models are small: a step is mostly per-operation overhead,
     so a second thread speeds one run up far less than a second process adds runs.
@@ -219,14 +224,19 @@ def run(
     `if __name__ == "__main__":` guard (notebooks do not), or `workers=1`.
     """
     config = config or TrainConfig()
+    configs = {"tokens": config, "pooled": config}
+    if pooled_epochs is not None:
+        configs["pooled"] = replace(
+            config, epochs=pooled_epochs, patience=min(config.patience, pooled_epochs)
+        )
     choices = with_modality_dropout(expand(methods, data.modalities), modality_dropout)
     target = data.task.label_column if data.task.name == "label" else None
     jobs = [(choice, seed) for choice in choices for seed in seeds]
     results = {}
-    for (choice, seed), (row, history, w) in _train_all(data, jobs, config, hidden, workers):
+    for (choice, seed), (row, history, w) in _train_all(data, jobs, configs, hidden, workers):
         modalities = _modalities(data, choice)
         if log:
-            _log(choice, seed, modalities, config, hidden, row, history, target)
+            _log(choice, seed, modalities, configs[choice.form], hidden, row, history, target)
         results[choice, seed] = (modalities, row, history, w)
         if progress:
             progress(
@@ -264,14 +274,18 @@ def run_targets(
     return {t: run(relabel(data, ds, t), methods, **options) for t in targets}
 
 
-def _train_all(data, jobs, config, hidden, workers):
-    """Yield `((choice, seed), run_one(...))` as runs finish, in worker processes or here."""
+def _train_all(data, jobs, configs, hidden, workers):
+    """Yield `((choice, seed), run_one(...))` as runs finish, in worker processes or here;
+    `configs`: the recipe of each input form."""
+    config = configs["tokens"]
     if workers is None:
         workers = (os.cpu_count() or 1) if torch.device(config.device).type == "cpu" else 1
+    if config.processes > 1:  # each run starts its own processes, which use the cores
+        workers = 1
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
         for choice, seed in jobs:
-            yield (choice, seed), run_one(data, choice, seed, config, hidden)
+            yield (choice, seed), run_one(data, choice, seed, configs[choice.form], hidden)
         return
     for split in (s for form in data.splits.values() for s in form.values()):
         for x in (*split.inputs.values(), split.labels):
@@ -282,7 +296,9 @@ def _train_all(data, jobs, config, hidden, workers):
     with ProcessPoolExecutor(
         workers, context, initializer=torch.set_num_threads, initargs=(1,)
     ) as pool:
-        futures = {pool.submit(run_one, data, *job, config, hidden): job for job in order}
+        futures = {
+            pool.submit(run_one, data, *job, configs[job[0].form], hidden): job for job in order
+        }
         for future in as_completed(futures):
             yield futures[future], future.result()
 
