@@ -101,7 +101,7 @@ def test_search_errors_say_what_to_fix(logged, tmp_path):
 
 
 def test_a_logged_model_searches_by_text_without_transformers_or_mlflow(logged):
-    """The model carries MiniLM as a `torch.export` program and a run's model is cached after
+    """The model carries MiniLM in torch's own layers and a run's model is cached after
     its first download: a text search in a new process imports neither transformers nor
     MLflow (most of its start), and answers as the full encoder does."""
     load_searcher(logged["uri"])  # the first load fills the cache

@@ -199,23 +199,16 @@ class MiniLM(Extractor):
         return super().extract(items, batch_size, num_workers=0, progress=progress)
 
     def export(self, folder) -> Path:
-        """Save this encoder as a `torch.export` program with its tokenizer (`ExportedMiniLM`
+        """Save this encoder as a `BertEncoder` state dict with its tokenizer (`ExportedMiniLM`
         reads them): a query encoder that loads without transformers, whose import is most of
-        a new process's start. One text padded to `max_length` per call: a program with fixed
-        shapes loads in half the time of one with symbolic sizes, and padding changes nothing
-        (the attention mask hides it)."""
+        a new process's start."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        example = dict(
-            self.tokenizer(
-                ["a red circle above a blue square"], padding="max_length", truncation=True,
-                max_length=self.options["max_length"], return_tensors="pt",
-            )
-        )  # fmt: skip
-        program = torch.export.export(_PooledMiniLM(self.module, self.kind).eval(), (), example)
-        torch.export.save(program, folder / EXPORTED_PROGRAM)
+        encoder = BertEncoder.from_bert(self.module)
+        torch.save(encoder.state_dict(), folder / EXPORTED_WEIGHTS)
         self.tokenizer.backend_tokenizer.save(str(folder / EXPORTED_TOKENIZER))
-        (folder / EXPORTED_OPTIONS).write_text(json.dumps({"kind": self.kind, **self.options}))
+        options = {"kind": self.kind, **self.options, "config": encoder.config}
+        (folder / EXPORTED_OPTIONS).write_text(json.dumps(options))
         return folder
 
     def _tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -241,21 +234,66 @@ def _pool(states: torch.Tensor, attention_mask: torch.Tensor, kind: str) -> torc
     return nn.functional.normalize(pooled, dim=-1)
 
 
-class _PooledMiniLM(nn.Module):
-    """The transformer and its pooling as one module, for `torch.export`."""
+class BertEncoder(nn.Module):
+    """BERT's encoder (Devlin et al., 2019) in PyTorch's own layers: word, position and segment
+    embeddings summed and normalised, then post-norm transformer layers with GELU. It holds a
+    Hugging Face `BertModel`'s weights (`from_bert`), so MiniLM runs with torch alone."""
 
-    def __init__(self, module: nn.Module, kind: str):
+    def __init__(self, vocab_size: int, hidden: int, layers: int, heads: int,
+                 intermediate: int, max_positions: int, segments: int, eps: float):  # fmt: skip
         super().__init__()
-        self.module, self.kind = module, kind
+        self.config = dict(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,
+                           intermediate=intermediate, max_positions=max_positions,
+                           segments=segments, eps=eps)  # fmt: skip
+        self.word = nn.Embedding(vocab_size, hidden)
+        self.position = nn.Embedding(max_positions, hidden)
+        self.segment = nn.Embedding(segments, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        layer = nn.TransformerEncoderLayer(
+            hidden, heads, intermediate, dropout=0.0, activation="gelu", layer_norm_eps=eps,
+            batch_first=True,
+        )  # fmt: skip
+        # Nested tensors would return zeros at padded positions; pooling masks them anyway,
+        # but the token states of `kind="sequence"` should not depend on the batch's padding.
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
-    def forward(self, input_ids, token_type_ids, attention_mask):
-        states = self.module(
-            input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
-        ).last_hidden_state
-        return _pool(states, attention_mask, self.kind)
+    def forward(self, input_ids, token_type_ids, attention_mask) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word(input_ids) + self.position(positions) + self.segment(token_type_ids)
+        return self.encoder(self.norm(x), src_key_padding_mask=attention_mask == 0)
+
+    @classmethod
+    def from_bert(cls, bert: nn.Module) -> BertEncoder:
+        """The same network as a transformers `BertModel` (its pooler left out), weights copied."""
+        c = bert.config
+        encoder = cls(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
+                      c.intermediate_size, c.max_position_embeddings, c.type_vocab_size,
+                      c.layer_norm_eps)  # fmt: skip
+        src = bert.state_dict()
+        state = {
+            "word.weight": src["embeddings.word_embeddings.weight"],
+            "position.weight": src["embeddings.position_embeddings.weight"],
+            "segment.weight": src["embeddings.token_type_embeddings.weight"],
+            "norm.weight": src["embeddings.LayerNorm.weight"],
+            "norm.bias": src["embeddings.LayerNorm.bias"],
+        }
+        names = {"self_attn.out_proj": "attention.output.dense",
+                 "norm1": "attention.output.LayerNorm", "linear1": "intermediate.dense",
+                 "linear2": "output.dense", "norm2": "output.LayerNorm"}  # fmt: skip
+        for i in range(c.num_hidden_layers):
+            ours, theirs = f"encoder.layers.{i}.", f"encoder.layer.{i}."
+            for p in ("weight", "bias"):
+                # nn.MultiheadAttention keeps the query, key and value projections as one.
+                state[f"{ours}self_attn.in_proj_{p}"] = torch.cat(
+                    [src[f"{theirs}attention.self.{q}.{p}"] for q in ("query", "key", "value")]
+                )
+                for mine, hf in names.items():
+                    state[f"{ours}{mine}.{p}"] = src[f"{theirs}{hf}.{p}"]
+        encoder.load_state_dict(state)
+        return encoder.eval()
 
 
-EXPORTED_PROGRAM, EXPORTED_TOKENIZER = "minilm.pt2", "tokenizer.json"
+EXPORTED_WEIGHTS, EXPORTED_TOKENIZER = "minilm.pt", "tokenizer.json"
 EXPORTED_OPTIONS = "minilm.json"
 
 
@@ -270,21 +308,23 @@ class ExportedMiniLM:
         self.options = json.loads((folder / EXPORTED_OPTIONS).read_text())
         self.tokenizer = Tokenizer.from_file(str(folder / EXPORTED_TOKENIZER))
         self.tokenizer.enable_truncation(self.options["max_length"])
-        self.tokenizer.enable_padding(length=self.options["max_length"])
-        self.module = torch.export.load(folder / EXPORTED_PROGRAM).module()
+        self.tokenizer.enable_padding()  # to the longest text of a batch
+        self.module = BertEncoder(**self.options["config"])
+        weights = torch.load(folder / EXPORTED_WEIGHTS, map_location="cpu", weights_only=True)
+        self.module.load_state_dict(weights)
+        self.module.eval()
 
     @staticmethod
     def exists(folder) -> bool:
-        return all((Path(folder) / f).is_file() for f in (EXPORTED_PROGRAM, EXPORTED_OPTIONS))
+        return all((Path(folder) / f).is_file() for f in (EXPORTED_WEIGHTS, EXPORTED_OPTIONS))
 
     def extract(self, texts) -> torch.Tensor:
-        out = []
-        for encoding in self.tokenizer.encode_batch(_check_texts(texts, "minilm")):
-            tokens = {
-                name: torch.tensor([getattr(encoding, field)])
-                for name, field in (("input_ids", "ids"), ("token_type_ids", "type_ids"),
-                                    ("attention_mask", "attention_mask"))
-            }  # fmt: skip
-            with torch.inference_mode():
-                out.append(self.module(**tokens))
-        return torch.cat(out)
+        encodings = self.tokenizer.encode_batch(_check_texts(texts, "minilm"))
+        tokens = {
+            name: torch.tensor([getattr(e, field) for e in encodings])
+            for name, field in (("input_ids", "ids"), ("token_type_ids", "type_ids"),
+                                ("attention_mask", "attention_mask"))
+        }  # fmt: skip
+        with torch.inference_mode():
+            states = self.module(**tokens)
+        return _pool(states, tokens["attention_mask"], self.options["kind"])

@@ -8,8 +8,8 @@ answer queries with.
 On disk (the MLflow model's artifacts): `weights.pt` (the heads' state dict), `config.json`
 (the dual encoder's config), and per gallery modality `gallery_<modality>.npz` (unit vectors)
 with `gallery_<modality>.json` (item ids, file paths or caption texts), and for a MiniLM text
-side `query_encoder/`: MiniLM as a `torch.export` program, so a text query is encoded without
-importing transformers (most of a new process's start).
+side `query_encoder/`: MiniLM in torch's own layers (`BertEncoder`), so a text query is encoded
+without importing transformers (most of a new process's start).
 """
 
 from __future__ import annotations
