@@ -1,8 +1,9 @@
-"""The optimiser every training loop of mmlab uses."""
+"""The optimiser and the learning-rate schedules every training loop of mmlab uses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -15,3 +16,34 @@ def adamw(
     whole step is short. The same update, up to the last bits of its arithmetic."""
     fused = torch.device(device).type in ("cpu", "cuda")
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+# The learning rate's factor at a fraction `t` in [0, 1] of the steps after the warmup.
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda t: 1.0,
+    "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
+    "linear": lambda t: 1.0 - t,
+}
+
+
+def check_schedule(name: str) -> None:
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
+
+
+def lr_schedule(
+    optimiser: torch.optim.Optimizer, name: str, steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear warmup over `warmup_steps`, then the schedule `name` over the rest. The warmup
+    is what lets attention models take a higher learning rate: Adam's first steps, on
+    second-moment estimates of a few batches, are too large for it (as in transformers)."""
+    check_schedule(name)
+    decay = SCHEDULES[name]
+    rest = max(1, steps - warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return decay(min(1.0, (step - warmup_steps) / rest))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)

@@ -162,7 +162,7 @@ def test_bad_inputs_get_clear_errors(tiny):
     _, vocab, extractor, splits = tiny
     with pytest.raises(ValueError, match="one entry per image"):
         CaptionData.build(torch.zeros(2, 4, 2, 2), ["a"], [["x"]], vocab)
-    with pytest.raises(KeyError, match="valid: constant, cosine, linear"):
+    with pytest.raises(ValueError, match="valid schedules: constant, cosine, linear"):
         TrainConfig(schedule="step")
     captioner = captioning.build("lstm_attention", GridEncoder(extractor), vocab, **SMALL)
     pixels = CaptionData.build(

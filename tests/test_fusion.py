@@ -7,7 +7,7 @@ import torch
 
 from mmlab import fusion
 from mmlab.fusion import InputSpec
-from mmlab.fusion.train import schedule as lr_schedule
+from mmlab.optim import lr_schedule
 
 torch.set_num_threads(1)  # small models: one thread is as fast and immune to contention
 

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from mmlab import distributed, progress
 from mmlab.features.device import resolve_device
-from mmlab.optim import adamw
+from mmlab.optim import adamw, check_schedule, lr_schedule
 
 MONITORS = {"cider": "val_cider", "bleu4": "val_bleu4"}
 
@@ -98,23 +98,6 @@ def caption_data(dataset_dict, split: str, extractor, encoder, vocab) -> Caption
     return CaptionData.build(inputs, ds["id"], ds["captions"], vocab)
 
 
-def _constant(progress: float) -> float:
-    return 1.0
-
-
-def _cosine(progress: float) -> float:
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _linear(progress: float) -> float:
-    return 1.0 - progress
-
-
-SCHEDULES: dict[str, Callable[[float], float]] = {
-    "constant": _constant, "cosine": _cosine, "linear": _linear,
-}  # fmt: skip
-
-
 @dataclass
 class TrainConfig:
     epochs: int = 8
@@ -122,7 +105,9 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     grad_clip: float = 5.0
-    schedule: str = "cosine"  # learning-rate factor per step after warm-up: see SCHEDULES
+    schedule: str = (
+        "cosine"  # learning-rate factor per step after warm-up: see mmlab.optim.SCHEDULES
+    )
     warmup: float = 0.05  # share of all steps with a linear warm-up
     attention_penalty: float = 0.1  # lambda of the doubly stochastic attention penalty
     label_smoothing: float = 0.0
@@ -140,8 +125,7 @@ class TrainConfig:
     def __post_init__(self):
         if not isinstance(self.processes, int) or self.processes < 1:
             raise ValueError(f"processes must be an int >= 1, got {self.processes!r}")
-        if self.schedule not in SCHEDULES:
-            raise KeyError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        check_schedule(self.schedule)
         if self.monitor not in MONITORS:
             raise KeyError(f"unknown monitor {self.monitor!r}; valid: {', '.join(MONITORS)}")
 
@@ -293,13 +277,7 @@ def fit(
     steps_per_epoch = math.ceil(len(train.tokens) / config.batch_size)
     total = max(config.epochs * steps_per_epoch, 1)
     warmup = max(int(config.warmup * total), 1)
-    shape = SCHEDULES[config.schedule]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(
-            (step + 1) / warmup, shape(min(max(step - warmup, 0) / max(total - warmup, 1), 1.0))
-        ),
-    )
+    scheduler = lr_schedule(optimizer, config.schedule, total, warmup)
     monitor = MONITORS[config.monitor]
     best_score, best_epoch, best_state, stale = -math.inf, -1, None, 0
     rows, stopped_early = [], False

@@ -18,7 +18,7 @@ from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
 from mmlab import distributed, progress
-from mmlab.optim import adamw
+from mmlab.optim import adamw, check_schedule, lr_schedule
 
 Inputs = Mapping[str, Tensor]
 
@@ -68,10 +68,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.processes < 1:
             raise ValueError(f"processes must be >= 1, got {self.processes!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"
-            )
+        check_schedule(self.schedule)
         if not 0 <= self.warmup < self.epochs:
             raise ValueError(
                 f"warmup must be in [0, epochs={self.epochs}) epochs, got {self.warmup!r}"
@@ -85,30 +82,6 @@ class TrainResult:
     best_epoch: int = 0
     epochs_run: int = 0
     train_seconds: float = 0.0
-
-
-# The learning rate's factor at a fraction `t` in [0, 1] of the steps after the warmup.
-SCHEDULES: dict[str, Callable[[float], float]] = {
-    "constant": lambda t: 1.0,
-    "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
-}
-
-
-def schedule(
-    optimiser: torch.optim.Optimizer, name: str, steps: int, warmup_steps: int = 0
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A linear warmup over `warmup_steps`, then the schedule `name` over the rest. The warmup
-    is what lets attention models take a higher learning rate: Adam's first steps, on
-    second-moment estimates of a few batches, are too large for it (as in transformers)."""
-    decay = SCHEDULES[name]
-    rest = max(1, steps - warmup_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return decay(min(1.0, (step - warmup_steps) / rest))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
 
 
 def _to(inputs: Inputs, device: str) -> dict[str, Tensor]:
@@ -178,7 +151,7 @@ def fit(
     net = distributed.wrap(_Objective(model), group, find_unused_parameters=True)
     optimiser = adamw(model.parameters(), config.lr, config.weight_decay, device)
     per_epoch = math.ceil(len(train) / config.batch_size)
-    scheduler = schedule(
+    scheduler = lr_schedule(
         optimiser, config.schedule, config.epochs * per_epoch, round(config.warmup * per_epoch)
     )
     loss_fn = nn.CrossEntropyLoss()
