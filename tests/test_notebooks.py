@@ -8,6 +8,10 @@ is the session's `smoke_batch` fixture (tests/conftest.py), shared with the brow
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +80,42 @@ def test_the_label_stage_compares_each_target_with_each_modality_removed(smoke_b
     )
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"accuracy_by_target.csv", "accuracy_without_modality.csv"} <= logged, logged
+
+
+@pytest.mark.parametrize(
+    ("pairs", "artifacts", "missing"),
+    [
+        ("[audio-text, image-audio]", {"example_hits.csv", "zero_shot.csv"}, {"top5.png"}),
+        ("[image-audio]", {"similarity_matrix.png"}, {"example_hits.csv", "zero_shot.csv"}),
+    ],
+)
+def test_retrieval_figures_follow_the_first_pair(smoke_batch, tmp_path, pairs, artifacts, missing):
+    """Notebook 05 by plain papermill with a first pair other than image-text: caption queries
+    answered by sounds come as a table of hits (no image grid), and a pair without text has
+    no caption queries, prompts or search model; both runs finish. The smoke batch's
+    workspace lends its cached features."""
+    _, client, home = smoke_batch
+    out = tmp_path / "out.ipynb"
+    env = {**os.environ, "MMLAB_HOME": str(home), "MLFLOW_TRACKING_URI": client.tracking_uri}
+    env.pop("MLFLOW_RUN_ID", None)
+    options = ["-p", "dataset", "synthetic:n=60,seed=0,image_size=64", "-y",
+               f"{{pairs: {pairs}, seeds: 1, epochs: 1, batch_size: 32, dim: 32, width: 32, "
+               "encoders: {image: 'efficientnet_lite0:image_size=64,kind=grid,layer=mid'}, "
+               "queries_shown: 2, matrix_size: 6, device: cpu}"]  # fmt: skip
+    notebook = REPO / "notebooks" / "05_cross_modal_retrieval.ipynb"
+    cmd = [str(Path(sys.executable).parent / "papermill"), str(notebook), str(out), *options,
+           "--cwd", str(notebook.parent)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    printed = "".join(
+        "".join(o.get("text", ""))
+        for c in json.loads(out.read_text())["cells"]
+        for o in c.get("outputs", [])
+    )
+    run = client.get_run(re.search(r"MLflow run (\w+)", printed).group(1))
+    assert run.info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts <= logged and not missing & logged, logged
 
 
 def test_notebooks_are_committed_without_outputs():
