@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmlab import progress
 from mmlab.retrieval import baselines, heads, index, metrics, oracle, train, zeroshot
 from mmlab.retrieval.model import info_nce
 from mmlab.retrieval.pairs import PairData, PairSplit, Side
@@ -105,9 +106,15 @@ def linked():
     return PairData("image-text", ("image", "text"), {"image": "x", "text": "y"}, splits)
 
 
-def test_training_learns_a_known_link_far_above_chance(linked):
+def test_training_learns_a_known_link_far_above_chance(linked, tmp_path, monkeypatch):
+    monkeypatch.setenv(progress.ENV, str(tmp_path))  # as under the batch runner
     config = train.TrainConfig(epochs=8, batch_size=64, lr=3e-3, dim=16, width=32, patience=8)
     result = train.fit(linked, config)
+    epoch = progress.read(tmp_path).epoch  # what the runner shows while it trains
+    assert epoch["desc"] == "image-text seed 0" and epoch["epoch"] == len(result.history)
+    assert epoch["metrics"]["val_mean_recall"] == pytest.approx(
+        result.history["val_mean_recall"].iloc[-1]
+    )
     scores = train.evaluate(result.model, linked.splits["test"])
     assert scores["text_to_image_recall_at_1"] > 0.5  # chance: 1/60
     assert scores["image_to_text_recall_at_5"] > 0.8

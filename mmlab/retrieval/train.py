@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmlab import progress
 from mmlab.optim import adamw
 from mmlab.retrieval.metrics import both_directions
 from mmlab.retrieval.model import DualConfig, DualEncoder, info_nce
@@ -106,6 +107,7 @@ def fit(
     )
     g = torch.Generator().manual_seed(config.seed)
     history, best, best_state, best_epoch, waited = [], -1.0, None, 0, 0
+    bar = progress.EpochBar(config.epochs, f"{data.pair} seed {config.seed}")
     for epoch in range(1, config.epochs + 1):
         model.train()
         losses = []
@@ -132,6 +134,7 @@ def fit(
                "val_mean_recall": _monitor(scores),
                **{f"val_{k}": v for k, v in scores.items() if "recall_at" in k}}  # fmt: skip
         history.append(row)
+        bar.update({"loss": row["loss"], "val_mean_recall": row["val_mean_recall"]})
         if on_epoch is not None:
             on_epoch(epoch, row)
         if row["val_mean_recall"] > best:
@@ -142,6 +145,7 @@ def fit(
         out_of_time = config.time_budget and time.perf_counter() - started > config.time_budget
         if waited >= config.patience or out_of_time:
             break
+    bar.close()
     model.load_state_dict(best_state)
     model.eval().cpu()
     return FitResult(model, pd.DataFrame(history), best_epoch, time.perf_counter() - started)
