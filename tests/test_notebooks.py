@@ -93,10 +93,15 @@ def test_retrieval_figures_follow_the_first_pair(smoke_batch, tmp_path, pairs, a
     """Notebook 05 by plain papermill with a first pair other than image-text: caption queries
     answered by sounds come as a table of hits (no image grid), and a pair without text has
     no caption queries, prompts or search model; both runs finish. The smoke batch's
-    workspace lends its cached features."""
-    _, client, home = smoke_batch
+    workspace lends its cached features; the runs go to a store of their own, so the smoke
+    batch's store holds that batch alone (test_server compares it run by run)."""
+    from mlflow.tracking import MlflowClient
+
+    _, _, home = smoke_batch
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
     out = tmp_path / "out.ipynb"
-    env = {**os.environ, "MMLAB_HOME": str(home), "MLFLOW_TRACKING_URI": client.tracking_uri}
+    env = {**os.environ, "MMLAB_HOME": str(home), "MLFLOW_TRACKING_URI": uri}
     env.pop("MLFLOW_RUN_ID", None)
     options = ["-p", "dataset", "synthetic:n=60,seed=0,image_size=64", "-y",
                f"{{pairs: {pairs}, seeds: 1, epochs: 1, batch_size: 32, dim: 32, width: 32, "
