@@ -105,9 +105,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     grad_clip: float = 5.0
-    schedule: str = (
-        "cosine"  # learning-rate factor per step after warm-up: see mmlab.optim.SCHEDULES
-    )
+    schedule: str = "cosine"  # the learning rate after the warm-up: mmlab.optim.SCHEDULES
     warmup: float = 0.05  # share of all steps with a linear warm-up
     attention_penalty: float = 0.1  # lambda of the doubly stochastic attention penalty
     label_smoothing: float = 0.0
