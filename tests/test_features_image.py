@@ -45,6 +45,29 @@ def test_lite0_pooled_and_grids_at_128(kind, layer, shape):
     assert ex.identity["layer"] == layer and ex.identity["image_size"] == 128
 
 
+def placed(left: bool, side: int = 128) -> Image.Image:
+    """A red circle in the left or right half of a white image."""
+    im = Image.new("RGB", (side, side), "white")
+    x = side // 8 if left else 5 * side // 8
+    ImageDraw.Draw(im).ellipse((x, side // 3, x + side // 4, side // 3 + side // 4), fill="red")
+    return im
+
+
+def test_lite0_pyramid_is_the_pooled_vector_and_its_quadrants():
+    kw = {"image_size": 128, "layer": "mid"}
+    pyramid = F.create("image", "efficientnet_lite0", kind="pyramid", **kw)
+    grid = F.create("image", "efficientnet_lite0", kind="grid", **kw).extract(IMAGES)
+    out = pyramid.extract(IMAGES)
+    assert out.shape == (len(IMAGES), 5 * 112) and pyramid.dim == 5 * 112
+    torch.testing.assert_close(out[:, :112], grid.mean(dim=(2, 3)))
+    top_left = grid[:, :, :4, :4].mean(dim=(2, 3))
+    torch.testing.assert_close(out[:, 112:].view(-1, 112, 4)[:, :, 0], top_left)
+    # It keeps where things are: the same object left and right differ more than when pooled.
+    sides = pyramid.extract([placed(left=True), placed(left=False)])
+    gap = lambda x: float((x[0] - x[1]).norm() / x.norm(dim=1).mean())  # noqa: E731
+    assert gap(sides[:, 112:]) > 3 * gap(sides[:, :112])
+
+
 def test_lite0_loads_the_offline_imagenet_weights():
     ex = F.create("image", "efficientnet_lite0", image_size=64)
     state = torch.load(image_mod.lite0_weights_path(), map_location="cpu", weights_only=True)

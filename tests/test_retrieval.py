@@ -86,6 +86,22 @@ def test_attention_head_positions_tell_cells_apart():
     assert not torch.allclose(out[0], out[1], atol=1e-4)
 
 
+def test_sequence_head_ignores_padding_and_reads_shorter_queries():
+    """All-zero steps are padding (the feature cache pads across batches): the same sequence
+    padded to the trained length, or not padded at all (one query), gives the same vector;
+    a longer one is cut to the trained length."""
+    torch.manual_seed(0)
+    head = heads.create("attention", (10, 12), 8).eval()
+    steps = torch.randn(1, 6, 12)
+    padded = F.pad(steps, (0, 0, 0, 4))
+    torch.testing.assert_close(head(padded), head(steps))
+    longer = torch.cat([padded, torch.randn(1, 3, 12)], dim=1)
+    torch.testing.assert_close(head(longer), head(padded))
+    other = padded.clone()
+    other[0, 7] = 1.0  # a real step where there was padding changes the vector
+    assert not torch.allclose(head(other), head(padded), atol=1e-4)
+
+
 # --------------------------------------------------------------------------- training
 def linked_pairs(n_rows: int, captions: int = 2, seed: int = 0) -> PairSplit:
     """Grids whose cells hold a code, and 'captions' that are noisy linear views of that code."""

@@ -4,7 +4,9 @@ Every image extractor is a convolutional trunk cut into stages. `layer="last"` r
 them (stride 32: a 4x4 grid at 128 px, 7x7 at 224 px); `layer="mid"` stops after the last
 stage at stride 16 (an 8x8 grid at 128 px) where objects are still apart and a captioner's
 attention has room to move. `kind="pooled"` averages the grid into one vector, `kind="grid"`
-keeps it as `[N, C, H, W]`.
+keeps it as `[N, C, H, W]`, and `kind="pyramid"` is spatial pyramid pooling (He et al., 2014):
+the grid's mean and its four quadrants' means, `[N, 5C]`, a vector that still says where things
+are (which object is leftmost), for methods that take one vector per image.
 
 `weights`: `None` (random init), a torchvision weights name (`"DEFAULT"`, `"IMAGENET1K_V1"`,
 or `"ResNet18_Weights.IMAGENET1K_V1"`; needs a network or a warm torch hub cache), or a path to a
@@ -37,6 +39,7 @@ LITE_STD = (128.0 / 255,) * 3
 
 LAYERS = ("last", "mid")
 MID_STRIDE = 16
+PYRAMID_CELLS = 4  # the pyramid's second level: 2x2 quadrants
 
 
 class CNNExtractor(Extractor):
@@ -62,7 +65,7 @@ class CNNExtractor(Extractor):
     ):
         super().__init__(device)
         self.name = name
-        self.kind = check_kind(kind, ("pooled", "grid"), name)
+        self.kind = check_kind(kind, ("pooled", "grid", "pyramid"), name)
         if layer not in LAYERS:
             raise ValueError(f"{name}: layer={layer!r} is not offered; choose one of {LAYERS}")
         self.image_size = int(image_size)
@@ -85,7 +88,7 @@ class CNNExtractor(Extractor):
             probe = self.inference(
                 torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
             )
-        self.dim = probe.shape[1]
+        self.dim = probe.shape[1] * (1 + PYRAMID_CELLS if self.kind == "pyramid" else 1)
         self.grid_size = tuple(probe.shape[2:])
 
     def preprocess(self, item) -> torch.Tensor:
@@ -109,7 +112,13 @@ class CNNExtractor(Extractor):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         grid = self.inference(self.normalize(pixels))
-        return grid.mean(dim=(2, 3)) if self.kind == "pooled" else grid.contiguous()
+        if self.kind == "grid":
+            return grid.contiguous()
+        pooled = grid.mean(dim=(2, 3))
+        if self.kind == "pyramid":
+            quadrants = nn.functional.adaptive_avg_pool2d(grid, 2).flatten(1)
+            return torch.cat([pooled, quadrants], dim=1)
+        return pooled
 
 
 # conv -> batch norm pairs by attribute name (EfficientNet-Lite blocks and stem/head wrappers).

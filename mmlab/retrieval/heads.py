@@ -99,12 +99,21 @@ class AttentionPoolHead(nn.Module):
         return (self.row + self.col).flatten(0, 1) if self.grid else self.pos
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(_tokens(x)) + self.positions()
-        tokens = self.norm(self.encoder(tokens))
+        x = _tokens(x)
+        pad = None
+        if not self.grid:
+            # A sequence's all-zero rows are padding (the feature cache pads across batches). It
+            # may be shorter than the longest seen in training (one query), or longer (cut).
+            x = x[:, : self.pos.shape[0]]
+            pad = x.abs().sum(-1) == 0
+            pad[:, 0] = False  # an empty sequence still attends to one token
+        tokens = self.embed(x) + self.positions()[: x.shape[1]]
+        tokens = self.norm(self.encoder(tokens, src_key_padding_mask=pad))
         k, v = self.kv(tokens).chunk(2, dim=-1)
         b, n, w = k.shape
         split = lambda t: t.view(t.shape[0], -1, self.heads, w // self.heads).transpose(1, 2)  # noqa: E731
+        keep = None if pad is None else ~pad[:, None, None, :]
         pooled = F.scaled_dot_product_attention(
-            split(self.query.expand(b, -1, -1)), split(k), split(v)
+            split(self.query.expand(b, -1, -1)), split(k), split(v), attn_mask=keep
         )
         return self.out(pooled.transpose(1, 2).reshape(b, w))
