@@ -6,7 +6,7 @@ image with five captions gives five text items). Items of the two sides match wh
 are equal.
 
     data = pair_data(ds, "image-text")   # default encoders: EfficientNet-Lite0 grid, MiniLM
-    data.splits["test"].left.x.shape     # [300, 112, 8, 8]; .right.x: [1500, 384]
+    data.splits["test"].left.x.shape     # [300, 112, 12, 12]; .right.x: [1500, 384]
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ PAIRS: dict[str, tuple[str, str]] = {
 # What the trained heads read: the image as a grid (attention pooling over its cells with 2-D
 # positions), the sound as a log-mel sequence (pulse rates and onsets live in time), the clip
 # as the mean of its frames' vectors (all eight at the clips' full 64 px: the captions name
-# shapes, which 32 px frames blur), a caption as MiniLM's sentence vector.
+# shapes, which 32 px frames blur), a caption as MiniLM's sentence vector. The image is read at
+# 192 px, a 12x12 grid: at 128 px (8x8) a small object covers less than a cell, and its colour
+# and even its presence blur into the background (benchmarks/RESULTS.md, Retrieval).
 HEAD_ENCODERS: dict[str, str] = {
-    "image": "efficientnet_lite0:image_size=128,kind=grid,layer=mid",
+    "image": "efficientnet_lite0:image_size=192,kind=grid,layer=mid",
     "text": "minilm",
     "audio": "logmel:kind=sequence",
     "video": "frame_mean:num_frames=8,image_size=64",
