@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmlab.features.base import real_steps
+
 
 def as_vectors(features: torch.Tensor | np.ndarray, grid_cells: int | None = None) -> np.ndarray:
     """`[N, D]` as is; sequences `[N, T, D]` averaged over their real steps; grids
@@ -20,7 +22,7 @@ def as_vectors(features: torch.Tensor | np.ndarray, grid_cells: int | None = Non
     elif x.ndim == 4:
         x = x.mean(dim=(2, 3))
     elif x.ndim == 3:  # padding rows are zero: average over the non-zero steps only
-        steps = (x.abs().sum(-1, keepdim=True) > 0).float()
+        steps = real_steps(x).unsqueeze(-1).float()
         x = (x * steps).sum(1) / steps.sum(1).clamp(min=1)
     elif x.ndim != 2:
         raise ValueError(f"features of shape {tuple(x.shape)}: expected 2, 3 or 4 dimensions")

@@ -129,6 +129,12 @@ def pad_cat(chunks: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(padded)
 
 
+def real_steps(x: torch.Tensor) -> torch.Tensor:
+    """`[B, T]`: True at the steps of sequences `[B, T, D]` that are not padding (`pad_cat`
+    pads with all-zero rows)."""
+    return x.abs().sum(-1) > 0
+
+
 def _progress(loader, progress: bool | str, desc: str):
     if not progress:
         return loader

@@ -39,7 +39,7 @@ LITE_STD = (128.0 / 255,) * 3
 
 LAYERS = ("last", "mid")
 MID_STRIDE = 16
-PYRAMID_CELLS = 4  # the pyramid's second level: 2x2 quadrants
+PYRAMID_SIDE = 2  # the pyramid's second level: 2x2 quadrants
 
 
 class CNNExtractor(Extractor):
@@ -88,7 +88,7 @@ class CNNExtractor(Extractor):
             probe = self.inference(
                 torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
             )
-        self.dim = probe.shape[1] * (1 + PYRAMID_CELLS if self.kind == "pyramid" else 1)
+        self.dim = probe.shape[1] * (1 + PYRAMID_SIDE**2 if self.kind == "pyramid" else 1)
         self.grid_size = tuple(probe.shape[2:])
 
     def preprocess(self, item) -> torch.Tensor:
@@ -116,7 +116,7 @@ class CNNExtractor(Extractor):
             return grid.contiguous()
         pooled = grid.mean(dim=(2, 3))
         if self.kind == "pyramid":
-            quadrants = nn.functional.adaptive_avg_pool2d(grid, 2).flatten(1)
+            quadrants = nn.functional.adaptive_avg_pool2d(grid, PYRAMID_SIDE).flatten(1)
             return torch.cat([pooled, quadrants], dim=1)
         return pooled
 

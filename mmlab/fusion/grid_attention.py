@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from mmlab.features.base import real_steps
 from mmlab.fusion.base import FusionModule, InputSpec, head, projection
 from mmlab.fusion.gru import BiGRU
 
@@ -47,8 +48,7 @@ class SequenceTokens(nn.Module):
 
     def forward(self, seq: Tensor) -> tuple[Tensor, Tensor]:
         seq = seq.float()[:, : self.positions.shape[0]]
-        mask = seq.abs().sum(-1) > 0
-        return self.project(seq) + self.positions[: seq.shape[1]], mask
+        return self.project(seq) + self.positions[: seq.shape[1]], real_steps(seq)
 
 
 class PooledToken(nn.Module):

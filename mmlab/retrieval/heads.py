@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmlab.features.base import real_steps
+
 HEADS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -105,7 +107,7 @@ class AttentionPoolHead(nn.Module):
             # A sequence's all-zero rows are padding (the feature cache pads across batches). It
             # may be shorter than the longest seen in training (one query), or longer (cut).
             x = x[:, : self.pos.shape[0]]
-            pad = x.abs().sum(-1) == 0
+            pad = ~real_steps(x)
             pad[:, 0] = False  # an empty sequence still attends to one token
         tokens = self.embed(x) + self.positions()[: x.shape[1]]
         tokens = self.norm(self.encoder(tokens, src_key_padding_mask=pad))
