@@ -11,9 +11,9 @@ the features of a dataset split.
 
 from __future__ import annotations
 
-from .base import KINDS, Extractor
-from .device import resolve_device
-from .registry import MODALITIES, lookup, names
+from mmlab.features.base import KINDS, Extractor
+from mmlab.features.device import resolve_device
+from mmlab.features.registry import MODALITIES, lookup, names
 
 
 def create(modality: str, name: str, **options) -> Extractor:

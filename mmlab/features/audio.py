@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..extras import require
-from .base import Extractor, check_kind, pad_cat
-from .registry import register
+from mmlab.extras import require
+from mmlab.features.base import Extractor, check_kind, pad_cat
+from mmlab.features.registry import register
 
 
 def load_audio(item, sample_rate: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .device import resolve_device
+from mmlab.features.device import resolve_device
 
 Kind = Literal["pooled", "sequence", "grid"]
 KINDS = ("pooled", "sequence", "grid")

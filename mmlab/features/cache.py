@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .. import workspace
-from .base import Extractor
+from mmlab import workspace
+from mmlab.features.base import Extractor
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.transforms.v2 import functional as TF
 
-from .base import Extractor, check_kind, seeded
-from .registry import register
+from mmlab.features.base import Extractor, check_kind, seeded
+from mmlab.features.registry import register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

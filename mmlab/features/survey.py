@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from .. import probe
-from . import cache, create
-from .base import Extractor
+from mmlab import probe
+from mmlab.features import cache, create
+from mmlab.features.base import Extractor
 
 
 @dataclass

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..extras import require
-from .base import Extractor, check_kind, seeded
-from .registry import register
+from mmlab.extras import require
+from mmlab.features.base import Extractor, check_kind, seeded
+from mmlab.features.registry import register
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 

@@ -31,10 +31,15 @@ import torch
 import torchvision
 from torch import nn
 
-from ..extras import require
-from .base import Extractor, seeded
-from .image import file_digest, is_weights_path, load_state_dict, torchvision_state_dict
-from .registry import lookup, register
+from mmlab.extras import require
+from mmlab.features.base import Extractor, seeded
+from mmlab.features.image import (
+    file_digest,
+    is_weights_path,
+    load_state_dict,
+    torchvision_state_dict,
+)
+from mmlab.features.registry import lookup, register
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
