@@ -4,7 +4,7 @@
    (LSTMCell; the grid's attention projection `W_e a` recomputed at every time step; the batch
    sorted by length and shrunk as captions end; the output layer applied step by step). Same
    sizes, same batches, same loss (cross-entropy + doubly stochastic penalty), same optimiser
-   step (the library's AdamW, `mmlab.optim.adamw`). Target: >= 2x.
+   step (the library's AdamW, `mmlab.train.optim.adamw`). Target: >= 2x.
 2. Beam search: all images at once (`decode.beam_search` on a batch) against one image at a
    time, same model and beam size; the captions must be identical. Target: >= 8x.
 
@@ -32,7 +32,7 @@ from torch import nn
 from mmlab.captioning import decode as decoding
 from mmlab.captioning.decoders import LSTMAttentionDecoder
 from mmlab.captioning.train import caption_loss
-from mmlab.optim import adamw
+from mmlab.train.optim import adamw
 
 TUTORIAL = dict(vocab=9490, embed=512, hidden=512, attention=512, batch_size=32, dropout=0.5)
 SIZES = {

@@ -21,7 +21,7 @@ from torch import nn
 
 from mmlab import fusion
 from mmlab.fusion import InputSpec
-from mmlab.optim import adamw
+from mmlab.train.optim import adamw
 
 
 def batches(n, batch_size, vocab, dim, grid, seed=0):

@@ -55,7 +55,7 @@ def papermill_loop(n: int, work: int, out: Path) -> tuple[float, float]:
 
 
 def runner_batch(n: int, work: int, jobs: int, folder: Path):
-    from mmlab import runner
+    from mmlab.batch import runner
 
     batch = {
         "name": "bench",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mmlab.workspace import atomic_path
+from mmlab.core.workspace import atomic_path
 
 HERE = Path(__file__).resolve().parent
 

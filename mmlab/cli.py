@@ -32,7 +32,7 @@ class Command:
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
-    from mmlab.executors import EXECUTORS
+    from mmlab.batch import executors
 
     p.add_argument("params", type=Path, help="batch file (YAML)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel executions (cores)")
@@ -41,16 +41,17 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a parameter (key=value, or stage.key=value)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the expanded plan only")
     p.add_argument("--force", action="store_true", help="re-run executions found in the cache")
-    p.add_argument("--executor", default="local", choices=sorted(EXECUTORS),
+    p.add_argument("--executor", default="local", choices=executors.names(),
                    help="where executions run: local processes (default) or Ray tasks")  # fmt: skip
     p.add_argument("--address", default=None, metavar="auto|ray://HOST:10001",
                    help="--executor ray: the cluster to use (default: start a local instance)")  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mmlab import runner, tracking
-    from mmlab.config import BatchError
-    from mmlab.executors import ExecutorError
+    from mmlab import tracking
+    from mmlab.batch import runner
+    from mmlab.batch.config import BatchError
+    from mmlab.batch.executors import ExecutorError
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: expected at least 1")
@@ -197,7 +198,7 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mmlab import models
+    from mmlab.tracking import models
 
     try:
         command, env = models.serve_command(args.model, args.host, args.port)
@@ -223,7 +224,10 @@ def _compare(args: argparse.Namespace) -> int:
     forced: the runs it reads change while its parameters stay the same."""
     import json
 
-    from mmlab import batch_compare, runner, tracking, workspace
+    from mmlab import tracking
+    from mmlab.batch import compare as batch_compare
+    from mmlab.batch import runner
+    from mmlab.core import workspace
 
     if not 0 < args.confidence < 1:
         raise UsageError(f"--confidence {args.confidence}: expected a level between 0 and 1")
@@ -299,7 +303,8 @@ def _server_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from mmlab import extras, postgres, server
+    from mmlab.core import extras
+    from mmlab.ops import postgres, server
 
     if args.stop:
         return server.stop()
@@ -319,7 +324,7 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _doctor_arguments(p: argparse.ArgumentParser) -> None:
-    from mmlab.doctor import CHECKS
+    from mmlab.ops.doctor import CHECKS
 
     p.add_argument("checks", nargs="*", metavar="CHECK",
                    help=f"checks to run (default: all): {', '.join(CHECKS)}")  # fmt: skip
@@ -327,7 +332,7 @@ def _doctor_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from mmlab import doctor
+    from mmlab.ops import doctor
 
     try:
         findings = doctor.run_checks(args.checks)

@@ -1,4 +1,4 @@
-"""Comparing batches (`mmlab.batch_compare`, notebook 00, `mmlab compare`) on real MLflow runs.
+"""Comparing batches (`mmlab.batch.compare`, notebook 00, `mmlab compare`) on real MLflow runs.
 
 Two batches are written into a temporary SQLite store the way the runner and the notebooks
 write them (stage runs tagged with the batch, fusion method x seed nested runs, caption metrics
@@ -16,7 +16,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mmlab import batch_compare, tracking
+from mmlab import tracking
+from mmlab.batch import compare as batch_compare
 
 REPO = Path(__file__).resolve().parent.parent
 # test accuracy of two fusion methods over three seeds

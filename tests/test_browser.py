@@ -28,7 +28,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from mlflow.tracking import MlflowClient
 
-from mmlab import config
+from mmlab.batch import config
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "params" / "smoke.yaml"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmlab import config
-from mmlab.config import BatchError
+from mmlab.batch import config
+from mmlab.batch.config import BatchError
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOKS = HERE / "notebooks"

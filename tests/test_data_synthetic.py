@@ -228,7 +228,7 @@ def test_lexicon_maps_every_surface_form():
 
 
 def test_default_dataset_is_generated_once_and_reused():
-    from mmlab import workspace
+    from mmlab.core import workspace
 
     stale = (
         workspace.data_dir()

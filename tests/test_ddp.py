@@ -18,12 +18,13 @@ import mlflow
 import pytest
 import torch
 
-from mmlab import captioning, distributed, features, fusion, tracking
+from mmlab import captioning, features, fusion, tracking
 from mmlab.captioning import GridEncoder, TrainConfig
 from mmlab.captioning.train import _batches
 from mmlab.data import load_dataset
 from mmlab.data.text import Vocabulary
 from mmlab.fusion import InputSpec
+from mmlab.train import distributed
 
 TOLERANCE = 1e-4
 SMALL = dict(embed_dim=32, hidden_dim=64, attention_dim=32, dropout=0.0)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmlab import probe
-from mmlab.features import survey
+from mmlab.features import probe, survey
 from mmlab.plots import features as plots
 
 matplotlib.use("Agg")

@@ -7,7 +7,7 @@ import torch
 
 from mmlab import fusion
 from mmlab.fusion import InputSpec
-from mmlab.optim import lr_schedule
+from mmlab.train.optim import lr_schedule
 
 torch.set_num_threads(1)  # small models: one thread is as fast and immune to contention
 

@@ -13,7 +13,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from mmlab import fusion, stats, tracking  # noqa: E402
+from mmlab import fusion, tracking
+from mmlab.core import stats  # noqa: E402
 from mmlab.fusion import compare, inputs  # noqa: E402
 from mmlab.plots import fusion as plots  # noqa: E402
 

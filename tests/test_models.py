@@ -14,10 +14,11 @@ import torch
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from mmlab import captioning, features, models, tracking
+from mmlab import captioning, features, tracking
 from mmlab.captioning import GridEncoder, load_captioner, saving
 from mmlab.data import load_dataset
 from mmlab.data.text import Vocabulary
+from mmlab.tracking import models
 
 torch.set_num_threads(2)
 NAME = "mmlab-captioner-test"
@@ -209,7 +210,7 @@ def test_champion_moves_only_to_a_better_score_on_the_same_data(logged, folder):
 
 
 def test_experiments_open_as_model_training_with_their_question():
-    from mmlab import experiments
+    from mmlab.tracking import experiments
 
     experiment = tracking.client().get_experiment(tracking.experiment_id("03_caption_training"))
     assert experiment.tags[experiments.KIND_TAG] == "custom_model_development"

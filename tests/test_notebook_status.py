@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from mmlab import notebook_status, tracking
+from mmlab import tracking
+from mmlab.tracking import notebook_status
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 
-from mmlab import batch_view, progress, workspace
+from mmlab.batch import view as batch_view
+from mmlab.core import progress, workspace
 
 
 def test_epoch_bar_writes_records_only_under_the_runner(tmp_path, monkeypatch):

@@ -21,8 +21,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mmlab import cli, config, executors, ray_executor, runner
-from mmlab.config import BatchError
+from mmlab import cli
+from mmlab.batch import config, executors, job, runner
+from mmlab.batch.config import BatchError
+from mmlab.batch.executors import ray as ray_executor
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -40,9 +42,9 @@ def load_stage(tmp_path: Path, **stage) -> config.Execution:
 
 
 def test_resources_default_and_given(tmp_path):
-    assert load_stage(tmp_path).resources == executors.Resources(cpus=1, gpus=0)
+    assert load_stage(tmp_path).resources == job.Resources(cpus=1, gpus=0)
     given = load_stage(tmp_path, resources={"cpus": 2, "gpus": 0.5})
-    assert given.resources == executors.Resources(cpus=2, gpus=0.5)
+    assert given.resources == job.Resources(cpus=2, gpus=0.5)
     batch = config.load(BATCH)
     assert batch.stages["single"][0].resources.cpus == 2
     assert batch.stages["gpu"][0].resources.gpus == 1
@@ -75,12 +77,12 @@ def test_bad_resources_are_all_reported_with_file_stage_and_key(tmp_path):
 
 
 def test_registry_errors_name_what_is_available():
-    assert set(executors.EXECUTORS) == {"local", "ray"}
+    assert executors.names() == ["local", "ray"]
     with pytest.raises(
-        executors.ExecutorError, match="unknown executor 'nope'; available: local, ray"
+        executors.ExecutorError, match="unknown executor 'nope'; valid names: local, ray"
     ):
         executors.create("nope", 1)
-    with pytest.raises(executors.ExecutorError, match="--executor local takes no --address"):
+    with pytest.raises(executors.ExecutorError, match="executor 'local' takes no option 'address'"):
         executors.create("local", 1, address="auto")
 
 
@@ -88,7 +90,7 @@ def test_cli_reports_an_option_the_executor_does_not_take(capsys):
     argv = ["run", str(HERE / "batches" / "demo.yaml"), "--address", "auto"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "mmlab run: error: --executor local takes no --address" in err
+    assert "mmlab run: error: executor 'local' takes no option 'address'" in err
     assert "Traceback" not in err
 
 
@@ -179,7 +181,8 @@ def home(tmp_path, monkeypatch):
 def test_the_task_body_runs_a_job_here_and_returns_its_files(home, monkeypatch):
     """`run_task` called in this process, in the folder where Ray starts a worker (its copy
     of the checkout): a real kernel, a real run; the job's environment does not leak."""
-    from mmlab import progress, tracking
+    from mmlab import tracking
+    from mmlab.core import progress
 
     batch_run = runner.BatchRun(config.load(BATCH), 1, ["where"], False, "ray", print)
     result = batch_run.results[0]
@@ -201,7 +204,7 @@ def test_the_task_body_runs_a_job_here_and_returns_its_files(home, monkeypatch):
 
 
 def test_the_task_body_elsewhere_refuses_a_store_only_this_machine_reaches(home):
-    from mmlab import progress
+    from mmlab.core import progress
 
     batch_run = runner.BatchRun(config.load(BATCH), 1, ["where"], False, "ray", print)
     result = batch_run.results[0]

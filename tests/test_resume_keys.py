@@ -6,7 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-from mmlab import config, models, resume_keys, tracking
+from mmlab import tracking
+from mmlab.batch import config, resume_keys
+from mmlab.tracking import models
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmlab import progress
+from mmlab.core import progress
 from mmlab.retrieval import baselines, heads, index, metrics, oracle, train, zeroshot
 from mmlab.retrieval.model import info_nce
 from mmlab.retrieval.pairs import PairData, PairSplit, Side

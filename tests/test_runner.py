@@ -17,7 +17,8 @@ import nbformat
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mmlab import cli, runner, tracking
+from mmlab import cli, tracking
+from mmlab.batch import runner
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE / "batches" / "demo.yaml"
@@ -242,7 +243,8 @@ def test_progress_lines_show_the_cell_and_the_epoch_and_a_held_output_waits(home
     another process holds makes the execution wait for it, then run."""
     import threading
 
-    from mmlab import config, workspace
+    from mmlab.batch import config
+    from mmlab.core import workspace
 
     batch = config.load(HERE / "batches" / "epochs.yaml")
     output = runner.output_path(batch, batch.stages["train"][0])

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mmlab import postgres
+from mmlab.ops import postgres
 
 pytestmark = pytest.mark.slow
 

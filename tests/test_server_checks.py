@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmlab import postgres, server
+from mmlab.ops import postgres, server
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,10 +20,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from mmlab import captioning, features, models, tracking
+from mmlab import captioning, features, tracking
 from mmlab.captioning import GridEncoder, TrainConfig
 from mmlab.data import load_dataset
 from mmlab.data.text import Vocabulary
+from mmlab.tracking import models
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # a real JPEG

@@ -15,9 +15,11 @@ import nbformat
 import pytest
 from packaging.requirements import Requirement
 
-from mmlab import cli, doctor, features, kernels
-from mmlab.extras import EXTRAS, MissingExtra, require
+from mmlab import cli, features
+from mmlab.batch import kernels
+from mmlab.core.extras import EXTRAS, MissingExtra, require
 from mmlab.features import base, cache
+from mmlab.ops import doctor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,7 +76,7 @@ def test_tracking_imports_and_creates_a_store_without_fcntl(tmp_path):
         sys.modules["fcntl"] = None  # any `import fcntl` now raises, as on Windows
         import mmlab.tracking as tracking
         uri = tracking.ensure_store("sqlite:///{tmp_path / "mlflow.db"}")
-        print(tracking.MlflowClient(uri).search_experiments()[0].name)
+        print(tracking.client(uri).search_experiments()[0].name)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr

@@ -16,7 +16,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from mmlab import tracking, workspace  # noqa: E402
+from mmlab import tracking
+from mmlab.core import workspace  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmlab import distributed
+from mmlab.train import distributed
 
 NOTEBOOK = "03_caption_training"
 

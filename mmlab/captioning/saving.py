@@ -1,7 +1,7 @@
 """Captioners in MLflow: per-epoch logging, the model as an MLflow pyfunc, loading it back.
 
     info = log_captioner(captioner)                  # under the active run, registered
-    captioner = load_captioner("models:/mmlab-captioner@champion")  # any form of mmlab.models
+    captioner = load_captioner("models:/mmlab-captioner@champion")  # any form of mmlab.tracking.models
     captioner.caption([Image.open("photo.jpg")])
     mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [jpeg_bytes]}))  # captions
 
@@ -223,7 +223,8 @@ def log_captioner(
     import mlflow.pyfunc
     from mlflow.tracking.fluent import active_run
 
-    from mmlab import models, tracking
+    from mmlab import tracking
+    from mmlab.tracking import models
 
     if active_run() is None:
         raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
@@ -244,8 +245,8 @@ def save_checkpoint(captioner: Captioner, path: str | Path) -> Path:
     `mlflow.pyfunc.load_model` read it."""
     import mlflow.pyfunc
 
-    from mmlab import models
-    from mmlab.workspace import atomic_path
+    from mmlab.core.workspace import atomic_path
+    from mmlab.tracking import models
 
     path = Path(path)
     with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as extra, models.quiet_transfers():
@@ -274,17 +275,17 @@ def captioner_folder(model_dir: str | Path) -> Path:
 
 
 def load_captioner(source: str | Path = "latest", device: str = "auto") -> Captioner:
-    """Load a captioner ready to `.caption(images)` from any source `mmlab.models.model_uri`
+    """Load a captioner ready to `.caption(images)` from any source `mmlab.tracking.models.model_uri`
     accepts (run id, runs:/, models:/NAME@ALIAS, models:/NAME/VERSION, folder, "latest")."""
-    from mmlab import models
+    from mmlab.tracking import models
 
     with tempfile.TemporaryDirectory() as tmp:
         return read_captioner(captioner_folder(models.download(source, tmp)), device=device)
 
 
 def model_uri(source: str | Path) -> str:
-    """`mmlab.models.model_uri` (kept here for the notebooks and scripts that import it)."""
-    from mmlab import models
+    """`mmlab.tracking.models.model_uri` (kept here for the notebooks and scripts that import it)."""
+    from mmlab.tracking import models
 
     return models.model_uri(source)
 

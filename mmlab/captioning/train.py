@@ -9,7 +9,7 @@ per-step learning-rate schedule with warm-up. After each epoch the validation im
 decoded (greedy by default) and scored with BLEU-4 and CIDEr; the best state by `monitor` is
 kept and restored at the end, and training stops after `patience` epochs without improvement.
 
-On N processes (`TrainConfig.processes`, or under torchrun: see `mmlab.distributed`) each
+On N processes (`TrainConfig.processes`, or under torchrun: see `mmlab.train.distributed`) each
 global batch of `batch_size` captions is split over the processes, each weighting its loss by
 its share of the batch's words, so that DDP's averaged gradient is the one process's gradient;
 rank 0 decodes the validation images and reports the epochs.
@@ -28,9 +28,10 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from mmlab import distributed, progress
+from mmlab.core import progress
 from mmlab.features.device import resolve_device
-from mmlab.optim import adamw, check_schedule, lr_schedule
+from mmlab.train import distributed
+from mmlab.train.optim import adamw, check_schedule, lr_schedule
 
 MONITORS = {"cider": "val_cider", "bleu4": "val_bleu4"}
 
@@ -105,7 +106,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     grad_clip: float = 5.0
-    schedule: str = "cosine"  # the learning rate after the warm-up: mmlab.optim.SCHEDULES
+    schedule: str = "cosine"  # the learning rate after the warm-up: mmlab.train.optim.SCHEDULES
     warmup: float = 0.05  # share of all steps with a linear warm-up
     attention_penalty: float = 0.1  # lambda of the doubly stochastic attention penalty
     label_smoothing: float = 0.0
@@ -118,7 +119,7 @@ class TrainConfig:
     amp: bool | str = "auto"  # "auto": bfloat16 autocast on CUDA, off on the CPU
     compile: bool = False  # torch.compile the decoder (its `compile` says which part)
     seed: int = 0
-    processes: int = 1  # training processes (DDP) that `fit` starts; see mmlab.distributed
+    processes: int = 1  # training processes (DDP) that `fit` starts; see mmlab.train.distributed
 
     def __post_init__(self):
         if not isinstance(self.processes, int) or self.processes < 1:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import datasets
 
-from mmlab import workspace
+from mmlab.core import workspace
 from mmlab.data import fingerprinting as fp
 from mmlab.data import splits as splitting
 from mmlab.data import synthetic

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmlab.workspace import atomic_path
+from mmlab.core.workspace import atomic_path
 
 GENERATOR_VERSION = 2  # part of the default dataset's folder name: bump when output changes
 INFO_FILE = "mmlab_synthetic.json"
@@ -578,7 +578,7 @@ def default_dataset(
     """
     from filelock import FileLock
 
-    from mmlab import workspace
+    from mmlab.core import workspace
 
     name = f"synthetic-v{GENERATOR_VERSION}-n{n}-s{seed}-i{image_size}"
     name += "" if audio else "-noaudio"

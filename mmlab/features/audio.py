@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmlab.extras import require
+from mmlab.core.extras import require
 from mmlab.features.base import Extractor, check_kind, pad_cat
 from mmlab.features.registry import register
 

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from mmlab import workspace
+from mmlab.core import workspace
 from mmlab.features.base import Extractor
 
 log = logging.getLogger(__name__)

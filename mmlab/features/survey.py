@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from mmlab import probe
-from mmlab.features import cache, create
+from mmlab.features import cache, create, probe
 from mmlab.features.base import Extractor
 
 

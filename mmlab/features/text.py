@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmlab.extras import require
+from mmlab.core.extras import require
 from mmlab.features.base import Extractor, check_kind, seeded
 from mmlab.features.registry import register
 

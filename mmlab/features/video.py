@@ -31,7 +31,7 @@ import torch
 import torchvision
 from torch import nn
 
-from mmlab.extras import require
+from mmlab.core.extras import require
 from mmlab.features.base import Extractor, seeded
 from mmlab.features.image import (
     file_digest,

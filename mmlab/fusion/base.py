@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from mmlab import distributed
+from mmlab.train import distributed
 
 Kind = Literal["pooled", "grid", "sequence", "ids"]
 

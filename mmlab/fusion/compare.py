@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 import torch
 
-from mmlab import stats
+from mmlab.core import stats
 from mmlab.fusion.base import PooledFusion
 from mmlab.fusion.inputs import FusionData, parse_encoder
 from mmlab.fusion.methods import create, input_form, method_class

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmlab import distributed
+from mmlab.train import distributed
 
 NOTEBOOK = "02_fusion_comparison"
 

@@ -17,8 +17,9 @@ import torch
 from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
-from mmlab import distributed, progress
-from mmlab.optim import adamw, check_schedule, lr_schedule
+from mmlab.core import progress
+from mmlab.train import distributed
+from mmlab.train.optim import adamw, check_schedule, lr_schedule
 
 Inputs = Mapping[str, Tensor]
 
@@ -63,7 +64,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     compile: bool = False  # torch.compile the model (its `compile` says which parts)
-    processes: int = 1  # training processes (DDP) that `fit` starts; see mmlab.distributed
+    processes: int = 1  # training processes (DDP) that `fit` starts; see mmlab.train.distributed
 
     def __post_init__(self):
         if self.processes < 1:
@@ -136,7 +137,7 @@ def fit(
     called after each epoch with that epoch's train loss and validation loss and accuracy.
 
     With `config.processes > 1` (and under torchrun) every global batch of `batch_size` rows
-    is split over the processes (`mmlab.distributed`): the same steps as one process, up to
+    is split over the processes (`mmlab.train.distributed`): the same steps as one process, up to
     rounding, except that dropout and the masked words are drawn per process.
     """
     if config.processes > 1 and not distributed.active():

@@ -100,7 +100,7 @@ class Results:
 
     def summary(self, confidence: float = 0.95) -> pd.DataFrame:
         """Mean, std and t-interval over seeds of every metric, per pair and method."""
-        from mmlab.stats import mean_ci
+        from mmlab.core.stats import mean_ci
 
         rows = []
         metrics = [c for c in self.runs.columns if c not in ("pair", "method", "seed")]

@@ -42,7 +42,7 @@ def log_search_model(searcher: Searcher, name: str = MODEL_ARTIFACT):
     from mlflow.tracking.fluent import active_run
 
     from mmlab import tracking
-    from mmlab.models import quiet_transfers
+    from mmlab.tracking.models import quiet_transfers
 
     if active_run() is None:
         raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
@@ -65,7 +65,7 @@ def load_searcher(source: str | Path, index: str = "auto") -> Searcher:
     a run's artifacts do not change, so later searches read the cached copy without MLflow,
     whose import and store round trip are most of a new process's start. `models:/` names are
     resolved every time (an alias may move)."""
-    from mmlab.models import model_uri
+    from mmlab.tracking.models import model_uri
 
     path = Path(str(source)).expanduser()
     if (path / "config.json").is_file():
@@ -74,7 +74,7 @@ def load_searcher(source: str | Path, index: str = "auto") -> Searcher:
     cached = _cache_folder(uri)
     if cached is not None and (cached / "config.json").is_file():
         return Searcher.load(cached, index)
-    from mmlab import workspace
+    from mmlab.core import workspace
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = _download(source, uri, tmp)
@@ -87,7 +87,7 @@ def load_searcher(source: str | Path, index: str = "auto") -> Searcher:
 
 def _cache_folder(uri: str) -> Path | None:
     """Where a `runs:/<run id>/<path>` model is cached; None for any other URI."""
-    from mmlab import workspace
+    from mmlab.core import workspace
 
     match = re.fullmatch(r"runs:/([0-9a-f]{32})/(.+)", uri)
     if match is None:
@@ -100,7 +100,7 @@ def _download(source, uri: str, destination: str) -> Path:
     import mlflow.artifacts
 
     from mmlab import tracking
-    from mmlab.models import quiet_transfers
+    from mmlab.tracking.models import quiet_transfers
 
     if uri.startswith(("runs:/", "models:/")):
         mlflow.set_tracking_uri(tracking.ensure_store())

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmlab import progress
-from mmlab.optim import adamw
+from mmlab.core import progress
 from mmlab.retrieval.metrics import both_directions
 from mmlab.retrieval.model import DualConfig, DualEncoder, info_nce
 from mmlab.retrieval.pairs import PairData, PairSplit, Side
+from mmlab.train.optim import adamw
 
 
 @dataclass

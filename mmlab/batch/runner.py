@@ -31,17 +31,11 @@ from typing import Any
 
 from mlflow.entities import Param, RunTag
 
-from mmlab import (
-    batch_view,
-    config,
-    executors,
-    parameters_cell,
-    progress,
-    resume_keys,
-    tracking,
-    workspace,
-)
-from mmlab.config import Batch, BatchError, Execution
+from mmlab import tracking
+from mmlab.batch import config, executors, resume_keys
+from mmlab.batch import view as batch_view
+from mmlab.batch.config import Batch, BatchError, Execution
+from mmlab.core import parameters_cell, progress, workspace
 
 Print = Callable[[str], None]
 

@@ -12,6 +12,10 @@ import json
 import re
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
+from mmlab.tracking.store import client, default_artifact_root, retry
+
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 DESCRIPTION_TAG = "mlflow.note.content"
 _BOLD = re.compile(r"\*\*(.+?)\*\*", re.S)
@@ -19,7 +23,7 @@ _BOLD = re.compile(r"\*\*(.+?)\*\*", re.S)
 
 def notebook_file(name: str) -> Path | None:
     """`notebooks/<name>.ipynb` in the workspace, else in the checkout holding mmlab."""
-    from mmlab import workspace
+    from mmlab.core import workspace
 
     for folder in (
         workspace.root() / "notebooks",
@@ -52,8 +56,6 @@ def question(path: Path) -> str:
 
 def describe(client, experiment, notebook: str) -> None:
     """Set the kind and description tags an experiment lacks (an edited description stays)."""
-    from mmlab import tracking
-
     tags = dict(getattr(experiment, "tags", None) or {})
     wanted = {KIND_TAG: KIND}
     if DESCRIPTION_TAG not in tags:
@@ -63,4 +65,26 @@ def describe(client, experiment, notebook: str) -> None:
             wanted[DESCRIPTION_TAG] = text
     for key, value in wanted.items():
         if key not in tags:
-            tracking.retry(client.set_experiment_tag, experiment.experiment_id, key, value)
+            retry(client.set_experiment_tag, experiment.experiment_id, key, value)
+
+
+def experiment_id(name: str, uri: str | None = None) -> str:
+    """The id of the experiment `name`, created (artifacts beside a SQLite store) if missing."""
+    mlf = client(uri)
+    found = retry(mlf.get_experiment_by_name, name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            retry(mlf.restore_experiment, found.experiment_id)
+        describe(mlf, found, name)
+        return found.experiment_id
+    root = default_artifact_root(uri)
+    location = f"{root}/{name}" if root else None
+    try:
+        created = retry(mlf.create_experiment, name, artifact_location=location)
+    except MlflowException as error:  # another process created it first
+        found = retry(mlf.get_experiment_by_name, name)
+        if found is None:
+            raise error
+        created = found.experiment_id
+    describe(mlf, retry(mlf.get_experiment, created), name)
+    return created

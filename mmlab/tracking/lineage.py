@@ -33,7 +33,7 @@ def log_splits(
     """Log every split as a run input (context = the split); returns them by split."""
     import mlflow
 
-    from mmlab import tracking
+    from mmlab.tracking import store
 
     digest = fingerprint[:DIGEST_LENGTH]
     where = source or json.dumps({"dataset": name})
@@ -42,7 +42,7 @@ def log_splits(
         for split, table in dataset.items()
     }
     for split, entity in inputs.items():
-        tracking.retry(mlflow.log_input, entity, context=split)
+        store.retry(mlflow.log_input, entity, context=split)
     return inputs
 
 
@@ -56,8 +56,8 @@ def log_metrics(
     """Log metrics to the run, linked to the logged model and the split they measure."""
     import mlflow
 
-    from mmlab import tracking
+    from mmlab.tracking import store
 
-    tracking.active_run_id()  # a clear error when no run is active
+    store.active_run_id()  # a clear error when no run is active
     values = {k: float(v) for k, v in metrics.items()}
-    tracking.retry(mlflow.log_metrics, values, step=step, model_id=model_id, dataset=dataset)
+    store.retry(mlflow.log_metrics, values, step=step, model_id=model_id, dataset=dataset)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmlab import workspace
+from mmlab.core import workspace
 
 ENV = "MMLAB_PROGRESS_DIR"
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from mmlab import stats, tracking, workspace
+from mmlab import tracking
+from mmlab.core import stats, workspace
 
 REPORT_NOTEBOOK = "00_compare_runs"
 BATCH_TAG, BATCH_ID_TAG = "mmlab.batch", "mmlab.batch_id"

@@ -27,12 +27,12 @@ def mark_failed(run_id: str, error: BaseException) -> None:
     """Status FAILED and the error's line as a tag, leaving the run open for more cells."""
     from mlflow.entities import RunTag
 
-    from mmlab import tracking
+    from mmlab.tracking import store
 
     _state["failed"] = run_id  # first: the run ends FAILED at exit even if the store is down
-    client = tracking.client()
-    tracking.retry(client.log_batch, run_id, tags=[RunTag(ERROR_TAG, error_line(error)[:5000])])
-    tracking.retry(client.update_run, run_id, status="FAILED")
+    client = store.client()
+    store.retry(client.log_batch, run_id, tags=[RunTag(ERROR_TAG, error_line(error)[:5000])])
+    store.retry(client.update_run, run_id, status="FAILED")
 
 
 def failed(run_id: str) -> bool:
@@ -47,9 +47,9 @@ def _after_cell(result) -> None:
     run = mlflow.active_run()
     if error is None or run is None:
         return
-    from mmlab import tracking
+    from mmlab.tracking import store
 
-    if tracking.unreachable(error):  # the server is down: no use waiting for it once more
+    if store.unreachable(error):  # the server is down: no use waiting for it once more
         _state["failed"] = run.info.run_id
         print(f"mmlab: run {run.info.run_id} not marked FAILED: {error}", file=sys.stderr)
         return

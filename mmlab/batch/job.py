@@ -1,29 +1,22 @@
-"""Where executions run. The runner hands a `Job` to an executor and gets a Future[Outcome].
+"""The unit of work the runner hands an executor: a `Job` in, an `Outcome` out.
 
-`execute(job)` is the whole unit of work (Papermill run, HTML rendering, artifacts); an
-executor only decides where it runs: `local`, a process pool on this machine, or `ray`, a Ray
-task per execution on a local instance or a cluster (`mmlab.ray_executor`). EXECUTORS maps a
-name to a factory `(jobs, **options) -> Executor`; a factory imports its engine only when called,
-so a missing optional engine is an error naming its `pip install`, not an import failure here.
+`execute(job)` is the whole of one execution (Papermill run, HTML rendering, artifacts); an
+executor only decides where it runs. Every executor imports this module and no other executor.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import multiprocessing
 import os
-import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from mmlab import kernels, progress, workspace
+from mmlab.batch import kernels
+from mmlab.core import progress, workspace
 
 
 @dataclass(frozen=True)
@@ -97,7 +90,7 @@ def _stderr_to(log: Path):
 
 
 def _progress_engine():
-    """Papermill's nbclient engine, also recording each cell as it starts (`mmlab.progress`)."""
+    """Papermill's nbclient engine, also recording each cell as it starts (`mmlab.core.progress`)."""
     from papermill.engines import NBClientEngine
 
     class ProgressEngine(NBClientEngine):
@@ -189,79 +182,6 @@ def safe_execute(job: Job) -> Outcome:
         return Outcome(ok=False, error=_error_line(error))
 
 
-class Executor(Protocol):
-    description: str  # where executions run, for the runner's first line
-
-    def submit(self, job: Job) -> Future[Outcome]: ...
-
-    def shutdown(self, wait: bool = True) -> None:
-        """wait=True: let running jobs finish; False: stop them now (interrupted batch)."""
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C is the runner's to handle: it marks runs KILLED and stops the workers itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 class ExecutorError(RuntimeError):
     """An executor that cannot start (engine missing, cluster unreachable, store it cannot
     reach); the message says what to do. Raised before any execution runs."""
-
-
-class LocalExecutor:
-    """A pool of `jobs` worker processes on this machine (spawned: no forked MLflow state).
-    A stage's `resources` are not enforced here: `--jobs` executions run at a time."""
-
-    description = "local processes"
-
-    def __init__(self, jobs: int):
-        context = multiprocessing.get_context("spawn")
-        self.pool = ProcessPoolExecutor(
-            max_workers=max(1, jobs), mp_context=context, initializer=_ignore_sigint
-        )
-
-    def submit(self, job: Job) -> Future[Outcome]:
-        return self.pool.submit(safe_execute, job)
-
-    def shutdown(self, wait: bool = True) -> None:
-        if not wait:
-            # A worker that dies takes its kernel along: ipykernel exits when its parent goes.
-            for process in list(getattr(self.pool, "_processes", {}).values()):
-                process.terminate()
-        self.pool.shutdown(wait=wait, cancel_futures=True)
-
-
-def _local(jobs: int) -> Executor:
-    return LocalExecutor(jobs)
-
-
-def _ray(jobs: int, address: str | None = None) -> Executor:
-    from mmlab import extras
-
-    try:
-        extras.require("ray", "--executor ray")
-    except extras.MissingExtra as error:
-        raise ExecutorError(str(error)) from None
-    from mmlab.ray_executor import RayExecutor
-
-    return RayExecutor(jobs, address)
-
-
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": _local, "ray": _ray}
-
-
-def create(name: str, jobs: int, **options: Any) -> Executor:
-    """The executor `name` for `jobs` parallel executions; `options` are its own (Ray:
-    `address`). An option the executor does not take is an ExecutorError naming it."""
-    if name not in EXECUTORS:
-        raise ExecutorError(f"unknown executor {name!r}; available: {', '.join(sorted(EXECUTORS))}")
-    factory = EXECUTORS[name]
-    accepted = set(inspect.signature(factory).parameters) - {"jobs"}
-    given = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(given) - accepted)
-    if unknown:
-        raise ExecutorError(
-            f"--executor {name} takes no {', '.join('--' + k for k in unknown)} "
-            f"({'options: ' + ', '.join('--' + k for k in sorted(accepted)) if accepted else 'no options'})"
-        )
-    return factory(jobs, **given)

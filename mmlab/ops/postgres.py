@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmlab import workspace
+from mmlab.core import workspace
 
 ROLE = "mmlab"  # the cluster's superuser role, which the tracking server connects as
 SYSTEM_USER = "postgres"  # who runs the server when we are root

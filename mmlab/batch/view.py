@@ -1,6 +1,6 @@
 """What the batch runner shows while executions run: a live table on a terminal, plain lines
 in a log (CI), both with each running execution's current cell and latest training epoch
-(read from its `mmlab.progress` records)."""
+(read from its `mmlab.core.progress` records)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmlab import progress
+from mmlab.core import progress
 
 Print = Callable[[str], None]
 

@@ -34,8 +34,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mmlab import parameters_cell
-from mmlab.executors import Resources
+from mmlab.batch.job import Resources
+from mmlab.core import parameters_cell
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+?)\.run_id\}")

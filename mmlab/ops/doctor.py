@@ -61,7 +61,7 @@ def check_torch() -> Finding:
 
 
 def check_extras() -> Finding:
-    from mmlab.extras import EXTRAS
+    from mmlab.core.extras import EXTRAS
 
     missing: dict[str, list[str]] = {}
     for extra in EXTRAS.values():
@@ -102,7 +102,7 @@ def check_chromium() -> Finding:
 
 
 def check_kernel() -> Finding:
-    from mmlab.kernels import KERNEL, kernel_python
+    from mmlab.batch.kernels import KERNEL, kernel_python
 
     python = kernel_python()
     if python is None:
@@ -118,22 +118,24 @@ def check_kernel() -> Finding:
 def check_store() -> Finding:
     """Reads the store without creating it: a new workspace's SQLite file is made by its first
     run (MLflow's schema migrations take a while on a busy machine)."""
-    from mmlab import tracking
+    from mlflow.tracking import MlflowClient
 
-    uri = tracking.tracking_uri()
-    db = tracking._sqlite_path(uri)
+    from mmlab.tracking import store
+
+    uri = store.tracking_uri()
+    db = store.sqlite_path(uri)
     if db is not None and not db.exists():
         folder = next(p for p in (db.parent, *db.parent.parents) if p.exists())
         if not os.access(folder, os.W_OK):
             return Finding("fail", f"{uri}: cannot create it, {folder} is not writable",
                            "set MMLAB_HOME or MLFLOW_TRACKING_URI to a writable place")  # fmt: skip
         return Finding("ok", f"{uri} (created by the first run)")
-    if not tracking.answers(uri):  # before MLflow's retries, which take minutes
+    if not store.answers(uri):  # before MLflow's retries, which take minutes
         return Finding("fail", f"the tracking server {uri} does not answer",
                        "start it (`make server`, or ask whoever runs it), or unset "
                        "MLFLOW_TRACKING_URI")  # fmt: skip
     try:
-        found = tracking.retry(tracking.MlflowClient(uri).search_experiments, attempts=3)
+        found = store.retry(MlflowClient(uri).search_experiments, attempts=3)
     except Exception as error:  # any failure to reach the store is this check's finding
         return Finding("fail", f"{uri}: {type(error).__name__}: {error}",
                        "check MLFLOW_TRACKING_URI (unset: the workspace's mlflow.db)")  # fmt: skip
@@ -141,7 +143,7 @@ def check_store() -> Finding:
 
 
 def check_disk() -> Finding:
-    from mmlab import workspace
+    from mmlab.core import workspace
 
     root = workspace.root()
     free = shutil.disk_usage(root if root.exists() else Path.cwd()).free / 1e9

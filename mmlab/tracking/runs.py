@@ -16,8 +16,6 @@ import inspect
 import json
 import os
 import platform
-import random
-import re
 import sys
 import tempfile
 import time
@@ -25,201 +23,22 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import unquote
+from typing import Any
 
 import mlflow
-from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
-from mmlab import experiments, notebook_status, workspace
+from mmlab.core import workspace
+from mmlab.tracking import experiments, notebook_status
+from mmlab.tracking.store import active_run_id, client, ensure_store, retry
 
 HEADLINE_TAG = "mmlab.headline"
 NOTEBOOK_TAG = "mmlab.notebook"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 
-T = TypeVar("T")
 
 # The run this kernel works in, and whether this module started it (so `finish` may end it).
 _state: dict[str, Any] = {"run": None, "owned": False, "params": None}
-
-
-# --------------------------------------------------------------------------- the store
-
-
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else the workspace's SQLite store.
-
-    A relative SQLite path is made absolute, so kernels (which run in the notebook's folder)
-    write to the same database as the process that started them.
-    """
-    uri = workspace.tracking_uri()
-    db = _sqlite_path(uri)
-    return f"sqlite:///{db}" if db is not None else uri
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///relative` or `sqlite:////absolute` URI (else None)."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    path = unquote(uri[len(prefix) :].split("?", 1)[0])
-    return Path(path).absolute() if path and path != ":memory:" else None
-
-
-def default_artifact_root(uri: str | None = None) -> str | None:
-    """Where a SQLite store keeps artifacts: `mlartifacts/` beside the database file.
-
-    For the workspace store that is `workspace.artifact_root()`. A server store decides itself.
-    """
-    db = _sqlite_path(uri or tracking_uri())
-    if db is None:
-        return None
-    if db.parent.resolve() == workspace.root():
-        return workspace.artifact_root()
-    return (db.parent / "mlartifacts").resolve().as_uri()
-
-
-def _is_locked(error: BaseException) -> bool:
-    text = str(error).lower()
-    return "database is locked" in text or "database table is locked" in text
-
-
-def retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -> T:
-    """Call `fn`, retrying with jittered exponential backoff while SQLite reports a lock."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as error:  # MlflowException or sqlalchemy OperationalError
-            if not _is_locked(error) or attempt == attempts - 1:
-                raise
-            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
-
-
-# --------------------------------------------------------------------------- a tracking server
-
-
-class TrackingServerError(RuntimeError):
-    """The tracking server (`MLFLOW_TRACKING_URI=http...`) does not answer or refuses us."""
-
-
-def is_server(uri: str | None = None) -> bool:
-    return (uri or tracking_uri()).startswith(("http://", "https://"))
-
-
-def answers(uri: str | None = None) -> bool:
-    """Whether the tracking server answers at all: one look at /health, without MLflow's
-    retries (minutes when it is down). Only a connection that fails counts: a busy server
-    that is slow to reply is left to MLflow's retries. A database store always answers."""
-    uri = uri or tracking_uri()
-    if not is_server(uri):
-        return True
-    import requests
-
-    try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=30)
-    except requests.ConnectionError:  # refused, no route, no such host, connect timeout
-        return False
-    except requests.RequestException:
-        return True
-    return True
-
-
-def unreachable(error: BaseException | str) -> bool:
-    """Whether an error (or its line) says the tracking server did not answer: connection
-    refused or timed out, or a 5xx, after MLflow's own retries."""
-    text = str(error)
-    if isinstance(error, TrackingServerError) or text.startswith("TrackingServerError:"):
-        return True
-    return "API request to" in text and bool(
-        re.search(r"failed with (timeout )?exception|failed with error code 5\d\d", text)
-    )
-
-
-def why_unreachable(error: BaseException | str) -> str:
-    """The short reason in MLflow's long error: `[Errno 111] Connection refused`, `timed
-    out`, `error code 503`; "" when it gives none."""
-    text = str(error)
-    for pattern in (r"\[Errno -?\d+\] [^'\")\]]+", r"error code 5\d\d", r"timed out"):
-        found = re.search(pattern, text)
-        if found:
-            return found.group(0).strip()
-    return ""
-
-
-def server_down(uri: str | None = None) -> str:
-    """What to say, and do, when the tracking server stopped answering."""
-    return (
-        f"the tracking server {uri or tracking_uri()} does not answer: start it again "
-        f"(`make server`, or ask whoever runs it), or unset MLFLOW_TRACKING_URI to track in "
-        f"the workspace's SQLite file"
-    )
-
-
-_ready_stores: set[str] = set()
-
-
-def ensure_store(uri: str | None = None) -> str:
-    """Make sure the store exists with MLflow's schema; return its URI.
-
-    Several processes opening a fresh SQLite store at once would all run MLflow's schema
-    migrations and collide. So a missing database is built under a temporary name, under a
-    file lock, and renamed into place: a database file that exists is always complete.
-    """
-    uri = uri or tracking_uri()
-    if uri in _ready_stores:
-        return uri
-    db = _sqlite_path(uri)
-    if db is None:
-        if not answers(uri):
-            raise TrackingServerError(server_down(uri))
-        try:
-            retry(MlflowClient(uri).search_experiments, max_results=1)
-        except MlflowException as error:
-            if error.get_http_status_code() not in (401, 403):
-                raise
-            raise TrackingServerError(
-                f"the tracking server {uri} refuses us ({error.message.splitlines()[0]}): "
-                f"export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-            ) from None
-    elif not db.exists():
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(db.parent / f".{db.name}.lock"):  # flock or msvcrt: Windows too
-            if not db.exists():
-                with workspace.atomic_path(db) as tmp:
-                    MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
-    _ready_stores.add(uri)
-    return uri
-
-
-def client(uri: str | None = None) -> MlflowClient:
-    """An MlflowClient on the (ready) tracking store."""
-    return MlflowClient(ensure_store(uri))
-
-
-def experiment_id(name: str, uri: str | None = None) -> str:
-    """The id of the experiment `name`, created (artifacts beside a SQLite store) if missing."""
-    mlf = client(uri)
-    found = retry(mlf.get_experiment_by_name, name)
-    if found is not None:
-        if found.lifecycle_stage == "deleted":
-            retry(mlf.restore_experiment, found.experiment_id)
-        experiments.describe(mlf, found, name)
-        return found.experiment_id
-    root = default_artifact_root(uri)
-    location = f"{root}/{name}" if root else None
-    try:
-        created = retry(mlf.create_experiment, name, artifact_location=location)
-    except MlflowException as error:  # another process created it first
-        found = retry(mlf.get_experiment_by_name, name)
-        if found is None:
-            raise error
-        created = found.experiment_id
-    experiments.describe(mlf, retry(mlf.get_experiment, created), name)
-    return created
 
 
 # --------------------------------------------------------------------------- runs
@@ -248,7 +67,7 @@ def notebook_file(notebook: str, namespace: Mapping[str, Any] | None = None) -> 
     A session file of another name counts when the kernel defines all its parameters (a
     renamed copy). Outside a kernel (a script), None; in a kernel, an error saying what to do.
     """
-    from mmlab import parameters_cell
+    from mmlab.core import parameters_cell
 
     namespace = namespace or {}
     wanted = f"{notebook}.ipynb"
@@ -281,7 +100,7 @@ def kernel_parameters(notebook: str, namespace: Mapping[str, Any]) -> dict[str, 
     """The notebook's parameters: the names its `parameters` cell assigns, with their values
     in `namespace` (the kernel's), so a Papermill-injected cell overrides the defaults.
     A script that is no notebook has none (it passes `params=` to `start`)."""
-    from mmlab import parameters_cell
+    from mmlab.core import parameters_cell
 
     path = notebook_file(notebook, namespace)
     names = parameters_cell.names(path) if path is not None else []
@@ -323,7 +142,9 @@ def start(
     elif run_id:
         run = retry(mlflow.start_run, run_id=run_id)
     else:
-        run = retry(mlflow.start_run, experiment_id=experiment_id(notebook, uri), tags=all_tags)
+        run = retry(
+            mlflow.start_run, experiment_id=experiments.experiment_id(notebook, uri), tags=all_tags
+        )
     _state.update(run=run, owned=not run_id, params=flat)
     if run_id:
         set_tags(all_tags)
@@ -346,13 +167,6 @@ def _log_new_params(flat: Mapping[str, str]) -> None:
     items = [Param(k, v) for k, v in flat.items() if k not in logged]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters a call
         retry(client().log_batch, active_run_id(), params=items[i : i + 100])
-
-
-def active_run_id() -> str:
-    run = mlflow.active_run()
-    if run is None:
-        raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
-    return run.info.run_id
 
 
 def finish(status: str = "FINISHED") -> None:
@@ -554,10 +368,10 @@ def log_dataset(
     dataset: Mapping[str, Any], fingerprint: str, name: str, source: str = ""
 ) -> dict[str, Any]:
     """Record a dataset (a DatasetDict or any split -> table mapping) as run inputs, one per
-    split (`mmlab.lineage.log_splits`: digest = the fingerprint, context = the split); the
+    split (`mmlab.tracking.lineage.log_splits`: digest = the fingerprint, context = the split); the
     run is tagged with the fingerprint too, for searching. Returns the MLflow datasets by split.
     """
-    from mmlab import lineage
+    from mmlab.tracking import lineage
 
     inputs = lineage.log_splits(dataset, fingerprint, name, source)
     set_tags({"mmlab.dataset": name, "mmlab.dataset.fingerprint": fingerprint})
@@ -567,5 +381,5 @@ def log_dataset(
     return inputs
 
 
-# In a notebook kernel, a cell that raises marks the run FAILED (see mmlab.notebook_status).
+# In a notebook kernel, a cell that raises marks the run FAILED (see mmlab.tracking.notebook_status).
 notebook_status.watch_cells()

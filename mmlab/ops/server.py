@@ -3,7 +3,7 @@
 It runs `mlflow server --backend-store-uri postgresql://... --serve-artifacts
 --artifacts-destination DIR|s3://...`: clients (the runner, its kernels, JupyterLab) need only
 `MLFLOW_TRACKING_URI=http://HOST:PORT`, since artifacts and models travel through the server
-too. Without `--db`, a local PostgreSQL cluster in the workspace (`mmlab.postgres`) is started
+too. Without `--db`, a local PostgreSQL cluster in the workspace (`mmlab.ops.postgres`) is started
 first and stopped with the server: what `make server` runs. `--auth` turns on MLflow's own
 basic auth (`--app-name basic-auth`), its users kept in the same database.
 
@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmlab import extras, postgres, workspace
+from mmlab.core import extras, workspace
+from mmlab.ops import postgres
 
 DATABASE = "mlflow"  # the database `make server` creates in its local cluster
 DRIVER_HINT = "pip install 'mmlab[server]' (psycopg)"

@@ -1,6 +1,6 @@
 """Executions as Ray tasks, on a local Ray instance or a cluster (`mmlab run --executor ray`).
 
-Each execution is one Ray task running the same `executors.execute(job)` the local pool runs,
+Each execution is one Ray task running the same `job.execute(job)` the local pool runs,
 with the stage's `resources` as the task's `num_cpus` / `num_gpus`. Workers get the notebooks and
 the mmlab package through Ray's runtime environment: the checkout is uploaded as the job's
 `working_dir` (runs, stores, data, caches and venvs left out), so a cluster needs no shared disk
@@ -30,8 +30,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import mmlab
-from mmlab import progress, workspace
-from mmlab.executors import ExecutorError, Job, Outcome, safe_execute
+from mmlab.batch.job import ExecutorError, Job, Outcome, safe_execute
+from mmlab.core import progress, workspace
 
 # What a checkout holds that workers do not need (gitignore patterns from the checkout's root;
 # Ray also honours the checkout's own .gitignore). A leading "/" keeps `/data/` from matching

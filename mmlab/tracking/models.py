@@ -50,23 +50,23 @@ def quiet_transfers():
 def _client():
     import mlflow
 
-    from mmlab import tracking
+    from mmlab.tracking import store
 
-    uri = tracking.ensure_store()
+    uri = store.ensure_store()
     mlflow.set_tracking_uri(uri)  # models:/ URIs resolve against the same store
     mlflow.set_registry_uri(uri)
-    return tracking.client(uri)
+    return store.client(uri)
 
 
 def latest_version(name: str = REGISTERED_MODEL):
     """The newest version of registered model `name`, or a LookupError saying what to run."""
-    from mmlab import tracking
+    from mmlab.tracking import store
 
     client = _client()
-    versions = tracking.retry(client.search_model_versions, f"name = '{name}'")
+    versions = store.retry(client.search_model_versions, f"name = '{name}'")
     if not versions:
         raise LookupError(
-            f"no registered model {name!r} in {tracking.ensure_store()}: run notebook "
+            f"no registered model {name!r} in {store.ensure_store()}: run notebook "
             f"03_caption_training first (it registers every captioner it trains), or pass {FORMS}"
         )
     return max(versions, key=lambda v: int(v.version))
@@ -102,12 +102,12 @@ def download(source: str | Path, destination: str | Path) -> Path:
     uri = model_uri(source)
     if Path(uri).is_dir():
         return Path(uri)
-    from mmlab import tracking
+    from mmlab.tracking import store
 
     _client()
     try:
         with quiet_transfers():
-            path = tracking.retry(
+            path = store.retry(
                 mlflow.artifacts.download_artifacts, artifact_uri=uri, dst_path=str(destination)
             )
         return Path(path)
@@ -120,7 +120,7 @@ def version_of(source: str | Path):
     registered model), or None when it is not registered."""
     from mlflow.exceptions import MlflowException
 
-    from mmlab import tracking
+    from mmlab.tracking import store
 
     uri = model_uri(source)
     client = _client()
@@ -129,8 +129,8 @@ def version_of(source: str | Path):
         if uri.startswith("runs:/"):
             run_id = uri[len("runs:/") :].split("/")[0]
         else:
-            run_id = tracking.retry(client.get_logged_model, model_id).source_run_id
-        found = tracking.retry(client.search_model_versions, f"run_id = '{run_id}'")
+            run_id = store.retry(client.get_logged_model, model_id).source_run_id
+        found = store.retry(client.search_model_versions, f"run_id = '{run_id}'")
         if model_id is not None:  # MLflow 3: a version's source is its logged model
             found = [v for v in found if v.source == f"models:/{model_id}"]
         return max(found, key=lambda v: int(v.version)) if found else None
@@ -139,10 +139,10 @@ def version_of(source: str | Path):
         name, _, version = name.partition("/")
         try:
             if alias:
-                return tracking.retry(client.get_model_version_by_alias, name, alias)
+                return store.retry(client.get_model_version_by_alias, name, alias)
             if version == "latest":
                 return latest_version(name)
-            return tracking.retry(client.get_model_version, name, version)
+            return store.retry(client.get_model_version, name, version)
         except (MlflowException, LookupError):
             return None
     return None
@@ -152,17 +152,17 @@ def logged_model_id(source: str | Path) -> str | None:
     """MLflow 3's id of the logged model (`m-...`) a source names: what metrics link to."""
     from mlflow.models import Model
 
-    from mmlab import tracking
+    from mmlab.tracking import store
 
     _client()
     with quiet_transfers():
-        return tracking.retry(Model.load, model_uri(source)).model_id
+        return store.retry(Model.load, model_uri(source)).model_id
 
 
 def set_alias(name: str, alias: str, version: str | int) -> None:
-    from mmlab import tracking
+    from mmlab.tracking import store
 
-    tracking.retry(_client().set_registered_model_alias, name, alias, str(version))
+    store.retry(_client().set_registered_model_alias, name, alias, str(version))
 
 
 def evaluations(version) -> dict:
@@ -195,7 +195,7 @@ def promote(
     version holds the alias yet). Scores on other data are not comparable: the alias stays."""
     from mlflow.exceptions import MlflowException
 
-    from mmlab import tracking
+    from mmlab.tracking import store
 
     version = version_of(source)
     if version is None:
@@ -205,12 +205,12 @@ def promote(
     scores = {k: v for k, v in record.get(metric, {}).items() if k != data}
     scores[data] = {"value": float(value), "run_id": run_id}
     record[metric] = dict(list(scores.items())[-KEPT_EVALUATIONS:])
-    tracking.retry(
+    store.retry(
         client.set_model_version_tag, version.name, version.version, EVALUATION_TAG,
         json.dumps(record),
     )  # fmt: skip
     try:
-        current = tracking.retry(client.get_model_version_by_alias, version.name, alias)
+        current = store.retry(client.get_model_version_by_alias, version.name, alias)
     except MlflowException:  # no version holds the alias yet
         current = None
     if current is not None and current.version != version.version:
@@ -236,7 +236,7 @@ def serve_command(source: str | Path, host: str, port: int) -> tuple[list[str], 
     workspace store (the command line and its environment)."""
     import sys
 
-    from mmlab import tracking
+    from mmlab.tracking import store
 
     uri = model_uri(source)
     if uri.startswith("models:/") and version_of(uri) is None:
@@ -244,7 +244,7 @@ def serve_command(source: str | Path, host: str, port: int) -> tuple[list[str], 
             " (notebook 04 sets champion; --model latest serves the newest)" if "@" in uri else ""
         )
         raise LookupError(f"{uri} names no registered model version{hint}")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.ensure_store()}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.ensure_store()}
     # MLflow starts `uvicorn` by name: this Python's scripts first, venv activated or not
     scripts = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])

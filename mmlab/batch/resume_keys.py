@@ -11,7 +11,9 @@ from importlib import import_module
 
 
 def _model_key(model: str) -> str:
-    from mmlab.models import model_uri  # the one resolver; no torch in the runner's process
+    from mmlab.tracking.models import (
+        model_uri,  # the one resolver; no torch in the runner's process
+    )
 
     return model_uri(model)  # "latest" -> the URI of the newest registered captioner
 

@@ -1,0 +1,1 @@
+"""Operating the workspace: the tracking server, its PostgreSQL, and `mmlab doctor`."""

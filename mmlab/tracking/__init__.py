@@ -1,0 +1,87 @@
+"""MLflow conventions: the one package that knows run names, tags, artifacts and the store.
+
+`store` is the store (URI, client, retries, reachability); `runs` the run a notebook works in
+and what it logs; `experiments`, `lineage` and `notebook_status` what runs and experiments say
+about themselves; `models` the model registry and model URIs. Notebooks use the names below:
+`tracking.start(...)`, the `log_*` helpers, `tracking.headline(...)`.
+"""
+
+from mmlab.tracking.experiments import experiment_id
+from mmlab.tracking.runs import (
+    HEADLINE_TAG,
+    MAX_PARAM_LENGTH,
+    NOTEBOOK_TAG,
+    child_run,
+    device,
+    environment,
+    finish,
+    flatten,
+    headline,
+    kernel_parameters,
+    log_dataset,
+    log_environment,
+    log_figure,
+    log_file,
+    log_history,
+    log_metrics,
+    log_params,
+    log_table,
+    log_text,
+    notebook_file,
+    pip_freeze,
+    set_tags,
+    start,
+)
+from mmlab.tracking.store import (
+    TrackingServerError,
+    active_run_id,
+    answers,
+    client,
+    default_artifact_root,
+    ensure_store,
+    is_server,
+    retry,
+    server_down,
+    tracking_uri,
+    unreachable,
+    why_unreachable,
+)
+
+__all__ = [
+    "HEADLINE_TAG",
+    "MAX_PARAM_LENGTH",
+    "NOTEBOOK_TAG",
+    "TrackingServerError",
+    "active_run_id",
+    "answers",
+    "child_run",
+    "client",
+    "default_artifact_root",
+    "device",
+    "ensure_store",
+    "environment",
+    "experiment_id",
+    "finish",
+    "flatten",
+    "headline",
+    "is_server",
+    "kernel_parameters",
+    "log_dataset",
+    "log_environment",
+    "log_figure",
+    "log_file",
+    "log_history",
+    "log_metrics",
+    "log_params",
+    "log_table",
+    "log_text",
+    "notebook_file",
+    "pip_freeze",
+    "retry",
+    "server_down",
+    "set_tags",
+    "start",
+    "tracking_uri",
+    "unreachable",
+    "why_unreachable",
+]

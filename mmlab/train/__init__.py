@@ -1,0 +1,1 @@
+"""Training: the one loop, optimisers and schedules, and training on several processes."""
