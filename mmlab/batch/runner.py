@@ -82,7 +82,7 @@ class Report:
 def source_hash() -> str:
     """A hash of the mmlab package's Python source: code changes invalidate cached runs."""
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())

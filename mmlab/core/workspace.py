@@ -17,7 +17,7 @@ def root() -> Path:
     env = os.environ.get("MMLAB_HOME")
     if env:
         return Path(env).expanduser().resolve()
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").exists() and (checkout / "notebooks").is_dir():
         return checkout
     return Path.cwd().resolve()

@@ -27,7 +27,7 @@ def notebook_file(name: str) -> Path | None:
 
     for folder in (
         workspace.root() / "notebooks",
-        Path(__file__).resolve().parent.parent / "notebooks",
+        Path(__file__).resolve().parents[2] / "notebooks",
     ):
         path = folder / f"{name}.ipynb"
         if path.is_file():
