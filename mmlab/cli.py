@@ -255,7 +255,9 @@ def _compare(args: argparse.Namespace) -> int:
 def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("query", nargs="?", help="a sentence: find the images it describes")
     p.add_argument("--image", type=Path, help="an image: find the captions that match it")
-    p.add_argument("--model", required=True, help="retrieval model: run id, runs:/ URI or folder")
+    p.add_argument("--model", default="models:/mmlab-searcher@champion",
+                   help="retrieval model (default: %(default)s; 'latest': the newest "
+                        "mmlab-searcher), a run id, runs:/ or models:/ URI, or folder")  # fmt: skip
     p.add_argument("--gallery", help="search this dataset's items instead of the logged gallery")
     p.add_argument("--split", default="test", help="split of --gallery (default: test)")
     p.add_argument("-k", type=int, default=5, help="hits per query (default: 5)")

@@ -1,8 +1,8 @@
 """Retrieval models in MLflow: the heads' state dict, their config and the embedded galleries,
 logged as a pyfunc model that answers queries.
 
-    log_search_model(searcher)                            # under the active run, path "model"
-    searcher = load_searcher("runs:/<run_id>/model")     # or a run id, models:/.., a folder
+    uri = log_search_model(searcher)   # under the active run, registered as mmlab-searcher
+    searcher = load_searcher(uri)      # or models:/mmlab-searcher@champion, a run id, a folder
     mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": ["a red circle"]}))
 
 Loading for search reads the artifacts directly (no pyfunc machinery), so `mmlab search` in a
@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from mmlab.retrieval.searcher import Searcher
+from mmlab.tracking.models import CANDIDATE, CHAMPION, SEARCHER
 
 MODEL_ARTIFACT = "model"
 MODEL_TAG = "mmlab.search_model_uri"
@@ -36,84 +37,76 @@ def _requirements() -> list[str]:
     return [f"{name}=={installed[name]}" for name in REQUIREMENTS if name in installed]
 
 
-def log_search_model(searcher: Searcher, name: str = MODEL_ARTIFACT):
-    """Log the searcher under the active run as a pyfunc model (`runs:/<run_id>/<name>`)."""
+def log_search_model(
+    searcher: Searcher,
+    name: str = MODEL_ARTIFACT,
+    registered_model_name: str | None = SEARCHER,
+    alias: str | None = CANDIDATE,
+) -> str:
+    """Log the searcher under the active run as a pyfunc model, registered as
+    `registered_model_name` with `alias` (as notebook 03 registers the captioner); returns the
+    URI to load it from (`models:/NAME/VERSION`, or `runs:/<run id>/<name>` unregistered)."""
     import mlflow.pyfunc
     from mlflow.tracking.fluent import active_run
 
     from mmlab import tracking
-    from mmlab.tracking.models import quiet_transfers
+    from mmlab.tracking import models
 
     if active_run() is None:
         raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
-    with tempfile.TemporaryDirectory() as tmp, quiet_transfers():
+    with tempfile.TemporaryDirectory() as tmp, models.quiet_transfers():
         folder = searcher.save(Path(tmp) / FILES)
-        info = mlflow.pyfunc.log_model(
-            name=name, python_model=str(ENTRY), artifacts={FILES: str(folder)},
+        info = tracking.retry(
+            mlflow.pyfunc.log_model,
+            name=name,
+            python_model=str(ENTRY),
+            artifacts={FILES: str(folder)},
             pip_requirements=_requirements(),
-        )  # fmt: skip
-    uri = f"runs:/{active_run().info.run_id}/{name}"
+            registered_model_name=registered_model_name,
+        )
+    if registered_model_name and alias:
+        models.set_alias(registered_model_name, alias, info.registered_model_version)
+    uri = models.logged_uri(info, registered_model_name)
     tracking.set_tags({MODEL_TAG: uri})
-    return info
+    return uri
 
 
-def load_searcher(source: str | Path, index: str = "auto") -> Searcher:
-    """The Searcher of a logged retrieval model: run id, runs:/.., models:/.. or a folder (an
-    MLflow model folder or a folder `Searcher.save` wrote).
+def load_searcher(source: str | Path = f"models:/{SEARCHER}@{CHAMPION}", index: str = "auto"):
+    """The Searcher of a logged retrieval model: any form `mmlab.tracking.models.model_uri`
+    takes ('latest' is the newest `mmlab-searcher`), or a folder `Searcher.save` wrote.
 
-    A run's model is downloaded once into the workspace cache (`cache/search/<run id>/<path>`):
-    a run's artifacts do not change, so later searches read the cached copy without MLflow,
-    whose import and store round trip are most of a new process's start. `models:/` names are
-    resolved every time (an alias may move)."""
-    from mmlab.tracking.models import model_uri
+    A model's files are downloaded once into the workspace cache (`cache/search/...`, keyed by
+    run or registered version, whose artifacts never change), so later searches read the cached
+    copy; an alias is resolved to its version every time (it may move)."""
+    from mmlab.core import workspace
+    from mmlab.tracking import models
 
     path = Path(str(source)).expanduser()
     if (path / "config.json").is_file():
         return Searcher.load(path, index)
-    uri = model_uri(source)
-    cached = _cache_folder(uri)
+    uri = models.model_uri(source, SEARCHER)
+    if "@" in uri:
+        version = models.version_of(uri)
+        if version is None:
+            raise LookupError(
+                f"{uri}: no such registered model version in the tracking store (notebook "
+                f"{models.TRAINED_BY[SEARCHER]} registers the searcher; the champion alias "
+                f"goes to the version with the best test R@1)"
+            )
+        uri = f"models:/{version.name}/{version.version}"
+    key = re.fullmatch(r"(?:runs|models):/(.+)", uri)
+    cached = workspace.cache_dir() / "search" / key[1].strip("/") if key else None
     if cached is not None and (cached / "config.json").is_file():
         return Searcher.load(cached, index)
-    from mmlab.core import workspace
-
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _download(source, uri, tmp)
+        folder = models.download(uri, tmp, SEARCHER) / "artifacts" / FILES
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{source!r} is an MLflow model but not a retrieval model "
+                f"(no artifacts/{FILES} folder)"
+            )
         if cached is None:
             return Searcher.load(folder, index)
         with workspace.atomic_path(cached) as target:
             shutil.copytree(folder, target)
     return Searcher.load(cached, index)
-
-
-def _cache_folder(uri: str) -> Path | None:
-    """Where a `runs:/<run id>/<path>` model is cached; None for any other URI."""
-    from mmlab.core import workspace
-
-    match = re.fullmatch(r"runs:/([0-9a-f]{32})/(.+)", uri)
-    if match is None:
-        return None
-    return workspace.cache_dir() / "search" / match[1] / match[2].strip("/")
-
-
-def _download(source, uri: str, destination: str) -> Path:
-    """The model's searcher folder, downloaded through MLflow under `destination`."""
-    import mlflow.artifacts
-
-    from mmlab import tracking
-    from mmlab.tracking.models import quiet_transfers
-
-    if uri.startswith(("runs:/", "models:/")):
-        mlflow.set_tracking_uri(tracking.ensure_store())
-    from mlflow.exceptions import MlflowException
-
-    try:
-        with quiet_transfers():
-            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=destination))
-    except MlflowException as error:
-        raise LookupError(f"{uri}: {error.message}") from None
-    folder = local / "artifacts" / FILES
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{source!r} is an MLflow model but not a retrieval model (no artifacts/{FILES} folder)"
-        )
-    return folder

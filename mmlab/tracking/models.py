@@ -19,7 +19,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-REGISTERED_MODEL = "mmlab-captioner"
+CAPTIONER, SEARCHER = "mmlab-captioner", "mmlab-searcher"
+REGISTERED_MODEL = CAPTIONER
+TRAINED_BY = {CAPTIONER: "03_caption_training", SEARCHER: "05_cross_modal_retrieval"}
 MODEL_ARTIFACT = "model"
 CANDIDATE, CHAMPION = "candidate", "champion"
 EVALUATION_TAG = "mmlab.evaluation"  # on a version: {metric: {data: {value, run_id}}}
@@ -29,7 +31,7 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MODELS_URI = re.compile(r"^models:/([^/@]+(@[\w-]+|/\d+|/latest)|m-[0-9a-f]+)$")
 FORMS = (
     "a run id, runs:/<run id>/model, models:/NAME@ALIAS, models:/NAME/VERSION, a local model "
-    "folder (holding an MLmodel file), or 'latest' (the newest registered version)"
+    "folder (holding an MLmodel file), or 'latest' (the newest registered version of the model)"
 )
 
 
@@ -58,7 +60,7 @@ def _client():
     return store.client(uri)
 
 
-def latest_version(name: str = REGISTERED_MODEL):
+def latest_version(name: str = CAPTIONER):
     """The newest version of registered model `name`, or a LookupError saying what to run."""
     from mmlab.tracking import store
 
@@ -67,16 +69,18 @@ def latest_version(name: str = REGISTERED_MODEL):
     if not versions:
         raise LookupError(
             f"no registered model {name!r} in {store.ensure_store()}: run notebook "
-            f"03_caption_training first (it registers every captioner it trains), or pass {FORMS}"
+            f"{TRAINED_BY.get(name, 'that trains it')} first (it registers every model it "
+            f"trains), or pass {FORMS}"
         )
     return max(versions, key=lambda v: int(v.version))
 
 
-def model_uri(source: str | Path = "latest") -> str:
-    """Any accepted way to name a model -> an MLflow model URI or a local folder path."""
+def model_uri(source: str | Path = "latest", name: str = CAPTIONER) -> str:
+    """Any accepted way to name a model -> an MLflow model URI or a local folder path;
+    'latest' is the newest version of the registered model `name`."""
     text = str(source).strip()
     if text == "latest":
-        latest = latest_version()
+        latest = latest_version(name)
         return f"models:/{latest.name}/{latest.version}"
     if _RUN_ID.match(text):
         return f"runs:/{text}/{MODEL_ARTIFACT}"
@@ -94,12 +98,23 @@ def model_uri(source: str | Path = "latest") -> str:
     return str(path.resolve())
 
 
-def download(source: str | Path, destination: str | Path) -> Path:
-    """The model's files under `destination` (a local folder is used where it is)."""
+def logged_uri(info, registered_name: str | None = None) -> str:
+    """The URI to load a model the active run just logged from (`info`: MLflow's ModelInfo):
+    `models:/NAME/VERSION` when it was registered as `registered_name`, else
+    `runs:/<run id>/<artifact>`. The one place such URIs are built."""
+    version = getattr(info, "registered_model_version", None)
+    if registered_name and version:
+        return f"models:/{registered_name}/{version}"
+    return f"runs:/{info.run_id}/{info.artifact_path or info.name}"
+
+
+def download(source: str | Path, destination: str | Path, name: str = CAPTIONER) -> Path:
+    """The model's files under `destination` (a local folder is used where it is); 'latest'
+    is the newest version of the registered model `name`."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    uri = model_uri(source)
+    uri = model_uri(source, name)
     if Path(uri).is_dir():
         return Path(uri)
     from mmlab.tracking import store
@@ -255,11 +270,15 @@ def serve_command(source: str | Path, host: str, port: int) -> tuple[list[str], 
 
 __all__ = [
     "CANDIDATE",
+    "CAPTIONER",
     "CHAMPION",
     "REGISTERED_MODEL",
+    "SEARCHER",
+    "TRAINED_BY",
     "Promotion",
     "download",
     "latest_version",
+    "logged_uri",
     "logged_model_id",
     "model_uri",
     "promote",
