@@ -25,19 +25,25 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]  # fmt: skip
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")  # fmt: skip
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {gpu}; {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def run(script: Path) -> str:
     """The script's output (streamed to the terminal too); a failing script stops the run."""
     lines = []
-    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as process:  # fmt: skip
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
         for line in process.stdout:
             sys.stdout.write(line)
             lines.append(line)
@@ -59,8 +65,10 @@ def main(names: list[str]) -> None:
     for script in scripts:
         print(f"== {script.name}", flush=True)
         sections.append(f"## {script.name}\n\n{run(script)}\n")
-    text = (f"# Benchmark results\n\nWritten by `make bench` ({started}).\n\n"
-            f"Machine: {machine()}.\n\n" + "\n".join(sections))  # fmt: skip
+    text = (
+        f"# Benchmark results\n\nWritten by `make bench` ({started}).\n\n"
+        f"Machine: {machine()}.\n\n" + "\n".join(sections)
+    )
     with atomic_path(HERE / "RESULTS.md") as path:
         path.write_text(text)
 

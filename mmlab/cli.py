@@ -37,14 +37,28 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("params", type=Path, help="batch file (YAML)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel executions (cores)")
     p.add_argument("--only", action="append", default=[], metavar="STAGE", help="run one stage")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override a parameter (key=value, or stage.key=value)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a parameter (key=value, or stage.key=value)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the expanded plan only")
     p.add_argument("--force", action="store_true", help="re-run executions found in the cache")
-    p.add_argument("--executor", default="local", choices=executors.names(),
-                   help="where executions run: local processes (default) or Ray tasks")  # fmt: skip
-    p.add_argument("--address", default=None, metavar="auto|ray://HOST:10001",
-                   help="--executor ray: the cluster to use (default: start a local instance)")  # fmt: skip
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=executors.names(),
+        help="where executions run: local processes (default) or Ray tasks",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="auto|ray://HOST:10001",
+        help="--executor ray: the cluster to use (default: start a local instance)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -245,8 +259,10 @@ def _compare(args: argparse.Namespace) -> int:
         return 1
     run = tracking.retry(tracking.client().get_run, result.run_id)
     moved = int(run.data.metrics["metrics_moved"])
-    print(f"{moved} metric{'' if moved == 1 else 's'} moved beyond their intervals: {out} "
-          f"(MLflow run {result.run_id}, artifact compare_report.html)")  # fmt: skip
+    print(
+        f"{moved} metric{'' if moved == 1 else 's'} moved beyond their intervals: {out} "
+        f"(MLflow run {result.run_id}, artifact compare_report.html)"
+    )
 
 
 # --------------------------------------------------------------------------- search
@@ -255,9 +271,12 @@ def _compare(args: argparse.Namespace) -> int:
 def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("query", nargs="?", help="a sentence: find the images it describes")
     p.add_argument("--image", type=Path, help="an image: find the captions that match it")
-    p.add_argument("--model", default="models:/mmlab-searcher@champion",
-                   help="retrieval model (default: %(default)s; 'latest': the newest "
-                        "mmlab-searcher), a run id, runs:/ or models:/ URI, or folder")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default="models:/mmlab-searcher@champion",
+        help="retrieval model (default: %(default)s; 'latest': the newest "
+        "mmlab-searcher), a run id, runs:/ or models:/ URI, or folder",
+    )
     p.add_argument("--gallery", help="search this dataset's items instead of the logged gallery")
     p.add_argument("--split", default="test", help="split of --gallery (default: test)")
     p.add_argument("-k", type=int, default=5, help="hits per query (default: 5)")
@@ -288,18 +307,27 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _server_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", metavar="URL",
-                   help="PostgreSQL store, postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
-                        "(default: a local PostgreSQL in .mmlab/postgres, started and stopped "
-                        "with the server)")  # fmt: skip
-    p.add_argument("--artifacts", metavar="DIR|s3://BUCKET/PATH",
-                   help="where the server stores artifacts (default: .mmlab/artifacts)")  # fmt: skip
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="PostgreSQL store, postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
+        "(default: a local PostgreSQL in .mmlab/postgres, started and stopped "
+        "with the server)",
+    )
+    p.add_argument(
+        "--artifacts",
+        metavar="DIR|s3://BUCKET/PATH",
+        help="where the server stores artifacts (default: .mmlab/artifacts)",
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
     p.add_argument("--port", type=int, default=5000, help="port, 0 for a free one (default: 5000)")
-    p.add_argument("--auth", action="store_true",
-                   help="MLflow's basic auth (first start: export MLFLOW_AUTH_ADMIN_PASSWORD)")  # fmt: skip
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="MLflow's basic auth (first start: export MLFLOW_AUTH_ADMIN_PASSWORD)",
+    )
     p.add_argument("--workers", type=int, default=2, help="server processes (default: 2)")
     p.add_argument("--stop", action="store_true", help="stop this workspace's server")
 
@@ -314,8 +342,9 @@ def _server(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port}: expected 0 (a free one) to 65535")
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: expected at least 1")
-    settings = server.Settings(args.db, args.artifacts, args.host, args.port, args.auth,
-                               args.workers)  # fmt: skip
+    settings = server.Settings(
+        args.db, args.artifacts, args.host, args.port, args.auth, args.workers
+    )
     try:
         return server.serve(settings, out=lambda line: print(line, flush=True))
     except (server.ServerError, postgres.PostgresError, extras.MissingExtra) as error:
@@ -328,8 +357,12 @@ def _server(args: argparse.Namespace) -> int:
 def _doctor_arguments(p: argparse.ArgumentParser) -> None:
     from mmlab.ops.doctor import CHECKS
 
-    p.add_argument("checks", nargs="*", metavar="CHECK",
-                   help=f"checks to run (default: all): {', '.join(CHECKS)}")  # fmt: skip
+    p.add_argument(
+        "checks",
+        nargs="*",
+        metavar="CHECK",
+        help=f"checks to run (default: all): {', '.join(CHECKS)}",
+    )
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
 
 
@@ -355,7 +388,7 @@ COMMANDS: dict[str, Command] = {
     "search": Command("search a retrieval model's gallery", _search_arguments, _search),
     "doctor": Command(
         "check the setup: Python, torch, CUDA, Java, the store, disk", _doctor_arguments, _doctor
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -384,9 +417,11 @@ def parser() -> argparse.ArgumentParser:
     from mmlab import __version__
 
     top = argparse.ArgumentParser(
-        prog="mmlab", description=DESCRIPTION, epilog=EXAMPLES,
+        prog="mmlab",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     top.add_argument("--version", action="version", version=f"mmlab {__version__}")
     top.add_argument("--home", type=Path, help="workspace root (default: $MMLAB_HOME or checkout)")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")

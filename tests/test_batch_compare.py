@@ -27,8 +27,14 @@ SHIFTED = {"concat": [0.90, 0.91, 0.92], "gated": [0.71, 0.70, 0.72]}  # concat 
 
 def _stage_run(client, notebook, batch, batch_id, stage, metrics=(), params=None):
     experiment = tracking.experiment_id(notebook, client.tracking_uri)
-    tags = {"mmlab.batch": batch, "mmlab.batch_id": batch_id, "mmlab.stage": stage,
-            "mmlab.execution": stage, "mmlab.notebook": notebook, "mmlab.git_commit": "abc"}  # fmt: skip
+    tags = {
+        "mmlab.batch": batch,
+        "mmlab.batch_id": batch_id,
+        "mmlab.stage": stage,
+        "mmlab.execution": stage,
+        "mmlab.notebook": notebook,
+        "mmlab.git_commit": "abc",
+    }
     run = client.create_run(experiment, run_name=stage, tags=tags)
     items = [Metric(name, value, 0, step) for name, value, step in metrics]
     params = [Param(k, v) for k, v in (params or {}).items()]
@@ -38,28 +44,55 @@ def _stage_run(client, notebook, batch, batch_id, stage, metrics=(), params=None
 
 def write_batch(uri: str, batch: str, batch_id: str, accuracy: dict, cider: float) -> None:
     client = MlflowClient(uri)
-    parent = _stage_run(client, "02_fusion_comparison", batch, batch_id, "fusion",
-                        [("best_test_accuracy", max(map(max, accuracy.values())), 0)])  # fmt: skip
+    parent = _stage_run(
+        client,
+        "02_fusion_comparison",
+        batch,
+        batch_id,
+        "fusion",
+        [("best_test_accuracy", max(map(max, accuracy.values())), 0)],
+    )
     for method, values in accuracy.items():
         for seed, value in enumerate(values):
-            tags = {"mlflow.parentRunId": parent.info.run_id, "fusion_method": method,
-                    "seed": str(seed)}  # fmt: skip
-            child = client.create_run(parent.info.experiment_id, run_name=f"{method}-seed{seed}",
-                                      tags=tags)  # fmt: skip
+            tags = {
+                "mlflow.parentRunId": parent.info.run_id,
+                "fusion_method": method,
+                "seed": str(seed),
+            }
+            child = client.create_run(
+                parent.info.experiment_id, run_name=f"{method}-seed{seed}", tags=tags
+            )
             metrics = [Metric("test_accuracy", value, 0, 0), Metric("train_seconds", 9.0, 0, 0)]
             client.log_batch(child.info.run_id, metrics=metrics)
             client.set_terminated(child.info.run_id)
     client.set_terminated(parent.info.run_id)
-    features = _stage_run(client, "01_feature_extraction", batch, batch_id, "features",
-                          [("probe.first_shape.image.small_cnn", 0.6, 0),
-                           ("items_per_s.image.small_cnn", 100.0, 0)])  # fmt: skip
+    features = _stage_run(
+        client,
+        "01_feature_extraction",
+        batch,
+        batch_id,
+        "features",
+        [("probe.first_shape.image.small_cnn", 0.6, 0), ("items_per_s.image.small_cnn", 100.0, 0)],
+    )
     client.set_terminated(features.info.run_id)
-    train = _stage_run(client, "03_caption_training", batch, batch_id, "train",
-                       [("test_cider", cider, 1), ("test_cider", cider + 0.1, 3),
-                        ("best_val_cider", cider, 0)], params={"decoder": "transformer"})  # fmt: skip
+    train = _stage_run(
+        client,
+        "03_caption_training",
+        batch,
+        batch_id,
+        "train",
+        [("test_cider", cider, 1), ("test_cider", cider + 0.1, 3), ("best_val_cider", cider, 0)],
+        params={"decoder": "transformer"},
+    )
     client.set_terminated(train.info.run_id)
-    retrieval = _stage_run(client, "05_cross_modal_retrieval", batch, batch_id, "retrieval",
-                           [("recall_at_1/text_to_image", 0.3, 0)])  # fmt: skip
+    retrieval = _stage_run(
+        client,
+        "05_cross_modal_retrieval",
+        batch,
+        batch_id,
+        "retrieval",
+        [("recall_at_1/text_to_image", 0.3, 0)],
+    )
     client.set_terminated(retrieval.info.run_id)
 
 
@@ -104,8 +137,10 @@ def test_a_batch_name_takes_the_newest_run_of_each_execution(two_batches):
 
 
 def test_an_unknown_batch_lists_the_known_ones(two_batches):
-    with pytest.raises(batch_compare.BatchNotFound, match="batch names: nightly; newest ids: "
-                       "20261202-010000-bbbbbb, 20261201-010000-aaaaaa"):  # fmt: skip
+    with pytest.raises(
+        batch_compare.BatchNotFound,
+        match="batch names: nightly; newest ids: 20261202-010000-bbbbbb, 20261201-010000-aaaaaa",
+    ):
         batch_compare.resolve(["nightly", "yesterday"])
     with pytest.raises(batch_compare.BatchNotFound, match="expected a batch name or id"):
         batch_compare.resolve(["x' or 1=1"])
@@ -115,8 +150,16 @@ def test_an_unknown_batch_lists_the_known_ones(two_batches):
 def test_mmlab_compare_runs_notebook_00_and_logs_the_html_report(two_batches, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = tmp_path / "report.html"
-    cli = [sys.executable, "-m", "mmlab", "compare", "20261201-010000-aaaaaa",
-           "20261202-010000-bbbbbb", "--out", str(out)]  # fmt: skip
+    cli = [
+        sys.executable,
+        "-m",
+        "mmlab",
+        "compare",
+        "20261201-010000-aaaaaa",
+        "20261202-010000-bbbbbb",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cli, cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 metric moved" in done.stdout, done.stdout[-2000:]

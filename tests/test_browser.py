@@ -87,14 +87,19 @@ def server(command: list[str], env: dict, ready_url: str, log: Path):
     """Start `command` in its own process group, wait until `ready_url` answers, stop it after."""
     with open(log, "w") as sink:
         process = subprocess.Popen(
-            command, env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
+            command,
+            env=env,
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
     try:
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"{command[2:4]} exited ({process.returncode}): "
-                                     f"{log.read_text()[-3000:]}")  # fmt: skip
+                raise AssertionError(
+                    f"{command[2:4]} exited ({process.returncode}): {log.read_text()[-3000:]}"
+                )
             try:
                 urllib.request.urlopen(ready_url, timeout=5)
                 break
@@ -112,8 +117,12 @@ def server(command: list[str], env: dict, ready_url: str, log: Path):
 
 
 def workspace_env(home: Path, uri: str) -> dict:
-    return {**os.environ, "MMLAB_HOME": str(home), "MLFLOW_TRACKING_URI": uri,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    return {
+        **os.environ,
+        "MMLAB_HOME": str(home),
+        "MLFLOW_TRACKING_URI": uri,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
 
 
 @contextlib.contextmanager
@@ -151,8 +160,15 @@ def check_experiments(page, base: str, names: list[str], out: Path) -> None:
     assert not missing, f"the MLflow UI's experiments list lacks {missing}"
 
 
-def check_runs_table(page, base: str, experiment_id: str, expected: int, out: Path,
-                     wait_ms: int = WAIT_MS, run_name: str = "") -> None:  # fmt: skip
+def check_runs_table(
+    page,
+    base: str,
+    experiment_id: str,
+    expected: int,
+    out: Path,
+    wait_ms: int = WAIT_MS,
+    run_name: str = "",
+) -> None:
     """The experiment's runs table counts `expected` runs (parents and their children) and
     shows the row of `run_name`."""
     page.goto(f"{base}/#/experiments/{experiment_id}/runs")
@@ -169,8 +185,9 @@ def check_runs_table(page, base: str, experiment_id: str, expected: int, out: Pa
     assert shown == expected, f"experiment {experiment_id}: {shown} runs shown, {expected} stored"
 
 
-def check_child_runs(page, base: str, experiment_id: str, run_id: str, children: list[str],
-                     out: Path) -> None:  # fmt: skip
+def check_child_runs(
+    page, base: str, experiment_id: str, run_id: str, children: list[str], out: Path
+) -> None:
     """The run's page lists every child run by name."""
     page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}")
     listed = page.get_by_test_id("key-value-Child runs").get_by_role("link")
@@ -202,8 +219,16 @@ def check_compare(page, base: str, experiment_id: str, runs: dict[str, str], out
     assert not missing, f"the compare view lacks runs {missing}"
 
 
-def check_notebook_artifact(page, base: str, experiment_id: str, run_id: str, artifact: str,
-                            title: str, output: str, out: Path) -> None:  # fmt: skip
+def check_notebook_artifact(
+    page,
+    base: str,
+    experiment_id: str,
+    run_id: str,
+    artifact: str,
+    title: str,
+    output: str,
+    out: Path,
+) -> None:
     """The executed notebook's HTML artifact renders: its title and an executed cell's output."""
     page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{artifact}")
     frame = page.frame_locator("iframe").first
@@ -215,8 +240,9 @@ def check_notebook_artifact(page, base: str, experiment_id: str, run_id: str, ar
 def stage_run(client: MlflowClient, notebook: str):
     experiment = client.get_experiment_by_name(notebook)
     assert experiment is not None, f"no experiment {notebook} in the store"
-    runs = client.search_runs([experiment.experiment_id],
-                              "tags.`mmlab.stage` != '' and attributes.status = 'FINISHED'")  # fmt: skip
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.`mmlab.stage` != '' and attributes.status = 'FINISHED'"
+    )
     assert runs, f"no finished batch run in {notebook}"
     return experiment, runs[0]
 
@@ -235,8 +261,16 @@ def test_mlflow_ui_shows_the_smoke_batch(smoke_batch, page, tmp_path):
         check_child_runs(page, base, eid, run_id, [c.info.run_name for c in children], tmp_path)
         pair = {c.info.run_id: c.info.run_name for c in children[:2]}
         check_compare(page, base, eid, pair, tmp_path)
-        check_notebook_artifact(page, base, eid, run_id, "notebook/02_fusion_comparison.html",
-                                "Fusion comparison", "best: ", tmp_path)  # fmt: skip
+        check_notebook_artifact(
+            page,
+            base,
+            eid,
+            run_id,
+            "notebook/02_fusion_comparison.html",
+            "Fusion comparison",
+            "best: ",
+            tmp_path,
+        )
 
 
 def test_mlflow_ui_checks_fail_when_the_ui_shows_no_runs(browser, page, tmp_path):
@@ -263,27 +297,41 @@ def jupyter_lab(root: Path, home: Path, uri: str, tmp: Path):
     """`jupyter lab` over `root` with its own config and runtime folders; yields (URL, token)."""
     port, token = free_port(), secrets.token_hex(16)
     env = workspace_env(home, uri)
-    env.update(JUPYTER_CONFIG_DIR=str(tmp / "jupyter-config"),
-               JUPYTER_RUNTIME_DIR=str(tmp / "jupyter-runtime"))  # fmt: skip
-    command = [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser",
-               "--ip", "127.0.0.1", f"--port={port}", f"--ServerApp.token={token}",
-               f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]  # fmt: skip
+    env.update(
+        JUPYTER_CONFIG_DIR=str(tmp / "jupyter-config"),
+        JUPYTER_RUNTIME_DIR=str(tmp / "jupyter-runtime"),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--allow-root",
+        "--no-browser",
+        "--ip",
+        "127.0.0.1",
+        f"--port={port}",
+        f"--ServerApp.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.port_retries=0",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
     base = f"http://127.0.0.1:{port}"
     with server(command, env, f"{base}/api/status?token={token}", tmp / "lab.log"):
         yield base, token
 
 
-def check_notebook_in_lab(page, base: str, token: str, notebook: str, kernel: str,
-                          out: Path) -> str:  # fmt: skip
+def check_notebook_in_lab(
+    page, base: str, token: str, notebook: str, kernel: str, out: Path
+) -> str:
     """Open `notebook` in JupyterLab, check the kernel it shows, run its parameters cell, then
     ask the kernel which Python and which mmlab it runs; returns that answer."""
     page.goto(f"{base}/lab/tree/{notebook}?token={token}")
     page.locator(".jp-Notebook .jp-Cell").nth(1).wait_for()
     name = page.locator(".jp-KernelName").first
     with contextlib.suppress(Exception):  # "No Kernel" until the session starts, then its name
-        page.wait_for_function("([el, k]) => el.textContent.trim() === k",
-                               arg=[name.element_handle(), kernel])  # fmt: skip
+        page.wait_for_function(
+            "([el, k]) => el.textContent.trim() === k", arg=[name.element_handle(), kernel]
+        )
     shown = name.inner_text().strip()
     assert shown == kernel, f"{notebook} opened with kernel {shown!r}, expected {kernel!r}"
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()

@@ -22,8 +22,14 @@ def tone(path, hz: float, rate: int = RATE, seconds: float = 0.5):
     return str(path)
 
 
-def square_frames(dx: int, dy: int = 0, frames: int = 8, side: int = 48, colour=(230, 60, 40),
-                  background=(30, 30, 30)) -> np.ndarray:  # fmt: skip
+def square_frames(
+    dx: int,
+    dy: int = 0,
+    frames: int = 8,
+    side: int = 48,
+    colour=(230, 60, 40),
+    background=(30, 30, 30),
+) -> np.ndarray:
     """A 14-px square moving (dx, dy) pixels per frame over a flat background."""
     out = np.empty((frames, side, side, 3), np.uint8)
     for i in range(frames):
@@ -172,12 +178,19 @@ def test_video_defaults_are_one_setting():
 
 @pytest.mark.parametrize(
     ("name", "change"),
-    [("frame_mean", {"num_frames": 8}), ("frame_mean", {"image_size": 64}),
-     ("frame_mean", {"frame_encoder": "efficientnet_lite0"}),
-     ("two_stream", {"num_frames": 8}), ("two_stream", {"image_size": 64}),
-     ("two_stream", {"flow_bins": 12}), ("two_stream", {"flow_grid": 1}),
-     ("r3d_18", {"num_frames": 8}), ("r3d_18", {"image_size": 64}), ("r3d_18", {"seed": 1})],
-)  # fmt: skip
+    [
+        ("frame_mean", {"num_frames": 8}),
+        ("frame_mean", {"image_size": 64}),
+        ("frame_mean", {"frame_encoder": "efficientnet_lite0"}),
+        ("two_stream", {"num_frames": 8}),
+        ("two_stream", {"image_size": 64}),
+        ("two_stream", {"flow_bins": 12}),
+        ("two_stream", {"flow_grid": 1}),
+        ("r3d_18", {"num_frames": 8}),
+        ("r3d_18", {"image_size": 64}),
+        ("r3d_18", {"seed": 1}),
+    ],
+)
 def test_video_cache_keys_follow_the_configuration(name, change):
     base = {"frame_encoder": "small_cnn"} if name != "r3d_18" else {}
     key = cache.cache_key("fp", "train", "video", F.create("video", name, **base).identity)
@@ -188,8 +201,10 @@ def test_video_cache_keys_follow_the_configuration(name, change):
 
 
 def test_two_stream_and_frame_mean_never_share_a_cache_entry():
-    ids = [F.create("video", n, frame_encoder="small_cnn").identity
-           for n in ("frame_mean", "two_stream")]  # fmt: skip
+    ids = [
+        F.create("video", n, frame_encoder="small_cnn").identity
+        for n in ("frame_mean", "two_stream")
+    ]
     assert cache.cache_key("fp", "train", "video", ids[0]) != cache.cache_key(
         "fp", "train", "video", ids[1]
     )
@@ -198,11 +213,13 @@ def test_two_stream_and_frame_mean_never_share_a_cache_entry():
 
 @pytest.mark.parametrize(
     ("name", "options", "match"),
-    [("two_stream", {"num_frames": 1}, "num_frames=1; it needs at least 2"),
-     ("two_stream", {"flow_bins": 2}, "at least 4 orientation bins"),
-     ("frame_mean", {"num_frames": 0}, "num_frames=0"),
-     ("r3d_18", {"image_size": 4}, "image_size=4")],
-)  # fmt: skip
+    [
+        ("two_stream", {"num_frames": 1}, "num_frames=1; it needs at least 2"),
+        ("two_stream", {"flow_bins": 2}, "at least 4 orientation bins"),
+        ("frame_mean", {"num_frames": 0}, "num_frames=0"),
+        ("r3d_18", {"image_size": 4}, "image_size=4"),
+    ],
+)
 def test_video_bad_settings_are_named(name, options, match):
     extra = {"frame_encoder": "small_cnn"} if name != "r3d_18" else {}
     with pytest.raises(ValueError, match=match):

@@ -144,10 +144,20 @@ def test_the_shipped_checkout_leaves_out_workspace_files(tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
     files = [
-        "pyproject.toml", "notebooks/a.ipynb", "mmlab/__init__.py", "mmlab/data/__init__.py",
-        "params/x.yaml", "runs/x/a/a.ipynb", "data/set/1.png", "cache/f.parquet", "mlflow.db",
-        "mlartifacts/1/f.png", ".venv/bin/python", ".git", "mmlab/__pycache__/x.pyc",
-    ]  # fmt: skip
+        "pyproject.toml",
+        "notebooks/a.ipynb",
+        "mmlab/__init__.py",
+        "mmlab/data/__init__.py",
+        "params/x.yaml",
+        "runs/x/a/a.ipynb",
+        "data/set/1.png",
+        "cache/f.parquet",
+        "mlflow.db",
+        "mlartifacts/1/f.png",
+        ".venv/bin/python",
+        ".git",
+        "mmlab/__pycache__/x.pyc",
+    ]
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
@@ -161,9 +171,12 @@ def test_the_shipped_checkout_leaves_out_workspace_files(tmp_path):
     with zipfile.ZipFile(package) as archive:
         shipped_files = {n for n in archive.namelist() if not n.endswith("/")}
     assert shipped_files == {
-        "pyproject.toml", "notebooks/a.ipynb", "mmlab/__init__.py", "mmlab/data/__init__.py",
+        "pyproject.toml",
+        "notebooks/a.ipynb",
+        "mmlab/__init__.py",
+        "mmlab/data/__init__.py",
         "params/x.yaml",
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------- the task's body
@@ -239,18 +252,34 @@ def ray_head(tmp_path_factory):
     pytest.importorskip("ray")
     port = free_port()
     ray_cli = Path(sys.executable).with_name("ray")
-    command = [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-               "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
-               "--disable-usage-stats"]  # fmt: skip
+    command = [
+        str(ray_cli),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num-cpus",
+        "2",
+        "--include-dashboard",
+        "false",
+        "--disable-usage-stats",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # Ray restarts a worker that takes over 60 s to register; a busy CI machine can be slower
     env["RAY_worker_register_timeout_seconds"] = "600"
     log = tmp_path_factory.mktemp("ray-head") / "head.log"
     with open(log, "w") as out:
         head = subprocess.Popen(
-            command, cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
+            command,
+            cwd=log.parent,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
     try:
         while "Ray runtime started" not in log.read_text():
             assert head.poll() is None, f"the Ray head did not start:\n{log.read_text()[-3000:]}"
@@ -271,9 +300,14 @@ def test_a_batch_on_a_ray_cluster_by_address_then_resumed(home, ray_head):
     stages = ["where", "grid", "single", "consume", "fail", "after_fail", "crash", "epochs"]
     options = {"address": ray_head}
     report = runner.run(
-        BATCH, jobs=2, only=stages, executor="ray", executor_options=options,
-        out=lines.append, progress_every=0.5,
-    )  # fmt: skip
+        BATCH,
+        jobs=2,
+        only=stages,
+        executor="ray",
+        executor_options=options,
+        out=lines.append,
+        progress_every=0.5,
+    )
     text = "\n".join(lines)
     status = {label: r.status for label, r in report.by_label().items()}
     assert status == {

@@ -35,8 +35,14 @@ def logged(tiny_synthetic, tmp_path_factory):
     tracking.finish()
     folder = searcher.save(tmp_path_factory.mktemp("searcher") / "model")
     query = ds["test"][0]["captions"][0]
-    return {"uri": f"runs:/{run.info.run_id}/model", "searcher": searcher, "folder": folder,
-            "query": query, "ds": ds, "path": tiny_synthetic}  # fmt: skip
+    return {
+        "uri": f"runs:/{run.info.run_id}/model",
+        "searcher": searcher,
+        "folder": folder,
+        "query": query,
+        "ds": ds,
+        "path": tiny_synthetic,
+    }
 
 
 def mmlab(*args: str) -> subprocess.CompletedProcess:
@@ -85,8 +91,16 @@ def test_search_by_image_and_in_another_gallery(logged, tmp_path):
     done = mmlab("search", "--image", str(image), "--model", logged["uri"], "-k", "2")
     assert done.returncode == 0, done.stderr
     assert len(hits_of(done.stdout)) == 2 and "#" in hits_of(done.stdout)[0][2]  # caption ids
-    done = mmlab("search", logged["query"], "--model", str(logged["folder"]),
-                 "--gallery", str(logged["path"]), "--split", "validation")  # fmt: skip
+    done = mmlab(
+        "search",
+        logged["query"],
+        "--model",
+        str(logged["folder"]),
+        "--gallery",
+        str(logged["path"]),
+        "--split",
+        "validation",
+    )
     assert done.returncode == 0, done.stderr
     validation = set(logged["ds"]["validation"]["id"])
     assert {h[2] for h in hits_of(done.stdout)} <= validation
@@ -111,8 +125,9 @@ def test_a_logged_model_searches_by_text_without_transformers_or_mlflow(logged):
         f"print(s.search('text', [{logged['query']!r}], k=3)['id'].tolist()); "
         "print(sorted(m for m in ('transformers', 'mlflow') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=os.environ.copy())  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy()
+    )
     assert out.returncode == 0, out.stderr
     ids, imported = out.stdout.strip().split("\n")[-2:]
     expected = logged["searcher"].search("text", [logged["query"]], k=3)

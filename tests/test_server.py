@@ -109,16 +109,18 @@ def inventory(client: MlflowClient) -> collections.Counter:
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
     for experiment in experiments:
         for run in client.search_runs([experiment.experiment_id], max_results=1000):
-            inputs = sorted(
-                (d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs
-            )  # fmt: skip
+            inputs = sorted((d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs)
             found[
                 (
-                    experiment.name, run.info.run_name, run.info.status,
-                    tuple(sorted(run.data.params)), tuple(sorted(run.data.metrics)),
-                    tuple(inputs), tuple(sorted(_artifacts(client, run.info.run_id))),
+                    experiment.name,
+                    run.info.run_name,
+                    run.info.status,
+                    tuple(sorted(run.data.params)),
+                    tuple(sorted(run.data.metrics)),
+                    tuple(inputs),
+                    tuple(sorted(_artifacts(client, run.info.run_id))),
                 )
-            ] += 1  # fmt: skip
+            ] += 1
         models = client.search_logged_models([experiment.experiment_id])
         found[(experiment.name, "logged models", len(models))] += 1
     for model in client.search_registered_models():
@@ -179,8 +181,12 @@ def test_a_server_killed_mid_batch_is_reported_and_the_rerun_resumes(server):
     with open(out, "w") as sink:
         first = subprocess.Popen(
             [sys.executable, "-m", "mmlab", "run", str(batch), "--jobs", "2"],
-            cwd=REPO, env=environment, stdout=sink, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            cwd=REPO,
+            env=environment,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     # the executor opens the kernel's log once the runner has created and recorded the run
     started = server.home / "runs" / "server_kill" / "slow" / "epochs.log"
     while not started.exists():

@@ -82,8 +82,10 @@ def _column(runs: pd.DataFrame, tag: str) -> pd.Series:
 
 def _stage_runs(tag: str, value: str) -> pd.DataFrame:
     """FINISHED stage runs whose `tag` is `value`, newest first, the report's own left out."""
-    runs = _search(f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
-                   order_by=["attributes.start_time DESC"])  # fmt: skip
+    runs = _search(
+        f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
     if runs.empty:
         return runs
     keep = (_column(runs, "mmlab.stage") != "") & (
@@ -115,8 +117,11 @@ def resolve_one(spec: str) -> Batch:
         execution = _column(runs, "mmlab.notebook") + "/" + _column(runs, "mmlab.execution")
         return Batch(spec, "name", runs[~execution.duplicated()].reset_index(drop=True))
     names, ids = known_batches()
-    known = f"batch names: {', '.join(names)}; newest ids: {', '.join(ids)}" if names else (
-        "the store has no batch runs yet: run one with `mmlab run params/smoke.yaml`")  # fmt: skip
+    known = (
+        f"batch names: {', '.join(names)}; newest ids: {', '.join(ids)}"
+        if names
+        else ("the store has no batch runs yet: run one with `mmlab run params/smoke.yaml`")
+    )
     raise BatchNotFound(
         f"batch {spec!r}: no FINISHED runs tagged {BATCH_TAG} or {BATCH_ID_TAG} = {spec!r} "
         f"in {tracking.tracking_uri()} ({known})"
@@ -177,8 +182,11 @@ def read_fusion(runs: pd.DataFrame) -> list[tuple[str, str, float]]:
             method = child.get("tags.fusion_method") or _strip_seed(child["tags.mlflow.runName"])
             target = child.get("tags.fusion_target")  # the label task: a method per target
             method = f"{target}:{method}" if isinstance(target, str) and target else method
-            rows += [(_with_config(parent, method), m, v) for m, v in _metrics(child).items()
-                     if m.startswith("test_")]  # fmt: skip
+            rows += [
+                (_with_config(parent, method), m, v)
+                for m, v in _metrics(child).items()
+                if m.startswith("test_")
+            ]
     return rows
 
 
@@ -233,8 +241,10 @@ def read_generic(runs: pd.DataFrame) -> list[tuple[str, str, float]]:
         children = _children(run)
         for _, child in children.iterrows():
             name = _strip_seed(child.get("tags.mlflow.runName") or "child")
-            rows += [(_with_config(run, f"{name} · {_prefix(m)}"), m, v)
-                     for m, v in _metrics(child).items()]  # fmt: skip
+            rows += [
+                (_with_config(run, f"{name} · {_prefix(m)}"), m, v)
+                for m, v in _metrics(child).items()
+            ]
         rows += [(_with_config(run, _prefix(m)), m, v) for m, v in _metrics(run).items()]
     return rows
 
@@ -312,8 +322,9 @@ def changes(summary: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
     """Every batch after the first against the first: delta of the means and the verdict."""
     rows = []
     if len(labels) < 2 or summary.empty:
-        return pd.DataFrame(columns=["section", "key", "metric", "batch", "baseline", "delta",
-                                     "verdict"])  # fmt: skip
+        return pd.DataFrame(
+            columns=["section", "key", "metric", "batch", "baseline", "delta", "verdict"]
+        )
     by = {(r.section, r.key, r.metric, r.batch): r for _, r in summary.iterrows()}
     keys = list(dict.fromkeys((r.section, r.key, r.metric) for r in summary.itertuples()))
     baseline = labels[0]
@@ -355,8 +366,9 @@ class Report:
             raise KeyError(f"section {title!r}: not in this report ({self.sections()})")
         part = self.summary[self.summary["section"] == title]
         cells = part.assign(cell=[_cell(r) for r in part.itertuples()])
-        table = cells.pivot_table(index=["key", "metric"], columns="batch", values="cell",
-                                  aggfunc="first", sort=False)  # fmt: skip
+        table = cells.pivot_table(
+            index=["key", "metric"], columns="batch", values="cell", aggfunc="first", sort=False
+        )
         table = table.reindex(columns=[b for b in self.labels if b in table.columns]).fillna("-")
         moves = self.changes[self.changes["section"] == title]
         for label in self.labels[1:]:

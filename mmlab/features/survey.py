@@ -90,10 +90,18 @@ def encode_all(
 def summary_table(results: Sequence[Encoded]) -> pd.DataFrame:
     """One row per encoder: kind, output shape, dimension, items/s."""
     return pd.DataFrame(
-        [{"modality": r.modality, "encoder": r.name, "kind": r.extractor.kind,
-          "shape": "x".join(map(str, r.shape)), "dim": r.extractor.dim,
-          "items_per_s": round(r.items_per_s, 1)} for r in results]
-    )  # fmt: skip
+        [
+            {
+                "modality": r.modality,
+                "encoder": r.name,
+                "kind": r.extractor.kind,
+                "shape": "x".join(map(str, r.shape)),
+                "dim": r.extractor.dim,
+                "items_per_s": round(r.items_per_s, 1),
+            }
+            for r in results
+        ]
+    )
 
 
 def probe_table(
@@ -118,8 +126,15 @@ def probe_table(
             acc = probe.linear_probe(
                 r.features[train], y_train, r.features[test], y_test, grid_cells=grid_cells
             )
-            rows.append({"modality": r.modality, "encoder": r.name, "target": target,
-                         "accuracy": acc, "majority": chance})  # fmt: skip
+            rows.append(
+                {
+                    "modality": r.modality,
+                    "encoder": r.name,
+                    "target": target,
+                    "accuracy": acc,
+                    "majority": chance,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -142,12 +157,18 @@ def cost_table(
         else pd.DataFrame(columns=["accuracy", "majority"])
     )
     return pd.DataFrame(
-        [{"encoder": name, "ms_per_item": cost, f"cost_vs_{baseline}": cost / base,
-          f"accuracy_{target}": probed["accuracy"].get(name, float("nan")),
-          "majority": probed["majority"].get(name, float("nan"))} for name, cost in ms.items()],
-        columns=["encoder", "ms_per_item", f"cost_vs_{baseline}", f"accuracy_{target}",
-                 "majority"],
-    )  # fmt: skip
+        [
+            {
+                "encoder": name,
+                "ms_per_item": cost,
+                f"cost_vs_{baseline}": cost / base,
+                f"accuracy_{target}": probed["accuracy"].get(name, float("nan")),
+                "majority": probed["majority"].get(name, float("nan")),
+            }
+            for name, cost in ms.items()
+        ],
+        columns=["encoder", "ms_per_item", f"cost_vs_{baseline}", f"accuracy_{target}", "majority"],
+    )
 
 
 def metrics(summary: pd.DataFrame, probes: pd.DataFrame) -> dict[str, float]:
@@ -164,8 +185,21 @@ def metrics(summary: pd.DataFrame, probes: pd.DataFrame) -> dict[str, float]:
 
 # Columns that are no attribute of an image: the row's id, its files and text, the match task's
 # pairs, COCO instance categories (a list).
-NOT_ATTRIBUTES = frozenset({"id", "image", "audio", "video", "captions", "split", "objects",
-                            "categories", "match_caption", "match_label", "match_kind"})  # fmt: skip
+NOT_ATTRIBUTES = frozenset(
+    {
+        "id",
+        "image",
+        "audio",
+        "video",
+        "captions",
+        "split",
+        "objects",
+        "categories",
+        "match_caption",
+        "match_label",
+        "match_kind",
+    }
+)
 MAX_CLASSES = 50  # more distinct values than this is an identifier or free text, not a class
 MIN_PROJECTED = 3  # a 2-D projection needs at least this many points
 

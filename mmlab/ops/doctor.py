@@ -43,8 +43,11 @@ def check_mmlab() -> Finding:
     try:
         installed = metadata.version("mmlab")
     except metadata.PackageNotFoundError:
-        return Finding("warn", f"{mmlab.__version__} from {where} (not installed)",
-                       "make setup (or: pip install -e '.[all]')")  # fmt: skip
+        return Finding(
+            "warn",
+            f"{mmlab.__version__} from {where} (not installed)",
+            "make setup (or: pip install -e '.[all]')",
+        )
     return Finding("ok", f"{installed} from {where}")
 
 
@@ -79,8 +82,11 @@ def check_extras() -> Finding:
 def check_java() -> Finding:
     java = shutil.which("java")
     if java is None:
-        return Finding("warn", "java not on PATH: caption evaluation leaves METEOR out",
-                       "install a JRE (apt-get install default-jre-headless; conda: openjdk)")  # fmt: skip
+        return Finding(
+            "warn",
+            "java not on PATH: caption evaluation leaves METEOR out",
+            "install a JRE (apt-get install default-jre-headless; conda: openjdk)",
+        )
     return Finding("ok", f"{java} (METEOR)")
 
 
@@ -96,8 +102,11 @@ def check_chromium() -> Finding:
         browsers = sorted(cache.glob("chromium*")) if cache.is_dir() else []
         found = str(browsers[-1]) if browsers else None
     if found is None:
-        return Finding("warn", "no Chromium: browser tests and page screenshots cannot run",
-                       "apt-get install chromium (or: playwright install chromium)")  # fmt: skip
+        return Finding(
+            "warn",
+            "no Chromium: browser tests and page screenshots cannot run",
+            "apt-get install chromium (or: playwright install chromium)",
+        )
     return Finding("ok", found)
 
 
@@ -106,12 +115,16 @@ def check_kernel() -> Finding:
 
     python = kernel_python()
     if python is None:
-        return Finding("warn", f"no '{KERNEL}' Jupyter kernel: JupyterLab will not list it",
-                       "make kernel")  # fmt: skip
+        return Finding(
+            "warn", f"no '{KERNEL}' Jupyter kernel: JupyterLab will not list it", "make kernel"
+        )
     if os.path.abspath(python) != os.path.abspath(sys.executable):
-        return Finding("warn", f"'{KERNEL}' runs {python}, not this Python ({sys.executable}); "
-                       "batches fall back to the 'python3' kernel",
-                       "make kernel (from this checkout)")  # fmt: skip
+        return Finding(
+            "warn",
+            f"'{KERNEL}' runs {python}, not this Python ({sys.executable}); "
+            "batches fall back to the 'python3' kernel",
+            "make kernel (from this checkout)",
+        )
     return Finding("ok", f"'{KERNEL}' runs this Python")
 
 
@@ -127,18 +140,26 @@ def check_store() -> Finding:
     if db is not None and not db.exists():
         folder = next(p for p in (db.parent, *db.parent.parents) if p.exists())
         if not os.access(folder, os.W_OK):
-            return Finding("fail", f"{uri}: cannot create it, {folder} is not writable",
-                           "set MMLAB_HOME or MLFLOW_TRACKING_URI to a writable place")  # fmt: skip
+            return Finding(
+                "fail",
+                f"{uri}: cannot create it, {folder} is not writable",
+                "set MMLAB_HOME or MLFLOW_TRACKING_URI to a writable place",
+            )
         return Finding("ok", f"{uri} (created by the first run)")
     if not store.answers(uri):  # before MLflow's retries, which take minutes
-        return Finding("fail", f"the tracking server {uri} does not answer",
-                       "start it (`make server`, or ask whoever runs it), or unset "
-                       "MLFLOW_TRACKING_URI")  # fmt: skip
+        return Finding(
+            "fail",
+            f"the tracking server {uri} does not answer",
+            "start it (`make server`, or ask whoever runs it), or unset MLFLOW_TRACKING_URI",
+        )
     try:
         found = store.retry(MlflowClient(uri).search_experiments, attempts=3)
     except Exception as error:  # any failure to reach the store is this check's finding
-        return Finding("fail", f"{uri}: {type(error).__name__}: {error}",
-                       "check MLFLOW_TRACKING_URI (unset: the workspace's mlflow.db)")  # fmt: skip
+        return Finding(
+            "fail",
+            f"{uri}: {type(error).__name__}: {error}",
+            "check MLFLOW_TRACKING_URI (unset: the workspace's mlflow.db)",
+        )
     return Finding("ok", f"{uri} ({len(found)} experiments)")
 
 

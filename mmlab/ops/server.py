@@ -222,13 +222,24 @@ def command(settings: Settings, artifacts: str, port: int) -> list[str]:
     """The `mlflow server` command line; the store's URL, password and all, goes in the
     environment (`environment`), which other users cannot read, unlike a command line."""
     line = [
-        sys.executable, "-m", "mlflow", "server",
-        "--serve-artifacts", "--artifacts-destination", artifacts,
-        "--host", settings.host, "--port", str(port), "--workers", str(settings.workers),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        settings.host,
+        "--port",
+        str(port),
+        "--workers",
+        str(settings.workers),
         # a worker still importing MLflow on a busy machine misses uvicorn's 5 s health check
         # and is restarted, again and again: give it a minute
-        "--uvicorn-opts", "--timeout-worker-healthcheck 60",
-    ]  # fmt: skip
+        "--uvicorn-opts",
+        "--timeout-worker-healthcheck 60",
+    ]
     return line + (["--app-name", "basic-auth"] if settings.auth else [])
 
 
@@ -318,18 +329,26 @@ def serve(settings: Settings, out: Print = print) -> int:
             line, env=environment(settings, db), start_new_session=True
         ) as server:
             try:
-                state = {"pid": os.getpid(), "server_pid": server.pid, "url": url,
-                         "postgres": str(cluster.folder) if cluster else None}  # fmt: skip
+                state = {
+                    "pid": os.getpid(),
+                    "server_pid": server.pid,
+                    "url": url,
+                    "postgres": str(cluster.folder) if cluster else None,
+                }
                 with workspace.atomic_path(state_file()) as tmp:
                     tmp.write_text(json.dumps(state))
                 wait_ready(server, port, settings.host)
                 auth = ", basic auth" if settings.auth else ""
-                out(f"MLflow tracking server on {url} (store {redact(db)}, artifacts "
-                    f"{artifacts}{auth})")  # fmt: skip
+                out(
+                    f"MLflow tracking server on {url} (store {redact(db)}, artifacts "
+                    f"{artifacts}{auth})"
+                )
                 out(f"export MLFLOW_TRACKING_URI={url}")
                 if settings.auth:
-                    out("clients also export MLFLOW_TRACKING_USERNAME and "
-                        "MLFLOW_TRACKING_PASSWORD (the admin: admin and MLFLOW_AUTH_ADMIN_PASSWORD)")  # fmt: skip
+                    out(
+                        "clients also export MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD (the admin: admin and MLFLOW_AUTH_ADMIN_PASSWORD)"
+                    )
                 out("stop it with Ctrl-C or `make server-stop` (mmlab server --stop)")
                 code = server.wait()
                 out(f"mlflow server exited with code {code}")

@@ -23,10 +23,17 @@ def recall_bars(summary: pd.DataFrame, directions: dict[str, str], ks=(1, 5, 10)
             metric = f"{directions[pair]}_recall_at_{k}"
             r = rows[rows["metric"] == metric].set_index("method").reindex(methods)
             err = np.vstack([r["mean"] - r["ci_low"], r["ci_high"] - r["mean"]])
-            ax.bar(np.arange(len(methods)) + j * width, r["mean"], width, yerr=err, capsize=2,
-                   label=f"R@{k}")  # fmt: skip
-        ax.set_xticks(np.arange(len(methods)) + width * (len(ks) - 1) / 2, methods,
-                      rotation=20, fontsize=8)  # fmt: skip
+            ax.bar(
+                np.arange(len(methods)) + j * width,
+                r["mean"],
+                width,
+                yerr=err,
+                capsize=2,
+                label=f"R@{k}",
+            )
+        ax.set_xticks(
+            np.arange(len(methods)) + width * (len(ks) - 1) / 2, methods, rotation=20, fontsize=8
+        )
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{pair}: {directions[pair].replace('_', ' ')}", fontsize=9)
     axes[0][0].set_ylabel("test recall")
@@ -54,8 +61,7 @@ def top_k_images(
 ):
     """One row per query: its top-k images, best first, the true one framed in green."""
     k = max(len(row) for row in images)
-    fig, axes = plt.subplots(len(queries), k, figsize=(1.9 * k, 2.2 * len(queries)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(len(queries), k, figsize=(1.9 * k, 2.2 * len(queries)), squeeze=False)
     for r, query in enumerate(queries):
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([])
@@ -69,8 +75,9 @@ def top_k_images(
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(width)
-        axes[r][0].set_ylabel("\n".join(_wrap(query, 24)), fontsize=7, rotation=0,
-                              ha="right", va="center")  # fmt: skip
+        axes[r][0].set_ylabel(
+            "\n".join(_wrap(query, 24)), fontsize=7, rotation=0, ha="right", va="center"
+        )
     fig.tight_layout()
     return fig
 

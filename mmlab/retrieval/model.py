@@ -39,11 +39,17 @@ class DualEncoder(nn.Module):
     def __init__(self, config: DualConfig, temperature: float = 0.07):
         super().__init__()
         self.config = config
-        self.heads = nn.ModuleDict({
-            m: heads.create(config.heads.get(m, "auto"), config.in_shapes[m], config.dim,
-                            **config.head_options)
-            for m in config.modalities
-        })  # fmt: skip
+        self.heads = nn.ModuleDict(
+            {
+                m: heads.create(
+                    config.heads.get(m, "auto"),
+                    config.in_shapes[m],
+                    config.dim,
+                    **config.head_options,
+                )
+                for m in config.modalities
+            }
+        )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
 
     def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
@@ -55,8 +61,10 @@ class DualEncoder(nn.Module):
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        out = [self.encode(modality, x[i : i + batch_size].to(device)).cpu()
-               for i in range(0, len(x), batch_size)]  # fmt: skip
+        out = [
+            self.encode(modality, x[i : i + batch_size].to(device)).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
         self.train(was_training)
         return torch.cat(out)
 
@@ -78,8 +86,9 @@ def info_nce(
     further negatives for the a -> b direction.
     """
     logits = scale * a @ b.T
-    same = (rows[:, None] == rows[None, :]) & ~torch.eye(len(rows), dtype=torch.bool,
-                                                         device=rows.device)  # fmt: skip
+    same = (rows[:, None] == rows[None, :]) & ~torch.eye(
+        len(rows), dtype=torch.bool, device=rows.device
+    )
     logits = logits.masked_fill(same, float("-inf"))
     target = torch.arange(len(rows), device=a.device)
     a_to_b = logits if extra_b is None else torch.cat([logits, scale * a @ extra_b.T], dim=1)

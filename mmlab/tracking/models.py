@@ -221,9 +221,12 @@ def promote(
     scores[data] = {"value": float(value), "run_id": run_id}
     record[metric] = dict(list(scores.items())[-KEPT_EVALUATIONS:])
     store.retry(
-        client.set_model_version_tag, version.name, version.version, EVALUATION_TAG,
+        client.set_model_version_tag,
+        version.name,
+        version.version,
+        EVALUATION_TAG,
         json.dumps(record),
-    )  # fmt: skip
+    )
     try:
         current = store.retry(client.get_model_version_by_alias, version.name, alias)
     except MlflowException:  # no version holds the alias yet
@@ -232,16 +235,18 @@ def promote(
         theirs = evaluations(current).get(metric, {}).get(data)
         if theirs is None:
             return Promotion(
-                False, version.version,
+                False,
+                version.version,
                 f"{alias} is version {current.version}, not evaluated on this data ({metric}); kept",
-            )  # fmt: skip
+            )
         better = value > theirs["value"] if higher_is_better else value < theirs["value"]
         if not better:
             return Promotion(
-                False, version.version,
+                False,
+                version.version,
                 f"{alias} version {current.version} has {metric} {theirs['value']:.4f}, not "
                 f"beaten by {value:.4f}; kept",
-            )  # fmt: skip
+            )
     set_alias(version.name, alias, version.version)
     return Promotion(True, version.version, f"version {version.version} is {alias}")
 
@@ -263,8 +268,21 @@ def serve_command(source: str | Path, host: str, port: int) -> tuple[list[str], 
     # MLflow starts `uvicorn` by name: this Python's scripts first, venv activated or not
     scripts = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
-               "--env-manager", "local", "--host", host, "--port", str(port)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        "local",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     return command, env
 
 
