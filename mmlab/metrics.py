@@ -10,7 +10,7 @@ Two things to know when reading them:
   and size.
 - METEOR and the PTB tokenizer run Java. An evaluation (`evaluate_many`: all beam sizes and the
   human row together) starts one Java process per tool: the tokenizer takes well under a second,
-  METEOR loads its paraphrase table (about 10 s on two busy cores). Per-epoch validation should
+  METEOR loads its paraphrase table (seconds). Per-epoch validation should
   ask for `("bleu", "cider")` only: on 300 images with 5 references that is under a second.
   Without `java` on PATH METEOR is left out, with the reason in `CaptionEvaluation.skipped` and a
   warning, and tokenisation falls back to `python_tokenize`, a re-implementation that agrees with

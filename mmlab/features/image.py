@@ -46,7 +46,7 @@ class CNNExtractor(Extractor):
     """A CNN cut into `stages`: uint8 images in, pooled vectors or spatial grids out."""
 
     modality = "image"
-    default_batch_size = 16  # measured: on a CPU, small batches stay in cache (1.7x over 64)
+    default_batch_size = 16  # on a CPU, small batches stay in cache (benchmarks/RESULTS.md)
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class CNNExtractor(Extractor):
         stages = stages if layer == "last" else stages[: _mid_cut(stages, self.image_size)]
         self.module = nn.Sequential(*stages).eval().to(self.device)
         # Extraction runs a copy with batch norms folded into their convs and in-place
-        # activations (fewer memory passes: 1.7x measured); `.module` stays, for fine-tuning.
+        # activations (fewer memory passes); `.module` stays, for fine-tuning.
         self.inference = fold_batchnorms(copy.deepcopy(self.module))
         for act in self.inference.modules():  # Lite's ReLU6 act on fresh conv outputs only
             if isinstance(act, nn.ReLU6):

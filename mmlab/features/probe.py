@@ -73,7 +73,7 @@ def _tsne(x: np.ndarray, seed: int) -> np.ndarray:
     if x.shape[1] > 50:  # the usual first step: t-SNE on the top principal components
         x = PCA(n_components=min(50, len(x)), random_state=seed).fit_transform(x)
     perplexity = min(30.0, max(2.0, (len(x) - 1) / 3))
-    # Up to ~1000 points the exact gradient is 3-5x faster than Barnes-Hut in scikit-learn.
+    # For up to about a thousand points the exact gradient is faster than Barnes-Hut.
     method = "exact" if len(x) <= 1000 else "barnes_hut"
     tsne = TSNE(
         2, perplexity=perplexity, init="pca", max_iter=500, method=method, random_state=seed
