@@ -77,8 +77,12 @@ def test_tensor_fusion_size_follows_the_outer_product():
 
 
 def test_unknown_method_and_bad_options_are_clear_errors():
-    with pytest.raises(KeyError, match="valid names: concat"):
+    with pytest.raises(
+        KeyError, match="unknown fusion method 'nope'; valid names: attention, conc"
+    ):
         fusion.create("nope", DIMS)
+    with pytest.raises(ValueError, match="fusion method 'concat' takes no option 'rank'"):
+        fusion.create("concat", DIMS, rank=2)
     with pytest.raises(ValueError, match="modality= one of"):
         fusion.create("unimodal", DIMS)
     with pytest.raises(ValueError, match="takes pooled inputs"):
@@ -402,7 +406,7 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_budget():
             assert lr == [0.01] * 4
         else:
             assert lr == sorted(lr, reverse=True) and lr[0] < 0.01 and lr[-1] == pytest.approx(0)
-    with pytest.raises(ValueError, match="unknown schedule 'step'; valid schedules: constant"):
+    with pytest.raises(ValueError, match="unknown schedule 'step'; valid names: constant"):
         fusion.TrainConfig(schedule="step")
 
 

@@ -22,8 +22,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmlab.captioning.attention import AdditiveAttention
+from mmlab.core.registry import Registry
 
 State = dict[str, torch.Tensor]
+DECODERS = Registry("caption decoder")
 
 
 def grid_tokens(grid: torch.Tensor) -> torch.Tensor:
@@ -50,6 +52,7 @@ class AttentionLSTMCell(nn.Module):
         return h, c, alpha
 
 
+@DECODERS.register("lstm_attention")
 class LSTMAttentionDecoder(nn.Module):
     """Show, Attend and Tell (Xu et al., 2015) with soft attention.
 
@@ -219,6 +222,7 @@ class _DecoderLayer(nn.Module):
         return x + self.dropout(self.ff(self.norm3(x))), alpha
 
 
+@DECODERS.register("transformer")
 class TransformerDecoder(nn.Module):
     """A small transformer decoder over the grid tokens (learned 2-D position per location).
 
@@ -323,18 +327,11 @@ class TransformerDecoder(nn.Module):
         return F.log_softmax(logits.float(), dim=-1), alpha, state
 
 
-DECODERS: dict[str, type[nn.Module]] = {
-    "lstm_attention": LSTMAttentionDecoder,
-    "transformer": TransformerDecoder,
-}
-
-
 def available() -> list[str]:
-    return sorted(DECODERS)
+    return DECODERS.names()
 
 
 def create_decoder(name: str, **options) -> nn.Module:
-    """`create_decoder("lstm_attention", vocab_size=, encoder_dim=, grid_size=, ...)`."""
-    if name not in DECODERS:
-        raise KeyError(f"unknown decoder {name!r}; valid names: {', '.join(available())}")
-    return DECODERS[name](**options)
+    """`create_decoder("lstm_attention", vocab_size=, encoder_dim=, grid_size=, ...)`; an
+    unknown name or an option the decoder does not take is a RegistryError naming it."""
+    return DECODERS.create(name, **options)

@@ -56,8 +56,12 @@ class Registry:
         return wrap
 
     def _load(self) -> dict[str, Callable[..., Any]]:
-        while self._modules:
-            importlib.import_module(self._modules.pop(0))
+        for module in list(self._modules):
+            # dropped only once imported: a module that failed (a missing extra) fails again
+            # on the next lookup instead of leaving the family silently empty
+            importlib.import_module(module)
+            if module in self._modules:
+                self._modules.remove(module)
         return self._factories
 
     def names(self) -> list[str]:

@@ -13,12 +13,7 @@ from __future__ import annotations
 
 from mmlab.features.base import KINDS, Extractor
 from mmlab.features.device import resolve_device
-from mmlab.features.registry import MODALITIES, lookup, names
-
-
-def create(modality: str, name: str, **options) -> Extractor:
-    """The extractor `name` of `modality`; an unknown name raises KeyError listing valid ones."""
-    return lookup(modality, name)(name=name, **options)
+from mmlab.features.registry import MODALITIES, create, names
 
 
 def available(modality: str | None = None) -> list[str] | dict[str, list[str]]:

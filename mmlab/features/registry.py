@@ -1,58 +1,52 @@
-"""Encoders by modality and name: `register` adds a factory, `lookup` finds it, `parse_encoder`
-reads the `"name:key=value,..."` form a notebook or batch file names one in.
+"""Encoders by modality and name: one `Registry` per modality (`ENCODERS["image"]`, kind
+"image encoder"); `register`, `lookup`, `names` and `create` are its face by modality, and
+`parse_encoder` reads the `"name:key=value,..."` form a notebook or batch file names one in.
 
-Each modality's encoders live in the module of that name (`mmlab.features.text`, ...), imported
-when the modality is first looked up: a text query does not pay for torchvision or librosa.
+Each modality's encoders live in the module of that name (`mmlab.features.text`, ...), the
+registry's lazily imported member module: a text query does not pay for torchvision or librosa.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mmlab.core.registry import Registry, RegistryError
+
 MODALITIES = ("image", "text", "audio", "video")
 
-_REGISTRY: dict[str, dict[str, Callable]] = {m: {} for m in MODALITIES}
+ENCODERS: dict[str, Registry] = {
+    m: Registry(f"{m} encoder", modules=[f"mmlab.features.{m}"]) for m in MODALITIES
+}
 
 
-def register(modality: str, *names: str):
+def encoders(modality: str) -> Registry:
+    """The registry of `modality`'s encoders; an unknown modality lists the valid ones."""
+    if modality not in ENCODERS:
+        raise RegistryError(f"unknown modality {modality!r}; valid names: {', '.join(MODALITIES)}")
+    return ENCODERS[modality]
+
+
+def register(modality: str, *names: str) -> Callable[[Callable], Callable]:
     """Decorator: make `factory(**options)` available as `create(modality, name)`.
 
     A factory registered under several names receives the one asked for as `name=`.
     """
-
-    def wrap(factory: Callable) -> Callable:
-        for name in names:
-            _REGISTRY[_check_modality(modality)][name] = factory
-        return factory
-
-    return wrap
-
-
-def _encoders(modality: str) -> dict[str, Callable]:
-    """The registered encoders of `modality`, its module imported (registering them) first."""
-    importlib.import_module(f"mmlab.features.{_check_modality(modality)}")
-    return _REGISTRY[modality]
+    return encoders(modality).register(*names)
 
 
 def lookup(modality: str, name: str) -> Callable:
-    known = _encoders(modality)
-    if name not in known:
-        raise KeyError(
-            f"unknown {modality} encoder {name!r}; valid names: {', '.join(sorted(known))}"
-        )
-    return known[name]
+    return encoders(modality).get(name)
 
 
 def names(modality: str) -> list[str]:
-    return sorted(_encoders(modality))
+    return encoders(modality).names()
 
 
-def _check_modality(modality: str) -> str:
-    if modality not in _REGISTRY:
-        raise KeyError(f"unknown modality {modality!r}; valid modalities: {', '.join(MODALITIES)}")
-    return modality
+def create(modality: str, name: str, **options: Any) -> Any:
+    """The extractor `name` of `modality`; an unknown name, or an option its factory does not
+    take, is a RegistryError naming it."""
+    return encoders(modality).create(name, **options)
 
 
 def parse_encoder(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mmlab.core.registry import Registry
 from mmlab.fusion.base import FusionModule, InputSpec
 from mmlab.fusion.grid_attention import GridCrossAttention
 from mmlab.fusion.pooled import (
@@ -32,31 +33,31 @@ __all__ = [
     "method_class",
 ]
 
-METHODS: dict[str, type[FusionModule]] = {
-    "concat": Concat,
-    "weighted_sum": WeightedSum,
-    "attention": Attention,
-    "gated": Gated,
-    "tensor": Tensor_,
-    "low_rank": LowRank,
-    "late": Late,
-    "cross_attention": CrossAttention,
-    "grid_cross_attention": GridCrossAttention,
-    "unimodal": Unimodal,
-}
+# Registered here rather than beside each class: pooled.py and grid_attention.py stay free of
+# the registry (methods.py imports them, so a decorator there would import it back).
+METHODS = Registry("fusion method")
+for _name, _cls in (
+    ("concat", Concat),
+    ("weighted_sum", WeightedSum),
+    ("attention", Attention),
+    ("gated", Gated),
+    ("tensor", Tensor_),
+    ("low_rank", LowRank),
+    ("late", Late),
+    ("cross_attention", CrossAttention),
+    ("grid_cross_attention", GridCrossAttention),
+    ("unimodal", Unimodal),
+):
+    METHODS.register(_name)(_cls)
 
 
 def available() -> list[str]:
-    return list(METHODS)
+    return METHODS.names()
 
 
 def method_class(name: str) -> type[FusionModule]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown fusion method {name!r}; valid names: {', '.join(METHODS)}"
-        ) from None
+    """The class of method `name`; an unknown name is a RegistryError listing the valid ones."""
+    return METHODS.get(name)
 
 
 def input_form(name: str) -> str:
@@ -76,6 +77,5 @@ def create(
     `unimodal` needs `modality=`; other options are the method's own (e.g. `rank` of
     low_rank, `tensor_dim` of tensor, `heads`, `dropout`).
     """
-    cls = method_class(name)
     specs = {m: InputSpec.of(d) for m, d in dims.items()}
-    return cls(specs, num_classes, hidden=hidden, **options)
+    return METHODS.create(name, specs, num_classes, hidden=hidden, **options)

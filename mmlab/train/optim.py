@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
+
+from mmlab.core.registry import Registry
 
 
 def adamw(
@@ -19,16 +21,27 @@ def adamw(
 
 
 # The learning rate's factor at a fraction `t` in [0, 1] of the steps after the warmup.
-SCHEDULES: dict[str, Callable[[float], float]] = {
-    "constant": lambda t: 1.0,
-    "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
-    "linear": lambda t: 1.0 - t,
-}
+SCHEDULES = Registry("schedule")
+
+
+@SCHEDULES.register("constant")
+def _constant(t: float) -> float:
+    return 1.0
+
+
+@SCHEDULES.register("cosine")
+def _cosine(t: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * t))
+
+
+@SCHEDULES.register("linear")
+def _linear(t: float) -> float:
+    return 1.0 - t
 
 
 def check_schedule(name: str) -> None:
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
+    """A RegistryError (a ValueError) listing the valid names if `name` is none of them."""
+    SCHEDULES.get(name)
 
 
 def lr_schedule(
@@ -37,8 +50,7 @@ def lr_schedule(
     """A linear warmup over `warmup_steps`, then the schedule `name` over the rest. The warmup
     is what lets attention models take a higher learning rate: Adam's first steps, on
     second-moment estimates of a few batches, are too large for it (as in transformers)."""
-    check_schedule(name)
-    decay = SCHEDULES[name]
+    decay = SCHEDULES.get(name)
     rest = max(1, steps - warmup_steps)
 
     def factor(step: int) -> float:
