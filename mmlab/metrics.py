@@ -37,6 +37,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# The parser reads the words of `mmlab.data.lexicons`; its names stay importable from here.
+from mmlab.data.lexicons import Mention, parse_caption, phrase_table
+from mmlab.data.lexicons import Relation as Relation
+from mmlab.data.world import synthetic_world
+
 NGRAM_METRICS = ("bleu", "meteor", "rouge_l", "cider")
 
 
@@ -383,107 +388,15 @@ def vocabulary_use(captions: Iterable[str], max_n: int = 4) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- grounded scores
-# A caption names objects as "[size] colour [size] shape" (the synthetic captions say
-# "a large red circle"); a relation phrase between two named objects states where the first is
-# relative to the second ("a red circle left of a blue square"). An object is its colour and
-# shape (unique within a synthetic scene); size is an attribute checked on named objects.
+# Captions are read by `mmlab.data.lexicons.parse_caption`: an object is its colour and shape
+# (unique within a synthetic scene); size is an attribute checked on named objects.
 GROUNDED_METRICS = ("object_precision", "object_recall", "chair_i", "chair_s",
                     "colour_error", "shape_error", "size_error", "relation_error")  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Mention:
-    colour: str
-    shape: str
-    size: str | None
-    start: int  # word positions in the caption: [start, end)
-    end: int
-
-
-@dataclass(frozen=True)
-class Relation:
-    first: Mention
-    relation: str
-    second: Mention
-
-
-ARTICLES = frozenset({"a", "an"})
-
-
 def _lexicon(lexicon=None):
     """A `Lexicon` (default: the synthetic world's) or a plain {surface: (kind, value)} table."""
-    if lexicon is None:
-        from mmlab.data import lexicons
-
-        return lexicons.get("synthetic")
-    return lexicon
-
-
-def _phrase_table(lexicon) -> Mapping[str, tuple[str, str]]:
-    return getattr(lexicon, "phrases", lexicon)
-
-
-def _phrases(
-    caption: str, lexicon: Mapping[str, tuple[str, str]]
-) -> list[tuple[str, str, int, int]]:
-    """(kind, canonical, start, end) of every lexicon phrase, longest match first; articles
-    between phrases are dropped first (the positions then make "A left of a B" adjacent)."""
-    words = [w for w in re.findall(r"[a-z]+", caption.lower()) if w not in ARTICLES]
-    longest = max(len(p.split()) for p in lexicon)
-    found, i = [], 0
-    while i < len(words):
-        for span in range(min(longest, len(words) - i), 0, -1):
-            hit = lexicon.get(" ".join(words[i : i + span]))
-            if hit:
-                found.append((*hit, i, i + span))
-                i += span
-                break
-        else:
-            i += 1
-    return found
-
-
-def parse_caption(
-    caption: str, lexicon: Mapping[str, tuple[str, str]] | None = None
-) -> tuple[list[Mention], list[Relation]]:
-    """The objects a caption names and the relations it states between neighbouring ones.
-
-    Words must be adjacent: "red circle", "big red circle", "red big circle" are mentions, "red
-    and a circle" is not; "A left of B" needs the relation phrase right between A and B.
-    """
-    phrases = _phrases(caption, _phrase_table(_lexicon(lexicon)))
-    items: list = []  # mentions and the phrases between them, in caption order
-    i = 0
-    while i < len(phrases):
-        mention, i_next = _mention_at(phrases, i)
-        items.append(mention or phrases[i])
-        i = i_next if mention else i + 1
-    mentions = [m for m in items if isinstance(m, Mention)]
-    relations = [
-        Relation(a, rel[1], b)
-        for a, rel, b in zip(items, items[1:], items[2:], strict=False)
-        if isinstance(a, Mention) and isinstance(b, Mention) and isinstance(rel, tuple)
-        and rel[0] == "relation" and a.end == rel[2] and rel[3] == b.start
-    ]  # fmt: skip
-    return mentions, relations
-
-
-def _mention_at(phrases, i: int) -> tuple[Mention | None, int]:
-    """A mention starting at phrase i: size? colour size? shape, each word right after the last."""
-    attrs: dict[str, str] = {}
-    start, end, j = phrases[i][2], phrases[i][2], i
-    for kind in ("size", "colour", "size", "shape"):
-        if (
-            j < len(phrases)
-            and phrases[j][0] == kind
-            and phrases[j][2] == end
-            and kind not in attrs
-        ):
-            attrs[kind] = phrases[j][1]
-            end, j = phrases[j][3], j + 1
-    if "colour" in attrs and "shape" in attrs:
-        return Mention(attrs["colour"], attrs["shape"], attrs.get("size"), start, end), j
-    return None, i
+    return synthetic_world().lexicon if lexicon is None else lexicon
 
 
 def _error_kind(mention: Mention, scene: Sequence[Mapping]) -> str | None:
@@ -518,8 +431,8 @@ def _objects_row(caption: str, truth: Sequence[str], lexicon) -> dict[str, float
 
 
 def _grounded_row(caption: str, scene: Sequence[Mapping], lexicon) -> dict[str, int]:
-    from mmlab.data.synthetic import relation as true_relation
-
+    # a scene of object dicts is the synthetic world's: its geometry says the true relation
+    true_relation = synthetic_world().relation
     mentions, relations = parse_caption(caption, lexicon)
     errors = [_error_kind(m, scene) for m in mentions]
     hallucinated = sum(e not in (None, "size") for e in errors)
@@ -587,7 +500,7 @@ def grounded_table(
         if _is_names(truth):
             rows[key] = _objects_row(caption, truth, lexicon)
         else:
-            rows[key] = _grounded_row(caption, _scene(key, truth), _phrase_table(lexicon))
+            rows[key] = _grounded_row(caption, _scene(key, truth), phrase_table(lexicon))
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("id")
 
 

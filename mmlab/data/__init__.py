@@ -1,5 +1,7 @@
 """Data: the embedded synthetic dataset, loaders for real formats (one schema), the content
-fingerprint, and the captioning tokenizer/vocabulary (`mmlab.data.text`).
+fingerprint, the captioning tokenizer/vocabulary (`mmlab.data.text`), and the world seam:
+`world_of(ds)` answers what is true behind a dataset (lexicon, scenes, negatives), so no code
+outside this package needs to know whether the data is the synthetic world's.
 
 Names are imported on first use, so the generator's worker processes do not pay for
 importing `datasets`.
@@ -17,6 +19,12 @@ _EXPORTS = {
     "fingerprint": "mmlab.data.fingerprinting",
     "default_dataset": "mmlab.data.synthetic",
     "scene_objects": "mmlab.data.synthetic",
+    "CaptionsWorld": "mmlab.data.world",
+    "SceneTruthUnknown": "mmlab.data.world",
+    "SyntheticWorld": "mmlab.data.world",
+    "World": "mmlab.data.world",
+    "synthetic_world": "mmlab.data.world",
+    "world_of": "mmlab.data.world",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -10,6 +10,10 @@ which name attributes, which state relations; and the ground-truth objects of a 
 `ground_truth(split, lexicon)` gives the objects of each image: the synthetic scenes where the
 dataset has them, the COCO instance categories (`categories` column) when the loader found
 instance annotations, else the objects the image's reference captions mention.
+
+`parse_caption` reads the objects a caption names ("[size] colour [size] shape") and the
+relations it states; `mmlab.metrics` and the world (`mmlab.data.world`) both judge captions
+through it.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ class Lexicon:
 
     @cached_property
     def phrases(self) -> dict[str, tuple[str, str]]:
-        """Every surface -> (kind, canonical): the table `mmlab.metrics.parse_caption` reads."""
+        """Every surface -> (kind, canonical): the table `parse_caption` reads."""
         out = {w: ("relation", r) for w, r in self.relations.items()}
         out |= dict(self.attributes)
         out |= {w: (self.object_kind, o) for w, o in self.objects.items() if w not in out}
@@ -278,8 +282,9 @@ def get(name: str) -> Lexicon:
     return _built[name]
 
 
-def _has_scenes(split) -> bool:
-    """Whether a split has the synthetic world's `objects` column (a list of object dicts)."""
+def has_scenes(split) -> bool:
+    """Whether a split has the synthetic world's `objects` column (a list of object dicts).
+    The one place that looks for it: code outside `mmlab.data` asks `mmlab.data.world_of`."""
     if "objects" not in split.column_names:
         return False
     feature = split.features["objects"]
@@ -292,14 +297,14 @@ def _has_scenes(split) -> bool:
 def for_dataset(ds) -> Lexicon:
     """The synthetic lexicon for data with synthetic scenes, else the COCO lexicon."""
     first = next(iter(ds.values())) if isinstance(ds, Mapping) else ds
-    return get("synthetic" if _has_scenes(first) else "coco")
+    return get("synthetic" if has_scenes(first) else "coco")
 
 
 def ground_truth(split, lexicon: Lexicon) -> dict[str, object]:
     """id -> the objects in each image of a split: its synthetic scene (object dicts), else its
     COCO instance categories (canonical names), else the objects its references mention."""
     ids = [str(i) for i in split["id"]]
-    if _has_scenes(split):
+    if has_scenes(split):
         return dict(zip(ids, split["objects"], strict=True))
     if "categories" in split.column_names:
         found = [sorted({lexicon.canonical(c) for c in cats}) for cats in split["categories"]]
@@ -309,3 +314,96 @@ def ground_truth(split, lexicon: Lexicon) -> dict[str, object]:
             for captions in split["captions"]
         ]
     return dict(zip(ids, found, strict=True))
+
+
+# ----------------------------------------------------------------------------- caption parsing
+# A caption names objects as "[size] colour [size] shape" (the synthetic captions say
+# "a large red circle"); a relation phrase between two named objects states where the first is
+# relative to the second ("a red circle left of a blue square"). An object is its colour and
+# shape (unique within a synthetic scene); size is an attribute checked on named objects. The
+# parser lives here, beside the words it reads, so the world (`mmlab.data.world`) can judge
+# captions without importing the metrics that report on them.
+@dataclass(frozen=True)
+class Mention:
+    colour: str
+    shape: str
+    size: str | None
+    start: int  # word positions in the caption: [start, end)
+    end: int
+
+
+@dataclass(frozen=True)
+class Relation:
+    first: Mention
+    relation: str
+    second: Mention
+
+
+def phrase_table(lexicon=None) -> Mapping[str, tuple[str, str]]:
+    """The {surface: (kind, value)} table of a `Lexicon` (default: the synthetic one) or of a
+    plain table."""
+    if lexicon is None:
+        lexicon = get("synthetic")
+    return getattr(lexicon, "phrases", lexicon)
+
+
+def _phrases(
+    caption: str, lexicon: Mapping[str, tuple[str, str]]
+) -> list[tuple[str, str, int, int]]:
+    """(kind, canonical, start, end) of every lexicon phrase, longest match first; articles
+    between phrases are dropped first (the positions then make "A left of a B" adjacent)."""
+    words = [w for w in re.findall(r"[a-z]+", caption.lower()) if w not in ARTICLES]
+    longest = max(len(p.split()) for p in lexicon)
+    found, i = [], 0
+    while i < len(words):
+        for span in range(min(longest, len(words) - i), 0, -1):
+            hit = lexicon.get(" ".join(words[i : i + span]))
+            if hit:
+                found.append((*hit, i, i + span))
+                i += span
+                break
+        else:
+            i += 1
+    return found
+
+
+def parse_caption(caption: str, lexicon=None) -> tuple[list[Mention], list[Relation]]:
+    """The objects a caption names and the relations it states between neighbouring ones,
+    read through `lexicon` (a `Lexicon`, default the synthetic one, or a plain table).
+
+    Words must be adjacent: "red circle", "big red circle", "red big circle" are mentions, "red
+    and a circle" is not; "A left of B" needs the relation phrase right between A and B.
+    """
+    phrases = _phrases(caption, phrase_table(lexicon))
+    items: list = []  # mentions and the phrases between them, in caption order
+    i = 0
+    while i < len(phrases):
+        mention, i_next = _mention_at(phrases, i)
+        items.append(mention or phrases[i])
+        i = i_next if mention else i + 1
+    mentions = [m for m in items if isinstance(m, Mention)]
+    relations = [
+        Relation(a, rel[1], b)
+        for a, rel, b in zip(items, items[1:], items[2:], strict=False)
+        if isinstance(a, Mention) and isinstance(b, Mention) and isinstance(rel, tuple)
+        and rel[0] == "relation" and a.end == rel[2] and rel[3] == b.start
+    ]  # fmt: skip
+    return mentions, relations
+
+
+def _mention_at(phrases, i: int) -> tuple[Mention | None, int]:
+    """A mention starting at phrase i: size? colour size? shape, each word right after the last."""
+    attrs: dict[str, str] = {}
+    start, end, j = phrases[i][2], phrases[i][2], i
+    for kind in ("size", "colour", "size", "shape"):
+        if (
+            j < len(phrases)
+            and phrases[j][0] == kind
+            and phrases[j][2] == end
+            and kind not in attrs
+        ):
+            attrs[kind] = phrases[j][1]
+            end, j = phrases[j][3], j + 1
+    if "colour" in attrs and "shape" in attrs:
+        return Mention(attrs["colour"], attrs["shape"], attrs.get("size"), start, end), j
+    return None, i

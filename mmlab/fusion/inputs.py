@@ -170,21 +170,19 @@ class ExtraPairs:
 
 
 def _extra_pairs(train, t: Task, k: int) -> ExtraPairs:
-    from mmlab.data import negatives
-    from mmlab.data.synthetic import more_match_pairs
+    from mmlab.data import world_of
 
-    if t.name != "match" or not {"objects", "captions"} & set(train.column_names):
+    # the embedded world draws the generator's exact negatives, any caption dataset negatives
+    # made from its captions
+    world = world_of(train)
+    if t.name != "match" or not world.can_pair(train):
         raise ValueError(
             "extra_pairs needs the match task on a dataset with captions; "
             f"task {t.name!r}, columns {train.column_names}"
         )
-    if "objects" in train.column_names:  # the embedded world: the generator's exact negatives
-        rows = train.select_columns(["id", "objects", "motion"]).to_list()
-        drawn = [more_match_pairs(r, k) for r in rows]
-    else:  # any caption dataset: negatives made from the captions
-        rows = train.select_columns(["id"]).to_list()
-        drawn = negatives.more_match_pairs(train, k)
-    found = [(i, f"{r['id']}~{j}", pair) for i, (r, pairs) in enumerate(zip(rows, drawn, strict=True))
+    drawn = world.match_pairs(train, k)
+    ids = train["id"]
+    found = [(i, f"{ids[i]}~{j}", pair) for i, pairs in enumerate(drawn)
              for j, pair in enumerate(pairs)]  # fmt: skip
     return ExtraPairs(
         rows=torch.tensor([i for i, _, _ in found], dtype=torch.long),

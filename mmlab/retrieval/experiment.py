@@ -177,13 +177,16 @@ def run(
 
 
 def _oracle(ds, data: PairData):
-    """The oracle for a pair with captions on data whose scenes are known; else None."""
-    if data.modalities[1] != "text" or "objects" not in ds["test"].column_names:
+    """The oracle for a pair with captions on data whose world knows its scenes; else None."""
+    from mmlab.data import world_of
+
+    world = world_of(ds["test"])
+    if data.modalities[1] != "text" or not world.knows_scenes:
         return None
     test = data.splits["test"]
     names = (test.right.modality, test.left.modality)
     return oracle.oracle_scores(test.right.texts, test.right.rows.numpy(),
-                                ds["test"]["objects"], names=names)  # fmt: skip
+                                world.scenes(ds["test"]), names=names, world=world)  # fmt: skip
 
 
 def _maybe_child(log: bool, name: str, params: dict):

@@ -4,43 +4,25 @@ A caption names objects (colour, shape, sometimes size) and sometimes one relati
 with one object has no stated place. Several test scenes can fit a caption exactly (two single
 red circles), and no model can tell them apart from the text. The oracle knows every scene's
 objects, keeps the scenes a caption is true of, and ranks them in random order: its recall is
-the ceiling against which a model's is read.
+the ceiling against which a model's is read. Scenes and their truth come from the dataset's
+world (`mmlab.data.world_of`): only a world that knows its scenes has an oracle.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 
 import numpy as np
 
+from mmlab.data.world import synthetic_world
 from mmlab.retrieval.metrics import both_directions
 
 
-def fits(caption: str, scene: Sequence[Mapping]) -> bool:
+def fits(caption: str, scene: Sequence[Mapping], world=None) -> bool:
     """True when `caption` is true of `scene` (objects with colour, shape, size, x, y): it names
-    exactly the scene's objects, with the right sizes where stated and the relations it states."""
-    from mmlab.data.synthetic import relation
-
-    mentions, relations = _parsed(caption)
-    looks = {(o["colour"], o["shape"]): o for o in scene}
-    if {(m.colour, m.shape) for m in mentions} != set(looks) or len(mentions) != len(scene):
-        return False
-    if any(m.size not in (None, looks[(m.colour, m.shape)]["size"]) for m in mentions):
-        return False
-    return all(
-        relation(looks[(r.first.colour, r.first.shape)], looks[(r.second.colour, r.second.shape)])
-        == r.relation
-        for r in relations
-    )
-
-
-@lru_cache(maxsize=8192)
-def _parsed(caption: str):
-    """Each caption is parsed once, however many scenes it is checked against."""
-    from mmlab.metrics import parse_caption
-
-    return parse_caption(caption)
+    exactly the scene's objects, with the right sizes where stated and the relations it states.
+    `world`: whose truth judges it (default: the synthetic world's)."""
+    return (world or synthetic_world()).fits(caption, scene)
 
 
 def oracle_scores(
@@ -50,17 +32,12 @@ def oracle_scores(
     draws: int = 20,
     seed: int = 0,
     names: tuple[str, str] = ("text", "image"),
+    world=None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """The oracle's scores (mean over `draws` random orders of the fitting scenes) and the fit
-    matrix; `own_fits` is the share of captions the parser finds true of their own scene."""
-    by_looks: dict[frozenset, list[int]] = {}  # only scenes with the named objects can fit
-    for j, scene in enumerate(scenes):
-        by_looks.setdefault(frozenset((o["colour"], o["shape"]) for o in scene), []).append(j)
-    raw = np.zeros((len(captions), len(scenes)), dtype=bool)
-    for i, caption in enumerate(captions):
-        looks = frozenset((m.colour, m.shape) for m in _parsed(caption)[0])
-        for j in by_looks.get(looks, []):
-            raw[i, j] = fits(caption, scenes[j])
+    matrix; `own_fits` is the share of captions the parser finds true of their own scene.
+    `world` (default: the synthetic one) judges which scenes a caption is true of."""
+    raw = (world or synthetic_world()).fit_matrix(captions, scenes)
     fitting = raw.copy()
     fitting[np.arange(len(captions)), np.asarray(caption_rows)] = True
     rng = np.random.default_rng(seed)

@@ -171,21 +171,20 @@ def hard_negative_side(ds, per_image: int, extractor, split: str = "train") -> S
     drawn per row of `split`, encoded like the captions: wrong for their row by construction."""
     import datasets
 
-    from mmlab.data.synthetic import more_match_pairs
+    from mmlab.data import world_of
     from mmlab.features import cache
 
     rows_ds = ds[split]
-    if "objects" not in rows_ds.column_names:
+    world = world_of(rows_ds)
+    if not world.knows_scenes:
         raise ValueError(
             "hard negatives are drawn from scene objects (the embedded synthetic data); split "
             f"{split!r} has columns {rows_ds.column_names}"
         )
     ids, texts, rows = [], [], []
-    records = rows_ds.select_columns(["id", "objects", "motion"]).to_list()
-    for i, record in enumerate(records):
-        drawn = more_match_pairs(record, 4 * per_image, seed=1)  # about half are negatives
-        negatives = [text for text, label, _ in drawn if label == 0][:per_image]
-        ids += [f"{record['id']}~neg{j}" for j in range(len(negatives))]
+    drawn = world.hard_negatives(rows_ds, per_image, seed=1)
+    for i, (ident, negatives) in enumerate(zip(rows_ds["id"], drawn, strict=True)):
+        ids += [f"{ident}~neg{j}" for j in range(len(negatives))]
         texts += negatives
         rows += [i] * len(negatives)
     table = datasets.Dataset.from_dict({"id": ids, CAPTION_COLUMN: texts})

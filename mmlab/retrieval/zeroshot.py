@@ -21,19 +21,11 @@ PROMPTS = {
 
 
 def attribute_truth(ds_split) -> dict[str, tuple[list[str], list[set[str]]]]:
-    """attribute -> (classes, the set of true classes per row), from the scene objects of the
-    embedded data or a `label` column; {} when the split has neither."""
-    out = {}
-    columns = ds_split.column_names
-    if "objects" in columns:
-        scenes = ds_split["objects"]
-        for attribute in ("colour", "shape", "size"):
-            truth = [{o[attribute] for o in scene} for scene in scenes]
-            out[attribute] = (sorted(set().union(*truth)), truth)
-    elif "label" in columns:
-        labels = [str(v) for v in ds_split["label"]]
-        out["label"] = (sorted(set(labels)), [{v} for v in labels])
-    return out
+    """attribute -> (classes, the set of true classes per row), as the split's world knows
+    them: the scene objects of the embedded data, else a `label` column; {} when neither."""
+    from mmlab.data import world_of
+
+    return world_of(ds_split).attribute_truth(ds_split)
 
 
 def prompts(attribute: str, classes: Sequence[str]) -> list[str]:
