@@ -133,3 +133,32 @@ def test_worlds_parse_captions_in_their_own_words():
     assert [(m.colour, m.shape) for m in mentions] == [("red", "circle"), ("blue", "square")]
     assert [r.relation for r in relations] == ["above"]
     assert np.array_equal(synthetic_world().fit_matrix([], [SCENE]), np.zeros((0, 1), dtype=bool))
+
+
+def test_only_the_data_package_and_the_cli_import_the_generator():
+    """Code outside `mmlab.data` reaches the synthetic world through `world_of` alone."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "mmlab"
+    found = []
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith("data/") or rel == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = {a.name for a in node.names}
+                if node.module.startswith("mmlab.data.synthetic") or (
+                    node.module == "mmlab.data" and "synthetic" in names
+                ):
+                    found.append(rel)
+            elif isinstance(node, ast.Import):
+                found += [rel for a in node.names if a.name.startswith("mmlab.data.synthetic")]
+    assert found == []
+
+
+def test_metrics_reads_captions_with_the_lexicons_parser():
+    from mmlab import metrics
+
+    assert metrics.parse_caption is lexicons.parse_caption
+    assert metrics.Mention is lexicons.Mention and metrics.Relation is lexicons.Relation
