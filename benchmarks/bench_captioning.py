@@ -37,12 +37,18 @@ from mmlab.train.optim import adamw
 TUTORIAL = dict(vocab=9490, embed=512, hidden=512, attention=512, batch_size=32, dropout=0.5)
 SIZES = {
     "default": dict(
-        dim=112, grid=(8, 8), vocab=80, embed=128, hidden=256, attention=128, batch_size=64,
+        dim=112,
+        grid=(8, 8),
+        vocab=80,
+        embed=128,
+        hidden=256,
+        attention=128,
+        batch_size=64,
         dropout=0.3,
     ),
     "tutorial 2048x14x14": dict(dim=2048, grid=(14, 14), **TUTORIAL),
     "tutorial 1280x8x8": dict(dim=1280, grid=(8, 8), **TUTORIAL),
-}  # fmt: skip
+}
 
 
 class TutorialAttention(nn.Module):
@@ -134,9 +140,14 @@ def decoders(size, compiled: bool):
     """`{name: decoder}`: ours eager (and compiled) from one initialisation."""
     torch.manual_seed(0)
     ours = LSTMAttentionDecoder(
-        size["vocab"], size["dim"], size["grid"], embed_dim=size["embed"],
-        hidden_dim=size["hidden"], attention_dim=size["attention"], dropout=size["dropout"],
-    )  # fmt: skip
+        size["vocab"],
+        size["dim"],
+        size["grid"],
+        embed_dim=size["embed"],
+        hidden_dim=size["hidden"],
+        attention_dim=size["attention"],
+        dropout=size["dropout"],
+    )
     models = {"ours": ours}
     if compiled:
         models["ours, compiled"] = copy.deepcopy(ours)
@@ -155,7 +166,7 @@ def bench_training(name, size, args) -> dict[str, float]:
             size["hidden"],
             size["attention"],
             size["dropout"],
-        ),  # fmt: skip
+        ),
         **decoders(size, args.compile == "on"),
     }
     optimizers = {key: adamw(m.parameters(), 1e-3, 0.01, "cpu") for key, m in models.items()}
@@ -206,8 +217,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--compile", choices=("off", "on"), default="on",
-                        help="also measure ours under torch.compile")  # fmt: skip
+    parser.add_argument(
+        "--compile",
+        choices=("off", "on"),
+        default="on",
+        help="also measure ours under torch.compile",
+    )
     parser.add_argument("--parts", nargs="+", default=["train", "beam"], choices=["train", "beam"])
     parser.add_argument("--train-batches", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
@@ -216,8 +231,11 @@ def main():
     parser.add_argument("--max-len", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{args.threads} thread(s), {args.rounds} rounds, medians; beam {args.beam}, "
-          f"{args.images} images, max_len {args.max_len}\n", flush=True)  # fmt: skip
+    print(
+        f"{args.threads} thread(s), {args.rounds} rounds, medians; beam {args.beam}, "
+        f"{args.images} images, max_len {args.max_len}\n",
+        flush=True,
+    )
     train_rows, beam_rows = [], []
     for name in args.sizes:
         size = SIZES[name]
@@ -231,10 +249,12 @@ def main():
             speeds = bench_beam(name, size, args)
             single = speeds.pop("one image at a time")
             cells = " | ".join(f"{speed:.1f} ({speed / single:.1f}x)" for speed in speeds.values())
-            beam_rows.append((f"| {name} | {single:.1f} | {cells} | {args.images}/{args.images} |",
-                              list(speeds)))  # fmt: skip
-            print(f"beam search, {name}: one at a time {single:.1f}, {cells} captions/s",
-                  flush=True)  # fmt: skip
+            beam_rows.append(
+                (f"| {name} | {single:.1f} | {cells} | {args.images}/{args.images} |", list(speeds))
+            )
+            print(
+                f"beam search, {name}: one at a time {single:.1f}, {cells} captions/s", flush=True
+            )
     if train_rows:
         keys = train_rows[0][1]
         print("Training, tokens/s (speed-up over the tutorial; target >= 2x):\n")
@@ -244,8 +264,11 @@ def main():
     if beam_rows:
         keys = beam_rows[0][1]
         print("Beam search, captions/s (speed-up over one image at a time; target >= 8x):\n")
-        print("| sizes | one image at a time | " + " | ".join(f"batched, {k}" for k in keys)
-              + " | identical captions |")  # fmt: skip
+        print(
+            "| sizes | one image at a time | "
+            + " | ".join(f"batched, {k}" for k in keys)
+            + " | identical captions |"
+        )
         print("|---|---:|" + "---:|" * len(keys) + "---:|")
         print("\n".join(row for row, _ in beam_rows) + "\n")
 

@@ -89,8 +89,10 @@ def main() -> None:
     gflop_per_image = flops_per_image(fast) / 1e9
     peak = matmul_gflops()
 
-    print(f"encoder {args.encoder} at {args.image_size}px, {args.n} images, "
-          f"batch {args.batch_size}, {torch.get_num_threads()} torch threads")  # fmt: skip
+    print(
+        f"encoder {args.encoder} at {args.image_size}px, {args.n} images, "
+        f"batch {args.batch_size}, {torch.get_num_threads()} torch threads"
+    )
     print(f"naive loop (1 image/step, no_grad)       : {naive_ips:8.1f} images/s")
     print(f"batched, folded BN, contiguous           : {plain_ips:8.1f} images/s")
     print(f"batched, folded BN, channels_last        : {batched_ips:8.1f} images/s")
@@ -99,8 +101,10 @@ def main() -> None:
     achieved = gflop_per_image * batched_ips
     print(f"model cost                               : {gflop_per_image:8.3f} GFLOP/image")
     print(f"achieved                                 : {achieved:8.1f} GFLOP/s")
-    print(f"matmul on this machine                   : {peak:8.1f} GFLOP/s "
-          f"({100 * achieved / peak:.0f}% of it)")  # fmt: skip
+    print(
+        f"matmul on this machine                   : {peak:8.1f} GFLOP/s "
+        f"({100 * achieved / peak:.0f}% of it)"
+    )
 
 
 if __name__ == "__main__":

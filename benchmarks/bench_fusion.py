@@ -1,7 +1,7 @@
 """Fusion training speed: `grid_cross_attention` and `concat` steps/s, with `compile` off and on.
 
 The models have the notebook's default sizes (an 8x8x112 grid, captions of 8-20 words over a
-vocabulary of 56, batch 64, hidden 64) and train as `fusion.fit` trains them (the match loss,
+vocabulary of 56, batch 64, hidden 64) and train as `fusion.train_fusion` trains them (the match loss,
 plus the masked-word objective for grid_cross_attention), one thread each, as in the
 notebook's worker processes. Rounds alternate the variants, and medians are reported, so load
 from other processes hits all of them.
@@ -43,7 +43,7 @@ def steps_per_second(model, optimiser, data) -> float:
     model.train()
     start = time.perf_counter()
     for inputs, labels in data:
-        logits, extra = model.training_forward(inputs, labels)  # as `fusion.fit` does
+        logits, extra = model.training_forward(inputs, labels)  # as `fusion.train_fusion` does
         loss = loss_fn(logits, labels) + (0 if extra is None else extra)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -75,11 +75,13 @@ def main():
     words = InputSpec("ids", 56, pad_id=0, unk_id=3, special_ids=(0, 1, 2, 3))
     methods = {
         "grid_cross_attention": lambda: fusion.create(
-            "grid_cross_attention", {"image": InputSpec("grid", 112, (8, 8)), "text": words},
-            hidden=64, described_class=1,
+            "grid_cross_attention",
+            {"image": InputSpec("grid", 112, (8, 8)), "text": words},
+            hidden=64,
+            described_class=1,
         ),
         "concat": lambda: Renamed(fusion.create("concat", {"image": 112, "text": 384}, hidden=64)),
-    }  # fmt: skip
+    }
     data = batches(args.steps, 64, 56, 112, (8, 8))
     warm = batches(3, 64, 56, 112, (8, 8), seed=1)
     rows = []
@@ -97,8 +99,10 @@ def main():
                 rates[key].append(steps_per_second(model, optimisers[key], data))
         eager, compiled = (statistics.median(rates[k]) for k in ("eager", "compiled"))
         rows.append(f"| {name} | {eager:.1f} | {compiled:.1f} ({compiled / eager:.2f}x) |")
-    print(f"Training steps/s, batch 64, hidden 64, {args.threads} thread(s), "
-          f"{args.rounds} rounds of {args.steps} steps, medians:\n")  # fmt: skip
+    print(
+        f"Training steps/s, batch 64, hidden 64, {args.threads} thread(s), "
+        f"{args.rounds} rounds of {args.steps} steps, medians:\n"
+    )
     print("| method | compile off | compile on |")
     print("|---|---:|---:|")
     print("\n".join(rows))

@@ -99,10 +99,14 @@ def main() -> None:
 
     n = args.n
     print(f"{n} executions of {NOTEBOOK.name} (work={args.work})")
-    print(f"papermill CLI loop : {pm_wall:7.1f}s wall, {pm_kernel:6.1f}s in cells, "
-          f"{(pm_wall - pm_kernel) / n:5.2f}s/notebook beyond cells")  # fmt: skip
-    print(f"mmlab run --jobs {args.jobs}: {run_wall:7.1f}s wall, {run_kernel:6.1f}s in cells, "
-          f"{sum(per_job) / n:5.2f}s/notebook beyond cells")  # fmt: skip
+    print(
+        f"papermill CLI loop : {pm_wall:7.1f}s wall, {pm_kernel:6.1f}s in cells, "
+        f"{(pm_wall - pm_kernel) / n:5.2f}s/notebook beyond cells"
+    )
+    print(
+        f"mmlab run --jobs {args.jobs}: {run_wall:7.1f}s wall, {run_kernel:6.1f}s in cells, "
+        f"{sum(per_job) / n:5.2f}s/notebook beyond cells"
+    )
     print(f"ratio papermill loop / runner: {pm_wall / run_wall:.2f}x")
     print(
         f"runner overhead per notebook (job time beyond the kernel's cells): {sum(per_job) / n:.2f}s"

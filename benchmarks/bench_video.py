@@ -51,10 +51,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         items = clips(Path(tmp) / "clips", args.n)
         encoders = {
-            name: F.create("video", name, num_frames=args.frames, image_size=args.size,
-                           device="cpu")
+            name: F.create(
+                "video", name, num_frames=args.frames, image_size=args.size, device="cpu"
+            )
             for name in ENCODERS
-        }  # fmt: skip
+        }
         for ex in encoders.values():
             ex.extract(items[:2], num_workers=0)  # warm-up
         total = {name: float("inf") for name in ENCODERS}
@@ -64,8 +65,10 @@ def main() -> None:
                 total[name] = min(total[name], seconds(ex.extract, items, num_workers=0))
                 prep[name] = min(prep[name], seconds(preprocess_all, ex, items))
 
-    print(f"{len(items)} clips, {args.frames} frames of {args.size} px, {args.threads} thread(s),"
-          f" best of {args.rounds} rounds")  # fmt: skip
+    print(
+        f"{len(items)} clips, {args.frames} frames of {args.size} px, {args.threads} thread(s),"
+        f" best of {args.rounds} rounds"
+    )
     print("| encoder | ms/clip | x frame_mean | of which preprocessing (ms/clip) |")
     print("|---|---:|---:|---:|")
     base = total["frame_mean"]

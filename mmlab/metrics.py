@@ -74,8 +74,15 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8") as tmp:
         tmp.write("\n".join(lines))
         tmp.flush()
-        cmd = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer",
-               "-preserveLines", "-lowerCase", tmp.name]  # fmt: skip
+        cmd = [
+            "java",
+            "-cp",
+            str(jar),
+            "edu.stanford.nlp.process.PTBTokenizer",
+            "-preserveLines",
+            "-lowerCase",
+            tmp.name,
+        ]
         done = subprocess.run(cmd, capture_output=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"PTBTokenizer failed ({' '.join(cmd)}): {done.stderr.decode()[-500:]}")
@@ -169,11 +176,28 @@ class Meteor:
 
     def __init__(self):
         jar = _toolkit_dir() / "meteor" / "meteor-1.5.jar"
-        self.cmd = ["java", "-XX:+UseSerialGC", "-Xmx2G", "-jar", jar.name,
-                    "-", "-", "-stdio", "-l", "en", "-norm"]  # fmt: skip
-        self.proc = subprocess.Popen(self.cmd, cwd=jar.parent, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, encoding="utf-8")  # fmt: skip
+        self.cmd = [
+            "java",
+            "-XX:+UseSerialGC",
+            "-Xmx2G",
+            "-jar",
+            jar.name,
+            "-",
+            "-",
+            "-stdio",
+            "-l",
+            "en",
+            "-norm",
+        ]
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=jar.parent,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+        )
 
     def _send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -390,8 +414,16 @@ def vocabulary_use(captions: Iterable[str], max_n: int = 4) -> dict[str, float]:
 # --------------------------------------------------------------------------- grounded scores
 # Captions are read by `mmlab.data.lexicons.parse_caption`: an object is its colour and shape
 # (unique within a synthetic scene); size is an attribute checked on named objects.
-GROUNDED_METRICS = ("object_precision", "object_recall", "chair_i", "chair_s",
-                    "colour_error", "shape_error", "size_error", "relation_error")  # fmt: skip
+GROUNDED_METRICS = (
+    "object_precision",
+    "object_recall",
+    "chair_i",
+    "chair_s",
+    "colour_error",
+    "shape_error",
+    "size_error",
+    "relation_error",
+)
 
 
 def _lexicon(lexicon=None):
@@ -440,13 +472,18 @@ def _grounded_row(caption: str, scene: Sequence[Mapping], lexicon) -> dict[str, 
         (m.colour, m.shape) for m, e in zip(mentions, errors, strict=True) if e in (None, "size")
     }
     by_look = {(o["colour"], o["shape"]): o for o in scene}
-    checkable = [r for r in relations if {(r.first.colour, r.first.shape),
-                                          (r.second.colour, r.second.shape)} <= named]  # fmt: skip
+    checkable = [
+        r
+        for r in relations
+        if {(r.first.colour, r.first.shape), (r.second.colour, r.second.shape)} <= named
+    ]
     wrong_relations = sum(
-        true_relation(by_look[(r.first.colour, r.first.shape)],
-                      by_look[(r.second.colour, r.second.shape)]) != r.relation
+        true_relation(
+            by_look[(r.first.colour, r.first.shape)], by_look[(r.second.colour, r.second.shape)]
+        )
+        != r.relation
         for r in checkable
-    )  # fmt: skip
+    )
     return {
         "mentions": len(mentions),
         "hallucinated": hallucinated,
@@ -481,9 +518,7 @@ def _scene(key: str, scene) -> list[Mapping]:
 
 
 def grounded_table(
-    predictions: Mapping[str, str],
-    objects: Mapping[str, Sequence],
-    lexicon=None,
+    predictions: Mapping[str, str], objects: Mapping[str, Sequence], lexicon=None
 ) -> pd.DataFrame:
     """Per-caption counts: mentions, hallucinated ones, named scene objects, errors by kind.
 

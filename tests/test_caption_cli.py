@@ -13,7 +13,14 @@ import torch
 from PIL import Image
 
 from mmlab import features, tracking
-from mmlab.captioning import CaptionData, GridEncoder, TrainConfig, build, fit, load_captioner
+from mmlab.captioning import (
+    CaptionData,
+    GridEncoder,
+    TrainConfig,
+    build,
+    load_captioner,
+    train_captioner,
+)
 from mmlab.captioning.saving import log_captioner, save_checkpoint
 from mmlab.data import load_dataset
 from mmlab.data.text import Vocabulary
@@ -25,8 +32,9 @@ def trained(tiny_synthetic, tmp_path_factory):
     two epochs, logged to MLflow as notebook 03 does and saved as a local model folder."""
     torch.manual_seed(0)
     data = load_dataset(tiny_synthetic)
-    extractor = features.create("image", "efficientnet_lite0", image_size=64, kind="grid",
-                                layer="mid", device="cpu")  # fmt: skip
+    extractor = features.create(
+        "image", "efficientnet_lite0", image_size=64, kind="grid", layer="mid", device="cpu"
+    )
     encoder = GridEncoder(extractor)
     vocab = Vocabulary.build(data["train"]["captions"])
 
@@ -37,7 +45,9 @@ def trained(tiny_synthetic, tmp_path_factory):
         return CaptionData.build(grids, rows["id"], rows["captions"], vocab)
 
     model = build("lstm_attention", encoder, vocab, embed_dim=32, hidden_dim=64, attention_dim=32)
-    fit(model, split("train"), split("validation"), TrainConfig(epochs=2, batch_size=32))
+    train_captioner(
+        model, split("train"), split("validation"), TrainConfig(epochs=2, batch_size=32)
+    )
     run = tracking.start(notebook="03_caption_training", params={"purpose": "caption cli test"})
     log_captioner(model, registered_model_name="mmlab-captioner")
     tracking.finish()

@@ -10,6 +10,7 @@ from mmlab import captioning, features, tracking
 from mmlab.captioning import CaptionData, GridEncoder, TrainConfig
 from mmlab.data import load_dataset
 from mmlab.data.text import Vocabulary
+from mmlab.tracking import models
 
 torch.set_num_threads(2)
 SMALL = dict(embed_dim=32, hidden_dim=64, attention_dim=32)
@@ -39,7 +40,7 @@ def trained(tiny):
         epochs=2, batch_size=16, lr=3e-3, sample_images=3, metric_tokenizer="python"
     )
     run = tracking.start(notebook="03_caption_training", params={"test": "trained"})
-    result = captioning.fit(
+    result = captioning.train_captioner(
         captioner, splits["train"], splits["validation"], config, on_epoch=captioning.log_epoch
     )
     info = captioning.log_captioner(captioner, registered_model_name="mmlab-captioner")
@@ -62,18 +63,18 @@ def test_fit_logs_every_epoch_and_keeps_the_best_weights(tiny, trained):
     _, _, _, splits = tiny
     captioner, result, run_id, _ = trained
     history = result.history
-    assert list(history["epoch"]) == [0, 1]
+    assert list(history["epoch"]) == [1, 2]
     assert {"train_loss", "val_loss", "val_bleu4", "val_cider"} <= set(history)
     assert result.best_score == history["val_cider"].max()
-    assert result.best_epoch == int(history["val_cider"].idxmax())
+    assert result.best_epoch == int(history["epoch"][history["val_cider"].idxmax()])
     scores, _ = captioning.score_captions(captioner, splits["validation"], tokenizer="python")
     assert scores["cider"] == pytest.approx(result.best_score, abs=1e-6)  # best state restored
     run = mlflow.MlflowClient(tracking.ensure_store()).get_run(run_id)
     steps = mlflow.MlflowClient().get_metric_history(run_id, "val_cider")
-    assert sorted(m.step for m in steps) == [0, 1]
+    assert sorted(m.step for m in steps) == [1, 2]
     assert "train_loss" in run.data.metrics and "val_bleu4" in run.data.metrics
     tables = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "val_captions")]
-    assert tables == ["val_captions/epoch_00.csv", "val_captions/epoch_01.csv"]
+    assert tables == ["val_captions/epoch_01.csv", "val_captions/epoch_02.csv"]
 
 
 def test_training_lowers_the_loss(tiny):
@@ -82,7 +83,9 @@ def test_training_lowers_the_loss(tiny):
         "transformer", GridEncoder(extractor), vocab, d_model=32, ff_dim=64
     )
     config = TrainConfig(epochs=3, batch_size=16, lr=3e-3, metric_tokenizer="python", patience=5)
-    history = captioning.fit(captioner, splits["train"], splits["validation"], config).history
+    history = captioning.train_captioner(
+        captioner, splits["train"], splits["validation"], config
+    ).history
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
 
 
@@ -94,7 +97,7 @@ def test_load_captioner_from_mlflow_captions_like_the_original(tiny, trained, fo
         "run_id": run_id,
         "runs_uri": f"runs:/{run_id}/model",
         "models_uri": models_uri,
-        "latest": captioning.resolve_model("latest"),
+        "latest": models.model_uri("latest"),
     }[form]
     loaded = captioning.load_captioner(source)
     images = ds["test"]["image"][:4]
@@ -121,9 +124,12 @@ def test_decoding_from_cached_grids_matches_decoding_images(tiny, trained):
     from_images = captioner.decode(ds["test"]["image"], beam_size=2)
     assert from_grids.captions == from_images.captions
     table, decoded = captioning.compare_decodings(
-        captioner, splits["test"], (1, 2), tokenizer="python",
+        captioner,
+        splits["test"],
+        (1, 2),
+        tokenizer="python",
         objects=dict(zip(splits["test"].ids, ds["test"]["objects"], strict=True)),
-    )  # fmt: skip
+    )
     assert list(table.index) == [1, 2]
     assert {"bleu4", "cider", "object_precision", "mean_log_prob"} <= set(table.columns)
     assert captioning.test_metrics(table, 2)["test_cider"] == table.loc[2, "cider"]
@@ -153,7 +159,7 @@ def test_an_encoder_that_trains_learns_from_pixels(tiny):
     captioner = captioning.build("lstm_attention", encoder, vocab, **SMALL)
     before = [p.detach().clone() for p in encoder.stages[0].parameters()]
     config = TrainConfig(epochs=1, batch_size=32, metric_tokenizer="python")
-    captioning.fit(captioner, train, val, config)
+    captioning.train_captioner(captioner, train, val, config)
     after = list(encoder.stages[0].parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
 
@@ -162,14 +168,14 @@ def test_bad_inputs_get_clear_errors(tiny):
     _, vocab, extractor, splits = tiny
     with pytest.raises(ValueError, match="one entry per image"):
         CaptionData.build(torch.zeros(2, 4, 2, 2), ["a"], [["x"]], vocab)
-    with pytest.raises(ValueError, match="valid schedules: constant, cosine, linear"):
+    with pytest.raises(ValueError, match="valid names: constant, cosine, linear"):
         TrainConfig(schedule="step")
     captioner = captioning.build("lstm_attention", GridEncoder(extractor), vocab, **SMALL)
     pixels = CaptionData.build(
         torch.zeros(1, 3, 64, 64, dtype=torch.uint8), ["a"], [["a red circle"]], vocab
     )
     with pytest.raises(ValueError, match="frozen encoder"):
-        captioning.fit(captioner, pixels, splits["validation"], TrainConfig(epochs=1))
+        captioning.train_captioner(captioner, pixels, splits["validation"], TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="kind='grid'"):
         GridEncoder(features.create("image", "small_cnn", image_size=64))
 

@@ -102,12 +102,21 @@ def test_references_resolve_and_hashes_are_stable():
 @pytest.mark.parametrize(
     ("filename", "expected"),
     [
-        ("bad_unknown_key.yaml", r"bad_unknown_key.yaml: stage 'one': key 'paramters': unknown key"),
-        ("bad_missing_notebook.yaml", r"stage 'one': key 'notebook': 'notebooks/does_not_exist.ipynb' not found"),
-        ("bad_undefined_param.yaml", r"stage 'one': key 'parameters.learning_rate': notebooks/ok.ipynb does not define 'learning_rate'"),
+        (
+            "bad_unknown_key.yaml",
+            r"bad_unknown_key.yaml: stage 'one': key 'paramters': unknown key",
+        ),
+        (
+            "bad_missing_notebook.yaml",
+            r"stage 'one': key 'notebook': 'notebooks/does_not_exist.ipynb' not found",
+        ),
+        (
+            "bad_undefined_param.yaml",
+            r"stage 'one': key 'parameters.learning_rate': notebooks/ok.ipynb does not define 'learning_rate'",
+        ),
         ("bad_cycle.yaml", r"stage 'a': key 'needs' forms a cycle: a -> c -> b -> a"),
     ],
-)  # fmt: skip
+)
 def test_bad_batch_files_name_file_stage_and_key(filename, expected):
     with pytest.raises(BatchError) as info:
         config.load(BATCHES / filename)
@@ -124,16 +133,24 @@ def test_bad_batch_files_name_file_stage_and_key(filename, expected):
         ({"stages": {"a": ok(grid={"nope": [1]})}}, "key 'grid.nope'"),
         ({"stages": {"a": ok(grid={"x": []})}}, "key 'grid.x': empty list"),
         ({"stages": {"a": ok(needs=["zz"])}}, "key 'needs': unknown stage 'zz'"),
-        ({"stages": {"a": ok(), "b": ok(parameters={"label": "${a.run_id}"})}}, "not in its 'needs'"),
         (
-            {"stages": {"a": ok(grid={"x": [1, 2]}), "b": ok(needs=["a"], parameters={"label": "${a.run_id}"})}},
+            {"stages": {"a": ok(), "b": ok(parameters={"label": "${a.run_id}"})}},
+            "not in its 'needs'",
+        ),
+        (
+            {
+                "stages": {
+                    "a": ok(grid={"x": [1, 2]}),
+                    "b": ok(needs=["a"], parameters={"label": "${a.run_id}"}),
+                }
+            },
             "ambiguous: stage 'a' has 2 executions",
         ),
         ({"stages": {"a": ok(parameters="x=1")}}, "stage 'a': key 'parameters'"),
         ({"stages": {"a b": ok()}}, "stage 'a b': use letters"),
         ({"stages": {"a": ok(timeout=0)}}, "stage 'a': key 'timeout'"),
     ],
-)  # fmt: skip
+)
 def test_invalid_batches(tmp_path, batch, expected):
     path = write(tmp_path, batch)
     with pytest.raises(BatchError, match="batch.yaml") as info:

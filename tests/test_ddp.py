@@ -79,11 +79,16 @@ def test_two_gloo_processes_train_the_captioner_as_one_does(tiny):
         captioner = captioning.build("lstm_attention", GridEncoder(extractor), vocab, **SMALL)
         # 190 captions in batches of 12: shares of unequal words, and a last batch of 10
         config = TrainConfig(
-            epochs=2, batch_size=12, lr=3e-3, attention_penalty=0.1, sample_images=2,
-            metric_tokenizer="python", processes=processes,
-        )  # fmt: skip
+            epochs=2,
+            batch_size=12,
+            lr=3e-3,
+            attention_penalty=0.1,
+            sample_images=2,
+            metric_tokenizer="python",
+            processes=processes,
+        )
         run = tracking.start(notebook="03_caption_training", params={"processes": processes})
-        result = captioning.fit(
+        result = captioning.train_captioner(
             captioner, splits["train"], splits["validation"], config, captioning.log_epoch
         )
         tracking.finish()
@@ -93,7 +98,7 @@ def test_two_gloo_processes_train_the_captioner_as_one_does(tiny):
         assert (one[column] - two[column]).abs().max() < TOLERANCE, column
     assert one["train_loss"].iloc[-1] < one["train_loss"].iloc[0]  # it did learn
     history = mlflow.MlflowClient().get_metric_history(run_id, "train_loss")
-    assert sorted(m.step for m in history) == [0, 1]  # each epoch once, from rank 0
+    assert sorted(m.step for m in history) == [1, 2]  # each epoch once, from rank 0
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
         list(two["train_loss"])
     )
@@ -116,7 +121,7 @@ def test_two_gloo_processes_train_grid_cross_attention_as_one_does():
         torch.manual_seed(0)
         model = fusion.create("grid_cross_attention", specs, hidden=16, dropout=0.0, masked_words=0)
         config = fusion.TrainConfig(epochs=3, batch_size=32, processes=processes)
-        histories[processes] = fusion.fit(model, train, validation, config).history
+        histories[processes] = fusion.train_fusion(model, train, validation, config).history
     for key in ("train_loss", "val_loss"):
         one, two = histories[1][key], histories[2][key]
         assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < TOLERANCE, key
@@ -128,13 +133,33 @@ def test_under_torchrun_only_rank_0_creates_an_mlflow_run(tiny_synthetic, tmp_pa
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_RUN_ID", None)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "mmlab.captioning.ddp", "--dataset", str(tiny_synthetic),
-        "--image-encoder", "small_cnn", "--image-size", "64", "--decoder", "lstm_attention",
-        "--decoder-options", '{"embed_dim": 32, "hidden_dim": 64, "attention_dim": 32}',
-        "--epochs", "2", "--batch-size", "16", "--metric-tokenizer", "python",
-        "--registered-model", "",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mmlab.captioning.ddp",
+        "--dataset",
+        str(tiny_synthetic),
+        "--image-encoder",
+        "small_cnn",
+        "--image-size",
+        "64",
+        "--decoder",
+        "lstm_attention",
+        "--decoder-options",
+        '{"embed_dim": 32, "hidden_dim": 64, "attention_dim": 32}',
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--metric-tokenizer",
+        "python",
+        "--registered-model",
+        "",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient(uri)
@@ -145,5 +170,5 @@ def test_under_torchrun_only_rank_0_creates_an_mlflow_run(tiny_synthetic, tmp_pa
     assert run.data.params["processes"] == "2"
     assert run.data.tags["mmlab.launcher"] == "torchrun"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_cider")]
-    assert sorted(steps) == [0, 1]  # each epoch logged once
+    assert sorted(steps) == [1, 2]  # each epoch logged once
     assert run.data.metrics["best_val_cider"] >= 0  # the run went on to its end on rank 0

@@ -22,16 +22,22 @@ def _images(n: int, seed: int) -> list[Image.Image]:
 @pytest.fixture(scope="module")
 def dataset_dict() -> datasets.DatasetDict:
     feats = datasets.Features(
-        {"id": datasets.Value("string"), "image": datasets.Image(),
-         "captions": datasets.List(datasets.Value("string"))}
-    )  # fmt: skip
+        {
+            "id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "captions": datasets.List(datasets.Value("string")),
+        }
+    )
 
     def split(name, n, seed):
         return datasets.Dataset.from_dict(
-            {"id": [f"{name}-{i}" for i in range(n)], "image": _images(n, seed),
-             "captions": [[f"caption {i} of {name}", "another"] for i in range(n)]},
+            {
+                "id": [f"{name}-{i}" for i in range(n)],
+                "image": _images(n, seed),
+                "captions": [[f"caption {i} of {name}", "another"] for i in range(n)],
+            },
             features=feats,
-        )  # fmt: skip
+        )
 
     return datasets.DatasetDict({"train": split("train", 6, 0), "test": split("test", 4, 1)})
 

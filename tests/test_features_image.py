@@ -33,9 +33,13 @@ def test_unknown_names_list_the_valid_ones():
 
 @pytest.mark.parametrize(
     ("kind", "layer", "shape"),
-    [("pooled", "last", (1280,)), ("grid", "last", (1280, 4, 4)),
-     ("grid", "mid", (112, 8, 8)), ("pooled", "mid", (112,))],
-)  # fmt: skip
+    [
+        ("pooled", "last", (1280,)),
+        ("grid", "last", (1280, 4, 4)),
+        ("grid", "mid", (112, 8, 8)),
+        ("pooled", "mid", (112,)),
+    ],
+)
 def test_lite0_pooled_and_grids_at_128(kind, layer, shape):
     ex = F.create("image", "efficientnet_lite0", image_size=128, kind=kind, layer=layer)
     out = ex.extract(IMAGES, batch_size=4)

@@ -114,8 +114,12 @@ def test_video_cost_table_on_the_tiny_dataset(tiny_synthetic):
     probes = survey.probe_table(results, ds, targets=("motion",))
     table = survey.cost_table(results, probes, "video", "motion", baseline="frame_mean")
     assert list(table.columns) == [
-        "encoder", "ms_per_item", "cost_vs_frame_mean", "accuracy_motion", "majority"
-    ]  # fmt: skip
+        "encoder",
+        "ms_per_item",
+        "cost_vs_frame_mean",
+        "accuracy_motion",
+        "majority",
+    ]
     assert list(table["encoder"]) == ["frame_mean", "two_stream"]
     assert table["cost_vs_frame_mean"].iloc[0] == 1 and (table["ms_per_item"] > 0).all()
     assert table["accuracy_motion"].between(0, 1).all()

@@ -169,7 +169,7 @@ def test_modality_dropout_teaches_a_method_to_answer_without_a_modality():
     dims = {m: x.shape[1] for m, x in train.inputs.items()}
     torch.manual_seed(0)
     model = fusion.create("concat", dims, hidden=16, modality_dropout=0.5)
-    result = fusion.fit(model, train, val, config)
+    result = fusion.train_fusion(model, train, val, config)
     without = compare.accuracy_without(result.model, test)
     assert set(without) == {f"test_accuracy_without_{m}" for m in dims}
     assert fusion.evaluate(result.model, test)["accuracy"] > 0.95
@@ -199,7 +199,7 @@ def test_without_the_only_modality_that_carries_a_target_every_method_is_at_chan
     for name in ("concat", "gated", "late", "cross_attention"):
         torch.manual_seed(0)
         model = fusion.create(name, dims, 4, hidden=16, modality_dropout=dropout)
-        model = fusion.fit(model, train, val, config).model
+        model = fusion.train_fusion(model, train, val, config).model
         assert fusion.evaluate(model, test)["accuracy"] > 0.9, name
         # image and text are noise: with video missing the answer is a guess (chance 0.25)
         without = compare.accuracy_without(model, test)["test_accuracy_without_video"]
@@ -363,11 +363,12 @@ def test_fit_reports_a_methods_own_objective_beside_the_task_loss():
     inputs = _one_object_world(64, seed=0)
     split = fusion.Split(inputs, (inputs["text"][:, 1] == 4).long())
     model = fusion.create("grid_cross_attention", specs, hidden=16)
-    result = fusion.fit(model, split, split, fusion.TrainConfig(epochs=2, batch_size=32))
+    result = fusion.train_fusion(model, split, split, fusion.TrainConfig(epochs=2, batch_size=32))
     assert len(result.history["train_auxiliary_loss"]) == 2
     assert all(v > 0 for v in result.history["train_auxiliary_loss"])
-    pooled = fusion.fit(fusion.create("concat", PAIR, hidden=8), *[_task(32, 0)] * 2,
-                        fusion.TrainConfig(epochs=1))  # fmt: skip
+    pooled = fusion.train_fusion(
+        fusion.create("concat", PAIR, hidden=8), *[_task(32, 0)] * 2, fusion.TrainConfig(epochs=1)
+    )
     assert "train_auxiliary_loss" not in pooled.history
 
 
@@ -385,9 +386,9 @@ def test_fit_learns_an_interaction_that_no_single_modality_predicts():
     train, val, test = _task(512, 0), _task(128, 1), _task(256, 2)
     config = fusion.TrainConfig(epochs=30, lr=3e-3, patience=8)
     torch.manual_seed(0)
-    fused = fusion.fit(fusion.create("concat", PAIR, hidden=32), train, val, config)
+    fused = fusion.train_fusion(fusion.create("concat", PAIR, hidden=32), train, val, config)
     torch.manual_seed(0)
-    alone = fusion.fit(
+    alone = fusion.train_fusion(
         fusion.create("unimodal", PAIR, hidden=32, modality="image"), train, val, config
     )
     fused_acc = fusion.evaluate(fused.model, test)["accuracy"]
@@ -401,7 +402,7 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_budget():
     for schedule in ("constant", "cosine"):
         config = fusion.TrainConfig(epochs=4, patience=10, lr=0.01, schedule=schedule)
         model = fusion.create("concat", PAIR, hidden=8)
-        lr = fusion.fit(model, train, val, config).history["lr"]
+        lr = fusion.train_fusion(model, train, val, config).history["lr"]
         if schedule == "constant":
             assert lr == [0.01] * 4
         else:
@@ -428,13 +429,14 @@ def test_warmup_raises_the_learning_rate_linearly_then_hands_over_to_the_schedul
             assert optimiser.param_groups[0]["lr"] == pytest.approx(0)
 
 
-def test_fit_counts_the_warmup_in_epochs():
-    train, val = _task(128, 0), _task(64, 1)  # two steps an epoch
-    config = fusion.TrainConfig(epochs=3, batch_size=64, patience=10, lr=0.01, warmup=2)
-    lr = fusion.fit(fusion.create("concat", PAIR, hidden=8), train, val, config).history["lr"]
+def test_fit_counts_the_warmup_as_a_share_of_all_steps():
+    train, val = _task(128, 0), _task(64, 1)  # two steps an epoch, six in all
+    config = fusion.TrainConfig(epochs=3, batch_size=64, patience=10, lr=0.01, warmup=2 / 3)
+    model = fusion.create("concat", PAIR, hidden=8)
+    lr = fusion.train_fusion(model, train, val, config).history["lr"]
     assert lr == pytest.approx([0.0075, 0.01, 0.01])  # for the steps after 2 (3 of 4), 4 and 6
-    for warmup in (-1, 3):
-        with pytest.raises(ValueError, match=r"warmup must be in \[0, epochs=3\)"):
+    for warmup in (-1, 1, 3):
+        with pytest.raises(ValueError, match=r"warmup is a share of all steps, in \[0, 1\)"):
             fusion.TrainConfig(epochs=3, warmup=warmup)
 
 
@@ -442,7 +444,9 @@ def test_fit_keeps_the_best_validation_epoch_and_stops_early():
     train, val = _task(128, 0), _task(64, 1)
     torch.manual_seed(0)
     model = fusion.create("concat", PAIR, hidden=16)
-    result = fusion.fit(model, train, val, fusion.TrainConfig(epochs=50, patience=2, lr=0.3))
+    result = fusion.train_fusion(
+        model, train, val, fusion.TrainConfig(epochs=50, patience=2, lr=0.3)
+    )
     h = result.history
     assert len(h["val_accuracy"]) == result.epochs_run == len(h["train_loss"])
     assert h["val_accuracy"][result.best_epoch - 1] == max(h["val_accuracy"])
@@ -458,7 +462,9 @@ def test_same_seed_same_result_different_seed_different_result():
     def run(seed):
         torch.manual_seed(seed)
         model = fusion.create("gated", PAIR, hidden=16)
-        return fusion.fit(model, train, val, fusion.TrainConfig(epochs=3, seed=seed)).history
+        return fusion.train_fusion(
+            model, train, val, fusion.TrainConfig(epochs=3, seed=seed)
+        ).history
 
     assert run(1) == run(1)
     assert run(1)["train_loss"] != run(2)["train_loss"]
@@ -486,8 +492,13 @@ def test_on_epoch_reports_each_epoch():
     train, val = _task(64, 0), _task(32, 1)
     seen = []
     model = fusion.create("concat", PAIR, hidden=8)
-    result = fusion.fit(model, train, val, fusion.TrainConfig(epochs=3, patience=9),
-                        on_epoch=lambda epoch, values: seen.append((epoch, values)))  # fmt: skip
+    result = fusion.train_fusion(
+        model,
+        train,
+        val,
+        fusion.TrainConfig(epochs=3, patience=9),
+        on_epoch=lambda epoch, values: seen.append((epoch, values)),
+    )
     assert [e for e, _ in seen] == [1, 2, 3]
     assert seen[-1][1] == {k: v[-1] for k, v in result.history.items()}
 

@@ -66,8 +66,11 @@ def test_build_gives_pooled_and_token_inputs_for_every_split(data, tiny_ds):
     vocabulary = data.vocabulary  # the words' ids, apart from padding, start, end, unknown
     assert tokens["text"].unk_id == vocabulary.unk_id
     assert set(tokens["text"].special_ids) == {
-        vocabulary.pad_id, vocabulary.start_id, vocabulary.end_id, vocabulary.unk_id
-    }  # fmt: skip
+        vocabulary.pad_id,
+        vocabulary.start_id,
+        vocabulary.end_id,
+        vocabulary.unk_id,
+    }
     assert data.described_class == data.class_names.index("1")  # matching captions describe
     for split in ("train", "validation", "test"):
         s = data.split("tokens", split)
@@ -118,8 +121,9 @@ def test_expand_reads_a_methods_options_for_an_ablation_beside_the_default():
         ["grid_cross_attention", "grid_cross_attention:masked_words=0,heads=2"], ["image", "text"]
     )
     assert [c.label for c in choices] == [
-        "grid_cross_attention", "grid_cross_attention:masked_words=0,heads=2"
-    ]  # fmt: skip
+        "grid_cross_attention",
+        "grid_cross_attention:masked_words=0,heads=2",
+    ]
     assert dict(choices[1].options) == {"masked_words": 0, "heads": 2}
     with pytest.raises(ValueError, match="method 'concat:fast'.*not key=value"):
         compare.expand(["concat:fast"], ["image"])
@@ -144,8 +148,11 @@ def test_comparison_logs_a_child_run_per_method_and_seed(data, store):
 
     assert len(result.runs) == 4 * 2
     assert set(result.runs["method"]) == {
-        "weighted_sum", "grid_cross_attention", "unimodal_image", "unimodal_text"
-    }  # fmt: skip
+        "weighted_sum",
+        "grid_cross_attention",
+        "unimodal_image",
+        "unimodal_text",
+    }
     kinds = {f"test_accuracy/{k}" for k in data.split("pooled", "test").groups}
     assert kinds <= set(result.runs.columns)
     client = MlflowClient(store)
@@ -176,8 +183,9 @@ def test_comparison_logs_a_child_run_per_method_and_seed(data, store):
 
 def test_summary_and_group_tables(data):
     config = fusion.TrainConfig(epochs=1, batch_size=16)
-    result = compare.run(data, ["concat", "late"], seeds=[0, 1, 2], config=config, hidden=8,
-                         log=False, progress=None)  # fmt: skip
+    result = compare.run(
+        data, ["concat", "late"], seeds=[0, 1, 2], config=config, hidden=8, log=False, progress=None
+    )
     summary = result.summary()
     assert list(summary["method"]) == sorted(
         ["concat", "late"], key=lambda m: -result.runs.query("method == @m")["test_accuracy"].mean()
@@ -238,8 +246,12 @@ def test_extra_pairs_add_training_captions_that_share_the_image_features(tiny_ds
     text = more.split("pooled", "train").inputs["text"]
     assert torch.allclose(text[:n], data.split("pooled", "train").inputs["text"], atol=1e-5)
     assert set(more.split("pooled", "train").groups[n:]) <= {
-        "positive", "colour", "shape", "size", "relation"
-    }  # fmt: skip
+        "positive",
+        "colour",
+        "shape",
+        "size",
+        "relation",
+    }
     with pytest.raises(ValueError, match="extra_pairs needs the match task"):
         ds = {s: tiny_ds[s].add_column("label", tiny_ds[s]["first_shape"]) for s in tiny_ds}
         inputs.build(ds, "label", {"text": "minilm"}, device="cpu", extra_pairs=1)
@@ -278,8 +290,9 @@ def test_extra_pairs_keep_a_fitted_text_encoder_fitted_on_the_train_split(tiny_d
     split (one feature space), not from one refitted on the extra captions alone."""
     from mmlab import features
 
-    more = inputs.build(tiny_ds, "match", {"image": ENCODERS["image"], "text": "tfidf"},
-                        device="cpu", extra_pairs=1)  # fmt: skip
+    more = inputs.build(
+        tiny_ds, "match", {"image": ENCODERS["image"], "text": "tfidf"}, device="cpu", extra_pairs=1
+    )
     n = len(tiny_ds["train"])
     extra = inputs._extra_pairs(tiny_ds["train"], more.task, 1)
     tfidf = features.create("text", "tfidf")
@@ -293,8 +306,14 @@ def test_extra_pairs_with_sequence_text_features_share_the_splits_length(tiny_ds
     """Token-state text features of extra captions are cut or padded to the length of the
     other splits (an extra caption longer than every real one used to be cut one token short)."""
     k = 3
-    more = inputs.build(tiny_ds, "match", None, {"image": ENCODERS["image"],
-                        "text": "minilm:kind=sequence"}, device="cpu", extra_pairs=k)  # fmt: skip
+    more = inputs.build(
+        tiny_ds,
+        "match",
+        None,
+        {"image": ENCODERS["image"], "text": "minilm:kind=sequence"},
+        device="cpu",
+        extra_pairs=k,
+    )
     train = more.split("tokens", "train").inputs["text"]
     width = more.split("tokens", "validation").inputs["text"].shape[1]
     assert train.shape[:2] == (len(tiny_ds["train"]) * (1 + k), width)
@@ -303,8 +322,9 @@ def test_extra_pairs_with_sequence_text_features_share_the_splits_length(tiny_ds
 
 def test_mismatched_negatives_pair_a_positive_caption_with_another_image(tiny_ds, data):
     k = 2
-    more = inputs.build(tiny_ds, "match", ENCODERS, TOKENS, device="cpu", extra_pairs=k,
-                        mismatched=0.5)  # fmt: skip
+    more = inputs.build(
+        tiny_ds, "match", ENCODERS, TOKENS, device="cpu", extra_pairs=k, mismatched=0.5
+    )
     base = inputs.build(tiny_ds, "match", ENCODERS, TOKENS, device="cpu", extra_pairs=k)
     for form in ("pooled", "tokens"):
         train, plain = more.split(form, "train"), base.split(form, "train")
@@ -373,13 +393,27 @@ def test_each_target_is_compared_with_every_modality_removed_in_turn(label_data,
     parent = tracking.start(notebook="02_test", params={"x": 1})
     config = fusion.TrainConfig(epochs=2, batch_size=16)
     comparisons = compare.run_targets(
-        label_data, tiny_ds, ["motion", "circle_xor_sideways"], ["unimodal", "concat", "late"],
-        seeds=[0], config=config, hidden=8, workers=1, progress=None, modality_dropout=0.3,
-    )  # fmt: skip
+        label_data,
+        tiny_ds,
+        ["motion", "circle_xor_sideways"],
+        ["unimodal", "concat", "late"],
+        seeds=[0],
+        config=config,
+        hidden=8,
+        workers=1,
+        progress=None,
+        modality_dropout=0.3,
+    )
     tracking.finish()
     assert list(comparisons) == ["motion", "circle_xor_sideways"]
-    methods = ["unimodal_image", "unimodal_text", "unimodal_audio", "unimodal_video", "concat",
-               "late"]  # fmt: skip
+    methods = [
+        "unimodal_image",
+        "unimodal_text",
+        "unimodal_audio",
+        "unimodal_video",
+        "concat",
+        "late",
+    ]
     table = compare.by_target(comparisons)
     assert list(table.columns) == ["motion", "circle_xor_sideways"]
     assert set(table.index) == {*methods, "chance"}
@@ -413,9 +447,17 @@ def test_each_target_is_compared_with_every_modality_removed_in_turn(label_data,
 def test_run_targets_of_the_match_task_is_one_comparison(data, tiny_ds):
     config = fusion.TrainConfig(epochs=1, batch_size=16)
     comparisons = compare.run_targets(
-        data, tiny_ds, None, ["concat"], seeds=[0], config=config, hidden=8, log=False,
-        progress=None, workers=1,
-    )  # fmt: skip
+        data,
+        tiny_ds,
+        None,
+        ["concat"],
+        seeds=[0],
+        config=config,
+        hidden=8,
+        log=False,
+        progress=None,
+        workers=1,
+    )
     assert list(comparisons) == ["match"]
     assert {"test_accuracy_without_image", "test_accuracy_without_text"} <= set(
         comparisons["match"].runs.columns
@@ -425,8 +467,9 @@ def test_run_targets_of_the_match_task_is_one_comparison(data, tiny_ds):
 
 
 def test_modality_dropout_is_an_option_of_the_methods_that_take_it():
-    choices = compare.expand(["concat", "grid_cross_attention", "late:modality_dropout=0.1"],
-                             ["image", "text"])  # fmt: skip
+    choices = compare.expand(
+        ["concat", "grid_cross_attention", "late:modality_dropout=0.1"], ["image", "text"]
+    )
     chosen = {c.label: dict(c.options) for c in compare.with_modality_dropout(choices, 0.3)}
     assert chosen == {
         "concat": {"modality_dropout": 0.3},
@@ -438,7 +481,15 @@ def test_modality_dropout_is_an_option_of_the_methods_that_take_it():
 
 def test_pooled_methods_take_their_own_epoch_budget(data):
     config = fusion.TrainConfig(epochs=3, batch_size=16, patience=3)
-    result = compare.run(data, ["concat", "grid_cross_attention"], seeds=[0], config=config,
-                         hidden=8, log=False, progress=None, pooled_epochs=1)  # fmt: skip
+    result = compare.run(
+        data,
+        ["concat", "grid_cross_attention"],
+        seeds=[0],
+        config=config,
+        hidden=8,
+        log=False,
+        progress=None,
+        pooled_epochs=1,
+    )
     epochs = result.runs.set_index("method")["epochs_run"]
     assert epochs["concat"] == 1 and epochs["grid_cross_attention"] == 3

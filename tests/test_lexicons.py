@@ -33,16 +33,22 @@ def _coco(root: Path, with_instances: bool = True) -> Path:
     for i in IMAGES:
         Image.new("RGB", (16, 16), (60 * i, 90, 120)).save(root / "images" / f"{i}.png")
         images.append({"id": i, "file_name": f"{i}.png"})
-    captions = [{"id": 10 * i + j, "image_id": i, "caption": c}
-                for i, (_, refs) in IMAGES.items() for j, c in enumerate(refs)]  # fmt: skip
+    captions = [
+        {"id": 10 * i + j, "image_id": i, "caption": c}
+        for i, (_, refs) in IMAGES.items()
+        for j, c in enumerate(refs)
+    ]
     ann = root / "annotations"
     ann.mkdir()
     (ann / "captions_images.json").write_text(
         json.dumps({"images": images, "annotations": captions})
     )
     if with_instances:
-        instances = [{"id": 10 * i + j, "image_id": i, "category_id": COCO_IDS[c]}
-                     for i, (cats, _) in IMAGES.items() for j, c in enumerate(cats)]  # fmt: skip
+        instances = [
+            {"id": 10 * i + j, "image_id": i, "category_id": COCO_IDS[c]}
+            for i, (cats, _) in IMAGES.items()
+            for j, c in enumerate(cats)
+        ]
         categories = [{"id": k, "name": n} for n, k in COCO_IDS.items()]
         data = {"images": images, "annotations": instances, "categories": categories}
         (ann / "instances_images.json").write_text(json.dumps(data))
@@ -74,8 +80,12 @@ def test_grounded_metrics_on_coco_instances_match_a_hand_computation(tmp_path):
     ds = load_dataset(_coco(tmp_path / "coco"))
     lexicon, truth = _all_rows(ds)
     assert lexicon.name == "coco"
-    assert truth == {"1": ["dog", "person"], "2": ["cat", "cup"],
-                     "3": ["bicycle", "car", "person"], "4": ["cat"]}  # fmt: skip
+    assert truth == {
+        "1": ["dog", "person"],
+        "2": ["cat", "cup"],
+        "3": ["bicycle", "car", "person"],
+        "4": ["cat"],
+    }
     scores, table = metrics.grounded_scores(PREDICTIONS, truth, lexicon, per_image=True)
     # By hand. 1: names dog (puppy), person (men), couch -> 3 named, couch hallucinated, 2 of 2
     # found. 2: cat (cats), cup -> 2 named, none hallucinated, 2 of 2 found. 3: person (woman),
@@ -95,8 +105,12 @@ def test_without_instances_the_references_give_the_objects(tmp_path):
     assert "categories" not in ds["train"].column_names
     _, truth = _all_rows(ds)
     # "pet" and "mug" are no COCO words; "cyclist" is not in CHAIR's list either
-    assert truth == {"1": ["dog", "person"], "2": ["cat", "cup"],
-                     "3": ["bicycle", "car", "person"], "4": ["cat"]}  # fmt: skip
+    assert truth == {
+        "1": ["dog", "person"],
+        "2": ["cat", "cup"],
+        "3": ["bicycle", "car", "person"],
+        "4": ["cat"],
+    }
     scores = metrics.grounded_scores(PREDICTIONS, truth, lexicons.get("coco"))
     assert scores["chair_i"] == pytest.approx(2 / 8)
 
@@ -116,7 +130,8 @@ def test_synthetic_lexicon_is_the_generators_table(tiny_synthetic):
 def test_evaluate_sets_takes_a_lexicon(tmp_path):
     references = {k: IMAGES[int(k)][1] for k in PREDICTIONS}
     truth = {k: IMAGES[int(k)][0] for k in PREDICTIONS}
-    report = metrics.evaluate_sets(references, {"model": PREDICTIONS}, truth, ("bleu",),
-                                   "python", lexicon=lexicons.get("coco"))  # fmt: skip
+    report = metrics.evaluate_sets(
+        references, {"model": PREDICTIONS}, truth, ("bleu",), "python", lexicon=lexicons.get("coco")
+    )
     assert report.table.loc["model", "chair_i"] == pytest.approx(2 / 8)
     assert report.table.loc["human", "object_precision"] <= 1.0

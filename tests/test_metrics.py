@@ -71,9 +71,11 @@ def test_cider_idf_comes_from_the_reference_corpus():
 def test_meteor_identical_and_disjoint():
     refs = {"1": ["a red circle above a blue square"], "2": ["two green triangles"]}
     s, per_image = metrics.caption_scores(
-        refs, {"1": "a red circle above a blue square", "2": "one yellow star"},
-        metrics=("meteor",), per_image=True,
-    )  # fmt: skip
+        refs,
+        {"1": "a red circle above a blue square", "2": "one yellow star"},
+        metrics=("meteor",),
+        per_image=True,
+    )
     assert per_image.loc["1", "meteor"] == pytest.approx(1.0)
     assert per_image.loc["2", "meteor"] == pytest.approx(0.0)
     assert 0.0 < s["meteor"] < 1.0
@@ -204,8 +206,9 @@ def test_grounded_scores_accept_columnar_scenes_and_name_bad_input():
     with pytest.raises(KeyError, match="no scene objects.*'b'"):
         metrics.grounded_scores({"b": "a red circle"}, {"a": SCENE})
     with pytest.raises(ValueError, match=r"objects\['a'\].*\['size'\]"):
-        metrics.grounded_scores({"a": "a red circle"}, {"a": [{"colour": "red", "shape": "circle",
-                                                               "x": 0, "y": 0}]})  # fmt: skip
+        metrics.grounded_scores(
+            {"a": "a red circle"}, {"a": [{"colour": "red", "shape": "circle", "x": 0, "y": 0}]}
+        )
 
 
 def test_references_of_the_synthetic_dataset_are_perfectly_grounded():
@@ -261,8 +264,10 @@ def test_evaluation_figures_draw():
 def test_evaluate_sets_scores_every_set_and_the_human_row():
     refs = {k: [CAPTIONS["right"], "a big crimson ball left of a tiny blue box"] for k in "ab"}
     objects = {k: SCENE for k in "ab"}
-    sets = {1: {"a": CAPTIONS["right"], "b": CAPTIONS["right"]},
-            3: {"a": CAPTIONS["colour"], "b": CAPTIONS["right"]}}  # fmt: skip
+    sets = {
+        1: {"a": CAPTIONS["right"], "b": CAPTIONS["right"]},
+        3: {"a": CAPTIONS["colour"], "b": CAPTIONS["right"]},
+    }
     report = metrics.evaluate_sets(refs, sets, objects, metrics=("bleu", "cider"))
     assert list(report.table.index) == [1, 3, "human"]
     assert report.table.loc[1, "bleu1"] == pytest.approx(1.0, abs=1e-6)

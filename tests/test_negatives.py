@@ -71,8 +71,13 @@ def test_match_columns_on_real_photos_are_deterministic_and_record_the_kind():
     train = first["train"]
     kinds = Counter(train["match_kind"])
     assert set(kinds) <= {"positive", negatives.EASY, *negatives.HARD_KINDS}
-    for caption, label, kind, own in zip(train["match_caption"], train["match_label"],
-                                         train["match_kind"], train["captions"], strict=True):  # fmt: skip
+    for caption, label, kind, own in zip(
+        train["match_caption"],
+        train["match_label"],
+        train["match_kind"],
+        train["captions"],
+        strict=True,
+    ):
         own = {negatives.normalise(c) for c in own}
         assert (label == 1) == (kind == "positive")
         assert (caption in own) == (kind == "positive")
@@ -86,8 +91,13 @@ def test_match_task_on_a_caption_dataset_without_match_columns():
 
     ds = load_dataset(PHOTOS / "dataset_photos.json")
     assert "match_label" not in ds["train"].column_names
-    data = inputs.build(ds, "match", {"image": "small_cnn:image_size=32", "text": "tfidf"},
-                        device="cpu", extra_pairs=2)  # fmt: skip
+    data = inputs.build(
+        ds,
+        "match",
+        {"image": "small_cnn:image_size=32", "text": "tfidf"},
+        device="cpu",
+        extra_pairs=2,
+    )
     train = data.split("pooled", "train")
     assert len(train.labels) == 3 * len(ds["train"])
     assert set(train.groups) >= {"positive", negatives.EASY}

@@ -103,13 +103,24 @@ def test_retrieval_figures_follow_the_first_pair(smoke_batch, tmp_path, pairs, a
     out = tmp_path / "out.ipynb"
     env = {**os.environ, "MMLAB_HOME": str(home), "MLFLOW_TRACKING_URI": uri}
     env.pop("MLFLOW_RUN_ID", None)
-    options = ["-p", "dataset", "synthetic:n=60,seed=0,image_size=64", "-y",
-               f"{{pairs: {pairs}, seeds: 1, epochs: 1, batch_size: 32, dim: 32, width: 32, "
-               "encoders: {image: 'efficientnet_lite0:image_size=64,kind=grid,layer=mid'}, "
-               "queries_shown: 2, matrix_size: 6, device: cpu}"]  # fmt: skip
+    options = [
+        "-p",
+        "dataset",
+        "synthetic:n=60,seed=0,image_size=64",
+        "-y",
+        f"{{pairs: {pairs}, seeds: 1, epochs: 1, batch_size: 32, dim: 32, width: 32, "
+        "encoders: {image: 'efficientnet_lite0:image_size=64,kind=grid,layer=mid'}, "
+        "queries_shown: 2, matrix_size: 6, device: cpu}",
+    ]
     notebook = REPO / "notebooks" / "05_cross_modal_retrieval.ipynb"
-    cmd = [str(Path(sys.executable).parent / "papermill"), str(notebook), str(out), *options,
-           "--cwd", str(notebook.parent)]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "papermill"),
+        str(notebook),
+        str(out),
+        *options,
+        "--cwd",
+        str(notebook.parent),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     printed = "".join(

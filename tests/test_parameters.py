@@ -27,8 +27,11 @@ def notebook(tmp_path: Path, source: str, name: str = "nb") -> Path:
 
 
 def test_names_in_order_and_literal_defaults(tmp_path):
-    path = notebook(tmp_path, "%matplotlib inline\nb = 2\na: float = 1e-3\nc = {'x': [1, 2]}\n"
-                              "d = os.cpu_count()\ne, f = 1, 2")  # fmt: skip
+    path = notebook(
+        tmp_path,
+        "%matplotlib inline\nb = 2\na: float = 1e-3\nc = {'x': [1, 2]}\n"
+        "d = os.cpu_count()\ne, f = 1, 2",
+    )
     assert parameters_cell.names(path) == ["b", "a", "c", "d", "e", "f"]
     assert parameters_cell.defaults(path) == {"b": 2, "a": 0.001, "c": {"x": [1, 2]}}
 

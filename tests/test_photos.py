@@ -50,8 +50,9 @@ def test_photos_batch_finishes_every_notebook_on_real_photos(tmp_path):
     # grounded against the COCO instances (chair_i is NaN, so not logged, when no object is named)
     assert {"test_cider", "test_chair_s", "test_object_recall"} <= set(evaluation)
     assert "test_colour_error" not in evaluation  # no attribute ground truth for photos
-    table = client.download_artifacts(runs["02_fusion_comparison"].info.run_id,
-                                      "accuracy_by_kind.csv", str(tmp_path))  # fmt: skip
+    table = client.download_artifacts(
+        runs["02_fusion_comparison"].info.run_id, "accuracy_by_kind.csv", str(tmp_path)
+    )
     kinds = set(Path(table).read_text().splitlines()[0].split(",")[1:])
     assert kinds <= {"positive", "other_image", "colour", "count", "object", "spatial"}
     retrieval = runs["05_cross_modal_retrieval"]

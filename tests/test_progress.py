@@ -54,7 +54,7 @@ def test_a_claim_excludes_others_and_dies_with_its_process(tmp_path):
 
     # a runner killed while it holds a claim leaves no stale one behind
     code = (
-        "import sys, time; from mmlab import workspace; "
+        "import sys, time; from mmlab.core import workspace; "
         f"held = workspace.claim({str(output)!r}, 'doomed'); print('held', flush=True); time.sleep(600)"
     )
     holder = subprocess.Popen(

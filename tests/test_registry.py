@@ -88,6 +88,7 @@ def test_member_modules_are_imported_on_first_lookup_and_retried_after_a_failure
 def test_every_family_reads_the_same_for_an_unknown_name():
     from mmlab import captioning, features, fusion
     from mmlab.batch import executors
+    from mmlab.retrieval import heads
     from mmlab.train.optim import check_schedule
 
     cases = [
@@ -95,6 +96,7 @@ def test_every_family_reads_the_same_for_an_unknown_name():
         (lambda: features.create("smell", "x"), "unknown modality 'smell'; valid names: "),
         (lambda: fusion.create("x", {"image": 4}), "unknown fusion method 'x'; valid names: "),
         (lambda: captioning.create_decoder("x"), "unknown caption decoder 'x'; valid names: "),
+        (lambda: heads.create("x", (4,), 2), "unknown retrieval head 'x'; valid names: "),
         (lambda: check_schedule("x"), "unknown schedule 'x'; valid names: "),
         (lambda: executors.create("x", 1), "unknown executor 'x'; valid names: "),
     ]

@@ -52,9 +52,8 @@ def test_info_nce_masks_captions_of_the_same_image():
     rows, scale = torch.tensor([0, 0, 1]), torch.tensor(10.0)
     loss = info_nce(a, b, rows, scale)
     logits = scale * a @ b.T
-    keep = ~torch.tensor(
-        [[0, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.bool
-    )  # same image, off-diagonal
+    # same image, off-diagonal
+    keep = ~torch.tensor([[0, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)
     by_hand = [
         -torch.log_softmax(m[i][keep[i]], 0)[keep[i][: i + 1].sum() - 1]
         for m in (logits, logits.T)
@@ -71,7 +70,7 @@ def test_heads_read_grids_sequences_and_vectors():
     assert heads.create("auto", grid.shape[1:], 8)(grid).shape == (2, 8)
     assert heads.create("auto", seq.shape[1:], 8)(seq).shape == (2, 8)
     assert heads.create("auto", vec.shape[1:], 8)(vec).shape == (2, 8)
-    with pytest.raises(KeyError, match="valid: auto, linear, mlp, attention"):
+    with pytest.raises(KeyError, match="valid names: attention, auto, linear, mlp"):
         heads.create("transformer", vec.shape[1:], 8)
 
 
@@ -111,21 +110,27 @@ def linked_pairs(n_rows: int, captions: int = 2, seed: int = 0) -> PairSplit:
     rows = torch.arange(n_rows).repeat_interleave(captions)
     mix = torch.randn(6, 16, generator=torch.Generator().manual_seed(99))
     text = codes[rows] @ mix + 0.3 * torch.randn(len(rows), 16, generator=g)
-    return PairSplit(Side("image", grid, torch.arange(n_rows)), Side("text", text, rows),
-                     [str(i) for i in range(n_rows)])  # fmt: skip
+    return PairSplit(
+        Side("image", grid, torch.arange(n_rows)),
+        Side("text", text, rows),
+        [str(i) for i in range(n_rows)],
+    )
 
 
 @pytest.fixture(scope="module")
 def linked():
-    splits = {"train": linked_pairs(400, seed=0), "validation": linked_pairs(60, seed=1),
-              "test": linked_pairs(60, seed=2)}  # fmt: skip
+    splits = {
+        "train": linked_pairs(400, seed=0),
+        "validation": linked_pairs(60, seed=1),
+        "test": linked_pairs(60, seed=2),
+    }
     return PairData("image-text", ("image", "text"), {"image": "x", "text": "y"}, splits)
 
 
 def test_training_learns_a_known_link_far_above_chance(linked, tmp_path, monkeypatch):
     monkeypatch.setenv(progress.ENV, str(tmp_path))  # as under the batch runner
     config = train.TrainConfig(epochs=8, batch_size=64, lr=3e-3, dim=16, width=32, patience=8)
-    result = train.fit(linked, config)
+    result = train.train_retrieval(linked, config)
     epoch = progress.read(tmp_path).epoch  # what the runner shows while it trains
     assert epoch["desc"] == "image-text seed 0" and epoch["epoch"] == len(result.history)
     assert epoch["metrics"]["val_mean_recall"] == pytest.approx(
@@ -152,8 +157,9 @@ def test_cca_baseline_finds_a_linear_link_and_random_is_chance(linked):
     cca = baselines.cca_similarity(flat["train"], flat["test"], components=6, pca=16)
     s = metrics.both_directions(cca, rows, items, ("text", "image"))
     assert s["text_to_image_recall_at_1"] > 0.5
-    chance = metrics.both_directions(baselines.random_similarity(test, seed=0), rows, items,
-                                     ("text", "image"))  # fmt: skip
+    chance = metrics.both_directions(
+        baselines.random_similarity(test, seed=0), rows, items, ("text", "image")
+    )
     assert chance["text_to_image_recall_at_10"] < 0.4  # expected 10/60
 
 
@@ -174,8 +180,10 @@ def test_oracle_fits_only_captions_true_of_the_scene():
 
 
 def test_oracle_scores_ambiguous_captions_by_their_fitting_scenes():
-    lone = [[{"shape": "circle", "colour": "red", "size": s, "x": 0.5, "y": 0.5}]
-            for s in ("large", "small")]  # fmt: skip
+    lone = [
+        [{"shape": "circle", "colour": "red", "size": s, "x": 0.5, "y": 0.5}]
+        for s in ("large", "small")
+    ]
     scores, fitting = oracle.oracle_scores(
         ["a red circle", "a small red circle"], [0, 1], lone, draws=200
     )

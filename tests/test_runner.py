@@ -228,8 +228,19 @@ def test_plain_papermill_and_the_runner_log_the_same_parameters(demo, client, tm
     assert by_runner == {"x": "5", "label": "base", "work": "0"}
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     notebook = HERE / "notebooks" / "ok.ipynb"
-    cmd = [str(Path(sys.executable).parent / "papermill"), str(notebook), str(tmp_path / "o.ipynb"),
-           "-p", "x", "5", "-p", "label", "base", "--cwd", str(notebook.parent)]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "papermill"),
+        str(notebook),
+        str(tmp_path / "o.ipynb"),
+        "-p",
+        "x",
+        "5",
+        "-p",
+        "label",
+        "base",
+        "--cwd",
+        str(notebook.parent),
+    ]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     exp = client.get_experiment_by_name("ok")
     runs = client.search_runs([exp.experiment_id], filter_string="params.x = '5'")

@@ -41,8 +41,15 @@ def test_two_batches_started_together_both_finish(tmp_path):
     # each execution ran in one runner; the other showed it as cached (or waited for it)
     labels = [r.data.tags["mmlab.stage"] + r.data.tags["mmlab.execution"] for r in runs]
     assert sorted(labels) == sorted(set(labels)) and len(labels) == 4
-    assert sum(line.split()[1] == "done" for o in outputs for line in o.splitlines()
-               if line.startswith("[")) == 4  # fmt: skip
+    assert (
+        sum(
+            line.split()[1] == "done"
+            for o in outputs
+            for line in o.splitlines()
+            if line.startswith("[")
+        )
+        == 4
+    )
     for path in (tmp_path / "runs" / "concurrent").rglob("*.ipynb"):
         nbformat.validate(nbformat.read(path, as_version=4))
     leftovers = list((tmp_path / "runs").rglob("*.tmp"))

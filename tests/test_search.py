@@ -28,7 +28,7 @@ def logged(tiny_synthetic, tmp_path_factory):
     ds = load_dataset(tiny_synthetic)
     data = pairs.pair_data(ds, "image-text", {"image": GRID}, device="cpu")
     config = train.TrainConfig(epochs=2, batch_size=32, dim=16, width=32)
-    model = train.fit(data, config).model
+    model = train.train_retrieval(data, config).model
     searcher = Searcher(model, dataset_galleries(model, ds, "test"))
     run = tracking.start(notebook="05_cross_modal_retrieval", params={"purpose": "search test"})
     log_search_model(searcher)
@@ -67,9 +67,8 @@ def test_reloaded_model_and_pyfunc_give_the_same_top_k(logged):
     for source in (logged["uri"], logged["folder"]):
         again = load_searcher(source).search("text", [logged["query"]], k=3)
         assert again["id"].tolist() == expected["id"].tolist()
-    predicted = mlflow.pyfunc.load_model(logged["uri"]).predict(
-        pd.DataFrame({"text": [logged["query"]]})
-    )  # k: the default 5
+    query = pd.DataFrame({"text": [logged["query"]]})
+    predicted = mlflow.pyfunc.load_model(logged["uri"]).predict(query)  # k: the default 5
     expected = logged["searcher"].search("text", [logged["query"]], k=5)
     assert predicted["id"].tolist() == expected["id"].tolist()
     assert predicted["score"].tolist() == pytest.approx(expected["score"].tolist(), abs=1e-5)

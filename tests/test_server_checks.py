@@ -51,9 +51,13 @@ def test_a_taken_port_is_named_before_any_database_is_touched():
 
 def test_no_driver_names_the_extra_that_installs_it():
     done = mmlab(
-        "server", "--db", "postgresql://u:p@127.0.0.1:1/x", "--port", "0",
+        "server",
+        "--db",
+        "postgresql://u:p@127.0.0.1:1/x",
+        "--port",
+        "0",
         code="sys.modules['psycopg'] = None",  # as if mmlab[server] were not installed
-    )  # fmt: skip
+    )
     assert done.returncode == 2
     assert "pip install 'mmlab[server]'" in done.stderr and "psycopg" in done.stderr
 

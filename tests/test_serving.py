@@ -48,7 +48,7 @@ def champion(tiny_synthetic):
     }
     model = captioning.build("transformer", GridEncoder(extractor), vocab, d_model=32, ff_dim=64)
     config = TrainConfig(epochs=2, batch_size=16, metric_tokenizer="python")
-    captioning.fit(model, splits["train"], splits["validation"], config)
+    captioning.train_captioner(model, splits["train"], splits["validation"], config)
     tracking.start(notebook="03_caption_training", params={"purpose": "serving test"})
     info = captioning.log_captioner(
         model, registered_model_name=models.REGISTERED_MODEL, alias=models.CANDIDATE
@@ -130,10 +130,20 @@ def test_plain_papermill_of_a_failing_notebook_leaves_a_failed_run(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     papermill = Path(sys.executable).with_name("papermill")
     done = subprocess.run(
-        [str(papermill), str(REPO / "tests/notebooks/fail.ipynb"), str(tmp_path / "out.ipynb"),
-         "-p", "x", "41", "--cwd", str(REPO / "tests/notebooks")],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        [
+            str(papermill),
+            str(REPO / "tests/notebooks/fail.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            "-p",
+            "x",
+            "41",
+            "--cwd",
+            str(REPO / "tests/notebooks"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode != 0 and "boom 41" in done.stderr
     client = MlflowClient(tracking.ensure_store())
     experiment = client.get_experiment_by_name("fail")

@@ -61,9 +61,15 @@ def test_probe_targets_follow_the_dataset():
         n = len(next(iter(columns.values())))
         return datasets.Dataset.from_dict({"id": [str(i) for i in range(n)], **columns})
 
-    ds = {"train": table(label=[0, 1, 0, 1], colour=["r", "g", "r", "b"], score=[0.1] * 4,
-                         name=["a", "b", "c", "d"]),
-          "test": table(label=[1, 0], colour=["r", "g"], score=[0.2, 0.3], name=["e", "f"])}  # fmt: skip
+    ds = {
+        "train": table(
+            label=[0, 1, 0, 1],
+            colour=["r", "g", "r", "b"],
+            score=[0.1] * 4,
+            name=["a", "b", "c", "d"],
+        ),
+        "test": table(label=[1, 0], colour=["r", "g"], score=[0.2, 0.3], name=["e", "f"]),
+    }
     assert survey.attribute_columns(ds) == ["label", "colour"]  # "name" is an id, "score" a float
     assert survey.probe_targets(ds, ["colour"]) == (["colour"], "")
     targets, note = survey.probe_targets(ds, ["first_shape"])

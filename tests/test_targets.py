@@ -80,8 +80,9 @@ def test_the_embedded_dataset_has_every_target(tiny_synthetic):
         assert len(answers) == len(ds["train"])
     rows = ds["train"].select_columns(["objects", "motion"]).to_list()
     expected = [
-        "yes" if any(o["shape"] == "circle" for o in r["objects"]) == (r["motion"] in ("left", "right"))
+        "yes"
+        if any(o["shape"] == "circle" for o in r["objects"]) == (r["motion"] in ("left", "right"))
         else "no"
         for r in rows
-    ]  # fmt: skip
+    ]
     assert targets.values(ds["train"], "circle_xor_sideways") == expected

@@ -18,8 +18,18 @@ CAPTIONS = [
 
 def test_tokenize_lowercases_and_drops_punctuation():
     assert tokenize("A big, red circle to the LEFT of a blue box.") == [
-        "a", "big", "red", "circle", "to", "the", "left", "of", "a", "blue", "box",
-    ]  # fmt: skip
+        "a",
+        "big",
+        "red",
+        "circle",
+        "to",
+        "the",
+        "left",
+        "of",
+        "a",
+        "blue",
+        "box",
+    ]
     assert tokenize("it's 2 boxes -- really?!") == ["it's", "2", "boxes", "really"]
     assert tokenize("  ...  ") == []
 

@@ -76,8 +76,10 @@ def test_the_synthetic_world_judges_captions_against_scenes():
     matrix = world.fit_matrix(captions, [SCENE, lone])
     expected = [[world.fits(c, s) for s in (SCENE, lone)] for c in captions]
     assert matrix.dtype == bool and matrix.tolist() == expected == [
-        [False, True], [True, False], [False, False]
-    ]  # fmt: skip
+        [False, True],
+        [True, False],
+        [False, False],
+    ]
 
 
 def test_a_captions_only_world_says_what_it_cannot_know(photos):

@@ -310,12 +310,7 @@ class BatchRun:
             "mlflow.source.git.commit": self.commit,
         }
         client = tracking.client()
-        run = tracking.retry(
-            client.create_run,
-            experiment,
-            run_name=execution.label,
-            tags=tags,
-        )
+        run = tracking.retry(client.create_run, experiment, run_name=execution.label, tags=tags)
         result.run_id = run.info.run_id
         flat = tracking.flatten(logged_parameters(execution, params))
         items = [Param(k, v) for k, v in flat.items()]

@@ -3,7 +3,7 @@
     extractor = mmlab.features.create("image", "efficientnet_lite0", image_size=128,
                                       kind="grid", layer="mid")
     captioner = build("lstm_attention", GridEncoder(extractor), vocab)
-    result = fit(captioner, train, val, TrainConfig(epochs=8), on_epoch=log_epoch)
+    result = train_captioner(captioner, train, val, TrainConfig(epochs=8), on_epoch=log_epoch)
     log_captioner(captioner)
     load_captioner("runs:/<run_id>/model").caption([image], beam_size=3)
 
@@ -18,22 +18,16 @@ from mmlab.captioning import decode
 from mmlab.captioning.decoders import DECODERS, available, create_decoder
 from mmlab.captioning.encoder import GridEncoder
 from mmlab.captioning.model import Captioner, Captions
-from mmlab.captioning.saving import (
-    load_captioner,
-    log_captioner,
-    log_epoch,
-    model_uri,
-    resolve_model,
-)
+from mmlab.captioning.saving import load_captioner, log_captioner, log_epoch
 from mmlab.captioning.train import (
     CaptionData,
     FitResult,
     TrainConfig,
     caption_data,
     compare_decodings,
-    fit,
     score_captions,
     test_metrics,
+    train_captioner,
 )
 
 
@@ -64,9 +58,14 @@ def build(
             **decoder_options,
         )
     return Captioner(
-        encoder, net, vocab, decoder_name=decoder, decoder_options=decoder_options,
-        max_len=max_len, length_penalty=length_penalty,
-    )  # fmt: skip
+        encoder,
+        net,
+        vocab,
+        decoder_name=decoder,
+        decoder_options=decoder_options,
+        max_len=max_len,
+        length_penalty=length_penalty,
+    )
 
 
 __all__ = [
@@ -83,12 +82,10 @@ __all__ = [
     "compare_decodings",
     "create_decoder",
     "decode",
-    "fit",
     "load_captioner",
     "log_captioner",
     "log_epoch",
-    "model_uri",
-    "resolve_model",
     "score_captions",
     "test_metrics",
+    "train_captioner",
 ]

@@ -58,35 +58,52 @@ def main(argv=None) -> None:
         ds = load_dataset(args.dataset, limit=args.limit or None)
         vocab = Vocabulary.build(ds["train"]["captions"], max_len=args.max_len)
         extractor = features.create(
-            "image", args.image_encoder, image_size=args.image_size, kind="grid",
-            layer=args.grid_layer, device=str(group.device),
-        )  # fmt: skip
+            "image",
+            args.image_encoder,
+            image_size=args.image_size,
+            kind="grid",
+            layer=args.grid_layer,
+            device=str(group.device),
+        )
         encoder = captioning.GridEncoder(extractor)
-        splits = distributed.main_first(group, lambda: {
-            s: captioning.caption_data(ds, s, extractor, encoder, vocab)
-            for s in ("train", "validation")
-        })  # fmt: skip
+        splits = distributed.main_first(
+            group,
+            lambda: {
+                s: captioning.caption_data(ds, s, extractor, encoder, vocab)
+                for s in ("train", "validation")
+            },
+        )
         captioner = captioning.build(
-            args.decoder, encoder, vocab, max_len=args.max_len, seed=args.seed,
+            args.decoder,
+            encoder,
+            vocab,
+            max_len=args.max_len,
+            seed=args.seed,
             **args.decoder_options,
-        )  # fmt: skip
+        )
         config = captioning.TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            attention_penalty=args.attention_penalty, patience=args.patience,
-            monitor=args.monitor, metric_tokenizer=args.metric_tokenizer,
-            device=args.device, seed=args.seed,
-        )  # fmt: skip
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            attention_penalty=args.attention_penalty,
+            patience=args.patience,
+            monitor=args.monitor,
+            metric_tokenizer=args.metric_tokenizer,
+            device=args.device,
+            seed=args.seed,
+        )
         params = {**vars(args), "processes": group.size, "vocab_size": len(vocab)}
         with distributed.main_run(group, NOTEBOOK, params, {"mmlab.launcher": "torchrun"}):
             on_epoch = captioning.log_epoch if group.main else None
-            result = captioning.fit(
+            result = captioning.train_captioner(
                 captioner, splits["train"], splits["validation"], config, on_epoch
             )
             if group.main:
                 captioning.log_captioner(
-                    captioner, registered_model_name=args.registered_model or None,
+                    captioner,
+                    registered_model_name=args.registered_model or None,
                     alias="candidate",
-                )  # fmt: skip
+                )
                 tracking.log_metrics({"best_epoch": result.best_epoch})
                 tracking.headline(f"best_{result.monitor}", result.best_score)
         if group.main:

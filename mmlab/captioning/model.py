@@ -85,12 +85,20 @@ class Captioner(nn.Module):
         try:
             for chunk in torch.split(grids, batch_size):
                 grid = self.grid(chunk.to(self.device))
-                parts.append(decoding.decode(
-                    self.decoder, grid, beam_size=beam_size, start_id=self.vocab.start_id,
-                    end_id=self.vocab.end_id, pad_id=self.vocab.pad_id,
-                    max_len=max_len or self.max_len,
-                    length_penalty=self.length_penalty if length_penalty is None else length_penalty,
-                ))  # fmt: skip
+                parts.append(
+                    decoding.decode(
+                        self.decoder,
+                        grid,
+                        beam_size=beam_size,
+                        start_id=self.vocab.start_id,
+                        end_id=self.vocab.end_id,
+                        pad_id=self.vocab.pad_id,
+                        max_len=max_len or self.max_len,
+                        length_penalty=self.length_penalty
+                        if length_penalty is None
+                        else length_penalty,
+                    )
+                )
         finally:
             self.train(was_training)
         return self._captions(parts, return_attention)

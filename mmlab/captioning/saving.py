@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 from mmlab.captioning.model import Captioner
-from mmlab.captioning.train import EpochResult
 
 MODEL_ARTIFACT = "model"
 CAPTIONER_ARTIFACT = "captioner"  # the captioner folder's key among the pyfunc's artifacts
@@ -30,16 +29,32 @@ CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "captioner.json", "vocab.json", "weights
 FORMAT_VERSION = 1
 DEFAULT_BEAM = 3
 # What the pyfunc imports (through mmlab.captioning), as distributions to pin.
-REQUIREMENTS = ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas", "safetensors",
-                "tqdm", "efficientnet-lite-pytorch")  # fmt: skip
+REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "torchvision",
+    "pillow",
+    "numpy",
+    "pandas",
+    "safetensors",
+    "tqdm",
+    "efficientnet-lite-pytorch",
+)
 
 
-def log_epoch(result: EpochResult) -> None:
-    """`fit(..., on_epoch=log_epoch)`: epoch metrics, and the sample captions as a table."""
+def log_epoch(epoch: int, metrics: dict) -> None:
+    """`train_captioner(..., on_epoch=log_epoch)`: epoch metrics, and the sample captions as a
+    table."""
     from mmlab import tracking
 
-    tracking.log_metrics(result.metrics, step=result.epoch)
-    tracking.log_table(result.samples, f"val_captions/epoch_{result.epoch:02d}.csv")
+    values = {k: v for k, v in metrics.items() if k != "samples"}
+    tracking.log_metrics(values, step=epoch)
+    if "samples" in metrics:
+        samples = metrics["samples"]
+        tracking.log_table(
+            samples.assign(epoch=epoch)[["epoch", *samples.columns]],
+            f"val_captions/epoch_{epoch:02d}.csv",
+        )
 
 
 def describe(captioner: Captioner) -> dict:
@@ -113,9 +128,14 @@ def _encoder(spec: dict, where: Path):
     identity = dict(spec["identity"])
     try:
         extractor = features.create(
-            "image", identity["name"], image_size=identity["image_size"], kind="grid",
-            layer=identity.get("layer", "last"), weights=None, device="cpu",
-        )  # fmt: skip
+            "image",
+            identity["name"],
+            image_size=identity["image_size"],
+            kind="grid",
+            layer=identity.get("layer", "last"),
+            weights=None,
+            device="cpu",
+        )
     except KeyError as error:
         raise ValueError(
             f"{where / CONFIG_FILE}: encoder {identity.get('name')!r}: {error}"
@@ -141,9 +161,14 @@ def read_captioner(folder: str | Path, device: str = "cpu") -> Captioner:
     config = _config(folder)
     vocab = Vocabulary.load(folder / VOCAB_FILE)
     captioner = build(
-        config["decoder"], _encoder(config["encoder"], folder), vocab, max_len=config["max_len"],
-        length_penalty=config["length_penalty"], seed=0, **config.get("decoder_options", {}),
-    )  # fmt: skip
+        config["decoder"],
+        _encoder(config["encoder"], folder),
+        vocab,
+        max_len=config["max_len"],
+        length_penalty=config["length_penalty"],
+        seed=0,
+        **config.get("decoder_options", {}),
+    )
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} holds no {WEIGHTS_FILE} (the captioner's weights)")
@@ -283,23 +308,12 @@ def load_captioner(source: str | Path = "latest", device: str = "auto") -> Capti
         return read_captioner(captioner_folder(models.download(source, tmp)), device=device)
 
 
-def model_uri(source: str | Path) -> str:
-    """`mmlab.tracking.models.model_uri` (kept here for the notebooks and scripts that import it)."""
-    from mmlab.tracking import models
-
-    return models.model_uri(source)
-
-
-resolve_model = model_uri
-
 __all__ = [
     "describe",
     "load_captioner",
     "log_captioner",
     "log_epoch",
-    "model_uri",
     "read_captioner",
-    "resolve_model",
     "save_checkpoint",
     "write_captioner",
 ]

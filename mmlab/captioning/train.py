@@ -1,7 +1,7 @@
 """Training a captioner: teacher forcing, early stopping on captions actually decoded.
 
     train = CaptionData.build(grids, ids, captions, vocab)     # grids from the feature cache
-    result = fit(captioner, train, val, TrainConfig(epochs=8), on_epoch=log_epoch)
+    result = train_captioner(captioner, train, val, TrainConfig(epochs=8), on_epoch=log_epoch)
 
 Each step: cross-entropy over the next word (padding ignored) plus the doubly stochastic
 attention penalty `lambda * mean_i (1 - sum_t alpha_ti)^2`; AdamW, gradient clipping, a
@@ -17,21 +17,17 @@ rank 0 decodes the validation images and reports the epochs.
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from mmlab.core import progress
 from mmlab.features.device import resolve_device
-from mmlab.train import distributed
-from mmlab.train.optim import adamw, check_schedule, lr_schedule
+from mmlab.train import distributed, loop
+from mmlab.train.optim import check_schedule
 
 MONITORS = {"cider": "val_cider", "bleu4": "val_bleu4"}
 
@@ -119,7 +115,7 @@ class TrainConfig:
     amp: bool | str = "auto"  # "auto": bfloat16 autocast on CUDA, off on the CPU
     compile: bool = False  # torch.compile the decoder (its `compile` says which part)
     seed: int = 0
-    processes: int = 1  # training processes (DDP) that `fit` starts; see mmlab.train.distributed
+    processes: int = 1  # training processes (DDP) the loop starts; see mmlab.train.distributed
 
     def __post_init__(self):
         if not isinstance(self.processes, int) or self.processes < 1:
@@ -127,14 +123,6 @@ class TrainConfig:
         check_schedule(self.schedule)
         if self.monitor not in MONITORS:
             raise KeyError(f"unknown monitor {self.monitor!r}; valid: {', '.join(MONITORS)}")
-
-
-@dataclass
-class EpochResult:
-    epoch: int
-    metrics: dict[str, float]  # train_loss, val_loss, val_bleu4, val_cider, lr, epoch_seconds
-    samples: pd.DataFrame  # captions of the fixed validation images
-    improved: bool
 
 
 @dataclass
@@ -176,16 +164,6 @@ def caption_loss(
     return ce * words + attention_penalty * penalty.float() * captions, ce
 
 
-def _autocast(device: torch.device, amp: bool | str):
-    use = device.type == "cuda" if amp == "auto" else bool(amp)
-    if not use:
-        return nullcontext()
-    dtype = (
-        torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
-    )
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _batches(data: CaptionData, batch_size: int, generator=None, group=None):
     """Caption rows in batches (shuffled with a generator), trimmed to their longest caption.
 
@@ -219,7 +197,7 @@ def validation_loss(model, data: CaptionData, batch_size: int = 256, amp="auto")
     total, count = 0.0, 0
     for inputs, tokens, _ in _batches(data, batch_size):
         tokens = tokens.to(device)
-        with _autocast(device, amp):
+        with loop.autocast(device, amp):
             logits, _ = model(inputs.to(device), tokens[:, :-1])
         targets = tokens[:, 1:]
         n = int(targets.ne(pad).sum())
@@ -245,107 +223,108 @@ def score_captions(
     ), captions
 
 
-def fit(
+def train_captioner(
     model,
     train: CaptionData,
     val: CaptionData,
     config: TrainConfig | None = None,
-    on_epoch: Callable[[EpochResult], None] | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
-    """Train `model` (a `Captioner`) in place; the best epoch's weights are restored at the end.
+    """Train `model` (a `Captioner`) in place through `mmlab.train.loop`; the best epoch's
+    weights are restored at the end.
 
-    `config.processes > 1` trains on that many processes started here (this one waits and
-    reports their epochs through `on_epoch`); under torchrun, on the group it started."""
+    `on_epoch(epoch, metrics)` gets each epoch's metrics (epochs from 1) and, under `samples`,
+    the captions of the fixed validation images. `config.processes > 1` trains on that many
+    processes started here (this one waits and reports their epochs through `on_epoch`);
+    under torchrun, on the group it started."""
     config = config or TrainConfig()
     if model.encoder.frozen and train.inputs.dtype == torch.uint8:
         raise ValueError("frozen encoder: pass cached grids [N, D, H, W] as inputs, not pixels")
-    if config.processes > 1 and not distributed.active():
-        return _launch(model, train, val, config, on_epoch)
-    group = distributed.setup(resolve_device(config.device))
-    device = group.device
-    model.to(device)
-    _sync_batch_norm(model, group)
-    if config.compile:
-        model.decoder.compile()
-    net = distributed.wrap(model, group)
-    pad = model.vocab.pad_id
-    generator = torch.Generator().manual_seed(config.seed)  # the same order in every process
-    torch.manual_seed(config.seed + group.rank)  # dropout: each process its own draws
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, config.lr, config.weight_decay, device)
-    steps_per_epoch = math.ceil(len(train.tokens) / config.batch_size)
-    total = max(config.epochs * steps_per_epoch, 1)
-    warmup = max(int(config.warmup * total), 1)
-    scheduler = lr_schedule(optimizer, config.schedule, total, warmup)
     monitor = MONITORS[config.monitor]
-    best_score, best_epoch, best_state, stale = -math.inf, -1, None, 0
-    rows, stopped_early = [], False
-    sample_ids = val.ids[: config.sample_images]
-    name = getattr(model, "decoder_name", "") or "captioner"
-    bar = progress.EpochBar(config.epochs, name) if group.main else None
-
-    for epoch in range(config.epochs):
-        started = time.perf_counter()
-        net.train()
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # per word: sum, count
-        for inputs, tokens, share in _batches(train, config.batch_size, generator, group):
-            inputs, tokens = inputs.to(device, non_blocking=True), tokens.to(device)
-            with _autocast(device, config.amp):
-                logits, alpha = net(inputs, tokens[:, :-1])
-            loss, ce = caption_loss(
-                logits, alpha, tokens[:, 1:], pad, config.attention_penalty,
-                config.label_smoothing, share=share,
-            )  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            words = tokens[:, 1:].ne(pad).sum()
-            loss_sum += torch.stack([ce.detach().double() * words, words.double()])
-        loss_sum = distributed.all_sum(loss_sum)
-        train_seconds = time.perf_counter() - started
-        # rank 0 decodes and scores; every process follows its verdict
-        metrics = None
-        if group.main:
-            scores, captions = score_captions(
-                model, val, config.val_beam_size, config.metric_tokenizer
-            )
-            metrics = {
-                "train_loss": float(loss_sum[0] / loss_sum[1].clamp_min(1)),
-                "val_loss": validation_loss(model, val, amp=config.amp),
-                "val_bleu4": scores["bleu4"],
-                "val_cider": scores["cider"],
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_seconds": train_seconds,
-                "epoch_seconds": time.perf_counter() - started,
-            }
-        metrics = distributed.broadcast(metrics, group)
-        improved = metrics[monitor] > best_score
-        if improved:
-            best_score, best_epoch, stale = metrics[monitor], epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        else:
-            stale += 1
-        rows.append({"epoch": epoch, **metrics})
-        if group.main:
-            samples = pd.DataFrame({
-                "epoch": epoch, "id": sample_ids, "caption": captions[: len(sample_ids)],
-                "reference": [refs[0] for refs in val.references[: len(sample_ids)]],
-            })  # fmt: skip
-            bar.update({"loss": metrics["train_loss"], monitor: metrics[monitor]})
-            if on_epoch is not None:
-                on_epoch(EpochResult(epoch, metrics, samples, improved))
-        if stale >= config.patience:
-            stopped_early = True
-            break
-    if bar is not None:
-        bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+    recipe = loop.LoopConfig(
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        monitor=monitor,
+        patience=config.patience,
+        schedule=config.schedule,
+        warmup=config.warmup,
+        grad_clip=config.grad_clip,
+        seed=config.seed,
+        dropout_seed=config.seed,
+        device=str(resolve_device(config.device)),
+        amp=config.amp,
+        compile=config.compile,
+        processes=config.processes,
+        timings=True,
+        name=getattr(model, "decoder_name", "") or "captioner",
+    )
+    result = loop.fit(_study, model, (train, val, config), recipe, on_epoch)
     return FitResult(
-        pd.DataFrame(rows), best_epoch, best_score, monitor, stopped_early, asdict(config)
+        pd.DataFrame(result.history),
+        result.best_epoch,
+        result.best_score,
+        monitor,
+        result.stopped_early,
+        asdict(config),
+    )
+
+
+def _study(model, train: CaptionData, val: CaptionData, config: TrainConfig) -> loop.Study:
+    pad = model.vocab.pad_id
+    sample_ids = val.ids[: config.sample_images]
+
+    def batches(generator, group):
+        for inputs, tokens, share in _batches(train, config.batch_size, generator, group):
+            yield inputs.to(group.device, non_blocking=True), tokens.to(group.device), share
+
+    def forward(net, batch):
+        inputs, tokens, _ = batch
+        return net(inputs, tokens[:, :-1])
+
+    def loss(outputs, batch):
+        (logits, alpha), (_, tokens, share) = outputs, batch
+        objective, ce = caption_loss(
+            logits,
+            alpha,
+            tokens[:, 1:],
+            pad,
+            config.attention_penalty,
+            config.label_smoothing,
+            share=share,
+        )
+        words = tokens[:, 1:].ne(pad).sum()
+        return objective, torch.stack([ce.detach().double() * words, words.double()])
+
+    def summarise(sums):  # per word: sum, count
+        return {"train_loss": float(sums[0] / sums[1].clamp_min(1))}
+
+    def validate(device):
+        scores, captions = score_captions(model, val, config.val_beam_size, config.metric_tokenizer)
+        samples = pd.DataFrame(
+            {
+                "id": sample_ids,
+                "caption": captions[: len(sample_ids)],
+                "reference": [refs[0] for refs in val.references[: len(sample_ids)]],
+            }
+        )
+        return {
+            "val_loss": validation_loss(model, val, amp=config.amp),
+            "val_bleu4": scores["bleu4"],
+            "val_cider": scores["cider"],
+            "samples": samples,
+        }
+
+    return loop.Study(
+        model,
+        batches,
+        forward,
+        loss,
+        summarise,
+        validate,
+        steps_per_epoch=math.ceil(len(train.tokens) / config.batch_size),
+        compiled=model.decoder,
+        prepare=lambda group: _sync_batch_norm(model, group),
     )
 
 
@@ -367,26 +346,6 @@ def _sync_batch_norm(model, group) -> None:
     model.encoder.stages = torch.nn.SyncBatchNorm.convert_sync_batchnorm(stages)
 
 
-def _launch(model, train, val, config, on_epoch) -> FitResult:
-    """`fit` on `config.processes` processes started here; rank 0's best weights come back
-    into `model`, and its epochs reach `on_epoch` (and MLflow) from this process."""
-    result, state = distributed.launch(
-        _fit_process, (model, train, val, replace(config, processes=1)), config.processes, on_epoch
-    )
-    model.to(resolve_device(config.device)).load_state_dict(state)
-    model.eval()
-    return result
-
-
-def _fit_process(model, train, val, config):
-    """One process of `_launch`: rank 0 sends its epochs and returns the result."""
-    # The arguments arrive in shared memory: the data is read by all, but each process
-    # trains weights of its own.
-    model = copy.deepcopy(model)
-    result = fit(model, train, val, config, on_epoch=distributed.send)
-    return result, {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
 def compare_decodings(
     model,
     data: CaptionData,
@@ -404,8 +363,9 @@ def compare_decodings(
 
     decoded = {b: model.decode_grids(data.inputs, b) for b in beam_sizes}
     predictions = {b: dict(zip(data.ids, out.captions, strict=True)) for b, out in decoded.items()}
-    report = evaluate_sets(data.reference_dict, predictions, objects, metrics, tokenizer,
-                           human=False, lexicon=lexicon)  # fmt: skip
+    report = evaluate_sets(
+        data.reference_dict, predictions, objects, metrics, tokenizer, human=False, lexicon=lexicon
+    )
     table = report.table.copy()
     table["mean_log_prob"] = [float(decoded[b].mean_log_prob.mean()) for b in table.index]
     table.index.name = "beam_size"

@@ -31,10 +31,7 @@ class Registry:
     """
 
     def __init__(
-        self,
-        kind: str,
-        modules: Iterable[str] = (),
-        error: type[Exception] = RegistryError,
+        self, kind: str, modules: Iterable[str] = (), error: type[Exception] = RegistryError
     ):
         self.kind = kind
         self.error = error

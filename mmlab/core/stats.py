@@ -51,11 +51,7 @@ def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def summarize(
-    frame: pd.DataFrame,
-    by: str,
-    metric: str,
-    confidence: float = 0.95,
-    extra: Sequence[str] = (),
+    frame: pd.DataFrame, by: str, metric: str, confidence: float = 0.95, extra: Sequence[str] = ()
 ) -> pd.DataFrame:
     """One row per `by` group: n, mean, std, ci_low, ci_high of `metric`, plus the mean of
     each `extra` column; sorted best first."""

@@ -96,7 +96,7 @@ _IRREGULAR = {
     "calf": "calves", "scissors": "scissors", "skis": "skis", "people": "people",
     "children": "children", "cattle": "cattle", "oxen": "oxen", "bison": "bison",
     "fowl": "fowl", "quail": "quail", "luggage": "luggage", "broccoli": "broccoli",
-}  # fmt: skip
+}
 
 
 def plural(word: str) -> str:
@@ -238,10 +238,10 @@ COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
     "teddy bear": ("teddybear",),
     "hair drier": ("hairdryer",),
     "toothbrush": (),
-}  # fmt: skip
+}
 
 COLOUR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown",
-                "black", "white", "grey", "gray", "silver", "gold")  # fmt: skip
+                "black", "white", "grey", "gray", "silver", "gold")
 SIZE_WORDS = ("small", "large", "big", "little", "tiny", "huge")
 SPATIAL_WORDS = {
     "left of": "left", "to the left of": "left", "right of": "right",
@@ -249,7 +249,7 @@ SPATIAL_WORDS = {
     "under": "below", "beneath": "below", "on top of": "on", "on": "on", "in": "in",
     "inside": "in", "next to": "beside", "beside": "beside", "near": "near",
     "behind": "behind", "in front of": "front",
-}  # fmt: skip
+}
 
 
 def _coco() -> Lexicon:
@@ -387,7 +387,7 @@ def parse_caption(caption: str, lexicon=None) -> tuple[list[Mention], list[Relat
         for a, rel, b in zip(items, items[1:], items[2:], strict=False)
         if isinstance(a, Mention) and isinstance(b, Mention) and isinstance(rel, tuple)
         and rel[0] == "relation" and a.end == rel[2] and rel[3] == b.start
-    ]  # fmt: skip
+    ]
     return mentions, relations
 
 

@@ -32,12 +32,12 @@ HARD_KINDS = ("colour", "count", "object", "spatial")
 SCENE_NOUNS = ("tree", "building", "wall", "sky", "field", "road", "street", "beach", "water",
                "flower", "plate", "box", "flag", "hat", "helmet", "shirt", "window", "door",
                "rock", "stone", "coin", "ball", "tower", "camera", "bag", "glass", "house",
-               "mountain", "snow", "grass", "fence", "sign", "light", "leaf", "eye", "face")  # fmt: skip
+               "mountain", "snow", "grass", "fence", "sign", "light", "leaf", "eye", "face")
 COUNT_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-               "several", "many")  # fmt: skip
+               "several", "many")
 SPATIAL_OPPOSITES = {"left": "right", "above": "below", "over": "under", "top": "bottom",
                      "front": "behind", "inside": "outside", "up": "down", "near": "far",
-                     "on": "under", "in": "outside", "beside": "behind"}  # fmt: skip
+                     "on": "under", "in": "outside", "beside": "behind"}
 
 
 def _single_words(names: Iterable[str]) -> tuple[str, ...]:

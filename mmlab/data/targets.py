@@ -54,7 +54,7 @@ TARGETS: dict[str, Target] = {
                "video (motion) with image, text or audio (the circle)",
                ("objects", "motion"), _has_circle_xor_sideways),
     )
-}  # fmt: skip
+}
 
 
 def available() -> list[str]:

@@ -160,7 +160,7 @@ class SyntheticWorld(World):
             self.relation(looks[(r.first.colour, r.first.shape)],
                           looks[(r.second.colour, r.second.shape)]) == r.relation
             for r in relations
-        )  # fmt: skip
+        )
 
     def fit_matrix(self, captions: Sequence[str], scenes: Sequence) -> np.ndarray:
         by_looks: dict[frozenset, list[int]] = {}  # only scenes with the named objects can fit

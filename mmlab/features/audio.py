@@ -81,9 +81,13 @@ class MFCC(FrameFeatures):
         import librosa
 
         mfcc = librosa.feature.mfcc(
-            y=wave, sr=self.sample_rate, n_mfcc=self.n, n_fft=512, win_length=self.win,
+            y=wave,
+            sr=self.sample_rate,
+            n_mfcc=self.n,
+            n_fft=512,
+            win_length=self.win,
             hop_length=self.hop,
-        )  # fmt: skip
+        )
         return mfcc.T
 
 
@@ -96,9 +100,13 @@ class LogMel(FrameFeatures):
         import librosa
 
         mel = librosa.feature.melspectrogram(
-            y=wave, sr=self.sample_rate, n_mels=self.n, n_fft=512, win_length=self.win,
+            y=wave,
+            sr=self.sample_rate,
+            n_mels=self.n,
+            n_fft=512,
+            win_length=self.win,
             hop_length=self.hop,
-        )  # fmt: skip
+        )
         return librosa.power_to_db(mel, ref=1.0, top_db=80.0).T
 
 

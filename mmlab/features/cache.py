@@ -142,14 +142,19 @@ def write_entry(entry: Path, values: torch.Tensor, ids: list[str] | None, parts:
     flat = array.reshape(n, -1)
     width = flat.shape[1]
     column = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), width)
-    table = pa.table({"id": pa.array(ids if ids is not None else [str(i) for i in range(n)]),
-                      "features": column})  # fmt: skip
+    table = pa.table(
+        {"id": pa.array(ids if ids is not None else [str(i) for i in range(n)]), "features": column}
+    )
     with workspace.atomic_path(entry) as tmp:
         tmp.mkdir()
         with _quiet_datasets():
             datasets.Dataset(datasets.table.InMemoryTable(table)).save_to_disk(str(tmp / "data"))
-        manifest = {**parts, "shape": list(array.shape), "dtype": "float32",
-                    "files": _checksums(tmp / "data")}  # fmt: skip
+        manifest = {
+            **parts,
+            "shape": list(array.shape),
+            "dtype": "float32",
+            "files": _checksums(tmp / "data"),
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
 
 
@@ -200,8 +205,13 @@ def _checksums(folder: Path) -> dict[str, str]:
 
 
 def _key_parts(key, dataset_dict, split, column, extractor) -> dict:
-    return {"key": key, "fingerprint": dataset_fingerprint(dataset_dict), "split": split,
-            "column": column, "identity": extractor.identity}  # fmt: skip
+    return {
+        "key": key,
+        "fingerprint": dataset_fingerprint(dataset_dict),
+        "split": split,
+        "column": column,
+        "identity": extractor.identity,
+    }
 
 
 def entries() -> list[dict]:

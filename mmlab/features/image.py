@@ -122,8 +122,12 @@ class CNNExtractor(Extractor):
 
 
 # conv -> batch norm pairs by attribute name (EfficientNet-Lite blocks and stem/head wrappers).
-_CONV_BN_ATTRS = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
-                  ("_project_conv", "_bn2"), ("conv", "bn"))  # fmt: skip
+_CONV_BN_ATTRS = (
+    ("_expand_conv", "_bn0"),
+    ("_depthwise_conv", "_bn1"),
+    ("_project_conv", "_bn2"),
+    ("conv", "bn"),
+)
 
 
 def fold_batchnorms(module: nn.Module) -> nn.Module:
@@ -140,9 +144,14 @@ def fold_batchnorms(module: nn.Module) -> nn.Module:
                 if bn.running_mean is None or conv.out_channels != bn.num_features:
                     continue
                 weight, bias = fuse_conv_bn_weights(
-                    conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                    bn.weight, bn.bias,
-                )  # fmt: skip
+                    conv.weight,
+                    conv.bias,
+                    bn.running_mean,
+                    bn.running_var,
+                    bn.eps,
+                    bn.weight,
+                    bn.bias,
+                )
                 conv.weight, conv.bias = weight, bias
                 setattr(owner, bn_name, nn.Identity())
     return module
@@ -222,11 +231,27 @@ def _torchvision_stages(model: nn.Module) -> list[nn.Module]:
 
 
 TORCHVISION_CNNS = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2", "resnext50_32x4d",
-    "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn",
-    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_v2_s",
-    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "convnext_tiny",
-)  # fmt: skip
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "wide_resnet50_2",
+    "resnext50_32x4d",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "vgg11_bn",
+    "vgg16_bn",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_v2_s",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "convnext_tiny",
+)
 
 
 def _load_local_weights(model: nn.Module, path) -> dict:
@@ -255,10 +280,18 @@ def torchvision_cnn(
         else:
             model.load_state_dict(torchvision_state_dict(name, weights))
     return CNNExtractor(
-        name, _torchvision_stages(model), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        image_size=image_size, kind=kind, layer=layer, weights=weights, device=device,
-        channels_last=channels_last, **extra,
-    )  # fmt: skip
+        name,
+        _torchvision_stages(model),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        image_size=image_size,
+        kind=kind,
+        layer=layer,
+        weights=weights,
+        device=device,
+        channels_last=channels_last,
+        **extra,
+    )
 
 
 # -- EfficientNet-Lite0 (offline ImageNet weights) ---------------------------------------------
@@ -329,9 +362,18 @@ def efficientnet_lite0(
         current.append(block)
     stages += [_LiteStage(*current), _LiteHead(net)]
     return CNNExtractor(
-        name, stages, mean=LITE_MEAN, std=LITE_STD, image_size=image_size, kind=kind,
-        layer=layer, weights=weights, device=device, channels_last=channels_last, **extra,
-    )  # fmt: skip
+        name,
+        stages,
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        image_size=image_size,
+        kind=kind,
+        layer=layer,
+        weights=weights,
+        device=device,
+        channels_last=channels_last,
+        **extra,
+    )
 
 
 # -- a small CNN to train from scratch ---------------------------------------------------------
@@ -369,6 +411,15 @@ def small_cnn(
         nn.Sequential(*stages).load_state_dict(load_state_dict(weights))
         extra["weights_sha256"] = file_digest(weights)
     return CNNExtractor(
-        name, stages, mean=(0.5,) * 3, std=(0.25,) * 3, image_size=image_size, kind=kind,
-        layer=layer, weights=weights, device=device, channels_last=channels_last, **extra,
-    )  # fmt: skip
+        name,
+        stages,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        image_size=image_size,
+        kind=kind,
+        layer=layer,
+        weights=weights,
+        device=device,
+        channels_last=channels_last,
+        **extra,
+    )

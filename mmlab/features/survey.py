@@ -139,11 +139,7 @@ def probe_table(
 
 
 def cost_table(
-    results: Sequence[Encoded],
-    probes: pd.DataFrame,
-    modality: str,
-    target: str,
-    baseline: str,
+    results: Sequence[Encoded], probes: pd.DataFrame, modality: str, target: str, baseline: str
 ) -> pd.DataFrame:
     """One row per `modality` encoder: milliseconds per item, that cost as a multiple of
     `baseline`'s (NaN without it), and the probe accuracy on `target` with its majority rate

@@ -75,9 +75,12 @@ class SparseText(FittedText):
         self.name = name
         vectorizer = TfidfVectorizer if name == "tfidf" else CountVectorizer
         self.vectorizer = vectorizer(
-            max_features=max_features, ngram_range=(1, ngram_max), tokenizer=words,
-            token_pattern=None, lowercase=False,
-        )  # fmt: skip
+            max_features=max_features,
+            ngram_range=(1, ngram_max),
+            tokenizer=words,
+            token_pattern=None,
+            lowercase=False,
+        )
         self.options = {"max_features": max_features, "ngram_max": ngram_max}
 
     def fit(self, texts: Sequence[str]) -> SparseText:
@@ -133,8 +136,14 @@ class RNNText(FittedText):
         super().__init__(device)
         self.name, self.kind = name, check_kind(kind, ("pooled", "sequence"), name)
         self.dim = hidden
-        self.options = {"embed_dim": embed_dim, "hidden": hidden, "layers": layers,
-                        "min_freq": min_freq, "max_len": max_len, "seed": seed}  # fmt: skip
+        self.options = {
+            "embed_dim": embed_dim,
+            "hidden": hidden,
+            "layers": layers,
+            "min_freq": min_freq,
+            "max_len": max_len,
+            "seed": seed,
+        }
         self.index: dict[str, int] = {}
         self.module: RNNTextEncoder | None = None
 
@@ -144,17 +153,22 @@ class RNNText(FittedText):
         self.index = {w: i for i, w in enumerate(vocabulary, start=2)}  # 0 pad, 1 unknown
         with seeded(self.options["seed"]):
             self.module = RNNTextEncoder(
-                len(self.index) + 2, self.name, self.options["embed_dim"], self.dim,
+                len(self.index) + 2,
+                self.name,
+                self.options["embed_dim"],
+                self.dim,
                 self.options["layers"],
-            )  # fmt: skip
+            )
         self.module.eval().to(self.device)
         self._remember_vocabulary(vocabulary)
         return self
 
     def encode_ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded word ids `[B, T]` and lengths `[B]` (1 = unknown word, 0 = padding)."""
-        rows = [[self.index.get(w, 1) for w in words(t)][: self.options["max_len"]] or [1]
-                for t in texts]  # fmt: skip
+        rows = [
+            [self.index.get(w, 1) for w in words(t)][: self.options["max_len"]] or [1]
+            for t in texts
+        ]
         ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(row)
@@ -191,8 +205,10 @@ class MiniLM(Extractor):
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.module = AutoModel.from_pretrained(folder).eval().to(self.device)
         self.dim = self.module.config.hidden_size
-        self.options = {"weights": "all-MiniLM-L6-v2" if path is None else str(path),
-                        "max_length": max_length}  # fmt: skip
+        self.options = {
+            "weights": "all-MiniLM-L6-v2" if path is None else str(path),
+            "max_length": max_length,
+        }
 
     def extract(self, items, batch_size=None, num_workers=None, progress=False) -> torch.Tensor:
         items = _check_texts(items, self.name)
@@ -214,10 +230,13 @@ class MiniLM(Extractor):
     def _tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return dict(
             self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.options["max_length"],
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.options["max_length"],
                 return_tensors="pt",
             )
-        )  # fmt: skip
+        )
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         tokens = {k: v.to(self.device) for k, v in self._tokens(texts).items()}
@@ -239,20 +258,41 @@ class BertEncoder(nn.Module):
     embeddings summed and normalised, then post-norm transformer layers with GELU. It holds a
     Hugging Face `BertModel`'s weights (`from_bert`), so MiniLM runs with torch alone."""
 
-    def __init__(self, vocab_size: int, hidden: int, layers: int, heads: int,
-                 intermediate: int, max_positions: int, segments: int, eps: float):  # fmt: skip
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden: int,
+        layers: int,
+        heads: int,
+        intermediate: int,
+        max_positions: int,
+        segments: int,
+        eps: float,
+    ):
         super().__init__()
-        self.config = dict(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,
-                           intermediate=intermediate, max_positions=max_positions,
-                           segments=segments, eps=eps)  # fmt: skip
+        self.config = dict(
+            vocab_size=vocab_size,
+            hidden=hidden,
+            layers=layers,
+            heads=heads,
+            intermediate=intermediate,
+            max_positions=max_positions,
+            segments=segments,
+            eps=eps,
+        )
         self.word = nn.Embedding(vocab_size, hidden)
         self.position = nn.Embedding(max_positions, hidden)
         self.segment = nn.Embedding(segments, hidden)
         self.norm = nn.LayerNorm(hidden, eps=eps)
         layer = nn.TransformerEncoderLayer(
-            hidden, heads, intermediate, dropout=0.0, activation="gelu", layer_norm_eps=eps,
+            hidden,
+            heads,
+            intermediate,
+            dropout=0.0,
+            activation="gelu",
+            layer_norm_eps=eps,
             batch_first=True,
-        )  # fmt: skip
+        )
         # Nested tensors would return zeros at padded positions; pooling masks them anyway,
         # but the token states of `kind="sequence"` should not depend on the batch's padding.
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
@@ -266,9 +306,16 @@ class BertEncoder(nn.Module):
     def from_bert(cls, bert: nn.Module) -> BertEncoder:
         """The same network as a transformers `BertModel` (its pooler left out), weights copied."""
         c = bert.config
-        encoder = cls(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
-                      c.intermediate_size, c.max_position_embeddings, c.type_vocab_size,
-                      c.layer_norm_eps)  # fmt: skip
+        encoder = cls(
+            c.vocab_size,
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.intermediate_size,
+            c.max_position_embeddings,
+            c.type_vocab_size,
+            c.layer_norm_eps,
+        )
         src = bert.state_dict()
         state = {
             "word.weight": src["embeddings.word_embeddings.weight"],
@@ -277,9 +324,13 @@ class BertEncoder(nn.Module):
             "norm.weight": src["embeddings.LayerNorm.weight"],
             "norm.bias": src["embeddings.LayerNorm.bias"],
         }
-        names = {"self_attn.out_proj": "attention.output.dense",
-                 "norm1": "attention.output.LayerNorm", "linear1": "intermediate.dense",
-                 "linear2": "output.dense", "norm2": "output.LayerNorm"}  # fmt: skip
+        names = {
+            "self_attn.out_proj": "attention.output.dense",
+            "norm1": "attention.output.LayerNorm",
+            "linear1": "intermediate.dense",
+            "linear2": "output.dense",
+            "norm2": "output.LayerNorm",
+        }
         for i in range(c.num_hidden_layers):
             ours, theirs = f"encoder.layers.{i}.", f"encoder.layer.{i}."
             for p in ("weight", "bias"):
@@ -322,9 +373,12 @@ class ExportedMiniLM:
         encodings = self.tokenizer.encode_batch(_check_texts(texts, "minilm"))
         tokens = {
             name: torch.tensor([getattr(e, field) for e in encodings])
-            for name, field in (("input_ids", "ids"), ("token_type_ids", "type_ids"),
-                                ("attention_mask", "attention_mask"))
-        }  # fmt: skip
+            for name, field in (
+                ("input_ids", "ids"),
+                ("token_type_ids", "type_ids"),
+                ("attention_mask", "attention_mask"),
+            )
+        }
         with torch.inference_mode():
             states = self.module(**tokens)
         return _pool(states, tokens["attention_mask"], self.options["kind"])

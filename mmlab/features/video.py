@@ -44,8 +44,15 @@ from mmlab.features.registry import lookup, register
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 # OpenCV's calcOpticalFlowFarneback arguments; they join two_stream's identity (cache key).
-FARNEBACK = {"pyr_scale": 0.5, "levels": 3, "winsize": 9, "iterations": 3, "poly_n": 5,
-             "poly_sigma": 1.1, "flags": 0}  # fmt: skip
+FARNEBACK = {
+    "pyr_scale": 0.5,
+    "levels": 3,
+    "winsize": 9,
+    "iterations": 3,
+    "poly_n": 5,
+    "poly_sigma": 1.1,
+    "flags": 0,
+}
 
 
 def read_frames(path, num_frames: int, image_size: int) -> np.ndarray:
@@ -58,8 +65,10 @@ def read_frames(path, num_frames: int, image_size: int) -> np.ndarray:
         raise FileNotFoundError(f"video file {path} does not exist")
     try:
         with av.open(str(path)) as container:
-            frames = [f.to_ndarray(format="rgb24", width=image_size, height=image_size)
-                      for f in container.decode(video=0)]  # fmt: skip
+            frames = [
+                f.to_ndarray(format="rgb24", width=image_size, height=image_size)
+                for f in container.decode(video=0)
+            ]
     except av.error.FFmpegError as err:
         raise ValueError(f"video file {path} could not be decoded: {err}") from err
     if not frames:
@@ -80,11 +89,13 @@ def optical_flow(frames: np.ndarray) -> np.ndarray:
     for prev, nxt in zip(lab[:-1], lab[1:], strict=True):
         per_channel = [
             cv2.calcOpticalFlowFarneback(
-                np.ascontiguousarray(prev[..., c]), np.ascontiguousarray(nxt[..., c]), None,
+                np.ascontiguousarray(prev[..., c]),
+                np.ascontiguousarray(nxt[..., c]),
+                None,
                 **FARNEBACK,
             )
             for c in range(3)
-        ]  # fmt: skip
+        ]
         flows.append(np.mean(per_channel, axis=0))
     return np.stack(flows).astype(np.float32)
 
@@ -150,8 +161,11 @@ class FrameMean(Extractor):
             name=frame_encoder, image_size=self.image_size, kind="pooled", device=device
         )
         self.dim = self.frame.dim
-        self.options = {"frame_encoder": self.frame.identity, "num_frames": self.num_frames,
-                        "image_size": self.image_size}  # fmt: skip
+        self.options = {
+            "frame_encoder": self.frame.identity,
+            "num_frames": self.num_frames,
+            "image_size": self.image_size,
+        }
 
     def preprocess(self, item) -> torch.Tensor:
         return _to_chw(read_frames(item, self.num_frames, self.image_size))
@@ -180,9 +194,15 @@ class TwoStream(FrameMean):
         self.flow_bins, self.flow_grid = int(flow_bins), int(flow_grid)
         self.dim = self.frame.dim + flow_dim(self.flow_bins, self.flow_grid)
         # Every setting of the flow stream, and OpenCV's release, changes the features.
-        self.options.update({"flow": "farneback-lab-hof", "farneback": FARNEBACK,
-                             "flow_bins": self.flow_bins, "flow_grid": self.flow_grid,
-                             "opencv": cv2.__version__})  # fmt: skip
+        self.options.update(
+            {
+                "flow": "farneback-lab-hof",
+                "farneback": FARNEBACK,
+                "flow_bins": self.flow_bins,
+                "flow_grid": self.flow_grid,
+                "opencv": cv2.__version__,
+            }
+        )
 
     def preprocess(self, item):
         frames = read_frames(item, self.num_frames, self.image_size)
@@ -205,14 +225,26 @@ NUM_FRAMES, IMAGE_SIZE = 4, 32
 
 
 @register("video", "frame_mean")
-def frame_mean(name="frame_mean", frame_encoder="efficientnet_lite0", num_frames=NUM_FRAMES,
-               image_size=IMAGE_SIZE, device="auto") -> FrameMean:  # fmt: skip
+def frame_mean(
+    name="frame_mean",
+    frame_encoder="efficientnet_lite0",
+    num_frames=NUM_FRAMES,
+    image_size=IMAGE_SIZE,
+    device="auto",
+) -> FrameMean:
     return FrameMean(name, frame_encoder, num_frames, image_size, device)
 
 
 @register("video", "two_stream")
-def two_stream(name="two_stream", frame_encoder="efficientnet_lite0", num_frames=NUM_FRAMES,
-               image_size=IMAGE_SIZE, flow_bins=8, flow_grid=2, device="auto") -> TwoStream:  # fmt: skip
+def two_stream(
+    name="two_stream",
+    frame_encoder="efficientnet_lite0",
+    num_frames=NUM_FRAMES,
+    image_size=IMAGE_SIZE,
+    flow_bins=8,
+    flow_grid=2,
+    device="auto",
+) -> TwoStream:
     return TwoStream(name, frame_encoder, num_frames, image_size, device, flow_bins, flow_grid)
 
 
@@ -225,15 +257,26 @@ class R3D18(Extractor):
     default_batch_size = 8
     default_workers = 2
 
-    def __init__(self, name="r3d_18", weights=None, num_frames=NUM_FRAMES, image_size=IMAGE_SIZE,
-                 seed=0, device="auto"):  # fmt: skip
+    def __init__(
+        self,
+        name="r3d_18",
+        weights=None,
+        num_frames=NUM_FRAMES,
+        image_size=IMAGE_SIZE,
+        seed=0,
+        device="auto",
+    ):
         super().__init__(device)
         _check_frames(name, num_frames, image_size)
         self.name, self.num_frames, self.image_size = name, int(num_frames), int(image_size)
         with seeded(seed):
             model = torchvision.models.video.r3d_18(weights=None)
-        self.options = {"weights": weights, "num_frames": self.num_frames,
-                        "image_size": self.image_size, "seed": seed}  # fmt: skip
+        self.options = {
+            "weights": weights,
+            "num_frames": self.num_frames,
+            "image_size": self.image_size,
+            "seed": seed,
+        }
         if weights is not None:
             if is_weights_path(weights):
                 model.load_state_dict(load_state_dict(weights))

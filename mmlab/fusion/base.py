@@ -113,7 +113,7 @@ class FusionModule(nn.Module):
     def training_forward(
         self, inputs: Mapping[str, Tensor], labels: Tensor
     ) -> tuple[Tensor, Tensor | None]:
-        """(logits, an objective of the method's own or None) for a training batch: `train.fit`
+        """(logits, an objective of the method's own or None) for a training batch: `fusion.train_fusion`
         adds the objective to the task's cross-entropy. A method with one overrides this, so
         that both share the batch's work."""
         return self(inputs), None

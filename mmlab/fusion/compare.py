@@ -25,7 +25,14 @@ from mmlab.core import stats
 from mmlab.fusion.base import PooledFusion
 from mmlab.fusion.inputs import FusionData, parse_encoder
 from mmlab.fusion.methods import create, input_form, method_class
-from mmlab.fusion.train import Split, TrainConfig, evaluate, fit, latency_ms, parameter_count
+from mmlab.fusion.train import (
+    Split,
+    TrainConfig,
+    evaluate,
+    latency_ms,
+    parameter_count,
+    train_fusion,
+)
 
 METRIC = "test_accuracy"
 WITHOUT = f"{METRIC}_without_"  # + modality: test accuracy with that modality removed
@@ -172,7 +179,7 @@ def run_one(
         options.setdefault("described_class", data.described_class)
     torch.manual_seed(seed)
     model = create(choice.name, data.specs[form], data.num_classes, hidden=hidden, **options)
-    result = fit(model, train, val, replace(config, seed=seed))
+    result = train_fusion(model, train, val, replace(config, seed=seed))
     scores = evaluate(result.model, test, device=config.device)
     row = {f"test_{k}": v for k, v in scores.items()}
     row.update(accuracy_without(result.model, test, config.device))
@@ -214,7 +221,7 @@ def run(
     (`test_accuracy_without_<modality>`, `Comparison.missing()`).
 
     `pooled_epochs`: the pooled methods' epoch budget (None: `config.epochs`), patience capped
-    to it. They peak within a few epochs, while the token method learns relations late: one
+    to it and the warmup kept as long in epochs (a larger share of the shorter budget). They peak within a few epochs, while the token method learns relations late: one
     budget for both would spend the token method's epochs on every pooled run.
 
     `workers` training processes run side by side, one thread each (None: one per CPU core
@@ -227,7 +234,10 @@ def run(
     configs = {"tokens": config, "pooled": config}
     if pooled_epochs is not None:
         configs["pooled"] = replace(
-            config, epochs=pooled_epochs, patience=min(config.patience, pooled_epochs)
+            config,
+            epochs=pooled_epochs,
+            patience=min(config.patience, pooled_epochs),
+            warmup=config.warmup * config.epochs / pooled_epochs,
         )
     choices = with_modality_dropout(expand(methods, data.modalities), modality_dropout)
     target = data.task.label_column if data.task.name == "label" else None
@@ -249,8 +259,10 @@ def run(
         modalities, row, history, w = results[choice, seed]
         rows.append({"method": choice.label, "seed": seed, "modalities": modalities, **row})
         histories[(choice.label, seed)] = history
-        weights += [{"method": choice.label, "seed": seed, "modality": m, "weight": v}
-                    for m, v in (w or {}).items()]  # fmt: skip
+        weights += [
+            {"method": choice.label, "seed": seed, "modality": m, "weight": v}
+            for m, v in (w or {}).items()
+        ]
     return Comparison(pd.DataFrame(rows), histories, pd.DataFrame(weights), chance=_chance(data))
 
 
@@ -311,9 +323,13 @@ def _log(choice, seed, modalities, config, hidden, row, history, target=None) ->
     if target is not None:  # one notebook run compares methods on several targets
         tags["fusion_target"] = target
         name = f"{target}:{name}"
-    params = {**tags, "input_form": choice.form, "hidden": hidden,
-              **{f"option.{k}": v for k, v in choice.options},
-              **{f"train.{k}": v for k, v in vars(config).items() if k != "seed"}}  # fmt: skip
+    params = {
+        **tags,
+        "input_form": choice.form,
+        "hidden": hidden,
+        **{f"option.{k}": v for k, v in choice.options},
+        **{f"train.{k}": v for k, v in vars(config).items() if k != "seed"},
+    }
     with tracking.child_run(name, tags=tags, params=params):
         tracking.log_metrics(row)
         tracking.log_history(history, start_step=1)

@@ -68,16 +68,26 @@ def main(argv=None) -> None:
             else {}
         )
         encoders = {choice.form: args.token_encoders if choice.form == "tokens" else args.encoders}
-        data = distributed.main_first(group, lambda: inputs.build(
-            ds, args.task, encoders.get("pooled"), encoders.get("tokens"),
-            device=str(group.device), **pairs,
-        ))  # fmt: skip
+        data = distributed.main_first(
+            group,
+            lambda: inputs.build(
+                ds,
+                args.task,
+                encoders.get("pooled"),
+                encoders.get("tokens"),
+                device=str(group.device),
+                **pairs,
+            ),
+        )
         config = TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            patience=args.patience, schedule=args.schedule, device=str(group.device),
-        )  # fmt: skip
-        tags = {"mmlab.launcher": "torchrun", "fusion_method": choice.label,
-                "seed": str(args.seed)}  # fmt: skip
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            patience=args.patience,
+            schedule=args.schedule,
+            device=str(group.device),
+        )
+        tags = {"mmlab.launcher": "torchrun", "fusion_method": choice.label, "seed": str(args.seed)}
         params = {**vars(args), "processes": group.size}
         with distributed.main_run(group, NOTEBOOK, params, tags):
             row, history, _ = compare.run_one(data, choice, args.seed, config, args.hidden)

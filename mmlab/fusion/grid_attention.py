@@ -281,7 +281,7 @@ class GridCrossAttention(FusionModule):
         colour hidden in "a small _ circle left of a square" the word must find the small
         circle, and to name a hidden "left" the nouns' places must be read: this teaches words
         to look at the object their phrase describes, which the match loss alone teaches
-        slowly and, for some initialisations, never (the seed lottery)."""
+        slowly and, for some initialisations, never."""
         hide = self._hide_words(inputs, labels)
         if hide is None:
             return self(inputs), None

@@ -119,8 +119,10 @@ def _vocab_inputs(ds, column: str, extra=None) -> tuple[dict[str, torch.Tensor],
     ids = {name: vocabulary.encode_batch(texts(name)) for name in ds}
     ids["train"] = vocabulary.encode_batch(train)
     width = max(x.shape[1] for x in ids.values())  # one width for every split
-    ids = {n: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=vocabulary.pad_id)
-           for n, x in ids.items()}  # fmt: skip
+    ids = {
+        n: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=vocabulary.pad_id)
+        for n, x in ids.items()
+    }
     spec = InputSpec(
         "ids",
         len(vocabulary),
@@ -182,8 +184,9 @@ def _extra_pairs(train, t: Task, k: int) -> ExtraPairs:
         )
     drawn = world.match_pairs(train, k)
     ids = train["id"]
-    found = [(i, f"{ids[i]}~{j}", pair) for i, pairs in enumerate(drawn)
-             for j, pair in enumerate(pairs)]  # fmt: skip
+    found = [
+        (i, f"{ids[i]}~{j}", pair) for i, pairs in enumerate(drawn) for j, pair in enumerate(pairs)
+    ]
     return ExtraPairs(
         rows=torch.tensor([i for i, _, _ in found], dtype=torch.long),
         ids=[name for _, name, _ in found],
@@ -322,8 +325,10 @@ def relabel(data: FusionData, ds, target: str) -> FusionData:
     """The label task's inputs of `data` (shared, not copied) with the labels of `target`."""
     t = _with_target(data.task, target)
     labels, classes = _labels({s: ds[s] for s in SPLITS}, t.label_column)
-    splits = {form: {s: Split(x.inputs, labels[s]) for s, x in split.items()}
-              for form, split in data.splits.items()}  # fmt: skip
+    splits = {
+        form: {s: Split(x.inputs, labels[s]) for s, x in split.items()}
+        for form, split in data.splits.items()
+    }
     return replace(data, task=t, splits=splits, class_names=classes)
 
 
@@ -340,8 +345,9 @@ def _add_mismatched(data: FusionData, extra: ExtraPairs | None, fraction: float)
     captions, images = _mismatched(train.labels, image_rows, positive, fraction)
     for splits in data.splits.values():
         t = splits["train"]
-        inputs = {m: torch.cat([x, x[captions if m == "text" else images]])
-                  for m, x in t.inputs.items()}  # fmt: skip
+        inputs = {
+            m: torch.cat([x, x[captions if m == "text" else images]]) for m, x in t.inputs.items()
+        }
         labels = torch.cat([t.labels, torch.full((len(captions),), negative)])
         groups = t.groups + ["mismatched"] * len(captions) if t.groups is not None else None
         splits["train"] = Split(inputs, labels, groups)

@@ -1,4 +1,4 @@
-"""One training loop for every fusion method: same optimiser, budget, early stopping, seeds.
+"""Training every fusion method through `mmlab.train.loop`: same optimiser, budget, early stopping, seeds.
 
 Inputs are whole tensors held in memory (features are small); batches are index slices of
 them, so an epoch is a handful of tensor operations, never a Python loop over samples.
@@ -6,20 +6,18 @@ them, so an epoch is a handful of tensor operations, never a Python loop over sa
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
-from mmlab.core import progress
-from mmlab.train import distributed
-from mmlab.train.optim import adamw, check_schedule, lr_schedule
+from mmlab.train import distributed, loop
+from mmlab.train.optim import check_schedule
 
 Inputs = Mapping[str, Tensor]
 
@@ -60,20 +58,18 @@ class TrainConfig:
     weight_decay: float = 1e-2
     patience: int = 5  # epochs without a better validation accuracy before stopping
     schedule: str = "constant"  # or "cosine": the learning rate decays to 0 over `epochs`
-    warmup: float = 0.0  # epochs over which the learning rate rises linearly from 0 to `lr`
+    warmup: float = 0.0  # share of all steps over which the learning rate rises from 0 to `lr`
     seed: int = 0
     device: str = "cpu"
     compile: bool = False  # torch.compile the model (its `compile` says which parts)
-    processes: int = 1  # training processes (DDP) that `fit` starts; see mmlab.train.distributed
+    processes: int = 1  # training processes (DDP) the loop starts; see mmlab.train.distributed
 
     def __post_init__(self):
         if self.processes < 1:
             raise ValueError(f"processes must be >= 1, got {self.processes!r}")
         check_schedule(self.schedule)
-        if not 0 <= self.warmup < self.epochs:
-            raise ValueError(
-                f"warmup must be in [0, epochs={self.epochs}) epochs, got {self.warmup!r}"
-            )
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a share of all steps, in [0, 1); got {self.warmup!r}")
 
 
 @dataclass
@@ -123,14 +119,15 @@ def evaluate(model: nn.Module, split: Split, device: str = "cpu") -> dict[str, f
     )
 
 
-def fit(
+def train_fusion(
     model: nn.Module,
     train: Split,
     validation: Split,
     config: TrainConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train with AdamW and cross-entropy; keep the weights of the best validation accuracy.
+    """Train with AdamW and cross-entropy (`mmlab.train.loop`); keep the weights of the best
+    validation accuracy.
 
     Seeds the shuffling from `config.seed` (build the model under the same seed for a fully
     repeatable run: `torch.manual_seed(seed)` before `create`). `on_epoch(epoch, values)` is
@@ -140,86 +137,78 @@ def fit(
     is split over the processes (`mmlab.train.distributed`): the same steps as one process, up to
     rounding, except that dropout and the masked words are drawn per process.
     """
-    if config.processes > 1 and not distributed.active():
-        return _launch(model, train, validation, config, on_epoch)
-    group = distributed.setup(config.device)
-    device = group.device
-    model.to(device)
-    if config.compile:
-        model.compile()
-    # The objective depends on the batch (masked words only where a caption describes its
-    # image): some parameters may go unused in one process's share.
-    net = distributed.wrap(_Objective(model), group, find_unused_parameters=True)
-    optimiser = adamw(model.parameters(), config.lr, config.weight_decay, device)
-    per_epoch = math.ceil(len(train) / config.batch_size)
-    scheduler = lr_schedule(
-        optimiser, config.schedule, config.epochs * per_epoch, round(config.warmup * per_epoch)
+    recipe = loop.LoopConfig(
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        monitor="val_accuracy",
+        patience=config.patience,
+        schedule=config.schedule,
+        warmup=config.warmup,
+        seed=config.seed,
+        device=config.device,
+        compile=config.compile,
+        processes=config.processes,
+        name=f"{type(model).__name__} seed {config.seed}",
     )
+    result = loop.fit(_study, model, (train, validation, config.batch_size), recipe, on_epoch)
+    history = {k: [row[k] for row in result.history if k in row] for k in result.history[0]}
+    del history["epoch"]
+    return TrainResult(result.model, history, result.best_epoch, result.epochs_run, result.seconds)
+
+
+def _study(model: nn.Module, train: Split, validation: Split, batch_size: int) -> loop.Study:
     loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(config.seed)
-    history: dict[str, list[float]] = {
-        "train_loss": [],
-        "val_loss": [],
-        "val_accuracy": [],
-        "lr": [],  # at the end of the epoch
-    }
-    best, best_state, best_epoch, stale = -1.0, None, 0, 0
-    start = time.perf_counter()
-    epoch = 0
-    bar = (
-        progress.EpochBar(config.epochs, f"{type(model).__name__} seed {config.seed}")
-        if group.main
-        else None
-    )
-    for epoch in range(1, config.epochs + 1):
-        net.train()
+
+    def batches(generator, group):
         order = torch.randperm(len(train), generator=generator)
-        total = torch.zeros(2, dtype=torch.float64)  # task loss, method's own objective
-        for i in range(0, len(train), config.batch_size):
-            rows = order[i : i + config.batch_size]
+        for i in range(0, len(train), batch_size):
+            rows = order[i : i + batch_size]
             # a lone leftover sample: batch statistics need two (and every process a share)
             if len(rows) < max(2, group.size):
                 continue
             x, y = train.take(distributed.shard(rows, group))
-            x, y = _to(x, device), y.to(device)
-            logits, auxiliary = net(x, y)
-            loss = loss_fn(logits, y)
-            optimiser.zero_grad(set_to_none=True)
             # DDP averages the processes' gradients: weighted by its share of the rows, each
             # process's mean makes that average the gradient of the global batch's mean.
-            share = len(y) * group.size / len(rows)
-            (loss * share if auxiliary is None else loss * share + auxiliary).backward()
-            optimiser.step()
-            scheduler.step()
-            total[0] += loss.item() * len(y)
-            if auxiliary is not None:
-                total[1] += auxiliary.item() * len(y)
-        total = distributed.all_sum(total.to(device)).cpu()
-        values = (
-            _validate(model, validation, loss_fn, device) if group.main else None
-        )  # rank 0 evaluates, every process follows its verdict
-        accuracy, val_loss = distributed.broadcast(values, group)
-        history["train_loss"].append(float(total[0]) / len(train))  # the task's loss alone
-        if total[1]:  # the method's own objective, where it has one
-            history.setdefault("train_auxiliary_loss", []).append(float(total[1]) / len(train))
-        history["val_loss"].append(val_loss)
-        history["val_accuracy"].append(accuracy)
-        history["lr"].append(optimiser.param_groups[0]["lr"])
-        if group.main:
-            bar.update({"loss": history["train_loss"][-1], "val_accuracy": accuracy})
-            if on_epoch:
-                on_epoch(epoch, {k: v[-1] for k, v in history.items()})
-        if accuracy > best:
-            best, best_epoch, stale = accuracy, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if bar is not None:
-        bar.close()
-    model.load_state_dict(best_state)
-    return TrainResult(model, history, best_epoch, epoch, time.perf_counter() - start)
+            yield _to(x, group.device), y.to(group.device), len(y) * group.size / len(rows)
+
+    def forward(net, batch):
+        x, y, _ = batch
+        return net(x, y)
+
+    def loss(outputs, batch):
+        (logits, auxiliary), (_, y, share) = outputs, batch
+        task = loss_fn(logits, y)
+        objective = task * share if auxiliary is None else task * share + auxiliary
+        extra = torch.zeros((), device=y.device) if auxiliary is None else auxiliary.detach()
+        record = torch.stack([task.detach().double(), extra.double()]) * len(y)
+        return objective, record
+
+    def summarise(sums):
+        values = {"train_loss": float(sums[0]) / len(train)}  # the task's loss alone
+        if sums[1]:  # the method's own objective, where it has one
+            values["train_auxiliary_loss"] = float(sums[1]) / len(train)
+        return values
+
+    def validate(device):
+        accuracy, val_loss = _validate(model, validation, loss_fn, device)
+        return {"val_loss": val_loss, "val_accuracy": accuracy}
+
+    def network(group):
+        # The objective depends on the batch (masked words only where a caption describes its
+        # image): some parameters may go unused in one process's share.
+        return distributed.wrap(_Objective(model), group, find_unused_parameters=True)
+
+    return loop.Study(
+        model,
+        batches,
+        forward,
+        loss,
+        summarise,
+        validate,
+        steps_per_epoch=math.ceil(len(train) / batch_size),
+        network=network,
+    )
 
 
 class _Objective(nn.Module):
@@ -241,31 +230,6 @@ def _validate(model, validation: Split, loss_fn, device) -> tuple[float, float]:
     logits = predict(model, validation.inputs, device=device)
     accuracy = float((logits.argmax(-1) == validation.labels).float().mean())
     return accuracy, float(loss_fn(logits, validation.labels))
-
-
-def _launch(model, train, validation, config, on_epoch) -> TrainResult:
-    """`fit` on `config.processes` processes started here; this process keeps the result."""
-    single = replace(config, processes=1)
-    report = (lambda message: on_epoch(*message)) if on_epoch else None
-    state, history, best_epoch, epochs_run, seconds = distributed.launch(
-        _fit_process, (model, train, validation, single), config.processes, report
-    )
-    model.to(config.device).load_state_dict(state)
-    return TrainResult(model, history, best_epoch, epochs_run, seconds)
-
-
-def _fit_process(model, train, validation, config):
-    """One process of `_launch`: rank 0 sends its epochs and returns the result."""
-    # The arguments arrive in shared memory: the data is read by all, but each process
-    # trains weights of its own.
-    model = copy.deepcopy(model)
-    result = fit(model, train, validation, config, on_epoch=_send_epoch)
-    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
-    return state, result.history, result.best_epoch, result.epochs_run, result.train_seconds
-
-
-def _send_epoch(epoch: int, values: dict[str, float]) -> None:
-    distributed.send((epoch, values))
 
 
 def parameter_count(model: nn.Module) -> int:

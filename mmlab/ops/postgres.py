@@ -153,9 +153,16 @@ class Cluster:
             pwfile.chmod(0o600)
             self._hand_over(pwfile)
             self._run(
-                str(binaries() / "initdb"), "-D", str(staging), "-U", ROLE,
-                f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale",
-            )  # fmt: skip
+                str(binaries() / "initdb"),
+                "-D",
+                str(staging),
+                "-U",
+                ROLE,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-locale",
+            )
             staging.rename(self.data)
         finally:
             pwfile.unlink(missing_ok=True)
@@ -180,9 +187,18 @@ class Cluster:
         port = port or free_port()
         options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
         self._run(
-            str(binaries() / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log),
-            "-o", options, "-w", "-t", "120",
-        )  # fmt: skip
+            str(binaries() / "pg_ctl"),
+            "start",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "120",
+        )
         return port
 
     def stop(self) -> bool:

@@ -19,7 +19,7 @@ def training_curves(history: pd.DataFrame, best_epoch: int | None = None) -> Fig
         raise KeyError(f"history lacks columns {sorted(missing)}; pass FitResult.history")
     fig = Figure(figsize=(10, 3.4), layout="constrained")
     loss_ax, bleu_ax = fig.subplots(1, 2)
-    epochs = history["epoch"] + 1
+    epochs = history["epoch"]
     loss_ax.plot(epochs, history["train_loss"], "o-", label="train (teacher forcing)")
     loss_ax.plot(epochs, history["val_loss"], "o-", label="validation (teacher forcing)")
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy per word", title="loss")
@@ -29,9 +29,9 @@ def training_curves(history: pd.DataFrame, best_epoch: int | None = None) -> Fig
     cider_ax = bleu_ax.twinx()
     cider_ax.plot(epochs, history["val_cider"], "s--", color="tab:purple", label="CIDEr")
     cider_ax.set_ylabel("CIDEr")
-    if best_epoch is not None and best_epoch >= 0:
+    if best_epoch:  # epochs count from 1
         for ax in (loss_ax, bleu_ax):
-            ax.axvline(best_epoch + 1, color="grey", linestyle=":", label="kept")
+            ax.axvline(best_epoch, color="grey", linestyle=":", label="kept")
     handles = bleu_ax.get_legend_handles_labels()[0] + cider_ax.get_legend_handles_labels()[0]
     bleu_ax.legend(handles=handles, loc="lower right")
     return fig

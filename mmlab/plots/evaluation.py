@@ -17,8 +17,16 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
-BEAM_METRICS = ("bleu4", "meteor", "rouge_l", "cider", "object_precision", "object_recall",
-                "chair_s", "relation_error")  # fmt: skip
+BEAM_METRICS = (
+    "bleu4",
+    "meteor",
+    "rouge_l",
+    "cider",
+    "object_precision",
+    "object_recall",
+    "chair_s",
+    "relation_error",
+)
 
 
 def _wrap(text: str, width: int = 30) -> str:
@@ -72,9 +80,14 @@ def ranked_examples(
     """`caption_examples` for the `n` best (or worst) images by `scores` (a Series by id)."""
     chosen = scores.sort_values(ascending=worst).index[:n]
     title = f"{'worst' if worst else 'best'} {len(chosen)} by {score_name}"
-    return caption_examples([images[k] for k in chosen], [predictions[k] for k in chosen],
-                            [references[k] for k in chosen], scores[chosen].tolist(), title,
-                            score_name)  # fmt: skip
+    return caption_examples(
+        [images[k] for k in chosen],
+        [predictions[k] for k in chosen],
+        [references[k] for k in chosen],
+        scores[chosen].tolist(),
+        title,
+        score_name,
+    )
 
 
 def upsample_attention(attention: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

@@ -39,8 +39,13 @@ def cost_scatter(summary: pd.DataFrame):
         err = np.vstack([summary["mean"] - summary["ci_low"], summary["ci_high"] - summary["mean"]])
         ax.errorbar(summary[column], summary["mean"], yerr=err, fmt="o", capsize=3)
         for _, row in summary.iterrows():
-            ax.annotate(row["method"], (row[column], row["mean"]), fontsize=7,
-                        xytext=(4, 2), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                row["method"],
+                (row[column], row["mean"]),
+                fontsize=7,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
         ax.set_xscale("log")
         ax.set_xlabel(label)
     axes[0].set_ylabel("test accuracy")
@@ -59,8 +64,14 @@ def modality_weights(weights: pd.DataFrame):
     width = 0.8 / len(modalities)
     x = np.arange(len(methods))
     for i, m in enumerate(modalities):
-        ax.bar(x + i * width, table["mean"][m], width, yerr=table["std"][m].fillna(0),
-               capsize=3, label=m)  # fmt: skip
+        ax.bar(
+            x + i * width,
+            table["mean"][m],
+            width,
+            yerr=table["std"][m].fillna(0),
+            capsize=3,
+            label=m,
+        )
     ax.set_xticks(x + width * (len(modalities) - 1) / 2, methods)
     ax.set_ylabel("modality weight")
     ax.set_ylim(0, 1)
@@ -93,8 +104,13 @@ def validation_curves(histories: dict[tuple[str, int], dict[str, list[float]]]):
     for (method, _seed), history in histories.items():
         i = methods.index(method)
         curve = history["val_accuracy"]
-        ax.plot(range(1, len(curve) + 1), curve, color=colours(i % 20), alpha=0.7,
-                label=method if _seed == min(s for m, s in histories if m == method) else None)  # fmt: skip
+        ax.plot(
+            range(1, len(curve) + 1),
+            curve,
+            color=colours(i % 20),
+            alpha=0.7,
+            label=method if _seed == min(s for m, s in histories if m == method) else None,
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.legend(fontsize=7, ncol=2)

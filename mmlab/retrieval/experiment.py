@@ -66,7 +66,7 @@ def _trained(ctx: Context, seed: int) -> Outcome:
             raise ValueError(f"hard negatives are captions: pair {ctx.data.pair} has no text")
         extractor = train_text_extractor(ctx)
         negatives = hard_negative_side(ctx.ds, ctx.hard_negatives, extractor)
-    fit = train.fit(ctx.data, replace(ctx.config, seed=seed), negatives)
+    fit = train.train_retrieval(ctx.data, replace(ctx.config, seed=seed), negatives)
     sim = train.similarity(fit.model, ctx.data.splits["test"]).numpy()
     return Outcome(_scores(sim, ctx.data), sim, fit)
 
@@ -109,9 +109,18 @@ class Results:
                 values = group[metric].dropna().to_numpy()
                 if len(values):
                     ci = mean_ci(values, confidence)
-                    rows.append({"pair": pair, "method": method, "metric": metric, "n": ci.n,
-                                 "mean": ci.mean, "std": ci.std, "ci_low": ci.low,
-                                 "ci_high": ci.high})  # fmt: skip
+                    rows.append(
+                        {
+                            "pair": pair,
+                            "method": method,
+                            "metric": metric,
+                            "n": ci.n,
+                            "mean": ci.mean,
+                            "std": ci.std,
+                            "ci_low": ci.low,
+                            "ci_high": ci.high,
+                        }
+                    )
         return pd.DataFrame(rows)
 
     def table(self, metrics: Sequence[str] | None = None) -> pd.DataFrame:
@@ -121,8 +130,11 @@ class Results:
 
     def best_trained(self, pair: str) -> Outcome:
         """The trained outcome of `pair` whose validation score was best."""
-        found = [(o.fit.history["val_mean_recall"].max(), s, o)
-                 for (p, m, s), o in self.outcomes.items() if p == pair and m == "trained"]  # fmt: skip
+        found = [
+            (o.fit.history["val_mean_recall"].max(), s, o)
+            for (p, m, s), o in self.outcomes.items()
+            if p == pair and m == "trained"
+        ]
         if not found:
             raise KeyError(f"no trained run for pair {pair!r}")
         return max(found, key=lambda t: (t[0], -t[1]))[2]
@@ -150,8 +162,9 @@ def run(
         ctx = Context(ds, data, config, hard_negatives, config.device)
         for method in methods:
             for seed in seeds:
-                with _maybe_child(log, f"{pair}/{method}/seed={seed}",
-                                  dict(pair=pair, method=method, seed=seed)):  # fmt: skip
+                with _maybe_child(
+                    log, f"{pair}/{method}/seed={seed}", dict(pair=pair, method=method, seed=seed)
+                ):
                     outcome = METHODS[method](ctx, seed)
                     if log:
                         tracking.log_metrics({f"test_{k}": v for k, v in outcome.scores.items()})
@@ -164,14 +177,22 @@ def run(
         fitted = _oracle(ds, data)
         if fitted is not None:
             scores, results.oracle_fits[pair] = fitted
-            rows.append({"pair": pair, "method": ORACLE, "seed": 0,
-                         **{k: v for k, v in scores.items() if "_to_" in k}})  # fmt: skip
+            rows.append(
+                {
+                    "pair": pair,
+                    "method": ORACLE,
+                    "seed": 0,
+                    **{k: v for k, v in scores.items() if "_to_" in k},
+                }
+            )
             if log:
                 tracking.log_metrics({f"oracle_{k}": v for k, v in scores.items()})
             if progress:
-                progress(f"{pair:12s} {ORACLE:17s} captions true of their scene "
-                         f"{scores['own_fits']:.3f}, scenes fitting a caption "
-                         f"{scores['fitting_scenes_mean']:.2f}")  # fmt: skip
+                progress(
+                    f"{pair:12s} {ORACLE:17s} captions true of their scene "
+                    f"{scores['own_fits']:.3f}, scenes fitting a caption "
+                    f"{scores['fitting_scenes_mean']:.2f}"
+                )
     results.runs = pd.DataFrame(rows)
     return results
 
@@ -185,8 +206,13 @@ def _oracle(ds, data: PairData):
         return None
     test = data.splits["test"]
     names = (test.right.modality, test.left.modality)
-    return oracle.oracle_scores(test.right.texts, test.right.rows.numpy(),
-                                world.scenes(ds["test"]), names=names, world=world)  # fmt: skip
+    return oracle.oracle_scores(
+        test.right.texts,
+        test.right.rows.numpy(),
+        world.scenes(ds["test"]),
+        names=names,
+        world=world,
+    )
 
 
 def _maybe_child(log: bool, name: str, params: dict):
@@ -233,6 +259,7 @@ def example_queries(texts: Sequence[str], rows, ids: Sequence[str], n: int, seed
     """`n` captions of distinct test images picked at random: (captions, their image ids)."""
     rows = np.asarray(rows)
     first = np.unique(rows, return_index=True)[1]
-    chosen = np.sort(np.random.default_rng(seed).choice(first, size=min(n, len(first)),
-                                                        replace=False))  # fmt: skip
+    chosen = np.sort(
+        np.random.default_rng(seed).choice(first, size=min(n, len(first)), replace=False)
+    )
     return [texts[i] for i in chosen], [ids[rows[i]] for i in chosen]

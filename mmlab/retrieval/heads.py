@@ -8,35 +8,32 @@ words can be matched against the cells where their objects are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmlab.core.registry import Registry
 from mmlab.features.base import real_steps
 
-HEADS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        HEADS[name] = cls
-        return cls
-
-    return wrap
+# Heads take `**_`: a model passes one set of head options to the head of every modality,
+# and a linear head ignores the width its attention neighbour is given.
+HEADS = Registry("retrieval head")
 
 
 def create(name: str, in_shape: Sequence[int], dim: int, **options) -> nn.Module:
     """Head `name` for inputs of shape `in_shape` (one item, no batch dimension)."""
-    if name == "auto":
-        name = "mlp" if len(in_shape) == 1 else "attention"
-    if name not in HEADS:
-        raise KeyError(f"unknown retrieval head {name!r}; valid: auto, {', '.join(HEADS)}")
-    return HEADS[name](tuple(int(s) for s in in_shape), dim, **options)
+    return HEADS.create(name, tuple(int(s) for s in in_shape), dim, **options)
 
 
-@register("linear")
+@HEADS.register("auto")
+def auto(in_shape, dim: int, **options) -> nn.Module:
+    """`mlp` for a pooled vector, `attention` for a grid or a sequence."""
+    return HEADS.create("mlp" if len(in_shape) == 1 else "attention", in_shape, dim, **options)
+
+
+@HEADS.register("linear")
 class LinearHead(nn.Module):
     def __init__(self, in_shape, dim: int, **_):
         super().__init__()
@@ -47,16 +44,19 @@ class LinearHead(nn.Module):
         return self.proj(x if self.flat else _tokens(x).mean(1))
 
 
-@register("mlp")
+@HEADS.register("mlp")
 class MLPHead(nn.Module):
     def __init__(self, in_shape, dim: int, width: int = 512, dropout: float = 0.1, **_):
         super().__init__()
         if len(in_shape) != 1:
             raise ValueError(f"the mlp head reads pooled vectors [D], got item shape {in_shape}")
         self.net = nn.Sequential(
-            nn.LayerNorm(in_shape[0]), nn.Linear(in_shape[0], width), nn.GELU(),
-            nn.Dropout(dropout), nn.Linear(width, dim),
-        )  # fmt: skip
+            nn.LayerNorm(in_shape[0]),
+            nn.Linear(in_shape[0], width),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(width, dim),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -67,12 +67,18 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2) if x.dim() == 4 else x
 
 
-@register("attention")
+@HEADS.register("attention")
 class AttentionPoolHead(nn.Module):
     def __init__(
-        self, in_shape, dim: int, width: int = 256, layers: int = 1, heads: int = 4,
-        dropout: float = 0.1, **_,
-    ):  # fmt: skip
+        self,
+        in_shape,
+        dim: int,
+        width: int = 256,
+        layers: int = 1,
+        heads: int = 4,
+        dropout: float = 0.1,
+        **_,
+    ):
         super().__init__()
         if len(in_shape) not in (2, 3):
             raise ValueError(
@@ -87,9 +93,8 @@ class AttentionPoolHead(nn.Module):
         else:
             self.pos = nn.Parameter(torch.randn(in_shape[0], width) * 0.02)
         layer = nn.TransformerEncoderLayer(
-            width, heads, 2 * width, dropout, activation="gelu", batch_first=True,
-            norm_first=True,
-        )  # fmt: skip
+            width, heads, 2 * width, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.heads = heads

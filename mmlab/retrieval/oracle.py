@@ -42,10 +42,11 @@ def oracle_scores(
     fitting[np.arange(len(captions)), np.asarray(caption_rows)] = True
     rng = np.random.default_rng(seed)
     runs = [
-        both_directions(fitting + 0.5 * rng.random(fitting.shape), caption_rows,
-                        np.arange(len(scenes)), names)
+        both_directions(
+            fitting + 0.5 * rng.random(fitting.shape), caption_rows, np.arange(len(scenes)), names
+        )
         for _ in range(draws)
-    ]  # fmt: skip
+    ]
     scores = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     scores["own_fits"] = float(raw[np.arange(len(captions)), np.asarray(caption_rows)].mean())
     scores["fitting_scenes_mean"] = float(fitting.sum(1).mean())

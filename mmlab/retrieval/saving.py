@@ -85,12 +85,15 @@ def load_searcher(source: str | Path = f"models:/{SEARCHER}@{CHAMPION}", index: 
     A model's files are downloaded once into the workspace cache (`cache/search/...`, keyed by
     run or registered version, whose artifacts never change), so later searches read the cached
     copy; an alias is resolved to its version every time (it may move)."""
-    from mmlab.core import workspace
-    from mmlab.tracking import models
-
     path = Path(str(source)).expanduser()
     if (path / "config.json").is_file():
         return Searcher.load(path, index)
+    cached = _cache_folder(str(source).strip())
+    if cached is not None and (cached / "config.json").is_file():
+        return Searcher.load(cached, index)  # without importing MLflow: a search starts fast
+    from mmlab.core import workspace
+    from mmlab.tracking import models
+
     uri = models.model_uri(source, SEARCHER)
     if "@" in uri:
         version = models.version_of(uri)
@@ -101,8 +104,7 @@ def load_searcher(source: str | Path = f"models:/{SEARCHER}@{CHAMPION}", index: 
                 f"goes to the version with the best test R@1)"
             )
         uri = f"models:/{version.name}/{version.version}"
-    key = re.fullmatch(r"(?:runs|models):/(.+)", uri)
-    cached = workspace.cache_dir() / "search" / key[1].strip("/") if key else None
+    cached = _cache_folder(uri)
     if cached is not None and (cached / "config.json").is_file():
         return Searcher.load(cached, index)
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,3 +119,12 @@ def load_searcher(source: str | Path = f"models:/{SEARCHER}@{CHAMPION}", index: 
         with workspace.atomic_path(cached) as target:
             shutil.copytree(folder, target)
     return Searcher.load(cached, index)
+
+
+def _cache_folder(uri: str) -> Path | None:
+    """Where the files of a run's or a registered version's model are cached (an alias has no
+    folder: it may move)."""
+    from mmlab.core import workspace
+
+    key = re.fullmatch(r"(?:runs|models):/([^@]+)", uri)
+    return workspace.cache_dir() / "search" / key[1].strip("/") if key else None

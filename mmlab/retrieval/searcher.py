@@ -145,11 +145,16 @@ class Searcher:
         g = self.galleries[target]
         scores, indices = self.indexes[target].search(vectors, k)
         rows = [
-            {"query": str(q), "rank": r + 1, "id": g.ids[i], "item": g.describe(i),
-             "score": float(s)}
+            {
+                "query": str(q),
+                "rank": r + 1,
+                "id": g.ids[i],
+                "item": g.describe(i),
+                "score": float(s),
+            }
             for q, row_s, row_i in zip(queries, scores, indices, strict=True)
             for r, (s, i) in enumerate(zip(row_s, row_i, strict=True))
-        ]  # fmt: skip
+        ]
         return pd.DataFrame(rows, columns=["query", "rank", "id", "item", "score"])
 
     # -- files --------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ cosine schedule, the epoch with the best validation recall kept."""
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,11 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmlab.core import progress
 from mmlab.retrieval.metrics import both_directions
 from mmlab.retrieval.model import DualConfig, DualEncoder, info_nce
 from mmlab.retrieval.pairs import PairData, PairSplit, Side
-from mmlab.train.optim import adamw
+from mmlab.train import loop
 
 
 @dataclass
@@ -31,6 +29,7 @@ class TrainConfig:
     dropout: float = 0.1
     patience: int = 4  # epochs without a better validation score before stopping
     time_budget: float | None = None  # seconds: stop after the epoch that crosses it
+    warmup: float = 0.1  # share of all steps: the one-cycle schedule's rise to `lr`
     device: str = "cpu"
     seed: int = 0
 
@@ -47,9 +46,13 @@ def build(data: PairData, config: TrainConfig) -> DualEncoder:
     train = data.splits["train"]
     shapes = {s.modality: list(s.x.shape[1:]) for s in (train.left, train.right)}
     dual = DualConfig(
-        data.pair, data.modalities, dict(data.encoders), shapes, dim=config.dim,
+        data.pair,
+        data.modalities,
+        dict(data.encoders),
+        shapes,
+        dim=config.dim,
         head_options={"width": config.width, "layers": config.layers, "dropout": config.dropout},
-    )  # fmt: skip
+    )
     torch.manual_seed(config.seed)
     return DualEncoder(dual)
 
@@ -83,69 +86,92 @@ def _monitor(scores: dict[str, float]) -> float:
     return float(np.mean([v for k, v in scores.items() if "recall_at" in k]))
 
 
-def fit(
+def train_retrieval(
     data: PairData,
     config: TrainConfig,
     hard_negatives: Side | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
-    """Train the heads of `data.pair` on its train split; validation picks the kept epoch.
+    """Train the heads of `data.pair` on its train split (`mmlab.train.loop`); validation
+    picks the kept epoch.
 
     `hard_negatives`: texts (with the training row each was drawn for) that are wrong for their
     row, added as negatives of the left -> right direction when their row is in the batch.
     """
     started = time.perf_counter()
-    dev = config.device
-    model = build(data, config).to(dev)
+    model = build(data, config)
+    recipe = loop.LoopConfig(
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        monitor="val_mean_recall",
+        patience=config.patience,
+        schedule=loop.ONE_CYCLE,
+        warmup=config.warmup,
+        seed=config.seed,
+        device=config.device,
+        time_budget=config.time_budget,
+        name=f"{data.pair} seed {config.seed}",
+    )
+    result = loop.fit(_study, model, (data, config.batch_size, hard_negatives), recipe, on_epoch)
+    model.cpu()
+    return FitResult(
+        model, pd.DataFrame(result.history), result.best_epoch, time.perf_counter() - started
+    )
+
+
+def _study(model: DualEncoder, data: PairData, batch_size: int, hard_negatives) -> loop.Study:
     train, val = data.splits["train"], data.splits["validation"]
     left_idx, right_idx = train.positives()
     rows = train.left.rows[left_idx]
-    steps = config.epochs * max(1, -(-len(rows) // config.batch_size))
-    opt = adamw(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, device=dev)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=steps, pct_start=0.1, anneal_strategy="cos"
-    )
-    g = torch.Generator().manual_seed(config.seed)
-    history, best, best_state, best_epoch, waited = [], -1.0, None, 0, 0
-    bar = progress.EpochBar(config.epochs, f"{data.pair} seed {config.seed}")
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        losses = []
-        for batch in grouped_order(rows, g).split(config.batch_size):
-            li, ri, r = left_idx[batch], right_idx[batch], rows[batch]
-            # each distinct item is encoded once, then gathered (captions share their image)
-            ul, inv_l = li.unique(return_inverse=True)
-            ur, inv_r = ri.unique(return_inverse=True)
-            a = model.encode(train.left.modality, train.left.x[ul].to(dev))[inv_l]
-            b = model.encode(train.right.modality, train.right.x[ur].to(dev))[inv_r]
-            extra = None
-            if hard_negatives is not None:
-                chosen = torch.isin(hard_negatives.rows, r).nonzero().squeeze(1)
-                if len(chosen):
-                    extra = model.encode(hard_negatives.modality, hard_negatives.x[chosen].to(dev))
-            loss = info_nce(a, b, r.to(dev), model.scale(), extra)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
+
+    def batches(generator, group):
+        for batch in grouped_order(rows, generator).split(batch_size):
+            yield left_idx[batch], right_idx[batch], rows[batch]
+
+    def forward(net, batch):
+        li, ri, r = batch
+        dev = group_device(net)
+        # each distinct item is encoded once, then gathered (captions share their image)
+        ul, inv_l = li.unique(return_inverse=True)
+        ur, inv_r = ri.unique(return_inverse=True)
+        a = net.encode(train.left.modality, train.left.x[ul].to(dev))[inv_l]
+        b = net.encode(train.right.modality, train.right.x[ur].to(dev))[inv_r]
+        extra = None
+        if hard_negatives is not None:
+            chosen = torch.isin(hard_negatives.rows, r).nonzero().squeeze(1)
+            if len(chosen):
+                extra = net.encode(hard_negatives.modality, hard_negatives.x[chosen].to(dev))
+        return a, b, extra
+
+    def loss(outputs, batch):
+        a, b, extra = outputs
+        value = info_nce(a, b, batch[2].to(a.device), model.scale(), extra)
+        return value, torch.stack(
+            [value.detach().double(), torch.ones((), dtype=torch.float64, device=a.device)]
+        )
+
+    def summarise(sums):  # loss: sum over the batches, count
+        return {"loss": float(sums[0] / sums[1])}
+
+    def validate(device):
         scores = evaluate(model, val)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "temperature": float(1 / model.scale().detach()),
-               "val_mean_recall": _monitor(scores),
-               **{f"val_{k}": v for k, v in scores.items() if "recall_at" in k}}  # fmt: skip
-        history.append(row)
-        bar.update({"loss": row["loss"], "val_mean_recall": row["val_mean_recall"]})
-        if on_epoch is not None:
-            on_epoch(epoch, row)
-        if row["val_mean_recall"] > best:
-            best, best_epoch, waited = row["val_mean_recall"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            waited += 1
-        out_of_time = config.time_budget and time.perf_counter() - started > config.time_budget
-        if waited >= config.patience or out_of_time:
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    model.eval().cpu()
-    return FitResult(model, pd.DataFrame(history), best_epoch, time.perf_counter() - started)
+        return {
+            "temperature": float(1 / model.scale().detach()),
+            "val_mean_recall": _monitor(scores),
+            **{f"val_{k}": v for k, v in scores.items() if "recall_at" in k},
+        }
+
+    return loop.Study(
+        model,
+        batches,
+        forward,
+        loss,
+        summarise,
+        validate,
+        steps_per_epoch=max(1, -(-len(rows) // batch_size)),
+    )
+
+
+def group_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -4,84 +4,68 @@
 and what it logs; `experiments`, `lineage` and `notebook_status` what runs and experiments say
 about themselves; `models` the model registry and model URIs. Notebooks use the names below:
 `tracking.start(...)`, the `log_*` helpers, `tracking.headline(...)`.
+Each is imported on first use, so a process that only reads a cached model never loads MLflow.
 """
 
-from mmlab.tracking.experiments import experiment_id
-from mmlab.tracking.runs import (
-    HEADLINE_TAG,
-    MAX_PARAM_LENGTH,
-    NOTEBOOK_TAG,
-    child_run,
-    device,
-    environment,
-    finish,
-    flatten,
-    headline,
-    kernel_parameters,
-    log_dataset,
-    log_environment,
-    log_figure,
-    log_file,
-    log_history,
-    log_metrics,
-    log_params,
-    log_table,
-    log_text,
-    notebook_file,
-    pip_freeze,
-    set_tags,
-    start,
-)
-from mmlab.tracking.store import (
-    TrackingServerError,
-    active_run_id,
-    answers,
-    client,
-    default_artifact_root,
-    ensure_store,
-    is_server,
-    retry,
-    server_down,
-    tracking_uri,
-    unreachable,
-    why_unreachable,
-)
+import importlib
 
-__all__ = [
-    "HEADLINE_TAG",
-    "MAX_PARAM_LENGTH",
-    "NOTEBOOK_TAG",
-    "TrackingServerError",
-    "active_run_id",
-    "answers",
-    "child_run",
-    "client",
-    "default_artifact_root",
-    "device",
-    "ensure_store",
-    "environment",
-    "experiment_id",
-    "finish",
-    "flatten",
-    "headline",
-    "is_server",
-    "kernel_parameters",
-    "log_dataset",
-    "log_environment",
-    "log_figure",
-    "log_file",
-    "log_history",
-    "log_metrics",
-    "log_params",
-    "log_table",
-    "log_text",
-    "notebook_file",
-    "pip_freeze",
-    "retry",
-    "server_down",
-    "set_tags",
-    "start",
-    "tracking_uri",
-    "unreachable",
-    "why_unreachable",
-]
+_HOMES = {
+    "experiments": ("experiment_id",),
+    "runs": (
+        "HEADLINE_TAG",
+        "MAX_PARAM_LENGTH",
+        "NOTEBOOK_TAG",
+        "child_run",
+        "device",
+        "environment",
+        "finish",
+        "flatten",
+        "headline",
+        "kernel_parameters",
+        "log_dataset",
+        "log_environment",
+        "log_figure",
+        "log_file",
+        "log_history",
+        "log_metrics",
+        "log_params",
+        "log_table",
+        "log_text",
+        "notebook_file",
+        "pip_freeze",
+        "set_tags",
+        "start",
+    ),
+    "store": (
+        "TrackingServerError",
+        "active_run_id",
+        "answers",
+        "client",
+        "default_artifact_root",
+        "ensure_store",
+        "is_server",
+        "retry",
+        "server_down",
+        "tracking_uri",
+        "unreachable",
+        "why_unreachable",
+    ),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+SUBMODULES = ("experiments", "lineage", "models", "notebook_status", "runs", "store")
+__all__ = sorted(_HOME_OF)
+
+
+def __getattr__(name: str):
+    if name in _HOME_OF:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOME_OF[name]}"), name)
+    elif name in SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_HOME_OF, *SUBMODULES])

@@ -47,11 +47,7 @@ def log_splits(
 
 
 def log_metrics(
-    metrics: Mapping[str, float],
-    step: int = 0,
-    *,
-    model_id: str | None = None,
-    dataset: Any = None,
+    metrics: Mapping[str, float], step: int = 0, *, model_id: str | None = None, dataset: Any = None
 ) -> None:
     """Log metrics to the run, linked to the logged model and the split they measure."""
     import mlflow

@@ -108,9 +108,7 @@ def kernel_parameters(notebook: str, namespace: Mapping[str, Any]) -> dict[str, 
 
 
 def start(
-    notebook: str,
-    params: Mapping[str, Any] | None = None,
-    tags: Mapping[str, str] | None = None,
+    notebook: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
 ) -> mlflow.ActiveRun:
     """Start (or resume, under the runner) this notebook's run and log its parameters.
 

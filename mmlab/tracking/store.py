@@ -177,7 +177,6 @@ def client(uri: str | None = None) -> MlflowClient:
     return MlflowClient(ensure_store(uri))
 
 
-
 def active_run_id() -> str:
     run = mlflow.active_run()
     if run is None:

@@ -1,9 +1,9 @@
 """Training on several processes with `torch.distributed`: the process-group plumbing.
 
-Two ways in, one training loop (`captioning.fit`, `fusion.fit`):
+Two ways in, one training loop (`mmlab.train.loop.fit`):
 
     torchrun --nproc-per-node 2 -m mmlab.captioning.ddp ...    # torchrun starts the processes
-    captioning.fit(..., TrainConfig(processes=2))              # fit starts them itself (launch)
+    captioning.train_captioner(..., TrainConfig(processes=2))  # the loop starts them itself (launch)
 
 Inside a group every process takes its share of each *global* batch (`shard`): the batches,
 their order and the optimiser's steps are those of one process with the same `batch_size`, and
@@ -266,9 +266,13 @@ def _process(rank, fn, args, size, port, queue, threads) -> None:
     # per core, and N processes would fight over them
     torch.set_num_threads(threads)
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), LOCAL_WORLD_SIZE=str(size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(size),
+        LOCAL_WORLD_SIZE=str(size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     try:
         result = fn(*args)
         if rank == 0:
