@@ -1,20 +1,10 @@
-"""Lexicons for grounded caption metrics: which words name objects (with synonyms and plurals),
-which name attributes, which state relations; and the ground-truth objects of a split.
+"""Lexicons for grounded caption metrics: object words (with synonyms and plurals), attribute
+words, relation words; and the ground-truth objects of a split.
 
-- `SYNTHETIC`: the embedded world's words (`mmlab.data.synthetic.SYNONYMS`); objects are
-  shapes, attributes colours and sizes.
-- `COCO`: the 80 COCO object categories with the synonym lists of CHAIR (Rohrbach et al.,
-  "Object Hallucination in Image Captioning", EMNLP 2018), each with its plural forms, and
-  common colour and spatial words.
-
-`ground_truth(split, lexicon)` gives the objects of each image: the synthetic scenes where the
-dataset has them, the COCO instance categories (`categories` column) when the loader found
-instance annotations, else the objects the image's reference captions mention.
-
-`parse_caption` reads the objects a caption names ("[size] colour [size] shape") and the
-relations it states; `mmlab.metrics` and the world (`mmlab.data.world`) both judge captions
-through it.
-"""
+`SYNTHETIC` holds the embedded world's words; `COCO` the 80 COCO categories with CHAIR's
+synonym lists (Rohrbach et al., EMNLP 2018) and common colour and spatial words.
+`parse_caption` reads the objects ("[size] colour [size] shape") and relations a caption
+states; the metrics and the world (`mmlab.data.world`) both judge captions through it."""
 
 from __future__ import annotations
 
@@ -24,9 +14,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 ARTICLES = frozenset({"a", "an"})
-# After a word that names both a colour and an object ("orange"), one of these (or the end of
-# the caption) means the object ("an orange on a plate"); any other word means the colour
-# ("an orange suit").
+# After a word that is both a colour and an object ("orange"), one of these or the end of the
+# caption means the object ("an orange on a plate"); any other word the colour ("an orange suit").
 _OBJECT_FOLLOWERS = frozenset(
     "on in at with and or of is are was next near by to from beside behind under above below "
     "sitting lying standing that which".split()
@@ -61,9 +50,8 @@ class Lexicon:
         return [w for w in re.findall(r"[a-z]+", caption.lower()) if w not in ARTICLES]
 
     def objects_in(self, caption: str) -> list[str]:
-        """Canonical objects the caption names, in order (repeats kept), longest phrase first;
-        a word that is both a colour and an object counts as the object only before a
-        function word or at the end."""
+        """Canonical objects the caption names, in order with repeats, longest phrase first; a
+        colour-and-object word is the object only before a function word or at the end."""
         words, found, i = self.words(caption), [], 0
         while i < len(words):
             for span in range(min(self._longest, len(words) - i), 0, -1):
@@ -83,8 +71,7 @@ class Lexicon:
         return found
 
     def canonical(self, name: str) -> str:
-        """The canonical object of a name (a category, synonym or plural); unknown names are
-        kept as given, lower-cased."""
+        """The canonical object of a category, synonym or plural; unknown names come back lower-cased."""
         key = name.lower().strip()
         return self.objects.get(key, key)
 
@@ -113,8 +100,7 @@ def plural(word: str) -> str:
 
 
 def with_plurals(synonyms: Mapping[str, Iterable[str]]) -> dict[str, str]:
-    """{canonical: [synonyms]} -> {surface: canonical} over canonical names, synonyms and
-    the plural of each (the last word of a phrase takes the plural)."""
+    """{canonical: [synonyms]} -> {surface: canonical}, with the plural of each surface."""
     out: dict[str, str] = {}
     for canonical, words in synonyms.items():
         for word in (canonical, *words):
@@ -283,8 +269,8 @@ def get(name: str) -> Lexicon:
 
 
 def has_scenes(split) -> bool:
-    """Whether a split has the synthetic world's `objects` column (a list of object dicts).
-    The one place that looks for it: code outside `mmlab.data` asks `mmlab.data.world_of`."""
+    """Whether a split has the synthetic world's `objects` column. Code outside `mmlab.data` asks
+    `mmlab.data.world_of` instead."""
     if "objects" not in split.column_names:
         return False
     feature = split.features["objects"]
@@ -301,8 +287,8 @@ def for_dataset(ds) -> Lexicon:
 
 
 def ground_truth(split, lexicon: Lexicon) -> dict[str, object]:
-    """id -> the objects in each image of a split: its synthetic scene (object dicts), else its
-    COCO instance categories (canonical names), else the objects its references mention."""
+    """id -> the objects of each image: its synthetic scene, else its COCO instance categories, else
+    the objects its references mention."""
     ids = [str(i) for i in split["id"]]
     if has_scenes(split):
         return dict(zip(ids, split["objects"], strict=True))
@@ -317,12 +303,10 @@ def ground_truth(split, lexicon: Lexicon) -> dict[str, object]:
 
 
 # ----------------------------------------------------------------------------- caption parsing
-# A caption names objects as "[size] colour [size] shape" (the synthetic captions say
-# "a large red circle"); a relation phrase between two named objects states where the first is
-# relative to the second ("a red circle left of a blue square"). An object is its colour and
-# shape (unique within a synthetic scene); size is an attribute checked on named objects. The
-# parser lives here, beside the words it reads, so the world (`mmlab.data.world`) can judge
-# captions without importing the metrics that report on them.
+# An object is "[size] colour [size] shape" (unique by colour and shape within a synthetic
+# scene); a relation phrase between two objects places the first relative to the second
+# ("a red circle left of a blue square"). It lives beside its words so the world can judge
+# captions without importing the metrics.
 @dataclass(frozen=True)
 class Mention:
     colour: str
@@ -340,8 +324,7 @@ class Relation:
 
 
 def phrase_table(lexicon=None) -> Mapping[str, tuple[str, str]]:
-    """The {surface: (kind, value)} table of a `Lexicon` (default: the synthetic one) or of a
-    plain table."""
+    """The {surface: (kind, value)} table of a `Lexicon` (default: synthetic) or of a plain table."""
     if lexicon is None:
         lexicon = get("synthetic")
     return getattr(lexicon, "phrases", lexicon)
@@ -350,8 +333,8 @@ def phrase_table(lexicon=None) -> Mapping[str, tuple[str, str]]:
 def _phrases(
     caption: str, lexicon: Mapping[str, tuple[str, str]]
 ) -> list[tuple[str, str, int, int]]:
-    """(kind, canonical, start, end) of every lexicon phrase, longest match first; articles
-    between phrases are dropped first (the positions then make "A left of a B" adjacent)."""
+    """(kind, canonical, start, end) of every phrase, longest match first; articles are dropped
+    first so that "A left of a B" is adjacent."""
     words = [w for w in re.findall(r"[a-z]+", caption.lower()) if w not in ARTICLES]
     longest = max(len(p.split()) for p in lexicon)
     found, i = [], 0
@@ -368,12 +351,10 @@ def _phrases(
 
 
 def parse_caption(caption: str, lexicon=None) -> tuple[list[Mention], list[Relation]]:
-    """The objects a caption names and the relations it states between neighbouring ones,
-    read through `lexicon` (a `Lexicon`, default the synthetic one, or a plain table).
+    """The objects a caption names and the relations between neighbouring ones, via `lexicon`.
 
-    Words must be adjacent: "red circle", "big red circle", "red big circle" are mentions, "red
-    and a circle" is not; "A left of B" needs the relation phrase right between A and B.
-    """
+    Words must be adjacent: "big red circle" is a mention, "red and a circle" is not; "A left of
+    B" needs the relation phrase right between A and B."""
     phrases = _phrases(caption, phrase_table(lexicon))
     items: list = []  # mentions and the phrases between them, in caption order
     i = 0

@@ -1,21 +1,13 @@
 """The embedded dataset: small scenes of coloured shapes, seen, described, heard and filmed.
 
-Every sample is one *scene* (1 to 3 objects, each a shape, colour, size and grid cell, plus a
-motion direction). Everything else is derived from the scene with the sample's own random
-stream, so a seed gives byte-identical files whatever the number of worker processes:
-
-- an RGB image (objects on a textured background, so counting pixels of a colour is not enough);
-- five captions from weighted templates, synonyms and orders of mention;
-- a 1 s, 16 kHz WAV: each object is a tone whose pitch says its shape, whose pulse rate says its
-  colour, whose loudness says its size, and whose onset says how far left it is; plus noise;
-- a short mp4 of the objects moving in the scene's motion direction;
-- the `match` task: the sample's modalities with a caption that describes the scene (label 1)
-  or the scene changed in one attribute (label 0, `match_kind` names the attribute). Positive
-  and negative captions come from the same distribution, so text alone cannot tell them apart.
-
-The layout is Hugging Face's imagefolder: `{train,validation,test}/metadata.jsonl` beside
-`images/`, `audio/` and `video/`, so the folder loader reads it like any user's folder.
-"""
+A sample is one *scene*: 1 to 3 objects, each a shape, colour, size and grid cell, plus a
+motion direction. All else derives from it with the sample's own random stream, so a seed
+gives byte-identical files for any number of workers: an RGB image on a textured background
+(colour counting is not enough); five captions; a 1 s 16 kHz WAV where each object is a tone
+(pitch: shape, pulse rate: colour, loudness: size, onset: how far left); a short mp4 of the
+motion; and the `match` task, a caption of the scene (1) or of the scene changed in one
+attribute (0, `match_kind`), both drawn alike so text alone cannot tell them apart.
+The layout is Hugging Face's imagefolder, so the folder loader reads it like any user's."""
 
 from __future__ import annotations
 
@@ -53,8 +45,8 @@ RGB = {
     "orange": (244, 134, 22),
 }
 
-# Surface forms per attribute value; the first one is the canonical word and is used most often,
-# so a captioner can learn the usual wording while the references still vary.
+# Surface forms per attribute value; the first is canonical and most frequent, so a captioner
+# can learn the usual wording while references still vary.
 SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("colour", "red"): ("red", "crimson", "scarlet"),
     ("colour", "green"): ("green", "emerald"),
@@ -151,8 +143,8 @@ class Scene:
 
 
 def relation(a, b) -> str:
-    """Relation of object `a` to object `b` (dicts with x, y or Obj): horizontal when their
-    columns differ (centres at least ~0.28 apart), else vertical."""
+    """Relation of `a` to `b` (dicts with x, y, or Obj): horizontal when their columns differ,
+    else vertical."""
     ax, ay = (a.x, a.y) if isinstance(a, Obj) else (a["x"], a["y"])
     bx, by = (b.x, b.y) if isinstance(b, Obj) else (b["x"], b["y"])
     if abs(ax - bx) > 0.5 / GRID:
@@ -243,8 +235,8 @@ def caption(
     with_size: bool | None = None,
     relational: bool = False,
 ) -> str:
-    """One caption of `scene`. `order`: mention order (default: usually reading order, else a
-    random one); `relational`: only templates that state a relation (for the match task)."""
+    """One caption of `scene`. `order`: mention order (default: usually reading order);
+    `relational`: only templates that state a relation."""
     n = len(scene.objects)
     if order is None:
         order = tuple(range(n)) if rng.random() < 0.6 else tuple(int(i) for i in rng.permutation(n))
@@ -291,9 +283,9 @@ def _hard_negative(rng: np.random.Generator, scene: Scene, kind: str, order) -> 
 
 
 def match_pair(rng: np.random.Generator, scene: Scene) -> tuple[str, int, str]:
-    """(caption, label, kind) for the match task. The mention order is uniformly random and
-    every caption states sizes (and a relation when there are two or more objects), so each
-    kind of change shows in the text while the text alone stays uninformative."""
+    """(caption, label, kind) for the match task. Mention order is uniform and every caption states
+    sizes (and a relation for two or more objects), so each change shows in the text while the
+    text alone stays uninformative."""
     n = len(scene.objects)
     order = tuple(int(i) for i in rng.permutation(n))
     if rng.random() < 0.5:
@@ -321,9 +313,8 @@ def scene_from_row(row: dict) -> Scene:
 
 
 def more_match_pairs(row: dict, k: int, seed: int = 0) -> list[tuple[str, int, str]]:
-    """`k` further (caption, label, kind) match pairs for a dataset row, drawn like the
-    `match_*` columns: more training pairs per image for fusion heads. Deterministic in
-    (row id, seed); use them on the training split only."""
+    """`k` more (caption, label, kind) match pairs for a training row, drawn like the `match_*`
+    columns; deterministic in (row id, seed)."""
     digest = hashlib.blake2b(str(row.get("id", "")).encode(), digest_size=8).digest()
     rng = np.random.default_rng([seed, int.from_bytes(digest, "little")])
     scene = scene_from_row(row)
@@ -427,8 +418,7 @@ def _write_wav(path: Path, samples: np.ndarray) -> None:
 
 
 def _write_mp4(path: Path, frames: list[Image.Image]) -> None:
-    """MPEG-4 part 2 in an mp4 container. Not x264: its analysis is not byte-reproducible run
-    to run here, and the dataset must be."""
+    """MPEG-4 part 2 in an mp4 container; x264 is not byte-reproducible run to run."""
     import av
 
     with av.open(str(path), mode="w", format="mp4") as container:
@@ -572,10 +562,8 @@ def default_dataset(
     video: bool = True,
     workers: int = 2,
 ) -> Path:
-    """The embedded dataset under `workspace.data_dir()`: generated on first use, reused after.
-
-    A lock file makes parallel notebooks wait for one generation instead of racing.
-    """
+    """The embedded dataset under `workspace.data_dir()`, generated on first use under a file lock
+    so parallel notebooks wait for one generation."""
     from filelock import FileLock
 
     from mmlab.core import workspace
@@ -587,8 +575,8 @@ def default_dataset(
     if is_generated(path):
         return path
     if getattr(multiprocessing.current_process(), "_inheriting", False):
-        # A spawned generation worker is re-importing a script that calls this at top level:
-        # waiting for the lock its parent holds would hang both forever.
+        # A spawned generation worker re-importing a script that calls this would wait forever
+        # on the lock its parent holds.
         raise RuntimeError(
             f"the embedded dataset {name} was requested while a worker process imported the "
             "main script; put the script's code under `if __name__ == '__main__':`"

@@ -1,13 +1,7 @@
 """Notebook 02's loop: every method x seed under one recipe, each a nested MLflow run.
 
-comparison = compare.run(data, ["concat", "gated", "unimodal"], seeds=[0, 1, 2])
-comparison.summary()    # mean, std, 95% t-interval per method, cost columns
-comparison.by_group()   # accuracy per hard-negative kind and method
-comparison.missing()    # accuracy with each modality removed at test time
-
-Over several targets of the label task (one comparison each, on the same features):
-`by_target(comparisons)` and `missing_by_target(comparisons)`.
-"""
+`run(...)` returns a `Comparison` (`summary`, `by_group`, `missing`); over several targets of
+the label task, `by_target` and `missing_by_target`."""
 
 from __future__ import annotations
 
@@ -52,9 +46,8 @@ class MethodChoice:
 
 
 def expand(methods: Iterable[str], modalities: Sequence[str]) -> list[MethodChoice]:
-    """Method names to choices: `unimodal` becomes one baseline per modality
-    (`unimodal_image`, ...); `unimodal:text` picks one. `name:key=value,...` sets the
-    method's options (an ablation beside the default: `grid_cross_attention:masked_words=0`)."""
+    """Method names to choices: `unimodal` becomes one baseline per modality, `unimodal:text` one;
+    `name:key=value,...` sets options (`grid_cross_attention:masked_words=0`)."""
     choices = []
     for spec in methods:
         name, _, modality = spec.partition(":")
@@ -80,8 +73,8 @@ class Comparison:
     chance: float = 0.5
 
     def summary(self, metric: str = METRIC, confidence: float = 0.95) -> pd.DataFrame:
-        """Per method: n, mean, std, t-interval of `metric`, mean test_f1 and costs, and the
-        paired (by seed) t-test p-value against the best method."""
+        """Per method: n, mean, std, t-interval of `metric`, mean test_f1 and costs, and the paired
+        (by seed) t-test p-value against the best method."""
         extra = ["test_f1", "n_parameters", "train_seconds", "latency_ms", "best_epoch"]
         table = stats.summarize(self.runs, "method", metric, confidence, extra=extra)
         best = self._per_seed(table["method"].iloc[0], metric)
@@ -106,9 +99,8 @@ class Comparison:
         return table.loc[self.summary()["method"]]
 
     def missing(self) -> pd.DataFrame:
-        """Mean test accuracy per method (rows, best first) with every modality (`none`
-        removed) and with each one removed at test time (`image`, `text`, ...); empty where
-        no method was tested without a modality."""
+        """Mean test accuracy per method with every modality (`none` removed) and with each removed at
+        test time; empty where no method was tested so."""
         columns = [c for c in self.runs.columns if c.startswith(WITHOUT)]
         if not columns:
             return pd.DataFrame()
@@ -119,8 +111,7 @@ class Comparison:
 
 
 def by_target(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
-    """Mean test accuracy of each method (rows) on each target (columns: one comparison per
-    target), with every target's chance level as the last row: which modality carries what."""
+    """Mean test accuracy of each method (rows) on each target (columns), chance level last."""
     means = {t: c.runs.groupby("method", sort=False)[METRIC].mean() for t, c in comparisons.items()}
     table = pd.DataFrame(means)
     table.loc["chance"] = [c.chance for c in comparisons.values()]
@@ -144,8 +135,7 @@ def all_runs(comparisons: Mapping[str, Comparison]) -> pd.DataFrame:
 
 
 def with_modality_dropout(choices: Iterable[MethodChoice], p: float) -> list[MethodChoice]:
-    """The choices with option `modality_dropout=p` where the method takes it (pooled ones)
-    and does not set its own."""
+    """The choices with `modality_dropout=p` where the method takes it and sets none of its own."""
     out = []
     for c in choices:
         takes = "modality_dropout" in inspect.signature(method_class(c.name)).parameters
@@ -156,8 +146,8 @@ def with_modality_dropout(choices: Iterable[MethodChoice], p: float) -> list[Met
 
 
 def accuracy_without(model, test: Split, device: str = "cpu") -> dict[str, float]:
-    """Test accuracy of a pooled method with each of its split's modalities removed in turn
-    (the method sees its missing token instead): `{WITHOUT + modality: accuracy}`."""
+    """`{WITHOUT + modality: accuracy}` of a pooled method with each modality replaced in turn by
+    its missing token."""
     if not isinstance(model, PooledFusion) or len(test.inputs) < 2:
         return {}
     out = {}
@@ -212,24 +202,16 @@ def run(
     modality_dropout: float = 0.0,
     pooled_epochs: int | None = None,
 ) -> Comparison:
-    """Every method x seed; with `log`, each is a nested MLflow run (`tracking.child_run`)
-    tagged `fusion_method`, `seed`, `modalities` (and `fusion_target` on the label task),
-    holding its metrics and validation curves.
+    """Every method x seed; with `log`, each a nested MLflow run tagged `fusion_method`, `seed`,
+    `modalities` (and `fusion_target`), holding its metrics and validation curves.
 
-    `modality_dropout`: train every pooled method with that modality dropout (see
-    `mmlab.fusion.base`). Pooled methods are also tested with each modality removed
-    (`test_accuracy_without_<modality>`, `Comparison.missing()`).
-
-    `pooled_epochs`: the pooled methods' epoch budget (None: `config.epochs`), patience capped
-    to it and the warmup kept as long in epochs (a larger share of the shorter budget). They peak within a few epochs, while the token method learns relations late: one
-    budget for both would spend the token method's epochs on every pooled run.
-
-    `workers` training processes run side by side, one thread each (None: one per CPU core
-    on a CPU, one on a GPU). These models are small: a step is mostly per-operation overhead,
-    so a second thread speeds one run up far less than a second process adds runs.
-    Workers are spawned, so a script that calls this needs the usual
-    `if __name__ == "__main__":` guard (notebooks do not), or `workers=1`.
-    """
+    `modality_dropout`: applied to every pooled method, which is also tested with each modality
+    removed. `pooled_epochs`: the pooled methods' epoch budget (None: `config.epochs`), patience
+    capped to it and warmup kept in epochs; pooled methods peak early, while the token method
+    learns relations late. `workers` processes of one thread each (None: one per core on CPU,
+    one on GPU): a step of these small models is mostly per-operation overhead, so processes
+    scale better than threads. Workers are spawned: scripts need an `if __name__ == "__main__":`
+    guard, or `workers=1`."""
     config = config or TrainConfig()
     configs = {"tokens": config, "pooled": config}
     if pooled_epochs is not None:
@@ -269,9 +251,8 @@ def run(
 def run_targets(
     data: FusionData, ds, targets: Sequence[str] | None, methods: Iterable[str], **options
 ) -> dict[str, Comparison]:
-    """`run` once per target of the label task, on the same features (`inputs.relabel`): a
-    comparison per target, in order. Any other task (`targets` None) is one comparison,
-    under the task's name. `options` are `run`'s."""
+    """`run` once per target of the label task on the same features (`inputs.relabel`); any other
+    task (`targets` None) is one comparison under the task's name."""
     from mmlab.fusion.inputs import relabel
 
     if data.task.name != "label" or targets is None:
@@ -287,8 +268,7 @@ def run_targets(
 
 
 def _train_all(data, jobs, configs, hidden, workers):
-    """Yield `((choice, seed), run_one(...))` as runs finish, in worker processes or here;
-    `configs`: the recipe of each input form."""
+    """Yield `((choice, seed), run_one(...))` as runs finish; `configs` maps input form to recipe."""
     config = configs["tokens"]
     if workers is None:
         workers = (os.cpu_count() or 1) if torch.device(config.device).type == "cpu" else 1

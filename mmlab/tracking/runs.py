@@ -1,13 +1,9 @@
 """MLflow conventions: the one module that knows run names, tags, artifacts and the store.
 
-Notebooks call `start(...)` once, log through the helpers below and end with `headline(...)`.
-Under the runner, `MLFLOW_RUN_ID` names the run the runner created and `start` resumes it; opened
-by hand (JupyterLab, plain papermill) a notebook starts its own run in the workspace store.
-
-Logging is batched (one `log_batch` call per dict or curve) and every store call is retried
-when SQLite reports "database is locked": MLflow sets a busy timeout, but a transaction that
-reads before it writes can still get SQLITE_BUSY at once when several processes write together.
-"""
+Notebooks call `start(...)`, log through the helpers below and end with `headline(...)`. Under
+the runner `MLFLOW_RUN_ID` names its run and `start` resumes it. Logging is batched, and every
+store call is retried on "database is locked": a transaction that reads before it writes can
+get SQLITE_BUSY at once, busy timeout or not, when several processes write."""
 
 from __future__ import annotations
 
@@ -61,12 +57,10 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 def notebook_file(notebook: str, namespace: Mapping[str, Any] | None = None) -> Path | None:
     """The `.ipynb` file of the notebook named `notebook` that this kernel runs.
 
-    Looked for where each way of running says: the runner's `MMLAB_NOTEBOOK_PATH`, Jupyter's
-    `JPY_SESSION_NAME`, VS Code's `__vsc_ipynb_file__`, then the kernel's folder (JupyterLab
-    and the runner start kernels beside the notebook), its `notebooks/` and the workspace's.
-    A session file of another name counts when the kernel defines all its parameters (a
-    renamed copy). Outside a kernel (a script), None; in a kernel, an error saying what to do.
-    """
+    Looked up via `MMLAB_NOTEBOOK_PATH` (runner), `JPY_SESSION_NAME` (Jupyter),
+    `__vsc_ipynb_file__` (VS Code), then the kernel's folder, its `notebooks/` and the workspace's.
+    A session file of another name counts when the kernel defines all its parameters (a renamed
+    copy). Outside a kernel, None; in a kernel, an error saying what to do."""
     from mmlab.core import parameters_cell
 
     namespace = namespace or {}
@@ -97,9 +91,8 @@ def notebook_file(notebook: str, namespace: Mapping[str, Any] | None = None) -> 
 
 
 def kernel_parameters(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
-    """The notebook's parameters: the names its `parameters` cell assigns, with their values
-    in `namespace` (the kernel's), so a Papermill-injected cell overrides the defaults.
-    A script that is no notebook has none (it passes `params=` to `start`)."""
+    """The names the notebook's `parameters` cell assigns, with their values in `namespace`, so a
+    Papermill-injected cell overrides the defaults."""
     from mmlab.core import parameters_cell
 
     path = notebook_file(notebook, namespace)
@@ -112,14 +105,10 @@ def start(
 ) -> mlflow.ActiveRun:
     """Start (or resume, under the runner) this notebook's run and log its parameters.
 
-    Without `params`, the parameters are the notebook's own (`kernel_parameters`): the
-    names of its `parameters` cell, with the values they have where `start` is called.
-    With `MLFLOW_RUN_ID` set, the runner's run is resumed and left for the runner to end;
-    the runner has logged the parameters already and only what it could not know is added.
-    Otherwise a new run starts in the experiment named after the notebook. Calling it again
-    in the same kernel returns the same run; with changed parameters, a run this module
-    started is finished and a fresh one begins (re-running a cell after editing a knob).
-    """
+    Without `params`, the parameters are `kernel_parameters`. With `MLFLOW_RUN_ID` set the
+    runner's run is resumed and left for the runner to end; otherwise a run starts in the
+    experiment named after the notebook. Called again in the same kernel, the same run comes back;
+    with changed parameters, a run started here is finished and a fresh one begins."""
     if params is None:
         caller = inspect.currentframe().f_back
         params = kernel_parameters(notebook, caller.f_globals if caller else {})
@@ -151,9 +140,8 @@ def start(
 
 
 def _log_new_params(flat: Mapping[str, str]) -> None:
-    """Log the (flattened) parameters the run does not have yet. A value that differs from
-    the one logged (the notebook changed a parameter before `start`) keeps the logged one:
-    MLflow parameters cannot change; a warning names them."""
+    """Log the flattened parameters the run lacks. MLflow parameters cannot change, so a value
+    that differs from the logged one keeps the logged one, with a warning."""
     logged = retry(client().get_run, active_run_id()).data.params
     changed = {k: (logged[k], v) for k, v in flat.items() if k in logged and logged[k] != v}
     if changed:
@@ -248,10 +236,7 @@ def log_history(history: Mapping[str, list[float]], start_step: int = 0) -> None
 
 
 def headline(metric: str, value: float) -> None:
-    """Log the metric this notebook is judged by and tag the run so summaries show it.
-
-    It is logged at the metric's last step so it is the value MLflow shows as latest.
-    """
+    """Log the metric this notebook is judged by, at its last step, and tag the run with it."""
     history = retry(client().get_metric_history, active_run_id(), metric)
     log_metrics({metric: value}, step=max((m.step for m in history), default=0))
     set_tags({HEADLINE_TAG: metric})
@@ -365,10 +350,8 @@ def log_environment() -> dict[str, Any]:
 def log_dataset(
     dataset: Mapping[str, Any], fingerprint: str, name: str, source: str = ""
 ) -> dict[str, Any]:
-    """Record a dataset (a DatasetDict or any split -> table mapping) as run inputs, one per
-    split (`mmlab.tracking.lineage.log_splits`: digest = the fingerprint, context = the split); the
-    run is tagged with the fingerprint too, for searching. Returns the MLflow datasets by split.
-    """
+    """Record a dataset (a DatasetDict or split -> table mapping) as run inputs, one per split
+    (digest = fingerprint, context = split), and tag the run with the fingerprint."""
     from mmlab.tracking import lineage
 
     inputs = lineage.log_splits(dataset, fingerprint, name, source)

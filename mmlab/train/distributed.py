@@ -1,19 +1,10 @@
 """Training on several processes with `torch.distributed`: the process-group plumbing.
 
-Two ways in, one training loop (`mmlab.train.loop.fit`):
-
-    torchrun --nproc-per-node 2 -m mmlab.captioning.ddp ...    # torchrun starts the processes
-    captioning.train_captioner(..., TrainConfig(processes=2))  # the loop starts them itself (launch)
-
-Inside a group every process takes its share of each *global* batch (`shard`): the batches,
-their order and the optimiser's steps are those of one process with the same `batch_size`, and
-DDP averages the gradients. A loop weights each process's mean loss by its share of the rows, so that
-the average over processes is the loss of the global batch, which is what makes N processes do what one does.
-Rank 0 evaluates and alone talks to MLflow; the other ranks never touch the store.
-
-The backend follows the device: NCCL on CUDA (one GPU per process, `cuda:LOCAL_RANK`), gloo on
-a CPU.
-"""
+Entered by `torchrun -m mmlab.captioning.ddp ...` or by `TrainConfig(processes=N)`, which
+starts the processes itself (`launch`); both run `mmlab.train.loop.fit`. Each process takes
+its share of every global batch (`shard`) and weights its mean loss by that share, so the
+batches, steps and averaged gradients are those of one process with the same `batch_size`.
+Rank 0 alone evaluates and talks to MLflow. NCCL on CUDA (`cuda:LOCAL_RANK`), gloo on CPU."""
 
 from __future__ import annotations
 
@@ -62,10 +53,8 @@ def active() -> bool:
 
 
 def setup(device: torch.device | str) -> Group:
-    """This process's `Group`: joins the group torchrun (or `launch`) describes in the
-    environment (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) if it has
-    not joined yet; without those variables, a group of one on `device`. On CUDA each process
-    takes the GPU of its local rank."""
+    """This process's `Group`: joins the group the environment describes (`WORLD_SIZE`, `RANK`,
+    `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`), else a group of one on `device`."""
     device = torch.device(device)
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not dist.is_initialized():
@@ -92,8 +81,8 @@ def teardown() -> None:
 
 
 def shard(rows: torch.Tensor, group: Group) -> torch.Tensor:
-    """This process's part of a global batch's rows: consecutive, sizes differing by at most
-    one (a process may get none when the batch has fewer rows than there are processes)."""
+    """This process's consecutive part of a global batch's rows; sizes differ by at most one (a
+    process may get none)."""
     return rows.tensor_split(group.size)[group.rank] if group.distributed else rows
 
 
@@ -121,8 +110,7 @@ def barrier(group: Group) -> None:
 
 
 def main_first(group: Group, build: Callable[[], T]) -> T:
-    """`build()` on rank 0 first, then on the others: rank 0 fills a cache (features) that
-    the others read, rather than every process computing it at once."""
+    """`build()` on rank 0 first, then on the others, so rank 0 fills the cache the others read."""
     value = build() if group.main else None
     barrier(group)
     if not group.main:
@@ -133,8 +121,7 @@ def main_first(group: Group, build: Callable[[], T]) -> T:
 
 @contextlib.contextmanager
 def main_run(group: Group, notebook: str, params: dict, tags: dict):
-    """One MLflow run around the body, on rank 0 only (the other ranks never touch the store);
-    it ends FAILED when the body raises."""
+    """One MLflow run around the body on rank 0 only; it ends FAILED when the body raises."""
     if not group.main:
         yield
         return
@@ -150,8 +137,7 @@ def main_run(group: Group, notebook: str, params: dict, tags: dict):
 
 
 def wrap(model: nn.Module, group: Group, find_unused_parameters: bool = False) -> nn.Module:
-    """`model` under DistributedDataParallel in a group (rank 0's weights copied to all), else
-    `model` itself."""
+    """`model` under DistributedDataParallel in a group (rank 0's weights copied to all), else itself."""
     if not group.distributed:
         return model
     ids = [group.device.index] if group.device.type == "cuda" else None
@@ -161,10 +147,8 @@ def wrap(model: nn.Module, group: Group, find_unused_parameters: bool = False) -
 
 
 def batch_norm(norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """`norm(x)` in training mode with the statistics of the global batch (every process's
-    rows of `x [N, C, ...]`), so that N processes normalise as one would; running statistics
-    are updated as `_BatchNorm` does. For inputs that need no gradient (a method's input
-    features): a statistic of a tensor that learns would need its gradient exchanged too."""
+    """`norm(x)` in training mode with the statistics of the global batch, so N processes normalise
+    as one; running statistics updated as `_BatchNorm` does. Only for inputs that need no gradient."""
     if x.requires_grad:
         raise NotImplementedError(
             "global batch statistics of a tensor that needs gradients: use nn.SyncBatchNorm "
@@ -199,17 +183,13 @@ def launch(
     processes: int,
     on_message: Callable[[Any], None] | None = None,
 ) -> Any:
-    """Run `fn(*args)` in `processes` new processes that form one group; return rank 0's
-    result. What rank 0 passes to `send` reaches `on_message` here, as it happens.
+    """Run `fn(*args)` in `processes` new processes forming one group; return rank 0's result.
+    What rank 0 passes to `send` reaches `on_message` here as it happens.
 
-    The caller (a notebook kernel) never joins the group itself: a kernel that became rank 0
-    would keep the group after the cell (a second run of the cell could not form a new one),
-    a worker that failed would leave it waiting in a collective, and the kernel's MLflow run
-    would be shared with a training process. Instead the processes are spawned (a forked
-    OpenMP or CUDA runtime can deadlock), receive `args` through shared memory, and only this
-    process logs, from rank 0's messages. A failure in any process raises here with its
-    traceback. `fn` and `args` must be picklable (functions at module level).
-    """
+    The caller (a notebook kernel) never joins: it would keep the group after the cell, wait on a
+    failed worker, and share its MLflow run. The processes are spawned (a forked OpenMP or CUDA
+    runtime can deadlock) and get `args` through shared memory; a failure in any raises here with
+    its traceback. `fn` and `args` must be picklable."""
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     context = torch.multiprocessing.get_context("spawn")
@@ -251,8 +231,7 @@ def launch(
 
 
 def send(message: Any) -> None:
-    """From rank 0 of a group `launch` started: hand `message` to the launcher's `on_message`.
-    Elsewhere (under torchrun, other ranks) it goes nowhere."""
+    """From rank 0 of a group `launch` started, hand `message` to `on_message`; elsewhere, a no-op."""
     if _launcher_queue is not None and (not active() or dist.get_rank() == 0):
         # Plain pickle: tensors travel inside the message, not as handles to this process's
         # shared memory, which would vanish when it exits.
@@ -262,8 +241,7 @@ def send(message: Any) -> None:
 def _process(rank, fn, args, size, port, queue, threads) -> None:
     global _launcher_queue
     _launcher_queue = queue
-    # the processes share the launcher's cores: without this each would start one thread
-    # per core, and N processes would fight over them
+    # without this each process would start one thread per core and N would fight over them
     torch.set_num_threads(threads)
     os.environ.update(
         RANK=str(rank),
