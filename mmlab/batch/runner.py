@@ -1,15 +1,10 @@
 """Run a batch: executions in dependency order, in parallel, resumable, failures contained.
 
-For each execution the runner creates the MLflow run (tags: batch, stage, notebook, git
-commit, parameter and code hashes; the resolved parameters), hands it to the kernel through
-the environment, lets an executor run the notebook and sets the run's final status. An
-execution whose resume key (`resume_key`) matches a FINISHED run is skipped as cached (unless
-forced), so an interrupted batch resumes where it stopped. The runner knows nothing about models.
-
-Several runners may share a workspace and a store: an execution's output is claimed
-(`workspace.claim`) while it runs, so a second batch wanting the same output waits for it and
-then takes the finished run from the cache instead of writing over it.
-"""
+Per execution the runner creates the MLflow run (batch, stage, notebook, commit, parameter and
+code hashes), hands it to the kernel through the environment, lets an executor run the
+notebook and sets the final status. A FINISHED run with the same `resume_key` is reused, so an
+interrupted batch resumes. An output is claimed (`workspace.claim`) while it runs, so a second
+runner on the same workspace waits, then takes the finished run from the cache."""
 
 from __future__ import annotations
 
@@ -133,8 +128,7 @@ def resume_key(execution: Execution, params: dict[str, Any]) -> dict[str, str]:
 
 
 def logged_parameters(execution: Execution, params: dict[str, Any]) -> dict[str, Any]:
-    """Every parameter the kernel will see: the parameters cell's defaults under the resolved
-    ones, the same set `tracking.start` logs by itself in a plain papermill run."""
+    """Every parameter the kernel will see: the cell's defaults under the resolved ones."""
     return {**parameters_cell.defaults(execution.notebook), **params}
 
 
@@ -265,10 +259,8 @@ class BatchRun:
         return bool(cached)
 
     def take_output(self, result: Result) -> bool:
-        """Claim the execution's output; False while another runner holds it (it waits) or
-        when the cache, searched again under the claim, has the execution after all: another
-        runner may have finished the very same one since the first look.
-        """
+        """Claim the execution's output; False while another runner holds it, or when the cache,
+        searched again under the claim, now has the execution."""
         output = output_path(self.batch, result.execution)
         result.claim = workspace.claim(output, self.owner)
         if result.claim is None:
@@ -341,8 +333,7 @@ class BatchRun:
         )
 
     def lose_server(self, error: BaseException | str) -> None:
-        """The tracking server stopped answering: start nothing more (it could not be
-        recorded); what runs now ends and is recorded if the server is back by then."""
+        """The tracking server stopped answering: start nothing more; what runs is recorded if it returns."""
         if not self.lost:
             self.lost = str(error).strip() or "no answer"
             reason = tracking.why_unreachable(self.lost)
@@ -356,9 +347,8 @@ class BatchRun:
                 self.show(result)
 
     def finish(self, result: Result, outcome: executors.Outcome) -> None:
-        """Record the execution's outcome as its run's final status (FINISHED only if it
-        succeeded and the store took everything). Without a tracking server the run is left
-        as it is, never FINISHED, and the execution counts as failed: a rerun runs it again."""
+        """Record the outcome as the run's final status (FINISHED only if it succeeded and the store took
+        everything). Without a server the run is never FINISHED and the execution counts as failed."""
         if tracking.unreachable(outcome.error):
             self.lose_server(outcome.error)
         try:
@@ -534,12 +524,9 @@ def run(
 ) -> Report | None:
     """Load, validate and run a batch file; returns the report (None for a dry run).
 
-    While executions run, each one's current cell and latest training epoch are shown: in a
-    live table when `out` is `print` to a terminal, else as lines every `progress_every` s.
-    Raises BatchError (before anything runs) for a batch file that cannot run, and
-    executors.ExecutorError for an executor that cannot start (`executor_options`: its own,
-    e.g. Ray's `address`).
-    """
+    Progress (current cell, latest epoch) shows in a live table on a terminal, else as lines every
+    `progress_every` s. Raises BatchError before anything runs for a batch that cannot run, and
+    executors.ExecutorError for an executor that cannot start (`executor_options`: its own)."""
     batch = config.load(path, list(overrides))
     jobs = jobs or os.cpu_count() or 1
     if dry_run:

@@ -1,16 +1,10 @@
-"""Every dataset source, one schema: a `datasets.DatasetDict` of `train`/`validation`/`test`
-with columns `id` (str), `image` (Image), `captions` (list[str]) and, where present,
-`audio`/`video` (absolute path strings), `label` and attribute columns.
+"""Every dataset source, one schema: a `datasets.DatasetDict` of `train`/`validation`/`test` with
+`id` (str), `image` (Image), `captions` (list[str]) and, where present, `audio`/`video`
+(absolute paths), `label` and attribute columns.
 
-Sources: the embedded dataset (`"synthetic"`, `"synthetic:n=300,seed=1,image_size=64"`), an
-imagefolder directory (metadata.jsonl / metadata.csv), a Karpathy split file
-(`dataset_coco.json`, ...), a COCO caption annotation file (`captions_val2017.json`, ...) and
-`hf:NAME` (the Hugging Face hub, for users with a network).
-
-Referenced files are checked and content-hashed at load (`mmlab.data.fingerprint`); the result
-is cached under the workspace cache keyed by the files' paths, sizes and times, so a reload
-only stats the files.
-"""
+Sources: `"synthetic[:n=300,seed=1,...]"`, an imagefolder directory, a Karpathy split file, a
+COCO caption annotation file and `hf:NAME`. Referenced files are checked and content-hashed at
+load; the result is cached keyed by the files' paths, sizes and times."""
 
 from __future__ import annotations
 
@@ -82,15 +76,12 @@ def load_dataset(
     limit: int | None = None,
     split_seed: int = 0,
 ) -> datasets.DatasetDict:
-    """Load any supported source into the common schema (see the module docstring).
+    """Load any supported source into the common schema.
 
-    `on_error="skip"` drops rows whose image/audio/video file is missing or unreadable and
-    counts them in `result.load_report`; `"raise"` stops at the first, naming the file.
-    `limit` keeps the first rows of each split. A source with fewer than the three splits gets
-    the missing ones made by `mmlab.data.splits.ensure_splits` (80/10/10 by image id, seeded by
-    `split_seed`), described in `result.split_plan`. The content fingerprint is computed once
-    here and available as `mmlab.data.fingerprint(result)`.
-    """
+    `on_error="skip"` drops rows with a missing or unreadable file, counted in
+    `result.load_report`; `"raise"` stops at the first. `limit` keeps the first rows of each split.
+    Missing splits are made by `mmlab.data.splits.ensure_splits` (80/10/10 by image id,
+    `split_seed`), described in `result.split_plan`."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     kind, reader = _detect(source)
@@ -158,9 +149,8 @@ def _detect(source) -> tuple[str, Reader]:
 
 
 def _local_path(text: str) -> Path:
-    """A local source path; a relative one that is not found from the working directory is
-    looked up from the workspace root, then from the checkout holding `mmlab` (kernels run in
-    notebooks/, batch files name paths from the root)."""
+    """A local source path; relative ones not found from the working directory are looked up from
+    the workspace root, then from the checkout holding `mmlab`."""
     path = Path(text).expanduser()
     if path.is_absolute() or path.exists():
         return path
@@ -256,8 +246,7 @@ def _read_imagefolder(source, image_root=None) -> dict:
 
 
 def _metadata_files(root: Path) -> dict[str, list[str]]:
-    """Metadata files by split: the split is the first folder under `root` when it is a split
-    name (train/, val/, test/ ...), else `train` (a `split` column may redistribute rows)."""
+    """Metadata files by split: the first folder under `root` when it names a split, else `train`."""
     by_split: dict[str, list[str]] = {}
     for meta in _find_metadata(root):
         top = meta.relative_to(root).parts[0] if meta.parent != root else ""
@@ -276,8 +265,7 @@ def _find_metadata(root: Path) -> list[Path]:
 
 
 def _metadata_dirs(root: Path) -> dict[str, Path]:
-    """Map each image path named in a metadata file to that file's folder (where relative
-    audio/video paths start)."""
+    """Each image path in a metadata file -> that file's folder (where relative paths start)."""
     owners = {}
     for meta in _find_metadata(root):
         names = _file_names(meta)
@@ -477,8 +465,8 @@ def _read_coco(path: Path, image_root, data: dict) -> dict:
 
 
 def _coco_instances(path: Path) -> dict[int, list[str]] | None:
-    """The object categories in each image (sorted, distinct) from the COCO instance
-    annotations beside the captions file (`instances_val2017.json`), or None without one."""
+    """Sorted distinct categories per image from the COCO instance annotations beside the captions
+    file, or None without one."""
     if not path.is_file():
         return None
     data = _read_json(path)
@@ -502,8 +490,7 @@ READERS = {"karpathy": _read_karpathy, "coco": _read_coco}
 
 
 def hub_offline_reason(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached now (None when it can): offline flags, or no connection
-    within `timeout` seconds (DNS included, so nothing hangs)."""
+    """Why the hub cannot be reached now (None when it can), within `timeout` seconds."""
     for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(flag, "").lower() in ("1", "true", "yes", "on"):
             return f"{flag} is set"

@@ -1,21 +1,12 @@
 """The world a dataset describes, behind one seam: `world_of(ds)`.
 
-Code outside `mmlab.data` asks the world, never the columns, what is true behind the data: the
-words that name things (`lexicon`), the objects of each image (`scenes`, `ground_truth`),
-whether a caption is true of a scene (`fits`, `fit_matrix`, `relation`), which classes each
-image shows (`attribute_truth`), and which wrong captions make good negatives (`match_pairs`,
-`hard_negatives`). Two worlds answer:
-
-- `SyntheticWorld`: the embedded scenes of coloured shapes (`mmlab.data.synthetic`). Every
-  scene is known exactly, so captions can be judged and negatives drawn by changing the scene
-  and describing it again (the generator's own negatives).
-- `CaptionsWorld`: a user's own data, known only through what its captions (and a `label` or
-  COCO `categories` column) say. Negatives change a word of a caption
-  (`mmlab.data.negatives`); what needs the scene itself (`fits`, `relation`, `hard_negatives`)
-  raises `SceneTruthUnknown`, and `scenes` is None.
-
-`world_of` reads the features only (not the rows), so asking it again costs nothing.
-"""
+Code outside `mmlab.data` asks the world, never the columns, what is true behind the data:
+its words (`lexicon`), each image's objects (`scenes`, `ground_truth`), whether a caption is
+true of a scene (`fits`, `fit_matrix`, `relation`), the classes each image shows
+(`attribute_truth`), and good negatives (`match_pairs`, `hard_negatives`).
+`SyntheticWorld` knows every scene exactly, so negatives change the scene and describe it
+again; `CaptionsWorld` knows a user's data only through its captions (and `label` or COCO
+`categories`), so negatives change a caption's word and scene truth raises `SceneTruthUnknown`."""
 
 from __future__ import annotations
 
@@ -57,14 +48,11 @@ class World:
         return None
 
     def ground_truth(self, split) -> dict[str, object]:
-        """id -> the objects of each image, as `mmlab.metrics.grounded_scores` reads them: a
-        scene where scenes are known, else COCO instance categories, else the objects the
-        image's references mention."""
+        """id -> the objects of each image, as `mmlab.metrics.grounded_scores` reads them."""
         return lexicons.ground_truth(split, self.lexicon)
 
     def attribute_truth(self, split) -> dict[str, tuple[list[str], list[set[str]]]]:
-        """attribute -> (classes, the set of true classes per row): from a `label` column;
-        {} when the split has none."""
+        """attribute -> (classes, the set of true classes per row) from a `label` column; {} without."""
         if "label" not in _columns(split):
             return {}
         labels = [str(v) for v in split["label"]]
@@ -93,13 +81,11 @@ class World:
         return "captions" in _columns(split)
 
     def match_pairs(self, split, k: int, seed: int = 0) -> list[list[Pair]]:
-        """`k` further (caption, label, kind) match pairs per row of `split` (the training
-        split), drawn like the dataset's `match_*` columns; deterministic in (row id, seed)."""
+        """`k` more (caption, label, kind) match pairs per training row, deterministic in (row id, seed)."""
         raise NotImplementedError
 
     def hard_negatives(self, split, per_row: int, seed: int = 1) -> list[list[str]]:
-        """Up to `per_row` captions per row of `split` that are wrong for it by construction:
-        its scene changed in one attribute and described again."""
+        """Up to `per_row` captions per row that are wrong for it by construction."""
         raise self._unknown("hard negatives (scenes changed in one attribute)")
 
     def _unknown(self, what: str) -> SceneTruthUnknown:
@@ -133,8 +119,7 @@ class SyntheticWorld(World):
         return split["objects"]
 
     def attribute_truth(self, split) -> dict[str, tuple[list[str], list[set[str]]]]:
-        """A scene shows a class when one of its objects has it; every attribute of an object
-        is a task (a `label` column is not looked at: the scene says more)."""
+        """A scene shows a class when one of its objects has it; every object attribute is a task."""
         out = {}
         scenes = self.scenes(split)
         for attribute in ATTRIBUTES:
@@ -148,8 +133,7 @@ class SyntheticWorld(World):
         return relation(a, b)
 
     def fits(self, caption: str, scene: Sequence[Mapping]) -> bool:
-        """True when `caption` names exactly the scene's objects, with the right sizes where
-        stated and the relations it states."""
+        """True when `caption` names exactly the scene's objects, with the stated sizes and relations."""
         mentions, relations = self.parse(caption)
         looks = {(o["colour"], o["shape"]): o for o in scene}
         if {(m.colour, m.shape) for m in mentions} != set(looks) or len(mentions) != len(scene):
@@ -180,8 +164,7 @@ class SyntheticWorld(World):
         return split.select_columns(["id", "objects", "motion"]).to_list()
 
     def match_pairs(self, split, k: int, seed: int = 0) -> list[list[Pair]]:
-        """The generator's own pairs: each negative is the row's scene changed in one attribute
-        (`match_kind` colour, shape, size or relation) and described again."""
+        """The generator's own pairs: a negative is the scene changed in one attribute, described again."""
         from mmlab.data.synthetic import more_match_pairs
 
         return [more_match_pairs(r, k, seed=seed) for r in self._records(split)]
@@ -205,8 +188,7 @@ class CaptionsWorld(World):
         self.lexicon = lexicon or lexicons.get("coco")
 
     def match_pairs(self, split, k: int, seed: int = 0) -> list[list[Pair]]:
-        """Pairs made from the captions: a negative changes one word of a kind or borrows
-        another image's caption (`mmlab.data.negatives`)."""
+        """A negative changes one word of a kind or borrows another image's caption."""
         if not self.can_pair(split):
             raise ValueError(
                 f"match pairs need a 'captions' column; the split has {_columns(split)}"
@@ -223,9 +205,8 @@ def synthetic_world() -> SyntheticWorld:
 
 
 def world_of(ds) -> World:
-    """The world of `ds` (a DatasetDict, a {split: Dataset} or one split; a `World` is returned
-    as given): the synthetic world where the splits carry its scenes (an `objects` column of
-    object dicts), else a captions-only world read through the COCO lexicon."""
+    """The world of `ds` (a DatasetDict, {split: Dataset}, one split, or a `World`): synthetic where
+    the splits carry an `objects` column of scenes, else captions-only via the COCO lexicon."""
     if isinstance(ds, World):
         return ds
     if lexicons.has_scenes(_first_split(ds)):

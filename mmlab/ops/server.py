@@ -1,15 +1,9 @@
 """`mmlab server`: MLflow's tracking server on PostgreSQL, artifacts proxied, basic auth optional.
 
-It runs `mlflow server --backend-store-uri postgresql://... --serve-artifacts
---artifacts-destination DIR|s3://...`: clients (the runner, its kernels, JupyterLab) need only
-`MLFLOW_TRACKING_URI=http://HOST:PORT`, since artifacts and models travel through the server
-too. Without `--db`, a local PostgreSQL cluster in the workspace (`mmlab.ops.postgres`) is started
-first and stopped with the server: what `make server` runs. `--auth` turns on MLflow's own
-basic auth (`--app-name basic-auth`), its users kept in the same database.
-
-Everything is checked before `mlflow server` starts, so each mistake gets one clear line: the
-PostgreSQL driver, the database (reachable, credentials), the port, the artifact store.
-"""
+Clients need only `MLFLOW_TRACKING_URI=http://HOST:PORT`: artifacts and models travel through
+the server. Without `--db` a local PostgreSQL cluster in the workspace (`mmlab.ops.postgres`)
+starts first and stops with it; `--auth` turns on MLflow's basic auth, users in the same
+database. Driver, database, port and artifact store are checked first, one clear line each."""
 
 from __future__ import annotations
 
@@ -75,8 +69,8 @@ def redact(url: str) -> str:
 
 
 def store_url(db: str) -> str:
-    """The SQLAlchemy URL MLflow gets: a plain `postgresql://` names psycopg (3) as its driver,
-    which `mmlab[server]` installs, whatever SQLAlchemy's default driver is (2.0: psycopg2)."""
+    """The SQLAlchemy URL MLflow gets: plain `postgresql://` names psycopg (3), which `mmlab[server]`
+    installs, whatever SQLAlchemy's default driver."""
     for scheme in ("postgresql://", "postgres://"):
         if db.startswith(scheme):
             return "postgresql+psycopg://" + db[len(scheme) :]
@@ -162,8 +156,8 @@ def artifacts_destination(artifacts: str | None) -> str:
 
 
 def check_auth(db: str) -> None:
-    """MLflow creates the admin user on the first start with auth, from a password only the
-    environment (or its config file) can give: say so before it fails in a traceback."""
+    """MLflow creates the admin user on the first start with auth from a password only the
+    environment can give: say so before it fails in a traceback."""
     import sqlalchemy
 
     if os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
@@ -193,9 +187,8 @@ def check_auth(db: str) -> None:
 
 
 def auth_config(db: str) -> Path:
-    """MLflow's basic-auth configuration: users and permissions in the tracking database
-    (MLflow keeps their schema apart: tables of their own, version table
-    `alembic_version_auth`). Readable by us only: it holds the database password."""
+    """MLflow's basic-auth config: users and permissions in the tracking database (own tables,
+    version table `alembic_version_auth`). Readable by us only: it holds the database password."""
     config = configparser.RawConfigParser()
     config["mlflow"] = {
         "default_permission": "READ",
@@ -219,8 +212,8 @@ def auth_config(db: str) -> Path:
 
 
 def command(settings: Settings, artifacts: str, port: int) -> list[str]:
-    """The `mlflow server` command line; the store's URL, password and all, goes in the
-    environment (`environment`), which other users cannot read, unlike a command line."""
+    """The `mlflow server` command line; the store's URL and password go in the environment, which
+    other users cannot read."""
     line = [
         sys.executable,
         "-m",
@@ -262,8 +255,7 @@ def public_url(host: str, port: int) -> str:
 
 
 def wait_ready(server: subprocess.Popen, port: int, host: str) -> None:
-    """Until the server answers /health (a fresh database is migrated first), or an error
-    when it exits before that."""
+    """Wait until the server answers /health; an error when it exits before that."""
     local = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
     while True:
         code = server.poll()
@@ -295,8 +287,8 @@ def _stop_process_group(process: subprocess.Popen) -> None:
 
 
 def serve(settings: Settings, out: Print = print) -> int:
-    """Run the server until it exits, Ctrl-C or `mmlab server --stop`; returns its exit code.
-    The local PostgreSQL it started (no `--db`) is stopped with it."""
+    """Run the server (and the local PostgreSQL it started) until it exits, Ctrl-C or
+    `mmlab server --stop`; returns its exit code."""
     owner = f"pid {os.getpid()} on {socket.gethostname()}"
     claim = workspace.claim(state_file(), owner)
     if claim is None:
@@ -373,8 +365,7 @@ def _alive(pid: int) -> bool:
 
 
 def _running(path: Path) -> bool:
-    """Whether a `serve` still holds the workspace's claim (`workspace.claim`'s lock file),
-    which the OS drops when that process ends, however it ends."""
+    """Whether a `serve` still holds the workspace's claim, which the OS drops when it ends."""
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(path.parent / f".{path.name}.lock"), timeout=0)
@@ -387,8 +378,7 @@ def _running(path: Path) -> bool:
 
 
 def stop(out: Print = print) -> int:
-    """Stop the workspace's server (as Ctrl-C would) and its local PostgreSQL; 0 when nothing
-    runs any more."""
+    """Stop the workspace's server and its local PostgreSQL; 0 when nothing runs any more."""
     path = state_file()
     state = json.loads(path.read_text()) if path.exists() else None
     if state is not None:
