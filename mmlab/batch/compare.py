@@ -1,18 +1,9 @@
-"""Compare batches of runs: every stage's metrics side by side, with confidence intervals, and
+"""Compare batches of runs: every stage's metrics side by side with confidence intervals, and
 the metrics that moved beyond them (notebook 00 and `mmlab compare`).
 
-    batches = batch_compare.resolve(["default", "20261202-135047-ab12cd"])
-    report = batch_compare.compare(batches)
-    report.section("fusion methods")   # one row per method x metric, one column per batch
-    report.moved()                     # the metrics whose intervals no longer overlap
-    html = report.to_html()
-
-A batch is named by its name (`mmlab.batch`: the newest FINISHED run of each execution, so a
-resumed batch counts the runs it took from the cache) or by the id of one invocation
-(`mmlab.batch_id`: the runs that invocation executed). Intervals come from repeats: the seeds of
-a fusion method, or the runs of one configuration in a grid over seeds. A metric measured once
-per batch has no interval and is shown, never flagged.
-"""
+A batch is named by its name (the newest FINISHED run of each execution, cached ones too) or by
+one invocation's id (the runs it executed). Intervals come from repeats (seeds); a metric
+measured once per batch is shown, never flagged."""
 
 from __future__ import annotations
 

@@ -1,19 +1,11 @@
 """Training a captioner: teacher forcing, early stopping on captions actually decoded.
 
-    train = CaptionData.build(grids, ids, captions, vocab)     # grids from the feature cache
-    result = train_captioner(captioner, train, val, TrainConfig(epochs=8), on_epoch=log_epoch)
-
-Each step: cross-entropy over the next word (padding ignored) plus the doubly stochastic
-attention penalty `lambda * mean_i (1 - sum_t alpha_ti)^2`; AdamW, gradient clipping, a
-per-step learning-rate schedule with warm-up. After each epoch the validation images are
-decoded (greedy by default) and scored with BLEU-4 and CIDEr; the best state by `monitor` is
-kept and restored at the end, and training stops after `patience` epochs without improvement.
-
-On N processes (`TrainConfig.processes`, or under torchrun: see `mmlab.train.distributed`) each
-global batch of `batch_size` captions is split over the processes, each weighting its loss by
-its share of the batch's words, so that DDP's averaged gradient is the one process's gradient;
-rank 0 decodes the validation images and reports the epochs.
-"""
+Each step minimises next-word cross-entropy (padding ignored) plus the doubly stochastic
+attention penalty `lambda * mean_i (1 - sum_t alpha_ti)^2`, with AdamW, gradient clipping and a
+warm-up schedule. After each epoch the validation images are decoded and scored (BLEU-4,
+CIDEr); the best state by `monitor` is restored, with `patience` epochs of early stopping. On N
+processes each weights its loss by its share of the batch's words, so DDP's averaged gradient
+is the one-process gradient; rank 0 decodes and reports."""
 
 from __future__ import annotations
 
@@ -34,11 +26,8 @@ MONITORS = {"cider": "val_cider", "bleu4": "val_bleu4"}
 
 @dataclass
 class CaptionData:
-    """Inputs of one split and its captions, encoded once.
-
-    `inputs` are grids `[N, D, H, W]` (frozen encoder, from the cache) or uint8 pixels
-    `[N, 3, S, S]` (an encoder that trains); `tokens[m]` is a caption of image `image_index[m]`.
-    """
+    """Inputs of one split and its captions, encoded once: grids `[N, D, H, W]` or uint8 pixels
+    `[N, 3, S, S]` (a trainable encoder); `tokens[m]` is a caption of image `image_index[m]`."""
 
     inputs: torch.Tensor
     ids: list[str]
@@ -146,10 +135,8 @@ def caption_loss(
     share: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(total, cross_entropy)`: CE over non-pad targets plus the doubly stochastic penalty.
-
-    `share` weights the two means by this process's share of the global batch's words and
-    captions (times the number of processes): DDP's average of the processes' gradients is
-    then the gradient of the global batch's means. One process: (1, 1)."""
+    `share` weights the means by this process's share of the global batch's words and captions
+    (times the process count), so DDP's average is the global gradient. One process: (1, 1)."""
     ce = F.cross_entropy(
         logits.float().flatten(0, 1),
         targets.flatten(),
@@ -165,12 +152,9 @@ def caption_loss(
 
 
 def _batches(data: CaptionData, batch_size: int, generator=None, group=None):
-    """Caption rows in batches (shuffled with a generator), trimmed to their longest caption.
-
-    In a process group: this process's share of each global batch (every process draws the
-    same order) and the share's weights for `caption_loss`. A share is trimmed to its own
-    longest caption: a word's outputs never depend on the padding after its caption ends. A
-    last batch with fewer captions than processes is left out."""
+    """Shuffled caption batches, each trimmed to its longest caption (outputs never depend on
+    padding after a caption). In a group: this process's share and its `caption_loss` weights;
+    a last batch smaller than the process count is left out."""
     order = (
         torch.randperm(len(data.tokens), generator=generator)
         if generator is not None
@@ -230,13 +214,9 @@ def train_captioner(
     config: TrainConfig | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
-    """Train `model` (a `Captioner`) in place through `mmlab.train.loop`; the best epoch's
-    weights are restored at the end.
-
-    `on_epoch(epoch, metrics)` gets each epoch's metrics (epochs from 1) and, under `samples`,
-    the captions of the fixed validation images. `config.processes > 1` trains on that many
-    processes started here (this one waits and reports their epochs through `on_epoch`);
-    under torchrun, on the group it started."""
+    """Train a `Captioner` in place through `mmlab.train.loop`, restoring the best epoch's weights.
+    `on_epoch(epoch, metrics)` gets each epoch (from 1) and, under `samples`, the fixed validation
+    images' captions. `config.processes > 1` trains on processes started here."""
     config = config or TrainConfig()
     if model.encoder.frozen and train.inputs.dtype == torch.uint8:
         raise ValueError("frozen encoder: pass cached grids [N, D, H, W] as inputs, not pixels")
@@ -355,10 +335,9 @@ def compare_decodings(
     tokenizer: str = "auto",
     lexicon=None,
 ):
-    """`(table, decoded)`: a row per beam size (1 = greedy) with n-gram scores, grounded scores
-    where `objects` (id -> scene or object names) is given, read through `lexicon` (a
-    `mmlab.data.lexicons.Lexicon`; default: the synthetic one), and the mean log-probability per
-    token of the captions; `decoded[beam]` holds the `Captions` (text, attention)."""
+    """`(table, decoded)`: per beam size (1 = greedy) n-gram scores, grounded scores where `objects`
+    is given (via `lexicon`, default synthetic) and mean log-probability per token;
+    `decoded[beam]` holds the `Captions`."""
     from mmlab.metrics import evaluate_sets
 
     decoded = {b: model.decode_grids(data.inputs, b) for b in beam_sizes}

@@ -1,15 +1,10 @@
 """What every fusion method shares: the input description, the projection, the head, the base.
 
-Every method projects each modality to a common width `hidden`, fuses, and classifies with
-the same small head, so a comparison measures the fusion, not the head. A method declares the
-input form it needs (`input_form`): `"pooled"` methods take one vector per modality, `"tokens"`
-methods take token-level inputs (an image grid, a caption as vocabulary ids, a sequence).
-
-Pooled methods take any number of modalities, and any of them may be missing: a modality left
-out of the inputs is replaced, after projection, by a learned *missing token* of its own.
-Modality dropout (`modality_dropout=p`) trains that token: in training mode each sample loses
-each modality with probability p (never all of them), so the method learns to answer without it.
-"""
+Every method projects each modality to width `hidden`, fuses, and classifies with one shared
+head, so a comparison measures the fusion. `input_form` is `"pooled"` (one vector per
+modality) or `"tokens"` (grid, vocabulary ids, sequence). A missing pooled modality is
+replaced after projection by its learned *missing token*; `modality_dropout=p` trains it by
+dropping each modality of a sample with probability p (never all)."""
 
 from __future__ import annotations
 
@@ -27,14 +22,9 @@ Kind = Literal["pooled", "grid", "sequence", "ids"]
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What one modality's input looks like.
-
-    kind: `pooled` [N, dim], `grid` [N, dim, H, W], `sequence` [N, T, dim] (zero rows are
-    padding), `ids` [N, T] token ids of a vocabulary of size `dim` padded with `pad_id`.
-    shape: the grid's (H, W) or the sequence's maximum length T (sizes position embeddings).
-    special_ids (ids): the ids that are not words (padding, start, end, unknown); `unk_id`,
-    the unknown word, also stands for a hidden word in masked-word training.
-    """
+    """One modality's input. kind: `pooled` [N, dim], `grid` [N, dim, H, W], `sequence` [N, T, dim]
+    (zero rows pad), `ids` [N, T] of a vocabulary of size `dim`. shape: the grid's (H, W) or the
+    maximum T. special_ids: non-word ids; `unk_id` also marks a hidden word in masked-word training."""
 
     kind: Kind
     dim: int
@@ -113,21 +103,17 @@ class FusionModule(nn.Module):
     def training_forward(
         self, inputs: Mapping[str, Tensor], labels: Tensor
     ) -> tuple[Tensor, Tensor | None]:
-        """(logits, an objective of the method's own or None) for a training batch: `fusion.train_fusion`
-        adds the objective to the task's cross-entropy. A method with one overrides this, so
-        that both share the batch's work."""
+        """(logits, the method's own objective or None) for a training batch; `train_fusion` adds the
+        objective to the cross-entropy."""
         return self(inputs), None
 
 
 class PooledFusion(FusionModule):
-    """Projects each pooled modality to `hidden`: subclasses fuse the list `self.project(...)`.
+    """Projects each pooled modality to `hidden`: subclasses fuse `self.project(...)`.
 
-    A modality absent from the inputs becomes its missing token `self.missing[m]`. The token
-    lives in the projected space rather than in the feature space: zeros as features would pass
-    through the feature standardisation and come out as an arbitrary, confidently "present"
-    vector, while a token after it means "absent" to every method alike. It starts at zero (a
-    silent modality, for methods trained without modality dropout) and is learned under it.
-    """
+    An absent modality becomes `self.missing[m]`, a token in projected space: zero features would
+    come out of standardisation as a confidently "present" vector. It starts at zero and is learned
+    under modality dropout."""
 
     def __init__(self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0):
         super().__init__(specs, num_classes)

@@ -1,16 +1,8 @@
 """Build a fusion task's inputs from a dataset through the feature cache.
 
 Pooled methods get one vector per modality (`encoders`); token methods get token-level inputs
-(`token_encoders`): an image grid, a caption as `Vocabulary` ids for a trainable GRU (the
-encoder name `"vocab"`), or sequence features. An encoder is a name, `"name:key=value,..."`
-or a dict `{"name": ..., **options}`:
-
-    data = build(ds, task="match",
-                 encoders={"image": "efficientnet_lite0:image_size=128", "text": "minilm"},
-                 token_encoders={"image": "efficientnet_lite0:kind=grid,layer=mid,image_size=128",
-                                 "text": "vocab"})
-    data.split("pooled", "train")  # -> Split
-"""
+(`token_encoders`): an image grid, `Vocabulary` ids for a trainable GRU (`"vocab"`), or
+sequence features. An encoder is a name, `"name:key=value,..."` or `{"name": ..., **options}`."""
 
 from __future__ import annotations
 
@@ -197,9 +189,8 @@ def _extra_pairs(train, t: Task, k: int) -> ExtraPairs:
 
 
 def _extend(x: torch.Tensor, modality: str, extra: ExtraPairs, column, extractor):
-    """Training features followed by those of the extra pairs: text encoded (through the
-    cache) by the extractor the train split used (a TF-IDF stays fitted on the train split,
-    so both parts share one feature space), other modalities shared with the image row."""
+    """Training features followed by the extra pairs': text through the train split's extractor (one
+    feature space), other modalities shared with the image row."""
     if modality != "text":
         return torch.cat([x, x[extra.rows]])
     import datasets
@@ -216,10 +207,8 @@ def _extend(x: torch.Tensor, modality: str, extra: ExtraPairs, column, extractor
 def _mismatched(
     labels: torch.Tensor, image_rows: torch.Tensor, positive: int, fraction: float, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(caption rows, image rows) of mismatched negatives: the captions of a `fraction` of the
-    positive training pairs, each paired with the image of another chosen pair (a rotation of a
-    random order, so every chosen image is used once; pairs that would share an image are left
-    out)."""
+    """(caption rows, image rows) of mismatched negatives: the captions of a `fraction` of positive
+    training pairs, each with another chosen pair's image (each image used once)."""
     positives = (labels == positive).nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(positives), generator=g)
@@ -252,19 +241,13 @@ def build(
     mismatched: float = 0.0,
     target: str | None = None,
 ) -> FusionData:
-    """Inputs of `task` for the modalities named in `encoders` (pooled) and/or `token_encoders`.
+    """Inputs of `task` for the modalities in `encoders` (pooled) and/or `token_encoders`.
 
-    Features come from the cache (computed if missing); splits are train, validation, test.
-    `target` (label task): the column to predict, or a target of `mmlab.data.targets`
-    (`motion`, `first_shape`, `first_colour`, `circle_xor_sideways`); default `label`. Further
-    targets on the same features: `relabel(data, ds, target)`.
-    `extra_pairs` (match task on the embedded dataset): that many more (caption, label) pairs
-    per training image, drawn like the `match_*` columns; the image features are shared.
-    `mismatched` (match task): add negatives to the training split, the captions of that
-    fraction of the positive pairs each paired with another training image (group
-    `mismatched`). Hard negatives differ in one word; these differ in all, so every word that
-    is grounded helps tell them apart: they end the long loss plateau of token methods.
-    """
+    `target` (label task): the column to predict or a `mmlab.data.targets` name; default `label`
+    (more targets: `relabel`). `extra_pairs` (match task, embedded data): more (caption, label)
+    pairs per training image. `mismatched` (match task): that fraction of positive captions paired
+    with another training image (group `mismatched`); unlike one-word hard negatives they differ
+    in every word, so every grounded word helps."""
     t = _with_target(task_spec(task) if isinstance(task, str) else task, target)
     missing = [s for s in SPLITS if s not in ds]
     if missing:

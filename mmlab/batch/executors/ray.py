@@ -1,18 +1,11 @@
 """Executions as Ray tasks, on a local Ray instance or a cluster (`mmlab run --executor ray`).
 
-Each execution is one Ray task running the same `job.execute(job)` the local pool runs,
-with the stage's `resources` as the task's `num_cpus` / `num_gpus`. Workers get the notebooks and
-the mmlab package through Ray's runtime environment: the checkout is uploaded as the job's
-`working_dir` (runs, stores, data, caches and venvs left out), so a cluster needs no shared disk
-for code. The executed notebook, its HTML and its log come back with the task's result and are
-written into this workspace's runs/ by this process, as the local executor would have.
-
-A worker that sees this machine's files (a local instance: the execution's progress folder
-exists there) keeps the workspace's data and caches and reports its progress. A worker elsewhere
-uses its node's MMLAB_HOME, or its copy of the checkout, and shows no live progress; it must
-reach the tracking store, so a SQLite file (or a server on 127.0.0.1) here is refused with what
-to do instead.
-"""
+Each task runs `job.execute(job)` with the stage's `resources` as `num_cpus` / `num_gpus`. The
+checkout is uploaded as the runtime environment's `working_dir` (runs, stores, data, caches
+left out), so a cluster needs no shared disk; the executed notebook, HTML and log come back
+with the result and are written to runs/ here. A worker on this machine keeps the workspace's
+data and reports progress; one elsewhere must reach the tracking store, so a local SQLite
+file or 127.0.0.1 server is refused."""
 
 from __future__ import annotations
 
@@ -64,9 +57,8 @@ def code_root() -> Path:
 
 
 def runtime_env(root: Path) -> dict[str, Any]:
-    """Ray's runtime environment for the batch: the checkout (and mmlab, if it lies outside),
-    and this shell's MLflow client settings (a server's user and password, its certificate),
-    which a cluster's workers do not have otherwise."""
+    """Ray's runtime environment: the checkout (and mmlab if outside it) and this shell's MLflow
+    client settings, which a cluster's workers lack."""
     env: dict[str, Any] = {"working_dir": str(root), "excludes": list(EXCLUDES)}
     package = Path(mmlab.__file__).resolve().parent
     if not package.is_relative_to(root):
@@ -108,11 +100,8 @@ def remote_address(address: str | None) -> str | None:
 
 
 def send_token_if_any() -> None:
-    """Send Ray's authentication token when joining a cluster, as `ray start` does for a node.
-
-    Ray clusters take a token by default (`~/.ray/auth_token`, or RAY_AUTH_TOKEN[_PATH]), but
-    a driver sends it only in RAY_AUTH_MODE=token; an explicit RAY_AUTH_MODE is left alone.
-    """
+    """Send Ray's auth token when joining a cluster, as `ray start` does; a driver sends it only in
+    RAY_AUTH_MODE=token, and an explicit RAY_AUTH_MODE is left alone."""
     if "RAY_AUTH_MODE" in os.environ:
         return
     try:  # Ray's own switch: it also refreshes the configuration `import ray` already read
@@ -136,11 +125,8 @@ def store_error(uri: str, where: str) -> str:
 
 
 def run_task(job: Job, notebook: str) -> tuple[Outcome, dict[str, bytes]]:
-    """The Ray task: run `job` on this worker, return its outcome and its output files.
-
-    `notebook` is the notebook's path inside the checkout; Ray starts the worker in its copy
-    of the checkout (`working_dir`), so it is found from here.
-    """
+    """The Ray task: run `job` here and return its outcome and output files. `notebook` is a path
+    inside the checkout, which Ray copies as the worker's `working_dir`."""
     here = Path.cwd()
     saved = dict(os.environ)  # `execute` exports the job's environment; the next task starts clean
     env = dict(job.env)
