@@ -1,25 +1,10 @@
 """Batch files: schema, validation, grid expansion and parameter hashing.
 
-A batch file lists stages; each stage runs one notebook, once or once per grid combination:
-
-    name: main                      # optional; defaults to the file's stem
-    defaults: {seed: 0}             # given to every notebook whose parameters cell defines them
-    stages:
-      train:
-        notebook: notebooks/03_caption_training.ipynb
-        parameters: {epochs: 5}
-        grid: {lr: [0.001, 0.003]}  # one execution per combination
-      evaluate:
-        notebook: notebooks/04_caption_evaluation.ipynb
-        needs: [train]
-        parameters: {model_uri: "${train.run_id}"}
-        resources: {cpus: 2, gpus: 1}  # what one execution asks of a Ray cluster
-
-Parameters are layered: defaults < stage parameters < grid combination < `--set` overrides.
-A relative notebook path is looked up from the batch file's folder upwards (the first folder
-where it exists wins), so `notebooks/x.ipynb` in `params/main.yaml` finds the repository's
-`notebooks/x.ipynb`. Everything is checked before anything runs; errors name file, stage, key.
-"""
+A batch file has an optional `name`, `defaults` for every notebook whose parameters cell
+defines them, and `stages`, each with a `notebook`, `parameters`, a `grid` (one execution per
+combination), `needs` (`${stage.run_id}` references) and Ray `resources`. Parameters layer as
+defaults < stage < grid < `--set`. A relative notebook path is looked up from the file's
+folder upwards. Everything is checked before anything runs; errors name file, stage, key."""
 
 from __future__ import annotations
 
@@ -213,10 +198,8 @@ def _pydantic_problems(path: Path, error: ValidationError, stage: str | None = N
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Batch:
-    """Read, validate and expand a batch file (plus `--set` overrides) into executions.
-
-    Every problem found is reported in one BatchError, one line each, not just the first.
-    """
+    """Read, validate and expand a batch file (plus `--set` overrides) into executions; every
+    problem is reported in one BatchError, one line each."""
     path = Path(path)
     if not path.is_file():
         raise BatchError(f"{path}: batch file not found")
@@ -266,11 +249,8 @@ def _build(
     problems: list[str],
     complete: bool = True,
 ) -> Batch | None:
-    """Check and expand `spec`, appending every problem to `problems` (None if any).
-
-    `complete` is False when some stages failed their schema: checks that need every stage
-    (a `defaults` key no notebook defines) are then left out rather than reported wrongly.
-    """
+    """Check and expand `spec`, appending every problem to `problems` (None if any). With
+    `complete` False, checks that need every stage are skipped rather than reported wrongly."""
     before = len(problems)
     if not spec.stages and complete and not problems:
         problems.append(f"{path}: key 'stages': at least one stage is required")

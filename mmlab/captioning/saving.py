@@ -1,18 +1,10 @@
 """Captioners in MLflow: per-epoch logging, the model as an MLflow pyfunc, loading it back.
 
-    info = log_captioner(captioner)                  # under the active run, registered
-    captioner = load_captioner("models:/mmlab-captioner@champion")  # any form of mmlab.tracking.models
-    captioner.caption([Image.open("photo.jpg")])
-    mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [jpeg_bytes]}))  # captions
-
-A saved captioner is three plain files (the "captioner folder"): `captioner.json` (what
-`captioning.build` needs: decoder name and options, encoder identity, lengths), `vocab.json`
-and `weights.safetensors` (the state dict). Loading builds the model with today's classes and
-loads the weights into it, so a change to the classes that keeps the parameters keeps every
-saved model loadable; nothing of ours is pickled. The MLflow model wraps that folder in a
-`mlflow.pyfunc` model defined from code (`mlflow_model.py`) that carries a copy of `mmlab`
-(`code_paths`), a signature, an input example and pinned requirements.
-"""
+A saved captioner is a folder of plain files: `captioner.json` (what `captioning.build`
+needs), `vocab.json` and `weights.safetensors`. Loading builds today's classes and loads the
+weights, so any change that keeps the parameters keeps saved models loadable; nothing is
+pickled. The MLflow model wraps the folder in a pyfunc defined from code (`mlflow_model.py`)
+with a copy of `mmlab`, a signature, an input example and pinned requirements."""
 
 from __future__ import annotations
 
@@ -242,9 +234,8 @@ def log_captioner(
     registered_model_name: str | None = None,
     alias: str | None = None,
 ):
-    """Log the captioner under the active run as an MLflow pyfunc model (`runs:/<id>/<name>`);
-    with `registered_model_name`, register it as a new version and point `alias` at it.
-    Returns MLflow's ModelInfo (its `registered_model_version` set when registered)."""
+    """Log the captioner under the active run as a pyfunc model; with `registered_model_name`,
+    register a version and point `alias` at it. Returns MLflow's ModelInfo."""
     import mlflow.pyfunc
     from mlflow.tracking.fluent import active_run
 

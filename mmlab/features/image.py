@@ -1,17 +1,11 @@
 """Image encoders: torchvision CNNs, the offline EfficientNet-Lite0, and a small random CNN.
 
-Every image extractor is a convolutional trunk cut into stages. `layer="last"` runs all of
-them (stride 32: a 4x4 grid at 128 px, 7x7 at 224 px); `layer="mid"` stops after the last
-stage at stride 16 (an 8x8 grid at 128 px) where objects are still apart and a captioner's
-attention has room to move. `kind="pooled"` averages the grid into one vector, `kind="grid"`
-keeps it as `[N, C, H, W]`, and `kind="pyramid"` is spatial pyramid pooling (He et al., 2014):
-the grid's mean and its four quadrants' means, `[N, 5C]`, a vector that still says where things
-are (which object is leftmost), for methods that take one vector per image.
-
-`weights`: `None` (random init), a torchvision weights name (`"DEFAULT"`, `"IMAGENET1K_V1"`,
-or `"ResNet18_Weights.IMAGENET1K_V1"`; needs a network or a warm torch hub cache), or a path to a
-local state dict. EfficientNet-Lite0 defaults to `"imagenet"`: the weights that install offline.
-"""
+Each extractor is a convolutional trunk cut into stages: `layer="last"` runs all (stride 32),
+`layer="mid"` stops at stride 16, where objects are still apart for a captioner's attention.
+`kind="pooled"` averages the grid, `"grid"` keeps `[N, C, H, W]`, `"pyramid"` is spatial
+pyramid pooling (He et al., 2014): the mean and four quadrant means, `[N, 5C]`, which keeps
+where things are. `weights`: None (random), a torchvision weights name (needs a network or
+hub cache) or a local state dict; EfficientNet-Lite0 defaults to its offline `"imagenet"`."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """Text encoders: bag of words / TF-IDF, GRU and LSTM encoders, and the offline MiniLM.
 
-Encoders with a vocabulary (`bow`, `tfidf`, `gru`, `lstm`) are fitted: by `fit(texts)`, or on
-the first texts they are given. The feature cache fits them on the train split first, so all
-splits share one vocabulary; the vocabulary's hash is part of their identity.
-"""
+Encoders with a vocabulary are fitted by `fit(texts)` or on their first texts; the feature
+cache fits them on the train split, and the vocabulary's hash is part of their identity."""
 
 from __future__ import annotations
 
@@ -215,9 +213,8 @@ class MiniLM(Extractor):
         return super().extract(items, batch_size, num_workers=0, progress=progress)
 
     def export(self, folder) -> Path:
-        """Save this encoder as a `BertEncoder` state dict with its tokenizer (`ExportedMiniLM`
-        reads them): a query encoder that loads without transformers, whose import is most of
-        a new process's start."""
+        """Save as a `BertEncoder` state dict with its tokenizer: a query encoder that loads without
+        importing transformers, most of a new process's start."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         encoder = BertEncoder.from_bert(self.module)
@@ -254,9 +251,8 @@ def _pool(states: torch.Tensor, attention_mask: torch.Tensor, kind: str) -> torc
 
 
 class BertEncoder(nn.Module):
-    """BERT's encoder (Devlin et al., 2019) in PyTorch's own layers: word, position and segment
-    embeddings summed and normalised, then post-norm transformer layers with GELU. It holds a
-    Hugging Face `BertModel`'s weights (`from_bert`), so MiniLM runs with torch alone."""
+    """BERT's encoder (Devlin et al., 2019) in PyTorch layers, holding a Hugging Face `BertModel`'s
+    weights (`from_bert`), so MiniLM runs with torch alone."""
 
     def __init__(
         self,

@@ -1,26 +1,12 @@
 """Video encoders: mean of frame features, a 3D CNN (r3d_18), and a two-stream RGB + flow net.
 
-Each item is a path to a video file, decoded with PyAV; `num_frames` frames are sampled evenly
-and resized to `image_size`. Decoding (and optical flow) happen in `preprocess`, so DataLoader
-workers do them while the network runs.
-
-- `frame_mean`: an image encoder (default EfficientNet-Lite0) on every frame, averaged over
-  time: the baseline with no time axis. A clip played backwards gives the same vector, so it
-  cannot tell which way the scene moves.
-- `r3d_18`: torchvision's 3D ResNet-18 up to its global pool (a 512-d clip vector). Its
-  Kinetics-400 weights do not install offline: with `weights=None` (the default) it is a
-  random-init 3-D CNN, seeded, and it barely sees direction: the global average of a linear
-  filter's response is the filter's sum times the clip's mean, blind to motion, so only the
-  ReLUs' motion energy carries direction, through the faint time asymmetry of random filters,
-  and four stages of random filters mix that into appearance. Give it
-  `weights="DEFAULT"` (a network or a warm torch hub cache) or a local state dict to have the
-  trained video model.
-- `two_stream`: an appearance stream (the frame encoder on the RGB frames, averaged over time)
-  and a motion stream computed from optical flow (OpenCV Farneback between consecutive frames):
-  a histogram of flow orientations weighted by flow magnitude (HOF, as in Laptev et al. 2008
-  and dense trajectories), over the whole frame and a `flow_grid` x `flow_grid` layout, plus
-  the mean speed. The orientation is signed, so left and right land in opposite bins.
-"""
+Each item is a video path decoded with PyAV; `num_frames` evenly spaced frames are resized to
+`image_size` in `preprocess`, so DataLoader workers decode while the network runs.
+`frame_mean` averages an image encoder over frames (no time axis). `r3d_18` is torchvision's
+3-D ResNet-18 to its global pool (512-d); without Kinetics weights (`weights=None`, default)
+it is a seeded random init. `two_stream` pairs the frame encoder with a motion stream: a
+signed histogram of optical-flow orientations weighted by magnitude (HOF, Laptev et al. 2008;
+Farneback flow) over the frame and a `flow_grid` x `flow_grid` layout, plus the mean speed."""
 
 from __future__ import annotations
 
@@ -101,9 +87,8 @@ def optical_flow(frames: np.ndarray) -> np.ndarray:
 
 
 def flow_histogram(flow: np.ndarray, bins: int = 8, grid: int = 2) -> np.ndarray:
-    """Histogram of flow orientations weighted by magnitude (HOF) of `[T, H, W, 2]` flow, summed
-    over time, float32 `[flow_dim(bins, grid)]`: the whole frame's histogram, then each cell of
-    a `grid` x `grid` layout (row-major; none when `grid` is 1), as fractions of the total
+    """HOF of `[T, H, W, 2]` flow summed over time, float32 `[flow_dim(bins, grid)]`: the whole
+    frame's histogram then each cell's (row-major; none for `grid` 1) as fractions of the total
     magnitude, and last the mean speed in pixels per frame."""
     dx, dy = flow[..., 0], flow[..., 1]
     magnitude = np.hypot(dx, dy)

@@ -1,15 +1,9 @@
 """A local PostgreSQL cluster in a folder: initdb once, start on a free port, stop, databases.
 
-`mmlab server` without `--db` (what `make server` runs) keeps one in the workspace, under
-`.mmlab/postgres/`, so the whole shared-server path can be tried on one machine; the slow
-tests start their own. It uses the distribution's server binaries (`initdb`, `pg_ctl`; on
-Debian the `postgresql` package puts them in /usr/lib/postgresql/<version>/bin).
-
-PostgreSQL refuses to run as root. Run by root, the cluster's folder is handed to the
-unprivileged `postgres` user (Debian's package creates it) and the server commands run as that
-user through `runuser`; every client connects over TCP on 127.0.0.1 with a password that
-initdb set and that only the folder's owner can read.
-"""
+`mmlab server` without `--db` keeps one under `.mmlab/postgres/`, using the distribution's
+`initdb` and `pg_ctl`. PostgreSQL refuses root: run as root, the folder goes to the `postgres`
+user and server commands run through `runuser`. Clients connect over TCP on 127.0.0.1 with a
+password only the folder's owner can read."""
 
 from __future__ import annotations
 
@@ -133,10 +127,8 @@ class Cluster:
         return (self.data / "PG_VERSION").is_file()
 
     def init(self) -> None:
-        """Create the cluster (once): role `mmlab` with a random password, scram-sha-256 auth.
-
-        initdb writes into a temporary folder that is renamed into place, so a cluster folder
-        that exists is complete."""
+        """Create the cluster once (role `mmlab`, random password, scram-sha-256), in a temporary folder
+        renamed into place."""
         if self.initialized:
             return
         self.folder.mkdir(parents=True, exist_ok=True)

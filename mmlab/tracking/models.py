@@ -1,14 +1,8 @@
 """Models in MLflow's registry: one resolver for every way to name a model, aliases, promotion.
 
-    model_uri("latest")                           -> "models:/mmlab-captioner/7" (newest version)
-    model_uri("<run id>")                         -> "runs:/<run id>/model"
-    model_uri("models:/mmlab-captioner@champion") -> as is (also runs:/.., models:/NAME/VERSION)
-    model_uri("path/to/folder")                   -> the folder's absolute path (holds MLmodel)
-    promote(uri, "test_cider_best", 0.9, data=fp) -> sets `champion` if it beats the champion
-
-Notebook 03 registers every captioner it trains (alias `candidate`); notebook 04 evaluates one
-and moves `champion` to it when it scores better than the champion did on the same data.
-"""
+`model_uri` takes "latest", a run id, `models:/` or `runs:/` URIs, or a folder holding MLmodel.
+Notebook 03 registers each captioner (alias `candidate`); notebook 04 moves `champion` to one
+that scores better than the champion did on the same data."""
 
 from __future__ import annotations
 
@@ -99,9 +93,7 @@ def model_uri(source: str | Path = "latest", name: str = CAPTIONER) -> str:
 
 
 def logged_uri(info, registered_name: str | None = None) -> str:
-    """The URI to load a model the active run just logged from (`info`: MLflow's ModelInfo):
-    `models:/NAME/VERSION` when it was registered as `registered_name`, else
-    `runs:/<run id>/<artifact>`. The one place such URIs are built."""
+    """`models:/NAME/VERSION` for a model the active run registered, else `runs:/<run id>/<artifact>`."""
     version = getattr(info, "registered_model_version", None)
     if registered_name and version:
         return f"models:/{registered_name}/{version}"
@@ -205,9 +197,8 @@ def promote(
     alias: str = CHAMPION,
     higher_is_better: bool = True,
 ) -> Promotion:
-    """Record `metric = value` (scored on data fingerprint `data`) on the model's registered
-    version, and point `alias` at it when it beats the alias's version on the same data (or no
-    version holds the alias yet). Scores on other data are not comparable: the alias stays."""
+    """Record `metric = value` (on data fingerprint `data`) on the version, and point `alias` at it
+    when it beats the alias's version on the same data or no version holds the alias."""
     from mlflow.exceptions import MlflowException
 
     from mmlab.tracking import store

@@ -1,10 +1,5 @@
 """The tracking store: its URI, a ready client, retries on a busy SQLite, and whether a server
-answers. Every other tracking module reaches MLflow's store through these.
-
-Every store call is retried when SQLite reports "database is locked": MLflow sets a busy
-timeout, but a transaction that reads before it writes can still get SQLITE_BUSY at once when
-several processes write together.
-"""
+answers. Every other tracking module reaches MLflow's store through these."""
 
 from __future__ import annotations
 
@@ -27,11 +22,8 @@ T = TypeVar("T")
 
 
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else the workspace's SQLite store.
-
-    A relative SQLite path is made absolute, so kernels (which run in the notebook's folder)
-    write to the same database as the process that started them.
-    """
+    """`MLFLOW_TRACKING_URI` if set, else the workspace's SQLite store; a relative SQLite path is
+    made absolute so kernels in the notebook's folder write to the same database."""
     uri = workspace.tracking_uri()
     db = sqlite_path(uri)
     return f"sqlite:///{db}" if db is not None else uri
@@ -47,10 +39,7 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def default_artifact_root(uri: str | None = None) -> str | None:
-    """Where a SQLite store keeps artifacts: `mlartifacts/` beside the database file.
-
-    For the workspace store that is `workspace.artifact_root()`. A server store decides itself.
-    """
+    """`mlartifacts/` beside a SQLite store's database file; a server store decides itself."""
     db = sqlite_path(uri or tracking_uri())
     if db is None:
         return None
@@ -88,9 +77,8 @@ def is_server(uri: str | None = None) -> bool:
 
 
 def answers(uri: str | None = None) -> bool:
-    """Whether the tracking server answers at all: one look at /health, without MLflow's
-    retries (minutes when it is down). Only a connection that fails counts: a busy server
-    that is slow to reply is left to MLflow's retries. A database store always answers."""
+    """Whether the tracking server answers: one look at /health without MLflow's minutes of retries.
+    Only a failed connection counts; a database store always answers."""
     uri = uri or tracking_uri()
     if not is_server(uri):
         return True
@@ -140,12 +128,8 @@ _ready_stores: set[str] = set()
 
 
 def ensure_store(uri: str | None = None) -> str:
-    """Make sure the store exists with MLflow's schema; return its URI.
-
-    Several processes opening a fresh SQLite store at once would all run MLflow's schema
-    migrations and collide. So a missing database is built under a temporary name, under a
-    file lock, and renamed into place: a database file that exists is always complete.
-    """
+    """Make sure the store exists with MLflow's schema; return its URI. A missing database is built
+    under a temporary name and file lock, then renamed, so concurrent migrations never collide."""
     uri = uri or tracking_uri()
     if uri in _ready_stores:
         return uri
