@@ -1,8 +1,5 @@
-"""The unit of work the runner hands an executor: a `Job` in, an `Outcome` out.
-
-`execute(job)` is the whole of one execution (Papermill run, HTML rendering, artifacts); an
-executor only decides where it runs. Every executor imports this module and no other executor.
-"""
+"""The unit of work the runner hands an executor: a `Job` in, an `Outcome` out. `execute(job)`
+is the whole execution; an executor only decides where it runs."""
 
 from __future__ import annotations
 
@@ -110,11 +107,8 @@ def _progress_engine():
 
 
 def execute(job: Job) -> Outcome:
-    """Run the notebook with Papermill, render it, attach both to the job's MLflow run.
-
-    A raising cell or a dead kernel is a failed Outcome, never an exception: the executed
-    notebook (with the failing cell and traceback) is still saved and attached.
-    """
+    """Run the notebook with Papermill, render it, attach both to the job's MLflow run. A failing
+    cell or dead kernel is a failed Outcome; the executed notebook is still attached."""
     import nbformat
     import papermill
     from mlflow.tracking import MlflowClient

@@ -1,8 +1,5 @@
-"""Where the workspace keeps its files: one place so every module agrees.
-
-The workspace root is `MMLAB_HOME` if set, else the checkout that holds this package
-(a folder with pyproject.toml and notebooks/), else the current directory.
-"""
+"""Where the workspace keeps its files: `MMLAB_HOME`, else the checkout holding this package,
+else the current directory."""
 
 from __future__ import annotations
 
@@ -49,13 +46,10 @@ def artifact_root() -> str:
 
 
 def claim(final: Path, owner: str):
-    """Take `final` for this process, or return None if another process holds it.
+    """Take `final` for this process, or return None if another holds it.
 
-    The claim is a file lock beside `final` (`.NAME.lock`): the operating system drops it when
-    its process dies, so a killed runner never leaves a stale claim. Keep the returned lock
-    referenced until `.release()`: a collected lock is released. `owner` (who holds it) is
-    written beside it for `claimant` to report.
-    """
+    The claim is a file lock `.NAME.lock` the OS drops when its process dies. Keep the lock
+    referenced until `.release()`; `owner` is written beside it for `claimant`."""
     from filelock import FileLock, Timeout
 
     final = Path(final)
@@ -81,9 +75,7 @@ def claimant(final: Path) -> str:
 
 
 def sweep_stale(final: Path) -> None:
-    """Remove the temporary siblings `atomic_path(final)` leaves when its process is killed.
-    Call it only under `claim(final)`, held by this process or the runner that started it:
-    then no other writer is in its block."""
+    """Remove the temporary siblings a killed `atomic_path(final)` left; only under `claim(final)`."""
     final = Path(final)
     for stale in final.parent.glob(f".{final.name}.*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -91,10 +83,7 @@ def sweep_stale(final: Path) -> None:
 
 @contextmanager
 def atomic_path(final: Path):
-    """Yield a temporary sibling path; rename it onto `final` only if the block succeeds.
-
-    Works for files and directories: nothing half-written ever carries the final name.
-    """
+    """Yield a temporary sibling path (file or folder), renamed onto `final` only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))

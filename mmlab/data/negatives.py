@@ -1,17 +1,9 @@
 """Match pairs for any caption dataset: does this caption describe this image?
 
-Positives are an image's own captions. Negatives come from the captions themselves:
-
-- `other_image` (easy): a caption of another image of the same split;
-- hard negatives that change one content word of one of the image's captions: a `colour`, a
-  `count`, an `object` noun or a `spatial` word (its opposite: "left" for "right").
-
-Replacement words come from a small word list per kind (`NegativeWords`, overridable),
-restricted to the words the dataset's training captions use, so a negative is worded like the
-data; a kind whose list meets fewer than two of the dataset's words falls back to the whole
-list. The kind is recorded (`match_kind`), so accuracy by kind works on real data as on the
-embedded world, whose generator keeps its own exact negatives.
-"""
+Positives are an image's own captions. Negatives are `other_image` (easy: another image's
+caption) or hard, changing one `colour`, `count`, `object` or `spatial` word (to its
+opposite). Replacements come from `NegativeWords` restricted to the training captions' words
+(the whole list when fewer than two remain); `match_kind` records the kind."""
 
 from __future__ import annotations
 
@@ -188,9 +180,8 @@ def _pairs_for_split(split, swapper: Swapper, seed: int, k: int, salt: str):
 
 
 def add_match_columns(ds, seed: int = 0, words: NegativeWords | None = None):
-    """`ds` (split -> Dataset with `captions`) with `match_caption`, `match_label` and
-    `match_kind` added to every split that lacks them: one pair per image, deterministic in
-    (image id, seed)."""
+    """`ds` with `match_caption`, `match_label`, `match_kind` added where missing: one pair per
+    image, deterministic in (image id, seed)."""
     import datasets
 
     from mmlab.data.loaders import _quiet

@@ -1,11 +1,5 @@
-"""Automatic train/validation/test splits for datasets that come with fewer than three.
-
-Rows are ordered by a seeded hash of their image id, so the split is deterministic, does not
-depend on file order, and an image keeps its split when others are added. A source with one
-split (an imagefolder with no `split` column, a single COCO captions file) is cut 80/10/10;
-a source with train and one held-out split gets the missing one carved out of train. Splits
-the source names are kept as they are.
-"""
+"""Train/validation/test splits for datasets that come with fewer than three. Rows are ordered
+by a seeded hash of their image id, so a split is deterministic and stable as images are added."""
 
 from __future__ import annotations
 
@@ -78,12 +72,8 @@ def _carve(ds, wanted: dict[str, float], seed: int) -> dict[str, datasets.Datase
 
 
 def ensure_splits(splits: dict, seed: int = 0, where: str = "dataset") -> tuple[dict, SplitPlan]:
-    """Train, validation and test splits for `splits` (name -> Dataset), made where missing.
-
-    One split (whatever its name) is cut 80/10/10 by image id; with train present and one or
-    both held-out splits missing, each missing one takes its 10% share of all rows from train.
-    A split under `MIN_ROWS` is a `SplitError` naming it, its size and what would fix it.
-    """
+    """Train, validation and test for `splits`, made where missing: one split is cut 80/10/10;
+    a missing held-out split takes its 10% from train. A split under `MIN_ROWS` is a `SplitError`."""
     given = [s for s in SPLITS if s in splits]
     extra = [s for s in splits if s not in SPLITS]
     plan = SplitPlan(seed=seed, given=given + extra)

@@ -1,11 +1,8 @@
 """The feature cache: each (dataset, split, column, extractor) computed once, then memory-mapped.
 
-An entry is a folder under `workspace.cache_dir()/features/` holding a `datasets` Arrow table
-(`id`, flattened `features`) and a `manifest.json` with the entry's key parts, the tensor shape
-and the SHA-256 of every data file. The folder is written atomically, so an entry either is
-complete or does not exist; an entry whose files no longer match the manifest (truncated,
-edited, half-deleted) is reported and rebuilt.
-"""
+An entry is a folder, written atomically, of an Arrow table (`id`, flattened `features`) and a
+`manifest.json` (key parts, shape, SHA-256 of each file); one that no longer matches its
+manifest is reported and rebuilt."""
 
 from __future__ import annotations
 
@@ -46,12 +43,9 @@ def features(
     num_workers: int | None = None,
     progress: bool | str = False,
 ) -> torch.Tensor:
-    """Features of `dataset_dict[split][column]`, read from the cache or computed and stored.
-
-    `column` defaults to the modality's usual column (`image`, `captions`, `audio`, `video`).
-    A list-valued text column (captions) is encoded by its first entry. Extractors that need
-    fitting (TF-IDF, GRU/LSTM vocabularies) are fitted on the train split first.
-    """
+    """Features of `dataset_dict[split][column]` from the cache, else computed and stored.
+    `column` defaults to the modality's; a list column is encoded by its first entry; fitted
+    extractors fit on the train split first."""
     column = column or DEFAULT_COLUMNS[extractor.modality]
     if split not in dataset_dict:
         raise KeyError(f"split {split!r} not in the dataset; it has {list(dataset_dict)}")

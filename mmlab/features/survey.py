@@ -1,8 +1,4 @@
-"""Notebook 01's loop in one place: encode splits through the cache, time, probe.
-
-results = survey.encode_all(ds, {"image": ["efficientnet_lite0"]}, image_size=128)
-table = survey.probe_table(results, ds, targets=("first_shape", "first_colour"))
-"""
+"""Notebook 01's loop in one place: encode splits through the cache, time, probe."""
 
 from __future__ import annotations
 
@@ -112,9 +108,8 @@ def probe_table(
     test: str = "test",
     grid_cells: int | None = None,
 ) -> pd.DataFrame:
-    """Linear-probe accuracy (train on `train`, score on `test`) per encoder and target,
-    with the majority-class rate as the floor to beat. Grid features are pooled to a
-    `grid_cells` x `grid_cells` layout first (None: to one vector)."""
+    """Linear-probe test accuracy per encoder and target with the majority-class floor; grids are
+    pooled to `grid_cells` x `grid_cells` first (None: one vector)."""
     rows = []
     for target in targets:
         for split in (train, test):
@@ -141,9 +136,8 @@ def probe_table(
 def cost_table(
     results: Sequence[Encoded], probes: pd.DataFrame, modality: str, target: str, baseline: str
 ) -> pd.DataFrame:
-    """One row per `modality` encoder: milliseconds per item, that cost as a multiple of
-    `baseline`'s (NaN without it), and the probe accuracy on `target` with its majority rate
-    (NaN when not probed). Empty when no encoder of `modality` ran."""
+    """Per `modality` encoder: ms per item, its multiple of `baseline`'s, and probe accuracy on
+    `target` with its majority rate (NaN where missing)."""
     encoded = [r for r in results if r.modality == modality]
     ms = {r.name: 1000 / r.items_per_s for r in encoded}
     base = ms.get(baseline, float("nan"))
@@ -201,9 +195,7 @@ MIN_PROJECTED = 3  # a 2-D projection needs at least this many points
 
 
 def attribute_columns(ds, train: str = "train") -> list[str]:
-    """The columns a linear probe can predict: `label` first, then every scalar column (string,
-    integer, boolean or class label) with 2 to `MAX_CLASSES` values in the train split, and
-    fewer values than rows."""
+    """`label`, then every scalar column with 2 to `MAX_CLASSES` values in train, fewer than rows."""
     import datasets
 
     split = ds[train]
@@ -221,9 +213,8 @@ def attribute_columns(ds, train: str = "train") -> list[str]:
 
 
 def probe_targets(ds, requested: Sequence[str], train: str = "train", test: str = "test"):
-    """`(targets, note)`: the requested probe targets the dataset has in both splits; when it
-    has none of them, its `attribute_columns`. `note` is one line saying what changed ("" when
-    nothing did); no targets at all means the probes are skipped."""
+    """`(targets, note)`: the requested targets present in both splits, else `attribute_columns`;
+    `note` says in one line what changed."""
     columns = set(ds[train].column_names) & set(ds[test].column_names)
     present = [t for t in requested if t in columns]
     missing = [t for t in requested if t not in columns]

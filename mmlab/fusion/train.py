@@ -126,17 +126,12 @@ def train_fusion(
     config: TrainConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train with AdamW and cross-entropy (`mmlab.train.loop`); keep the weights of the best
-    validation accuracy.
+    """Train with AdamW and cross-entropy, keeping the weights of the best validation accuracy.
 
-    Seeds the shuffling from `config.seed` (build the model under the same seed for a fully
-    repeatable run: `torch.manual_seed(seed)` before `create`). `on_epoch(epoch, values)` is
-    called after each epoch with that epoch's train loss and validation loss and accuracy.
-
-    With `config.processes > 1` (and under torchrun) every global batch of `batch_size` rows
-    is split over the processes (`mmlab.train.distributed`): the same steps as one process, up to
-    rounding, except that dropout and the masked words are drawn per process.
-    """
+    Shuffling is seeded by `config.seed` (build the model under the same seed to repeat a run).
+    `on_epoch(epoch, values)` gets train loss, validation loss and accuracy. With
+    `config.processes > 1` global batches are split over processes: the same steps up to rounding,
+    with dropout and masked words drawn per process."""
     recipe = loop.LoopConfig(
         epochs=config.epochs,
         lr=config.lr,

@@ -1,13 +1,7 @@
 """The two sides of a retrieval pair, read from a dataset through the feature cache.
 
-A side is the features of one modality for every item of a split, with the dataset row each
-item belongs to: one item per row for images, audio and video, one per caption for text (an
-image with five captions gives five text items). Items of the two sides match when their rows
-are equal.
-
-    data = pair_data(ds, "image-text")   # default encoders: EfficientNet-Lite0 grid, MiniLM
-    data.splits["test"].left.x.shape     # [300, 112, 12, 12]; .right.x: [1500, 384]
-"""
+A side is one modality's features per item of a split with the row it belongs to: one item
+per row, or per caption for text. Items of the two sides match when their rows are equal."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""Retrieval models in MLflow: the heads' state dict, their config and the embedded galleries,
-logged as a pyfunc model that answers queries.
-
-    uri = log_search_model(searcher)   # under the active run, registered as mmlab-searcher
-    searcher = load_searcher(uri)      # or models:/mmlab-searcher@champion, a run id, a folder
-    mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": ["a red circle"]}))
-
-Loading for search reads the artifacts directly (no pyfunc machinery), so `mmlab search` in a
-new process pays for torch and the query encoder, not for MLflow's model loading.
-"""
+"""Retrieval models in MLflow: heads' state dict, config and embedded galleries, as a pyfunc.
+Loading for search reads the artifacts directly, skipping MLflow's model loading."""
 
 from __future__ import annotations
 
@@ -50,9 +42,8 @@ def log_search_model(
     registered_model_name: str | None = SEARCHER,
     alias: str | None = CANDIDATE,
 ) -> str:
-    """Log the searcher under the active run as a pyfunc model, registered as
-    `registered_model_name` with `alias` (as notebook 03 registers the captioner); returns the
-    URI to load it from (`models:/NAME/VERSION`, or `runs:/<run id>/<name>` unregistered)."""
+    """Log the searcher as a pyfunc registered as `registered_model_name` with `alias`; returns the
+    URI to load it from."""
     import mlflow.pyfunc
     from mlflow.tracking.fluent import active_run
 
@@ -79,12 +70,8 @@ def log_search_model(
 
 
 def load_searcher(source: str | Path = f"models:/{SEARCHER}@{CHAMPION}", index: str = "auto"):
-    """The Searcher of a logged retrieval model: any form `mmlab.tracking.models.model_uri`
-    takes ('latest' is the newest `mmlab-searcher`), or a folder `Searcher.save` wrote.
-
-    A model's files are downloaded once into the workspace cache (`cache/search/...`, keyed by
-    run or registered version, whose artifacts never change), so later searches read the cached
-    copy; an alias is resolved to its version every time (it may move)."""
+    """The Searcher of a logged model (any `model_uri` form) or of a `Searcher.save` folder.
+    Downloads are cached by run or version; an alias is resolved each time (it may move)."""
     path = Path(str(source)).expanduser()
     if (path / "config.json").is_file():
         return Searcher.load(path, index)

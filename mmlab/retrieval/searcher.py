@@ -1,16 +1,8 @@
-"""A trained dual encoder with its embedded galleries: what `mmlab search` and the MLflow model
-answer queries with.
+"""A trained dual encoder with its embedded galleries: what `mmlab search` answers queries with.
 
-    searcher = load_searcher("runs:/<run_id>/model")
-    searcher.search("text", ["a red circle above a blue square"], k=5)  # the closest images
-    searcher.search("image", ["scene.png"], k=5)                       # the closest captions
-
-On disk (the MLflow model's artifacts): `weights.pt` (the heads' state dict), `config.json`
-(the dual encoder's config), and per gallery modality `gallery_<modality>.npz` (unit vectors)
-with `gallery_<modality>.json` (item ids, file paths or caption texts), and for a MiniLM text
-side `query_encoder/`: MiniLM in torch's own layers (`BertEncoder`), so a text query is encoded
-without importing transformers (most of a new process's start).
-"""
+On disk: `weights.pt`, `config.json`, per gallery `gallery_<modality>.npz` (unit vectors) and
+`.json` (ids, paths or texts), and for MiniLM `query_encoder/` (`BertEncoder`), so text
+queries skip importing transformers."""
 
 from __future__ import annotations
 
