@@ -41,11 +41,8 @@ def build(
     seed: int | None = 0,
     **decoder_options,
 ) -> Captioner:
-    """A `Captioner` with decoder `decoder` (see `available()`) sized for `encoder` and `vocab`.
-
-    The decoder's initial weights come from `seed` (None: the global RNG as it stands), so
-    they do not depend on what ran before it in the notebook (a feature-cache miss used to
-    draw from the global RNG, so the same notebook trained differently with a warm cache)."""
+    """A `Captioner` with `decoder` (see `available()`) sized for `encoder` and `vocab`; its
+    initial weights come from `seed` (None: the global RNG), independent of what ran before."""
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

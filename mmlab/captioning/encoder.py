@@ -1,16 +1,10 @@
 """The image side of a captioner: a grid extractor of the feature registry as an `nn.Module`.
 
-`GridEncoder(extractor)` takes the CNN trunk of any image extractor built with `kind="grid"`
-(`efficientnet_lite0` with its offline ImageNet weights by default, torchvision CNNs, the small
-CNN) together with its preprocessing. `train_stages` says how many of the trunk's top stages
-learn: 0 (frozen: the grid can come from the feature cache, the main speed lever on a CPU),
-k (fine-tune the top k stages), or `"all"` (train from scratch, e.g. `small_cnn`).
-
-`colour_detail=d` appends the image's own colours to every grid cell: the pixels average-pooled
-to a `(d*H) x (d*W)` map and folded into `3*d*d` channels per cell (pixel_unshuffle). ImageNet
-features at stride 16 tell shapes apart far better than the scene's colours; the raw colours
-are a cheap, exact complement.
-"""
+`GridEncoder(extractor)` takes the trunk and preprocessing of any `kind="grid"` extractor.
+`train_stages`: 0 (frozen, so grids can come from the cache), k (fine-tune the top k stages) or
+`"all"`. `colour_detail=d` appends the image's own colours to each cell: pixels pooled to a
+`(d*H) x (d*W)` map folded into `3*d*d` channels (pixel_unshuffle), an exact complement to
+features that see shape better than colour."""
 
 from __future__ import annotations
 

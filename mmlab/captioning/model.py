@@ -1,12 +1,6 @@
 """`Captioner`: encoder, decoder and vocabulary in one module that turns images into captions.
-
-    captioner.caption([pil_image, ...], beam_size=3)          -> ["a red circle ...", ...]
-    out = captioner.decode(images, beam_size=3)                -> Captions (text, scores, attention)
-    out = captioner.decode_grids(cached_grids, beam_size=1)    -> the same from `[N, D, H, W]` grids
-
-Attention comes back per image as `[n_words, H, W]` (`grid_size = (H, W)`), ready to upsample
-over the image.
-"""
+`caption`, `decode` and `decode_grids` (from cached grids) return attention per image as
+`[n_words, H, W]`."""
 
 from __future__ import annotations
 

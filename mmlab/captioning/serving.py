@@ -1,14 +1,5 @@
-"""The captioner as an `mlflow.pyfunc.PythonModel`: images in, captions out.
-
-    model = mlflow.pyfunc.load_model("models:/mmlab-captioner@champion")
-    model.predict(pd.DataFrame({"image": [open("photo.jpg", "rb").read()]}), params={"beam_size": 1})
-    # -> DataFrame with a `caption` column
-
-Over HTTP (`mlflow models serve` / `mmlab serve`), the `image` column carries base64-encoded
-image bytes; MLflow decodes them before `predict`. A value that is not an image is the
-client's error: it is raised as INVALID_PARAMETER_VALUE, which the server answers with a 400
-and this message, not a 500.
-"""
+"""The captioner as an `mlflow.pyfunc.PythonModel`: images in, captions out (`caption` column).
+Over HTTP the `image` column is base64 bytes; a non-image raises INVALID_PARAMETER_VALUE, a 400."""
 
 from __future__ import annotations
 

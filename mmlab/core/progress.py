@@ -1,11 +1,8 @@
 """Progress records: what an execution is doing now, for the batch runner to show.
 
-Under the runner, `MMLAB_PROGRESS_DIR` names a folder of the execution's own. The executor
-writes the notebook's current cell there and training loops their latest epoch (through
-`EpochBar`, which also draws a tqdm.auto bar in JupyterLab). Each writer process has its own
-file, written atomically, so parallel training workers never clobber each other. Outside the
-runner nothing is written.
-"""
+Under the runner `MMLAB_PROGRESS_DIR` names the execution's folder: the executor writes the
+current cell, training loops their latest epoch (`EpochBar`), each process its own file,
+atomically. Outside the runner nothing is written."""
 
 from __future__ import annotations
 
@@ -71,13 +68,7 @@ def read(folder: Path) -> Snapshot:
 
 
 class EpochBar:
-    """An epoch bar for a training loop: a tqdm.auto bar (a widget in JupyterLab) showing the
-    given metrics, and a progress record the batch runner shows.
-
-        with progress.EpochBar(config.epochs, "lstm seed 0") as bar:
-            for epoch in ...:
-                bar.update({"loss": ..., "val_cider": ...})
-    """
+    """An epoch bar for a training loop: a tqdm.auto bar of the given metrics and a progress record."""
 
     def __init__(self, total: int, desc: str = ""):
         from tqdm.auto import tqdm

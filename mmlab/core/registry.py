@@ -1,9 +1,6 @@
-"""One registry style for every named family (encoders, fusion methods, decoders, retrieval
-heads, generators, executors, schedules), as timm's: a decorator registers a factory,
-`create(name, **options)` builds from it and refuses an option the factory does not take,
-`names()` lists what is registered. An unknown name reads the same everywhere:
-"unknown fusion method 'x'; valid names: a, b".
-"""
+"""One registry style for every named family, as timm's: a decorator registers a factory,
+`create(name, **options)` builds from it (refusing options it does not take), `names()` lists
+them; an unknown name reads "unknown fusion method 'x'; valid names: a, b" everywhere."""
 
 from __future__ import annotations
 
@@ -22,13 +19,9 @@ class RegistryError(KeyError, ValueError):
 
 
 class Registry:
-    """Factories of one kind by name.
-
-    `kind` names the family in errors ("fusion method"). `modules` are imported on the first
-    lookup, so a family whose members live in modules of their own is filled only when used
-    (a text query does not pay for torchvision). `error` is the exception type raised for an
-    unknown name or option (a subclass of `RegistryError` unless a caller has its own).
-    """
+    """Factories of one kind by name. `kind` names the family in errors; `modules` are imported on
+    first lookup, so members load only when used; `error` is the exception type for unknown names
+    or options."""
 
     def __init__(
         self, kind: str, modules: Iterable[str] = (), error: type[Exception] = RegistryError
@@ -39,9 +32,8 @@ class Registry:
         self._factories: dict[str, Callable[..., Any]] = {}
 
     def register(self, *names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: make `factory(*args, **options)` buildable as `create(name, ...)`; with no
-        names, under the factory's own `__name__`. A factory registered under several names
-        that takes a `name` parameter receives the one asked for."""
+        """Decorator: make `factory` buildable as `create(name, ...)` (default name: its `__name__`); a
+        factory under several names that takes `name` receives the one asked for."""
 
         def wrap(factory: Callable[..., Any]) -> Callable[..., Any]:
             for name in names or (factory.__name__,):

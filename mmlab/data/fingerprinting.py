@@ -1,10 +1,6 @@
-"""A stable content fingerprint of a DatasetDict: the same rows and file contents give the same
-hash wherever the files live and whenever they were written (no paths, no file times).
-
-Computing it reads every referenced file, so the value is remembered per dataset state
-(the `_fingerprint` of each split, which `datasets` changes on every transformation) and
-loaders hand it over at load time, when they read the files anyway.
-"""
+"""A content fingerprint of a DatasetDict: same rows and file contents, same hash (no paths or
+times). It reads every file, so it is remembered per split `_fingerprint` and handed over by
+loaders, which read the files anyway."""
 
 from __future__ import annotations
 

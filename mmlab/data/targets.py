@@ -1,21 +1,9 @@
 """Label targets of the embedded scenes: questions whose answers live in different modalities.
 
-The fusion `label` task (notebook 02) asks one of them per comparison, so its table shows
-which modality carries what:
-
-- `motion`: which way the scene moves; only the video's time axis tells it (a single frame, the
-  image, the caption and the sound are the same whichever way the objects travel).
-- `first_shape`, `first_colour`: the first (leftmost) object's shape and colour; the image,
-  the caption and the sound (pitch and pulse rate) all carry them.
-- `circle_xor_sideways`: "does the scene move sideways (left or right) exactly when it holds a
-  circle?". Its classes are balanced on any data whose motion is uniform over the four
-  directions, whatever the share of scenes with a circle: half the scenes move sideways,
-  independently of what they hold. No single modality answers it: the image, caption and
-  sound know the circle but not the motion, the video's motion features not the shapes, so
-  each alone is at chance unless it carries both halves.
-
-    values = targets.values(ds["train"], "motion")  # one class name per row
-"""
+`motion`: which way the scene moves, told only by the video's time axis. `first_shape`,
+`first_colour`: the leftmost object's, carried by image, caption and sound. `circle_xor_sideways`:
+does the scene move sideways exactly when it holds a circle? Balanced under uniform motion
+whatever the share of circles, and at chance for any single modality that lacks both halves."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """The one face every encoder shows: `extract(items) -> Tensor` plus what the tensor means.
 
-A subclass sets `modality`, `name`, `kind`, `dim`, fills `options` (everything that changes
-the output, for the cache key) and implements `preprocess` (one raw item -> something
-`collate` can batch) and `forward` (a collated batch -> features). Extraction runs batched
-under `torch.inference_mode`, with DataLoader workers where decoding is the heavy part.
-"""
+A subclass sets `modality`, `name`, `kind`, `dim`, fills `options` (all that changes the
+output: the cache key), and implements `preprocess` (raw item -> collatable) and `forward`.
+Extraction runs batched under `torch.inference_mode`, decoding in DataLoader workers."""
 
 from __future__ import annotations
 

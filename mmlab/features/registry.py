@@ -1,10 +1,6 @@
-"""Encoders by modality and name: one `Registry` per modality (`ENCODERS["image"]`, kind
-"image encoder"); `register`, `lookup`, `names` and `create` are its face by modality, and
-`parse_encoder` reads the `"name:key=value,..."` form a notebook or batch file names one in.
-
-Each modality's encoders live in the module of that name (`mmlab.features.text`, ...), the
-registry's lazily imported member module: a text query does not pay for torchvision or librosa.
-"""
+"""Encoders by modality and name: one `Registry` per modality, with `register`, `lookup`,
+`names`, `create`, and `parse_encoder` for `"name:key=value,..."`. Each modality's encoders
+live in its own lazily imported module, so a text query does not pay for torchvision."""
 
 from __future__ import annotations
 
@@ -28,10 +24,7 @@ def encoders(modality: str) -> Registry:
 
 
 def register(modality: str, *names: str) -> Callable[[Callable], Callable]:
-    """Decorator: make `factory(**options)` available as `create(modality, name)`.
-
-    A factory registered under several names receives the one asked for as `name=`.
-    """
+    """Decorator: make `factory(**options)` available as `create(modality, name)`, receiving `name=`."""
     return encoders(modality).register(*names)
 
 

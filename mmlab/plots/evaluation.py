@@ -1,9 +1,5 @@
 """Figures of notebook 04 (caption evaluation): examples, attention, beam sizes, lengths, words.
-
-Every function returns a `matplotlib.figure.Figure` built without pyplot (no global state, no
-figures left open); a notebook shows it by ending a cell with it and logs it with
-`tracking.log_figure`.
-"""
+Each returns a `Figure` built without pyplot (no global state, no figures left open)."""
 
 from __future__ import annotations
 
@@ -126,9 +122,8 @@ def attention_maps(
 def metrics_by_beam(
     table: pd.DataFrame, human: Mapping[str, float] | None = None, metrics: Sequence[str] = ()
 ) -> Figure:
-    """Each metric against beam size (`table`: index = beam size, a column per metric), with the
-    human-agreement value as a dashed line where given. Default metrics: `BEAM_METRICS` that
-    the table has."""
+    """Each metric against beam size (index: beam, a column per metric), human agreement dashed
+    where given; default metrics: the `BEAM_METRICS` the table has."""
     metrics = [m for m in (metrics or BEAM_METRICS) if m in table.columns]
     cols = min(4, len(metrics))
     rows = -(-len(metrics) // cols)

@@ -1,8 +1,5 @@
-"""Retrieval metrics: a similarity matrix turned into ranks, Recall@K, median and mean rank.
-
-The one home of these metrics (`mmlab.metrics` holds the caption metrics). A query may have
-several correct items (an image with five captions): the rank is that of the first one.
-"""
+"""Retrieval metrics: ranks of a similarity matrix, Recall@K, median and mean rank. With several
+correct items per query the rank is that of the first."""
 
 from __future__ import annotations
 
@@ -14,13 +11,9 @@ KS = (1, 5, 10)
 
 
 def retrieval_ranks(similarity, targets: Sequence | None = None) -> np.ndarray:
-    """1-based rank of the first correct item for each query (row) of a similarity matrix.
-
-    `targets[i]` is the correct column of row i, or a collection of correct columns (an image
-    with five captions); default: the diagonal. Ties count against the model: the rank is 1 + the
-    number of wrong items scoring at least as high as the best correct one, so a constant matrix
-    ranks every query last.
-    """
+    """1-based rank of the first correct item per query row. `targets[i]`: the correct column or
+    columns of row i (default: the diagonal). Ties count against the model, so a constant matrix
+    ranks every query last."""
     sim = np.asarray(similarity, dtype=float)
     if sim.ndim != 2:
         raise ValueError(f"similarity must be a 2-D [queries, items] matrix, got shape {sim.shape}")
@@ -57,11 +50,8 @@ def both_directions(
     names: tuple[str, str],
     ks: Iterable[int] = KS,
 ) -> dict[str, float]:
-    """Scores of a [queries, items] matrix read both ways, as `{a}_to_{b}_recall_at_1`, ...
-
-    `query_rows[i]` / `item_rows[j]` name the sample each query / item comes from: a pair is
-    correct when they are equal (a caption and its image). `names` = (query side, item side).
-    """
+    """Scores of a [queries, items] matrix both ways (`{a}_to_{b}_recall_at_1`, ...); a pair is
+    correct when `query_rows[i] == item_rows[j]`. `names` = (query side, item side)."""
     sim = np.asarray(similarity, dtype=float)
     query_rows, item_rows = np.asarray(query_rows), np.asarray(item_rows)
     if sim.shape != (len(query_rows), len(item_rows)):

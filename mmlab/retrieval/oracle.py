@@ -1,12 +1,8 @@
 """The attribute oracle: the best any model could do when captions leave scenes ambiguous.
 
-A caption names objects (colour, shape, sometimes size) and sometimes one relation; a scene
-with one object has no stated place. Several test scenes can fit a caption exactly (two single
-red circles), and no model can tell them apart from the text. The oracle knows every scene's
-objects, keeps the scenes a caption is true of, and ranks them in random order: its recall is
-the ceiling against which a model's is read. Scenes and their truth come from the dataset's
-world (`mmlab.data.world_of`): only a world that knows its scenes has an oracle.
-"""
+Several test scenes can fit a caption exactly (two single red circles). The oracle keeps the
+scenes a caption is true of and ranks them randomly: its recall is the ceiling for a model's.
+Only a world that knows its scenes (`mmlab.data.world_of`) has an oracle."""
 
 from __future__ import annotations
 
@@ -19,9 +15,8 @@ from mmlab.retrieval.metrics import both_directions
 
 
 def fits(caption: str, scene: Sequence[Mapping], world=None) -> bool:
-    """True when `caption` is true of `scene` (objects with colour, shape, size, x, y): it names
-    exactly the scene's objects, with the right sizes where stated and the relations it states.
-    `world`: whose truth judges it (default: the synthetic world's)."""
+    """True when `caption` names exactly `scene`'s objects with the stated sizes and relations,
+    judged by `world` (default: synthetic)."""
     return (world or synthetic_world()).fits(caption, scene)
 
 
@@ -34,9 +29,8 @@ def oracle_scores(
     names: tuple[str, str] = ("text", "image"),
     world=None,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """The oracle's scores (mean over `draws` random orders of the fitting scenes) and the fit
-    matrix; `own_fits` is the share of captions the parser finds true of their own scene.
-    `world` (default: the synthetic one) judges which scenes a caption is true of."""
+    """The oracle's scores (mean over `draws` random orders) and the fit matrix; `own_fits`: the
+    share of captions true of their own scene; `world` judges (default: synthetic)."""
     raw = (world or synthetic_world()).fit_matrix(captions, scenes)
     fitting = raw.copy()
     fitting[np.arange(len(captions)), np.asarray(caption_rows)] = True

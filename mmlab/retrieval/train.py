@@ -71,9 +71,8 @@ def evaluate(model: DualEncoder, split: PairSplit) -> dict[str, float]:
 
 
 def grouped_order(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Pair indices in a random order of their rows, the pairs of one row side by side: a batch
-    holds whole images with all their captions, so each image is encoded once for five
-    captions (its other captions masked as negatives) and an epoch costs one pass over images."""
+    """Pair indices in a random order of rows, one row's pairs side by side: each image is encoded
+    once per batch for all its captions (the others masked as negatives)."""
     n_rows = int(rows.max()) + 1
     rank = torch.empty(n_rows, dtype=torch.long)
     rank[torch.randperm(n_rows, generator=generator)] = torch.arange(n_rows)
@@ -92,12 +91,9 @@ def train_retrieval(
     hard_negatives: Side | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
-    """Train the heads of `data.pair` on its train split (`mmlab.train.loop`); validation
-    picks the kept epoch.
-
-    `hard_negatives`: texts (with the training row each was drawn for) that are wrong for their
-    row, added as negatives of the left -> right direction when their row is in the batch.
-    """
+    """Train the heads of `data.pair` (`mmlab.train.loop`); validation picks the kept epoch.
+    `hard_negatives`: texts wrong for their training row, added as left -> right negatives when
+    their row is in the batch."""
     started = time.perf_counter()
     model = build(data, config)
     recipe = loop.LoopConfig(

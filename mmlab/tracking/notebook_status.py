@@ -1,12 +1,8 @@
 """A notebook cell that raises marks its MLflow run FAILED, however the notebook runs.
 
-Under `mmlab run` the runner sets the final status, but plain `papermill` and JupyterLab
-have no runner: the kernel's exit used to end the run FINISHED (MLflow's own exit hook), so a
-broken run looked like a good one. `watch_cells()` (called when `mmlab.tracking` is imported
-in an IPython kernel) registers a `post_run_cell` handler: when a cell raises, the active run
-gets status FAILED and the tag `mmlab.error` (the traceback's last line, as the runner writes
-it), and at exit the run is ended FAILED instead of FINISHED.
-"""
+Without the runner (papermill, JupyterLab) MLflow's exit hook would end the run FINISHED.
+`watch_cells()` registers a `post_run_cell` handler: a raising cell sets status FAILED and tag
+`mmlab.error` (the traceback's last line), and at exit the run ends FAILED."""
 
 from __future__ import annotations
 
