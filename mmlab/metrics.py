@@ -203,7 +203,7 @@ class Meteor:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
-    def _read(self) -> str:
+    def _receive(self) -> str:
         answer = self.proc.stdout.readline()
         if not answer:
             raise RuntimeError(f"METEOR ({' '.join(self.cmd)}) exited with code {self.proc.poll()}")
@@ -214,10 +214,10 @@ class Meteor:
         for key in gts:
             hyp = res[key][0].replace("|||", "").replace("  ", " ")
             self._send(" ||| ".join(["SCORE", *gts[key], hyp]))
-            stats.append(self._read())
+            stats.append(self._receive())
         self._send("EVAL ||| " + " ||| ".join(stats))
-        per_image = [float(self._read()) for _ in stats]
-        return {"meteor": float(self._read())}, {"meteor": np.asarray(per_image)}
+        per_image = [float(self._receive()) for _ in stats]
+        return {"meteor": float(self._receive())}, {"meteor": np.asarray(per_image)}
 
     def close(self) -> None:
         self.proc.stdin.close()

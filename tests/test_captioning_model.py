@@ -72,6 +72,42 @@ def test_step_by_step_equals_teacher_forcing(name, dim):
         torch.testing.assert_close(step_alpha, alpha[:, t], atol=1e-5, rtol=1e-4)
 
 
+class WholePrefix:
+    """A decoder whose step runs teacher forcing over the whole prefix (no cache): what
+    decoding computes without the incremental path."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+
+    def start(self, grid):
+        return {"grid": grid}, {"prefix": torch.zeros(len(grid), 0, dtype=torch.long)}
+
+    def step(self, memory, state, tokens):
+        prefix = torch.cat([state["prefix"], tokens.unsqueeze(1)], dim=1)
+        grid = memory["grid"].repeat_interleave(len(tokens) // len(memory["grid"]), dim=0)
+        logits, alpha = self.decoder(grid, prefix)
+        return logits[:, -1].log_softmax(-1), alpha[:, -1], {"prefix": prefix}
+
+
+@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_decoding_with_the_step_equals_decoding_with_the_whole_prefix(name, beam_size):
+    """Greedy and beam search find the same captions, scores and attention through the
+    incremental step as through teacher forcing rerun over each prefix."""
+    decoder, grid = make(name, seed=2), grids(n=6, seed=3)
+    options = dict(beam_size=beam_size, start_id=START, end_id=END, max_len=8)
+    with torch.no_grad():  # some captions end before max_len, some do not
+        decoder.fc.weight *= 2
+        decoder.fc.bias[END] += 0.3
+        expected = decoding.decode(WholePrefix(decoder), grid, **options)
+    out = decoding.decode(decoder, grid, **options)
+    assert out.tokens == expected.tokens and len({len(t) for t in out.tokens}) > 1
+    torch.testing.assert_close(out.log_prob, expected.log_prob, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.length, expected.length)
+    for a, b in zip(out.attention, expected.attention, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", DECODERS)
 def test_a_padded_batch_gives_each_caption_what_it_gets_alone(name):
     """Captions of different lengths in one batch (the LSTM shrinks the batch as they end):
@@ -295,10 +331,10 @@ def test_multi_head_attention_equals_nn_multihead_attention(causal):
     mask = torch.ones(7, keys.size(1), dtype=torch.bool).triu(1) if causal else None
     expected, expected_weights = reference(x, keys, keys, attn_mask=mask, need_weights=True)
     memory_arg = None if causal else memory
-    out, weights = ours(x, memory_arg, causal=causal, need_weights=True)
+    out, weights, _ = ours(x, memory_arg, need_weights=True)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(weights, expected_weights)
-    fused, none = ours(x, memory_arg, causal=causal)
+    fused, none, _ = ours(x, memory_arg)
     torch.testing.assert_close(fused, expected)
     assert none is None
 

@@ -314,8 +314,8 @@ def test_masked_words_teach_each_word_to_find_its_object():
     model.eval()
     with torch.no_grad():  # hide the colour word (position 1) and read the prediction
         masked = dict(test, text=test["text"].index_fill(1, torch.tensor([1]), 3))
-        q, mask, context, alpha = model._look(masked)
-        located = model._read(q, mask, context, alpha)[1]
+        q, mask, context, alpha = model._attend(masked)
+        located = model._compare_and_locate(q, mask, context, alpha)[1]
         named = model.word_head(torch.cat([q, context, located], -1))[:, 1].argmax(-1)
     assert (named == test["text"][:, 1]).float().mean() > 0.9
 

@@ -141,7 +141,7 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if d_model % heads:
             raise ValueError(f"d_model {d_model} is not a multiple of heads {heads}")
-        self.heads, self.p = heads, dropout
+        self.heads, self.dropout_p = heads, dropout
         if cross:
             self.q, self.kv = nn.Linear(d_model, d_model), nn.Linear(d_model, 2 * d_model)
         else:
@@ -166,38 +166,38 @@ class MultiHeadAttention(nn.Module):
         """The cross-attention keys and values of `memory [B, N, D]`, each `[B, heads, N, d]`."""
         return tuple(self.split_heads(x) for x in self.kv(memory).chunk(2, dim=-1))
 
-    def forward(self, x, memory=None, *, causal: bool = False, need_weights: bool = False):
-        """`(output [B, T, D], weights [B, T, N] averaged over heads, or None)`: self-attention
-        of `x` when `memory` is None, else cross-attention of `x` over `memory`."""
+    def forward(self, x, memory=None, *, past=None, need_weights: bool = False):
+        """`(output [R, T, D], weights [R, T, N] averaged over heads or None, keys and values)`.
+
+        Without `memory`: causal self-attention of `x`, after `past` (the keys and values of
+        the earlier positions, `[R, heads, P, d]` each: a cache) for one new position; the
+        keys and values returned include x's, to extend the cache. With `memory` (`[B, N, D]`
+        or its `keys_values`): cross-attention, the `R = B * K` rows of `x` in K consecutive
+        rows per memory row (e.g. beams) that attend to it together, without copies of it."""
+        R, T, D = x.shape
         if memory is None:
+            if past is not None and T > 1:
+                raise ValueError(f"a cache extends one position at a time, got {T}")
             q, k, v = (self.split_heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+            if past is not None:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            cache = k, v
         else:
-            q, (k, v) = self.split_heads(self.q(x)), self.keys_values(memory)
-        p = self.p if self.training else 0.0
+            k, v = self.keys_values(memory) if torch.is_tensor(memory) else memory
+            q, cache = self.split_heads(self.q(x).reshape(k.size(0), -1, D)), None
+        causal = memory is None and past is None  # one position after a cache attends to all
+        p = self.dropout_p if self.training else 0.0
         if need_weights:
             scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
             if causal:
-                T, N = scores.shape[-2:]
-                future = torch.ones(T, N, dtype=torch.bool, device=x.device).triu(1)
+                future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
                 scores = scores.masked_fill(future, float("-inf"))
             weights = F.dropout(torch.softmax(scores, dim=-1), p, self.training)
-            out, alpha = weights @ v, weights.mean(dim=1)
+            out, alpha = weights @ v, weights.mean(dim=1).reshape(R, T, -1)
         else:
-            out, alpha = (
-                F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal),
-                None,
-            )
-        return self.proj(out.transpose(1, 2).flatten(2)), alpha
-
-    def attend_rows(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
-        """One query per row, `q [B * K, D]`, against keys and values `[B, heads, N, d]` (K
-        rows, e.g. beams, per row of keys, sharing them): `(output [B * K, D], weights
-        [B * K, heads, N])`."""
-        B, heads, N, d = k.shape
-        q = q.view(B, -1, heads, d).transpose(1, 2)  # [B, heads, K, d]: one matmul per image
-        weights = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(d), dim=-1)
-        out = (weights @ v).transpose(1, 2).flatten(2).flatten(0, 1)
-        return self.proj(out), weights.transpose(1, 2).flatten(0, 1)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
+            alpha = None
+        return self.proj(out.transpose(1, 2).reshape(R, T, D)), alpha, cache
 
 
 class _DecoderLayer(nn.Module):
@@ -213,13 +213,15 @@ class _DecoderLayer(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, memory, need_weights: bool = True):
-        """`need_weights=False` for a layer whose cross-attention weights are not returned
-        (then alpha is None)."""
-        x = x + self.dropout(self.self_attn(self.norm1(x), causal=True)[0])
-        attended, alpha = self.cross_attn(self.norm2(x), memory, need_weights=need_weights)
+    def forward(self, x, memory, need_weights: bool = True, past=None):
+        """`(x, alpha, the self-attention's keys and values, past's and x's, for the cache)`,
+        `memory` and `past` as `MultiHeadAttention` takes them; alpha is None for
+        `need_weights=False` (a layer whose cross-attention weights are not returned)."""
+        attended, _, keys_values = self.self_attn(self.norm1(x), past=past)
         x = x + self.dropout(attended)
-        return x + self.dropout(self.ff(self.norm3(x))), alpha
+        attended, alpha, _ = self.cross_attn(self.norm2(x), memory, need_weights=need_weights)
+        x = x + self.dropout(attended)
+        return x + self.dropout(self.ff(self.norm3(x))), alpha, keys_values
 
 
 @DECODERS.register("transformer")
@@ -274,19 +276,27 @@ class TransformerDecoder(nn.Module):
             )
         return self.memory_proj(grid_tokens(grid)) + self.grid_position
 
-    def _decode(self, memory: torch.Tensor, tokens: torch.Tensor):
-        T = tokens.size(1)
+    def _decode(self, tokens: torch.Tensor, memory, state: State | None = None):
+        """`(logits, alpha, state)` of `tokens [R, T]` over `memory` (the encoded grid, or
+        `start`'s memory), after the positions whose self-attention keys and values `state`
+        caches (None: none); the state returned caches `tokens`' too."""
+        start = 0 if state is None else state["k0"].size(2)
+        T = start + tokens.size(1)
         if T > self.max_len:
             raise ValueError(f"caption of {T} tokens is longer than max_len={self.max_len}")
-        positions = torch.arange(T, device=tokens.device)
+        positions = torch.arange(start, T, device=tokens.device)
         x = self.dropout(self.embed(tokens) * math.sqrt(self.d_model) + self.position(positions))
-        last = len(self.layers) - 1
+        last, cache = len(self.layers) - 1, {}
         for i, layer in enumerate(self.layers):  # alpha: the last layer's
-            x, alpha = layer(x, memory, need_weights=i == last)
-        return self.fc(self.norm(x)), alpha
+            grid = memory if torch.is_tensor(memory) else (memory[f"k{i}"], memory[f"v{i}"])
+            past = None if state is None else (state[f"k{i}"], state[f"v{i}"])
+            x, alpha, (k, v) = layer(x, grid, need_weights=i == last, past=past)
+            cache[f"k{i}"], cache[f"v{i}"] = k, v
+        return self.fc(self.norm(x)), alpha, cache
 
     def forward(self, grid: torch.Tensor, tokens: torch.Tensor):
-        return self._decode(self.encode(grid), tokens)
+        logits, alpha, _ = self._decode(tokens, self.encode(grid))
+        return logits, alpha
 
     def start(self, grid: torch.Tensor) -> tuple[State, State]:
         """Memory: the grid tokens' cross-attention keys and values of every layer, projected
@@ -303,28 +313,9 @@ class TransformerDecoder(nn.Module):
         return memory, state
 
     def step(self, memory: State, state: State, tokens: torch.Tensor):
-        t = state["k0"].size(2)
-        if t >= self.max_len:
-            raise ValueError(f"caption of {t + 1} tokens is longer than max_len={self.max_len}")
-        position = torch.full_like(tokens, t)
-        x = self.embed(tokens) * math.sqrt(self.d_model) + self.position(position)
-        state = dict(state)
-        alpha = None
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            q, k, v = attn.qkv(layer.norm1(x)).chunk(3, dim=-1)
-            k = torch.cat([state[f"k{i}"], attn.split_heads(k.unsqueeze(1))], dim=2)
-            v = torch.cat([state[f"v{i}"], attn.split_heads(v.unsqueeze(1))], dim=2)
-            state[f"k{i}"], state[f"v{i}"] = k, v
-            x = x + attn.attend_rows(q, k, v)[0]
-            cross = layer.cross_attn
-            q = cross.q(layer.norm2(x))
-            attended, weights = cross.attend_rows(q, memory[f"k{i}"], memory[f"v{i}"])
-            x = x + attended
-            x = x + layer.ff(layer.norm3(x))
-            alpha = weights.mean(dim=1)  # the last layer's, averaged over heads
-        logits = self.fc(self.norm(x))
-        return F.log_softmax(logits.float(), dim=-1), alpha, state
+        """One more position through the layers of teacher forcing, attending to the cache."""
+        logits, alpha, state = self._decode(tokens.unsqueeze(1), memory, state)
+        return F.log_softmax(logits[:, 0].float(), dim=-1), alpha[:, 0], state
 
 
 def available() -> list[str]:

@@ -231,7 +231,7 @@ class GridCrossAttention(FusionModule):
         )
         return torch.cat([location, parts.flatten(2)], dim=-1)
 
-    def _look(self, inputs, masked=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _attend(self, inputs, masked=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(word states, their mask, what each word found, its attention [N, T, M] averaged
         over heads). `masked` (rows, their captions with hidden words) appends those
         captions, each beside its row's image, so one pass reads both and the recurrences'
@@ -286,8 +286,8 @@ class GridCrossAttention(FusionModule):
         if hide is None:
             return self(inputs), None
         rows, masked_ids, hidden, hidden_ids = hide
-        q, q_mask, context, alpha = self._look(inputs, (rows, masked_ids))
-        compared, located = self._read(q, q_mask, context, alpha)
+        q, q_mask, context, alpha = self._attend(inputs, (rows, masked_ids))
+        compared, located = self._compare_and_locate(q, q_mask, context, alpha)
         n = len(labels)
         logits = self._match(q_mask[:n], compared[:n], located[:n])
         # The located reading names hidden relations ("left of") from where the nouns looked.
@@ -295,10 +295,10 @@ class GridCrossAttention(FusionModule):
         return logits, self.masked_words * F.cross_entropy(named, hidden_ids)
 
     def forward(self, inputs):
-        q, q_mask, context, alpha = self._look(inputs)
-        return self._match(q_mask, *self._read(q, q_mask, context, alpha))
+        q, q_mask, context, alpha = self._attend(inputs)
+        return self._match(q_mask, *self._compare_and_locate(q, q_mask, context, alpha))
 
-    def _read(self, q, q_mask, context, alpha) -> tuple[Tensor, Tensor]:
+    def _compare_and_locate(self, q, q_mask, context, alpha) -> tuple[Tensor, Tensor]:
         """Each word compared with what it found, and its located reading."""
         compared = self.compare(torch.cat([q, context, q * context, q - context], dim=-1))
         where = self.locate(self._locations(alpha, q_mask))

@@ -18,7 +18,7 @@ from mmlab.fusion.pooled import (
     Gated,
     Late,
     LowRank,
-    Tensor_,
+    TensorFusion,
     Unimodal,
     WeightedSum,
 )
@@ -41,7 +41,7 @@ for _name, _cls in (
     ("weighted_sum", WeightedSum),
     ("attention", Attention),
     ("gated", Gated),
-    ("tensor", Tensor_),
+    ("tensor", TensorFusion),
     ("low_rank", LowRank),
     ("late", Late),
     ("cross_attention", CrossAttention),

@@ -114,7 +114,7 @@ def _with_one(z: Tensor) -> Tensor:
     return torch.cat([z, z.new_ones(z.shape[0], 1)], dim=-1)
 
 
-class Tensor_(PooledFusion):
+class TensorFusion(PooledFusion):
     """Tensor fusion (Zadeh et al., 2017): the outer product of the [z_m, 1] vectors.
 
     The product has prod(d_m + 1) entries, so modalities are first reduced to `tensor_dim`
