@@ -1,9 +1,5 @@
-"""Optional extras: the packages that only some encoders, the Ray executor or the tracking
-server need, and a clear error without them.
-
-The core install runs the runner, tracking, the data and captioning; these modules are imported
-where they are used, through `require`, so a missing one names the `pip install` that adds it.
-"""
+"""Optional extras for some encoders, the Ray executor and the server: imported where used via
+`require`, so a missing one names the `pip install` that adds it."""
 
 from __future__ import annotations
 
@@ -40,11 +36,8 @@ def install_hint(module: str) -> str:
 
 
 def require(module: str, needed_by: str) -> ModuleType:
-    """Import an optional module, or raise `MissingExtra` naming the extra that installs it.
-
-    Only the module itself being absent is translated; an error raised inside it (a broken
-    install) propagates as it is.
-    """
+    """Import an optional module, or raise `MissingExtra` naming its extra; errors raised inside
+    the module (a broken install) propagate."""
     if module not in EXTRAS:
         raise KeyError(f"{module!r} is not an optional module; known: {sorted(EXTRAS)}")
     try:

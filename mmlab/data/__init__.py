@@ -1,11 +1,6 @@
-"""Data: the embedded synthetic dataset, loaders for real formats (one schema), the content
-fingerprint, the captioning tokenizer/vocabulary (`mmlab.data.text`), and the world seam:
-`world_of(ds)` answers what is true behind a dataset (lexicon, scenes, negatives), so no code
-outside this package needs to know whether the data is the synthetic world's.
-
-Names are imported on first use, so the generator's worker processes do not pay for
-importing `datasets`.
-"""
+"""Data: the embedded dataset, loaders for real formats (one schema), the content fingerprint,
+the captioning vocabulary, and the world seam `world_of(ds)`, so no code outside needs to know
+whether data is synthetic. Names load on first use, sparing generator workers `datasets`."""
 
 from __future__ import annotations
 

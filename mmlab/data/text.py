@@ -1,8 +1,5 @@
-"""Tokenizer and vocabulary for captioning.
-
-Tokens are lowercase words and numbers; punctuation separates words and is dropped, an
-apostrophe inside a word is kept ("it's"). Ids 0..3 are the special tokens.
-"""
+"""Tokenizer and vocabulary for captioning: lowercase words and numbers, punctuation dropped,
+inner apostrophes kept ("it's"); ids 0..3 are the special tokens."""
 
 from __future__ import annotations
 

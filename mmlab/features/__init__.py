@@ -1,13 +1,6 @@
 """Encoders for every modality behind one registry, and the feature cache.
-
-    extractor = mmlab.features.create("image", "efficientnet_lite0", image_size=128)
-    vectors = extractor.extract(pil_images)            # [N, 1280]
-    grid = mmlab.features.create("image", "efficientnet_lite0", image_size=128,
-                                 kind="grid", layer="mid").extract(pil_images)  # [N, 112, 8, 8]
-
-`available(modality)` lists the names; `mmlab.features.cache.features(...)` stores and reuses
-the features of a dataset split.
-"""
+`create(modality, name, **options)` builds one, `available(modality)` lists the names, and
+`mmlab.features.cache.features(...)` stores and reuses a split's features."""
 
 from __future__ import annotations
 

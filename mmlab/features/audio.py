@@ -1,10 +1,8 @@
 """Audio encoders (librosa): MFCC, LPC and log-mel frames, pooled or as sequences.
 
-Each item is a path to an audio file (or a 1-D float array at `sample_rate`), read with
-soundfile, mixed to mono and resampled. Frames are 25 ms with a 10 ms hop. `kind="pooled"`
-gives the mean and standard deviation of every coefficient over time (`2 * n` values);
-`kind="sequence"` the frames themselves, `[N, T, n]`, zero-padded.
-"""
+Items are audio paths (or 1-D arrays at `sample_rate`), mixed to mono and resampled; frames
+are 25 ms with a 10 ms hop. `kind="pooled"`: per-coefficient mean and std (`2 * n`);
+`kind="sequence"`: the frames, `[N, T, n]`, zero-padded."""
 
 from __future__ import annotations
 

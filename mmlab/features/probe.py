@@ -13,9 +13,8 @@ from mmlab.features.base import real_steps
 
 
 def as_vectors(features: torch.Tensor | np.ndarray, grid_cells: int | None = None) -> np.ndarray:
-    """`[N, D]` as is; sequences `[N, T, D]` averaged over their real steps; grids
-    `[N, D, H, W]` averaged to `[N, D]`, or with `grid_cells=k` average-pooled to a k x k
-    layout and flattened (`[N, D*k*k]`), which keeps where things are."""
+    """`[N, D]` as is; sequences averaged over real steps; grids averaged, or with `grid_cells=k`
+    pooled to k x k and flattened (`[N, D*k*k]`), which keeps where things are."""
     x = torch.as_tensor(features).float()
     if x.ndim == 4 and grid_cells:
         x = torch.nn.functional.adaptive_avg_pool2d(x, grid_cells).flatten(1)

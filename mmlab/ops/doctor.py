@@ -1,9 +1,5 @@
-"""`mmlab doctor`: what a new user needs to know in the first minute, one line per check.
-
-Each check returns a `Finding`: `ok`, `warn` (something optional is missing: a feature is off,
-the rest works) or `fail` (the workspace cannot run a batch). Every non-ok line says how to fix
-it. The exit code is 1 only when a check fails.
-"""
+"""`mmlab doctor`: one line per check, each a `Finding`: `ok`, `warn` (an optional part is off)
+or `fail` (a batch cannot run), with how to fix it. Exit code 1 only when a check fails."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """Projection heads: cached features of one modality -> a unit vector in the shared space.
-
-`mlp` reads a pooled vector. `attention` reads tokens (an image grid `[C, H, W]` with learned
-row and column positions, or a sequence `[T, D]` with learned time positions), mixes them with
-transformer layers and pools them with a learned query (attention pooling), so a caption's
-words can be matched against the cells where their objects are.
-"""
+`mlp` reads a pooled vector; `attention` mixes positioned tokens (grid cells or time steps)
+with transformer layers and pools them with a learned query, so words can meet their cells."""
 
 from __future__ import annotations
 

@@ -79,12 +79,8 @@ def info_nce(
     scale: torch.Tensor,
     extra_b: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE over a batch of matching pairs (a[i], b[i]) from dataset rows `rows`.
-
-    Off-diagonal pairs from the same row (two captions of one image) are masked out: they are
-    not negatives. `extra_b` (hard negatives of side b, e.g. captions of a changed scene) are
-    further negatives for the a -> b direction.
-    """
+    """Symmetric InfoNCE over matching pairs (a[i], b[i]) from dataset rows `rows`. Off-diagonal
+    pairs of one row are masked (not negatives); `extra_b` are further a -> b negatives."""
     logits = scale * a @ b.T
     same = (rows[:, None] == rows[None, :]) & ~torch.eye(
         len(rows), dtype=torch.bool, device=rows.device

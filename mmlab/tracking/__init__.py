@@ -1,11 +1,8 @@
 """MLflow conventions: the one package that knows run names, tags, artifacts and the store.
 
-`store` is the store (URI, client, retries, reachability); `runs` the run a notebook works in
-and what it logs; `experiments`, `lineage` and `notebook_status` what runs and experiments say
-about themselves; `models` the model registry and model URIs. Notebooks use the names below:
-`tracking.start(...)`, the `log_*` helpers, `tracking.headline(...)`.
-Each is imported on first use, so a process that only reads a cached model never loads MLflow.
-"""
+`store` (URI, client, retries), `runs` (a notebook's run and what it logs), `experiments`,
+`lineage`, `notebook_status`, and `models` (registry and URIs). Each name is imported on first
+use, so reading a cached model never loads MLflow."""
 
 import importlib
 

@@ -1,10 +1,6 @@
-"""What an MLflow experiment says about itself: its notebook's question and its kind.
-
-MLflow 3's UI asks for (or guesses) an experiment's kind and opens GenAI experiments on their
-traces; ours are model training, so each experiment gets the tag `mlflow.experimentKind =
-custom_model_development` and, as its description (`mlflow.note.content`), the question
-the notebook's first cell asks.
-"""
+"""What an MLflow experiment says about itself: the tag `mlflow.experimentKind =
+custom_model_development` (MLflow 3's UI would open it on traces) and, as its description,
+the question its notebook's first cell asks."""
 
 from __future__ import annotations
 

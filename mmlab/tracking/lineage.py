@@ -1,10 +1,5 @@
-"""Datasets as MLflow run inputs, one per split, in MLflow's own terms.
-
-Each split becomes an `mlflow.data` dataset (`from_huggingface` for a `datasets.Dataset`,
-`from_pandas` for a table) named `<name>/<split>`, with our content fingerprint as digest and
-the split as its `context`; metrics can then be linked to the split they were measured on
-(`log_metrics(..., dataset=inputs["test"], model_id=...)`).
-"""
+"""Datasets as MLflow run inputs, one per split: an `mlflow.data` dataset `<name>/<split>` with
+our fingerprint as digest and the split as `context`, so metrics can link to their split."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Where executions run. The runner hands a `Job` to an executor and gets a Future[Outcome].
-
-An executor only decides where `job.execute` runs: `local`, a process pool on this machine, or
-`ray`, a Ray task per execution on a local instance or a cluster. `EXECUTORS` is their registry;
-a factory imports its engine only when called, so a missing optional engine is an error naming
-its `pip install`, not an import failure here.
-"""
+"""Where executions run: `local` (a process pool) or `ray`, registered in `EXECUTORS`; the runner
+hands a `Job` and gets a Future[Outcome]. A factory imports its engine only when called."""
 
 from __future__ import annotations
 
