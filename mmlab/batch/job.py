@@ -121,8 +121,7 @@ def execute(job: Job) -> Outcome:
     papermill_engines.register("mmlab", _progress_engine())
     error: BaseException | None = None
     log = job.output.with_suffix(".log")
-    # left by a runner killed mid-notebook; the runner holds this output's claim, so no other
-    # process is writing it
+    # left by a runner killed mid-notebook; the runner holds this output's claim
     workspace.sweep_stale(job.output)
     with workspace.atomic_path(job.output) as tmp, _stderr_to(log):
         try:

@@ -67,8 +67,8 @@ class CNNExtractor(Extractor):
         self.options.update(extra_identity)
         stages = stages if layer == "last" else stages[: _mid_cut(stages, self.image_size)]
         self.module = nn.Sequential(*stages).eval().to(self.device)
-        # Extraction runs a copy with batch norms folded into their convs and in-place
-        # activations (fewer memory passes); `.module` stays, for fine-tuning.
+        # Extraction runs a copy with batch norms folded into convs and in-place activations;
+        # `.module` stays, for fine-tuning.
         self.inference = fold_batchnorms(copy.deepcopy(self.module))
         for act in self.inference.modules():  # Lite's ReLU6 act on fresh conv outputs only
             if isinstance(act, nn.ReLU6):

@@ -194,10 +194,8 @@ def auth_config(db: str) -> Path:
         "default_permission": "READ",
         "database_uri": db.replace("%", "%%"),  # MLflow reads it with `%` interpolation
         "admin_username": "admin",
-        # Older MLflow releases (3.11 among them) read the admin's first password from this
-        # file only, later ones from the environment too. `check_auth` has made sure that the
-        # variable is set or the admin exists, whose password MLflow then never reads again:
-        # a random one keeps older releases from failing on the missing key.
+        # MLflow 3.11 and older read the admin's first password from this file only; with
+        # `check_auth` passed MLflow never reads it, so a random one keeps them from failing.
         "admin_password": (
             os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") or secrets.token_urlsafe(24)
         ).replace("%", "%%"),

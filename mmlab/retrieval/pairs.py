@@ -23,13 +23,10 @@ PAIRS: dict[str, tuple[str, str]] = {
     "video-text": ("video", "text"),
     "image-audio": ("image", "audio"),
 }
-# What the trained heads read: the image as a grid (attention pooling over its cells with 2-D
-# positions), the sound as a log-mel sequence (pulse rates and onsets live in time), the clip
-# as the mean of its frames' vectors (all eight at the clips' full 64 px: the captions name
-# shapes, which 32 px frames blur), a caption as MiniLM's sentence vector. The image is resized
-# to 192 px (the embedded scenes are 128 px) so the stride-16 grid is 12x12: on an 8x8 grid a
-# small object covers less than a cell, and its colour and even its presence blur into the
-# background (benchmarks/RESULTS.md, Retrieval).
+# What the trained heads read: the image as a grid for attention pooling, the sound as a log-mel
+# sequence (pulses and onsets live in time), the clip as its mean frame vector at full 64 px,
+# a caption as MiniLM's vector. Images go to 192 px for a 12x12 stride-16 grid: on 8x8 a small
+# object covers less than a cell (benchmarks/RESULTS.md, Retrieval).
 HEAD_ENCODERS: dict[str, str] = {
     "image": "efficientnet_lite0:image_size=192,kind=grid,layer=mid",
     "text": "minilm",

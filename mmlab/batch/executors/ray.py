@@ -26,9 +26,8 @@ import mmlab
 from mmlab.batch.job import ExecutorError, Job, Outcome, safe_execute
 from mmlab.core import progress, workspace
 
-# What a checkout holds that workers do not need (gitignore patterns from the checkout's root;
-# Ray also honours the checkout's own .gitignore). A leading "/" keeps `/data/` from matching
-# the `mmlab/data` package.
+# What workers do not need (gitignore patterns from the checkout's root; a leading "/" keeps
+# `/data/` from matching `mmlab/data`).
 EXCLUDES = [
     "/.git",  # a folder in a clone, a file in a worktree
     ".venv*/",
@@ -181,8 +180,7 @@ class RayExecutor:
             "logging_level": logging.ERROR,
         }
         if address is None:
-            # a fresh instance even if another one runs here, on the loopback interface only,
-            # reporting nothing to Ray's usage statistics service
+            # a fresh loopback-only instance, reporting nothing to Ray's usage statistics
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             options |= {
                 "address": "local",
