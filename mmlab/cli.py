@@ -1,9 +1,5 @@
 """The `mmlab` command: run notebook batches, browse runs, make data, caption images.
-
-Subcommands live in the `COMMANDS` registry (name -> arguments, handler); heavy modules
-(runner, data, captioning) are imported by the handler that needs them, so `mmlab --help`,
-`--version` and `doctor` start fast.
-"""
+Subcommands live in `COMMANDS`; handlers import heavy modules, so `--help` starts fast."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""The Jupyter kernel notebooks run on: `mmlab`, registered by `make setup` (`make kernel`).
-
-Every notebook's kernelspec names it, so JupyterLab (the venv's own or a system-wide one) opens
-them on this checkout's Python. The runner uses it too when it runs the runner's own Python;
-otherwise it falls back to ipykernel's `python3`, which always does: a batch must never execute
-with another checkout's (or another venv's) packages.
-"""
+"""The Jupyter kernel notebooks run on: `mmlab`, registered by `make kernel`, so JupyterLab opens
+them on this checkout's Python. The runner uses it when it is the runner's own Python, else
+ipykernel's `python3`: a batch never runs on another venv's packages."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Content keys of parameters whose value names something that can change under the same
-name: the runner adds them to an execution's parameter hash, so a run is reused only when
-what the value stands for is unchanged. The runner calls `content_keys` and knows nothing of
-datasets or models; this registry does.
-"""
+"""Content keys of parameters that name something changeable (a dataset, a model): the runner
+adds them to the parameter hash via `content_keys`, so a run is reused only while they hold."""
 
 from __future__ import annotations
 

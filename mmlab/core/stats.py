@@ -20,10 +20,7 @@ class Interval:
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
-    """Mean and the two-sided t-distribution confidence interval of the mean.
-
-    With one value the interval is that value alone (no spread can be estimated).
-    """
+    """Mean and two-sided t confidence interval of the mean; one value gives that value alone."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         raise ValueError("mean_ci needs at least one value")

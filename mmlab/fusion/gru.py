@@ -6,12 +6,9 @@ from torch import Tensor, nn
 
 
 class BiGRU(nn.GRU):
-    """`nn.GRU(input_size, hidden_size, batch_first=True, bidirectional=True)` with
-    `forward(x [B, T, D], mask [B, T] | None) -> [B, T, 2H]` from a zero initial state.
-
-    With a mask, each row is packed to its unmasked prefix (the backward direction starts at
-    the row's last step, and masked steps output zeros); without one, every row is read whole.
-    """
+    """`nn.GRU(input_size, hidden_size, batch_first=True, bidirectional=True)` as
+    `forward(x [B, T, D], mask [B, T] | None) -> [B, T, 2H]` from a zero state; with a mask each
+    row is packed to its unmasked prefix (masked steps output zeros)."""
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__(input_size, hidden_size, batch_first=True, bidirectional=True)

@@ -1,8 +1,5 @@
 """Training every fusion method through `mmlab.train.loop`: same optimiser, budget, early stopping, seeds.
-
-Inputs are whole tensors held in memory (features are small); batches are index slices of
-them, so an epoch is a handful of tensor operations, never a Python loop over samples.
-"""
+Inputs are in-memory tensors; batches are index slices, never a Python loop over samples."""
 
 from __future__ import annotations
 

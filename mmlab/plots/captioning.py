@@ -1,9 +1,5 @@
 """Figures of notebook 03 (caption training): learning curves and decoding comparisons.
-
-Every function returns a `matplotlib.figure.Figure` built without pyplot (no global state); a
-notebook shows it by ending a cell with it and logs it with `tracking.log_figure`. Caption
-examples and attention maps are shared with notebook 04 (`mmlab.plots.evaluation`).
-"""
+Each returns a pyplot-free `Figure`; examples and attention maps live in `plots.evaluation`."""
 
 from __future__ import annotations
 

@@ -23,12 +23,8 @@ def _flat(x) -> np.ndarray:
 def cca_similarity(
     train: PairSplit, test: PairSplit, components: int = 32, pca: int = 128, seed: int = 0
 ) -> np.ndarray:
-    """[right items, left items] cosine similarities after CCA of the pooled features.
-
-    Each side is standardised and reduced by PCA to `pca` dimensions first (thousands of raw
-    dimensions against a few thousand pairs would let CCA fit noise), then CCA finds the
-    `components` directions in which the two sides correlate most.
-    """
+    """[right items, left items] cosine similarities after CCA of the pooled features. Each side is
+    standardised and PCA-reduced to `pca` dimensions first, so CCA does not fit noise."""
     from sklearn.cross_decomposition import CCA
     from sklearn.decomposition import PCA
     from sklearn.pipeline import make_pipeline

@@ -1,10 +1,5 @@
-"""The search index over a gallery of unit vectors: top-k by inner product (cosine).
-
-`exact` is one matrix product and a top-k; `faiss` is FAISS's flat inner-product index (the
-same exact answers, with FAISS's BLAS kernels and its own memory layout). `auto` takes FAISS
-when it is installed and the gallery holds at least `FAISS_FROM` vectors, else the matrix
-product.
-"""
+"""The search index over unit vectors: top-k by inner product. `exact` is a matrix product,
+`faiss` FAISS's flat index (same answers); `auto` takes FAISS from `FAISS_FROM` vectors."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Zero-shot classification by prompts: each class becomes a sentence ("a photo of a red
-object"), and an image takes the class whose sentence it is most similar to in the shared space.
-
-On the embedded scenes (several objects each) a prediction is right when the scene has an
-object with that value; chance is the share of classes present, averaged over images.
-"""
+"""Zero-shot classification by prompts: an image takes the class whose sentence ("a photo of a
+red object") is nearest. On multi-object scenes a class present in the scene counts as right."""
 
 from __future__ import annotations
 
