@@ -46,10 +46,8 @@ def artifact_root() -> str:
 
 
 def claim(final: Path, owner: str):
-    """Take `final` for this process, or return None if another holds it.
-
-    The claim is a file lock `.NAME.lock` the OS drops when its process dies. Keep the lock
-    referenced until `.release()`; `owner` is written beside it for `claimant`."""
+    """Take `final` for this process (a file lock `.NAME.lock` the OS drops when the process dies),
+    or None if another holds it. Keep the lock referenced until `.release()`."""
     from filelock import FileLock, Timeout
 
     final = Path(final)

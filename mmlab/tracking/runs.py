@@ -105,10 +105,9 @@ def start(
 ) -> mlflow.ActiveRun:
     """Start (or resume, under the runner) this notebook's run and log its parameters.
 
-    Without `params`, the parameters are `kernel_parameters`. With `MLFLOW_RUN_ID` set the
-    runner's run is resumed and left for the runner to end; otherwise a run starts in the
-    experiment named after the notebook. Called again in the same kernel, the same run comes back;
-    with changed parameters, a run started here is finished and a fresh one begins."""
+    Without `params`, `kernel_parameters`. Under `MLFLOW_RUN_ID` the runner's run is resumed and
+    left to it; else a run starts in the notebook's experiment. Called again in a kernel, the same
+    run returns; with changed parameters, one started here is finished and a fresh one begins."""
     if params is None:
         caller = inspect.currentframe().f_back
         params = kernel_parameters(notebook, caller.f_globals if caller else {})
