@@ -78,10 +78,9 @@ def load_dataset(
 ) -> datasets.DatasetDict:
     """Load any supported source into the common schema.
 
-    `on_error="skip"` drops rows with a missing or unreadable file, counted in
-    `result.load_report`; `"raise"` stops at the first. `limit` keeps the first rows of each split.
-    Missing splits are made by `mmlab.data.splits.ensure_splits` (80/10/10 by image id,
-    `split_seed`), described in `result.split_plan`."""
+    `on_error="skip"` drops rows with a bad file (counted in `result.load_report`); `"raise"`
+    stops at the first. `limit` keeps each split's first rows. Missing splits are made by
+    `ensure_splits` (80/10/10 by image id, `split_seed`), described in `result.split_plan`."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     kind, reader = _detect(source)

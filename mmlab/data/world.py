@@ -1,12 +1,10 @@
 """The world a dataset describes, behind one seam: `world_of(ds)`.
 
 Code outside `mmlab.data` asks the world, never the columns, what is true behind the data:
-its words (`lexicon`), each image's objects (`scenes`, `ground_truth`), whether a caption is
-true of a scene (`fits`, `fit_matrix`, `relation`), the classes each image shows
-(`attribute_truth`), and good negatives (`match_pairs`, `hard_negatives`).
-`SyntheticWorld` knows every scene exactly, so negatives change the scene and describe it
-again; `CaptionsWorld` knows a user's data only through its captions (and `label` or COCO
-`categories`), so negatives change a caption's word and scene truth raises `SceneTruthUnknown`."""
+words, objects per image, whether a caption fits a scene, classes shown, good negatives.
+`SyntheticWorld` knows every scene, so negatives change the scene and describe it again;
+`CaptionsWorld` knows only captions (and `label` or `categories`), so negatives change a word
+and scene truth raises `SceneTruthUnknown`."""
 
 from __future__ import annotations
 

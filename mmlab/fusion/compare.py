@@ -202,16 +202,14 @@ def run(
     modality_dropout: float = 0.0,
     pooled_epochs: int | None = None,
 ) -> Comparison:
-    """Every method x seed; with `log`, each a nested MLflow run tagged `fusion_method`, `seed`,
-    `modalities` (and `fusion_target`), holding its metrics and validation curves.
+    """Every method x seed; with `log`, each a nested MLflow run (tags `fusion_method`, `seed`,
+    `modalities`, `fusion_target`) with its metrics and validation curves.
 
-    `modality_dropout`: applied to every pooled method, which is also tested with each modality
-    removed. `pooled_epochs`: the pooled methods' epoch budget (None: `config.epochs`), patience
-    capped to it and warmup kept in epochs; pooled methods peak early, while the token method
-    learns relations late. `workers` processes of one thread each (None: one per core on CPU,
-    one on GPU): a step of these small models is mostly per-operation overhead, so processes
-    scale better than threads. Workers are spawned: scripts need an `if __name__ == "__main__":`
-    guard, or `workers=1`."""
+    `modality_dropout`: for every pooled method, each also tested without each modality.
+    `pooled_epochs`: the pooled methods' budget (None: `config.epochs`; patience capped, warmup
+    kept in epochs): they peak early, the token method learns relations late. `workers`: processes
+    of one thread (None: one per core on CPU, one on GPU), as these small models' steps are mostly
+    per-operation overhead. Workers are spawned: scripts need a `__main__` guard, or `workers=1`."""
     config = config or TrainConfig()
     configs = {"tokens": config, "pooled": config}
     if pooled_epochs is not None:
