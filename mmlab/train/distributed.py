@@ -183,13 +183,10 @@ def launch(
     processes: int,
     on_message: Callable[[Any], None] | None = None,
 ) -> Any:
-    """Run `fn(*args)` in `processes` new processes forming one group; return rank 0's result.
-    What rank 0 passes to `send` reaches `on_message` here as it happens.
-
-    The caller (a notebook kernel) never joins: it would keep the group after the cell, wait on a
-    failed worker, and share its MLflow run. The processes are spawned (a forked OpenMP or CUDA
-    runtime can deadlock) and get `args` through shared memory; a failure in any raises here with
-    its traceback. `fn` and `args` must be picklable."""
+    """Run picklable `fn(*args)` in `processes` spawned processes (a forked OpenMP or CUDA runtime can
+    deadlock) forming one group; return rank 0's result, passing what it `send`s to `on_message`.
+    The caller never joins (a kernel would keep the group, wait on a failed worker, share its MLflow
+    run); `args` travel in shared memory; a failure in any process raises here with its traceback."""
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     context = torch.multiprocessing.get_context("spawn")
