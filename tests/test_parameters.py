@@ -3,6 +3,7 @@ there (under the batch's values), and `tracking.start` reads them from the kerne
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import nbformat
@@ -89,3 +90,37 @@ def test_start_reads_the_parameters_by_itself(tmp_path, monkeypatch):
         tracking.finish()
         for name in ("lr", "opts"):
             globals().pop(name, None)
+
+
+def test_argument_parser_takes_each_option_of_the_notebook_default_and_its_type(tmp_path, capsys):
+    path = notebook(
+        tmp_path, "n = 2\nx = 0.5\nname = 'a'\nflag = False\nopts = {}\nitems = [1]\nmaybe = None"
+    )
+    names = ["n", "x", "name", "flag", "opts", "items", "maybe"]
+    parser = parameters_cell.argument_parser(path, names, prog="script")
+    defaults = dict(n=2, x=0.5, name="a", flag=False, opts={}, items=[1], maybe=None)
+    assert vars(parser.parse_args([])) == defaults
+    args = parser.parse_args(
+        ["--n", "3", "--x", "1e-3", "--name", "b", "--opts", '{"depth": 2}', "--items", "[]"]
+    )
+    assert (args.n, args.x, args.name, args.opts, args.items) == (3, 1e-3, "b", {"depth": 2}, [])
+    for text, value in [("true", True), ("YES", True), ("1", True), ("no", False), ("0", False)]:
+        assert parser.parse_args(["--flag", text]).flag is value
+    assert parser.parse_args(["--maybe", "4"]).maybe == 4  # a None default reads JSON
+    assert parser.parse_args(["--maybe", "text"]).maybe == "text"  # else the text itself
+    for bad in (["--opts", "{depth: 2}"], ["--flag", "maybe"], ["--n", "1.5"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+        assert f"argument {bad[0]}:" in capsys.readouterr().err  # names the option
+    with pytest.raises(ValueError, match=r"nb\.ipynb: no parameter 'rates'"):
+        parameters_cell.argument_parser(path, ["n", "rates"], prog="script")
+
+
+@pytest.mark.parametrize("module", ["mmlab.fusion.ddp", "mmlab.captioning.ddp"])
+def test_the_torchrun_scripts_default_to_their_notebooks_parameters(module):
+    ddp = importlib.import_module(module)
+    found = parameters_cell.defaults(REPO / "notebooks" / f"{ddp.NOTEBOOK}.ipynb")
+    args = vars(ddp.parse([]))
+    assert {name: args[name] for name in ddp.NAMES} == {name: found[name] for name in ddp.NAMES}
+    args = ddp.parse(["--epochs", "2", "--device", "cpu", "--batch-size", "8", "--seed", "1"])
+    assert (args.epochs, args.device, args.batch_size, args.seed) == (2, "cpu", 8, 1)

@@ -14,35 +14,27 @@ model with notebook 04.
 from __future__ import annotations
 
 import argparse
-import json
+from dataclasses import fields
+from pathlib import Path
 
+from mmlab.core import parameters_cell
 from mmlab.train import distributed
 
 NOTEBOOK = "03_caption_training"
+# notebook 03's parameters this script takes, by the same names and defaults
+NAMES = """dataset limit image_encoder grid_layer image_size decoder decoder_options epochs
+batch_size lr attention_penalty patience monitor max_len device seed registered_model""".split()
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m mmlab.captioning.ddp")
-    p.add_argument("--dataset", default="synthetic", help="any mmlab.data.load_dataset source")
-    p.add_argument("--limit", type=int, default=0, help="first N rows of each split (0: all)")
-    p.add_argument("--image-encoder", default="efficientnet_lite0")
-    p.add_argument("--grid-layer", default="mid")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--decoder", default="transformer")
-    p.add_argument(
-        "--decoder-options", type=json.loads, default={}, help='JSON, e.g. {"layers": 3}'
+    p = parameters_cell.argument_parser(
+        Path(__file__).resolve().parents[2] / "notebooks" / f"{NOTEBOOK}.ipynb",
+        NAMES,
+        prog="torchrun --nproc-per-node N -m mmlab.captioning.ddp",
+        help={"batch_size": "global, over all processes", "device": "cuda: one GPU per process"},
     )
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=64, help="global, over all processes")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--attention-penalty", type=float, default=0.0)
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--monitor", default="cider")
-    p.add_argument("--max-len", type=int, default=30)
-    p.add_argument("--metric-tokenizer", default="auto")
-    p.add_argument("--device", default="auto", help="cuda: one GPU per process (NCCL)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--registered-model", default="mmlab-captioner", help='"": not registered')
+    # not a notebook parameter: notebook 03 keeps TrainConfig's default
+    p.add_argument("--metric-tokenizer", default="auto", help="auto, ptb or python")
     return p.parse_args(argv)
 
 
@@ -57,14 +49,8 @@ def main(argv=None) -> None:
     try:
         ds = load_dataset(args.dataset, limit=args.limit or None)
         vocab = Vocabulary.build(ds["train"]["captions"], max_len=args.max_len)
-        extractor = features.create(
-            "image",
-            args.image_encoder,
-            image_size=args.image_size,
-            kind="grid",
-            layer=args.grid_layer,
-            device=str(group.device),
-        )
+        grid = dict(kind="grid", layer=args.grid_layer, device=str(group.device))
+        extractor = features.create("image", args.image_encoder, image_size=args.image_size, **grid)
         encoder = captioning.GridEncoder(extractor)
         splits = distributed.main_first(
             group,
@@ -73,25 +59,11 @@ def main(argv=None) -> None:
                 for s in ("train", "validation")
             },
         )
-        captioner = captioning.build(
-            args.decoder,
-            encoder,
-            vocab,
-            max_len=args.max_len,
-            seed=args.seed,
-            **args.decoder_options,
-        )
-        config = captioning.TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            attention_penalty=args.attention_penalty,
-            patience=args.patience,
-            monitor=args.monitor,
-            metric_tokenizer=args.metric_tokenizer,
-            device=args.device,
-            seed=args.seed,
-        )
+        options = dict(max_len=args.max_len, seed=args.seed, **args.decoder_options)
+        captioner = captioning.build(args.decoder, encoder, vocab, **options)
+        # the options named like the recipe's fields (epochs, lr, monitor, ...) are its values
+        recipe = {f.name for f in fields(captioning.TrainConfig)}
+        config = captioning.TrainConfig(**{k: v for k, v in vars(args).items() if k in recipe})
         params = {**vars(args), "processes": group.size, "vocab_size": len(vocab)}
         with distributed.main_run(group, NOTEBOOK, params, {"mmlab.launcher": "torchrun"}):
             on_epoch = captioning.log_epoch if group.main else None

@@ -1,13 +1,15 @@
 """A notebook's `parameters` cell (Papermill's tag): the names it assigns and their defaults.
 
 The batch runner checks batch files against the names and logs the defaults it can read;
-`tracking.start` reads the names to log the kernel's values of them, so no notebook has to
-list its parameters a second time.
+`tracking.start` reads the names to log the kernel's values of them, and the torchrun scripts
+take options from them (`argument_parser`): no one lists a notebook's parameters twice.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import json
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,40 @@ def defaults(notebook: Path) -> dict[str, Any]:
         for target in targets:
             values[target.id] = value
     return values
+
+
+def _json(text: str, strict: bool = True) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:  # argparse's message names the option
+        if not strict:
+            return text
+        raise argparse.ArgumentTypeError(f"not JSON ({error}): {text!r}") from None
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true/false, 1/0 or yes/no")
+    return text.lower() in ("true", "1", "yes")
+
+
+# How an option reads its text, by the type of the default; int, float and str read their own.
+_READERS = {bool: _boolean, dict: _json, list: _json, tuple: _json}
+_READERS[type(None)] = lambda text: _json(text, strict=False)  # JSON, else the text as given
+
+
+def argument_parser(
+    notebook: Path, names: list[str], prog: str, help: dict[str, str] | None = None
+) -> argparse.ArgumentParser:
+    """A `--kebab-case` option per name of the notebook's parameters cell, of its default and
+    type: a script that runs the notebook's recipe keeps the notebook's defaults."""
+    found = defaults(notebook)
+    parser = argparse.ArgumentParser(prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name in names:
+        if name not in found:
+            raise ValueError(f"{notebook}: no parameter {name!r} with a literal default")
+        kind = _READERS.get(type(found[name]), type(found[name]))
+        option, text = "--" + name.replace("_", "-"), (help or {}).get(name, "as in the notebook")
+        metavar = "JSON" if kind is _json else None
+        parser.add_argument(option, type=kind, default=found[name], help=text, metavar=metavar)
+    return parser

@@ -13,40 +13,28 @@ scores.
 from __future__ import annotations
 
 import argparse
-import json
+from functools import partial
+from pathlib import Path
 
+from mmlab.core import parameters_cell
 from mmlab.train import distributed
 
 NOTEBOOK = "02_fusion_comparison"
+# notebook 02's parameters this script takes, by the same names and defaults
+NAMES = """dataset limit task modalities encoders token_encoders extra_pairs mismatched epochs
+patience hidden batch_size lr schedule warmup_epochs device""".split()
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m mmlab.fusion.ddp")
-    p.add_argument("--dataset", default="synthetic", help="any mmlab.data.load_dataset source")
-    p.add_argument("--task", default="match")
+    p = parameters_cell.argument_parser(
+        Path(__file__).resolve().parents[2] / "notebooks" / f"{NOTEBOOK}.ipynb",
+        NAMES,
+        prog="torchrun --nproc-per-node N -m mmlab.fusion.ddp",
+        help={"batch_size": "global, over all processes", "device": "cuda: one GPU per process"},
+    )
+    # one run: the notebook's `methods` and `seeds` name several
     p.add_argument("--method", default="grid_cross_attention", help='e.g. "name:key=value"')
-    p.add_argument(
-        "--encoders",
-        type=json.loads,
-        default={"image": "efficientnet_lite0:image_size=128", "text": "minilm"},
-        help="JSON: pooled encoders by modality (pooled methods)",
-    )
-    p.add_argument(
-        "--token-encoders",
-        type=json.loads,
-        default={"image": "efficientnet_lite0:image_size=128,kind=grid,layer=mid", "text": "vocab"},
-        help="JSON: token encoders by modality (token methods)",
-    )
-    p.add_argument("--extra-pairs", type=int, default=4)
-    p.add_argument("--mismatched", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=22)
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64, help="global, over all processes")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--schedule", default="constant")
-    p.add_argument("--device", default="auto", help="cuda: one GPU per process (NCCL)")
     return p.parse_args(argv)
 
 
@@ -60,31 +48,22 @@ def main(argv=None) -> None:
     args = parse(argv)
     group = distributed.setup(resolve_device(args.device))
     try:
-        (choice,) = compare.expand([args.method], ["image", "text"])
-        ds = load_dataset(args.dataset)
-        pairs = (
-            dict(extra_pairs=args.extra_pairs, mismatched=args.mismatched)
-            if args.task == "match"
-            else {}
-        )
-        encoders = {choice.form: args.token_encoders if choice.form == "tokens" else args.encoders}
-        data = distributed.main_first(
-            group,
-            lambda: inputs.build(
-                ds,
-                args.task,
-                encoders.get("pooled"),
-                encoders.get("tokens"),
-                device=str(group.device),
-                **pairs,
-            ),
-        )
+        (choice,) = compare.expand([args.method], args.modalities)
+        ds = load_dataset(args.dataset, limit=args.limit or None)
+        pooled = inputs.select(args.encoders, args.modalities)
+        chosen = {choice.form: args.token_encoders if choice.form == "tokens" else pooled}
+        build = partial(inputs.build, ds, args.task, chosen.get("pooled"), chosen.get("tokens"))
+        # extra and mismatched pairs are drawn from scenes: only the match task has them
+        match = args.task == "match"
+        pairs = dict(extra_pairs=args.extra_pairs, mismatched=args.mismatched) if match else {}
+        data = distributed.main_first(group, lambda: build(device=str(group.device), **pairs))
         config = TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
             patience=args.patience,
             schedule=args.schedule,
+            warmup=args.warmup_epochs / args.epochs,  # the loop counts a share of all steps
             device=str(group.device),
         )
         tags = {"mmlab.launcher": "torchrun", "fusion_method": choice.label, "seed": str(args.seed)}
