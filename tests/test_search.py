@@ -113,14 +113,17 @@ def test_search_errors_say_what_to_fix(logged, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_a_logged_model_searches_by_text_without_transformers_or_mlflow(logged):
-    """The model carries MiniLM in torch's own layers and a run's model is cached after
-    its first download: a text search in a new process imports neither transformers nor
-    MLflow (most of its start), and answers as the full encoder does."""
-    load_searcher(logged["uri"])  # the first load fills the cache
+@pytest.mark.parametrize("form", ["run", "alias"])
+def test_a_logged_model_searches_by_text_without_transformers_or_mlflow(logged, form):
+    """The model carries MiniLM in torch's own layers, a model is cached after its first
+    download, and an alias is read from the SQLite store directly: a text search in a new
+    process imports neither transformers nor MLflow (most of its start), and answers as the
+    full encoder does."""
+    uri = logged["uri"] if form == "run" else "models:/mmlab-searcher@candidate"
+    load_searcher(uri)  # the first load fills the cache
     code = (
         "import sys; from mmlab.retrieval.saving import load_searcher; "
-        f"s = load_searcher({logged['uri']!r}); "
+        f"s = load_searcher({uri!r}); "
         f"print(s.search('text', [{logged['query']!r}], k=3)['id'].tolist()); "
         "print(sorted(m for m in ('transformers', 'mlflow') if m in sys.modules))"
     )

@@ -71,15 +71,18 @@ def log_search_model(
 
 def load_searcher(source: str | Path = f"models:/{SEARCHER}@{CHAMPION}", index: str = "auto"):
     """The Searcher of a logged model (any `model_uri` form) or of a `Searcher.save` folder.
-    Downloads are cached by run or version; an alias is resolved each time (it may move)."""
+    Downloads are cached by run or version; an alias is resolved every time (it may move),
+    from a local SQLite store without importing MLflow, so a search starts in a few seconds."""
     path = Path(str(source)).expanduser()
     if (path / "config.json").is_file():
         return Searcher.load(path, index)
-    cached = _cache_folder(str(source).strip())
-    if cached is not None and (cached / "config.json").is_file():
-        return Searcher.load(cached, index)  # without importing MLflow: a search starts fast
-    from mmlab.core import workspace
+    text = str(source).strip()
     from mmlab.tracking import models
+
+    cached = _cache_folder(models.sqlite_alias(text) or text)
+    if cached is not None and (cached / "config.json").is_file():
+        return Searcher.load(cached, index)
+    from mmlab.core import workspace
 
     uri = models.model_uri(source, SEARCHER)
     if "@" in uri:
@@ -92,20 +95,26 @@ def load_searcher(source: str | Path = f"models:/{SEARCHER}@{CHAMPION}", index: 
             )
         uri = f"models:/{version.name}/{version.version}"
     cached = _cache_folder(uri)
-    if cached is not None and (cached / "config.json").is_file():
-        return Searcher.load(cached, index)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = models.download(uri, tmp, SEARCHER) / "artifacts" / FILES
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"{source!r} is an MLflow model but not a retrieval model "
-                f"(no artifacts/{FILES} folder)"
+    if cached is None:  # another kind of artifact URI: nothing to key a cache on
+        with tempfile.TemporaryDirectory() as tmp:
+            return Searcher.load(
+                _searcher_files(models.download(uri, tmp, SEARCHER), source), index
             )
-        if cached is None:
-            return Searcher.load(folder, index)
-        with workspace.atomic_path(cached) as target:
-            shutil.copytree(folder, target)
+    if not (cached / "config.json").is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = _searcher_files(models.download(uri, tmp, SEARCHER), source)
+            with workspace.atomic_path(cached) as target:
+                shutil.copytree(folder, target)
     return Searcher.load(cached, index)
+
+
+def _searcher_files(model: Path, source) -> Path:
+    folder = model / "artifacts" / FILES
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{source!r} is an MLflow model but not a retrieval model (no artifacts/{FILES} folder)"
+        )
+    return folder
 
 
 def _cache_folder(uri: str) -> Path | None:

@@ -92,6 +92,34 @@ def model_uri(source: str | Path = "latest", name: str = CAPTIONER) -> str:
     return str(path.resolve())
 
 
+def sqlite_alias(uri: str) -> str | None:
+    """`models:/NAME/VERSION` that `models:/NAME@ALIAS` names, read from the workspace's SQLite
+    store with the standard library: no MLflow import, so a command that only reads a cached
+    model starts fast. None where the store is a server, another MLflow workspace is chosen,
+    or its tables are not as expected: MLflow answers then."""
+    import sqlite3
+
+    from mmlab.core import workspace
+
+    match = re.fullmatch(r"models:/([^/@]+)@([^/@]+)", uri)
+    store = workspace.tracking_uri()
+    if not match or not store.startswith("sqlite:///") or os.environ.get("MLFLOW_WORKSPACE"):
+        return None
+    db = Path(store.removeprefix("sqlite:///"))
+    if not db.is_file():
+        return None
+    query = (
+        "SELECT version FROM registered_model_aliases "
+        "WHERE workspace = 'default' AND name = ? AND alias = ?"
+    )
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            row = connection.execute(query, match.groups()).fetchone()
+    except sqlite3.Error:
+        return None
+    return f"models:/{match[1]}/{row[0]}" if row else None
+
+
 def logged_uri(info, registered_name: str | None = None) -> str:
     """`models:/NAME/VERSION` for a model the active run registered, else `runs:/<run id>/<artifact>`."""
     version = getattr(info, "registered_model_version", None)
