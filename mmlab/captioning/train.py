@@ -221,21 +221,11 @@ def train_captioner(
     if model.encoder.frozen and train.inputs.dtype == torch.uint8:
         raise ValueError("frozen encoder: pass cached grids [N, D, H, W] as inputs, not pixels")
     monitor = MONITORS[config.monitor]
-    recipe = loop.LoopConfig(
-        epochs=config.epochs,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
+    recipe = loop.LoopConfig.of(
+        config,
         monitor=monitor,
-        patience=config.patience,
-        schedule=config.schedule,
-        warmup=config.warmup,
-        grad_clip=config.grad_clip,
-        seed=config.seed,
         dropout_seed=config.seed,
         device=str(resolve_device(config.device)),
-        amp=config.amp,
-        compile=config.compile,
-        processes=config.processes,
         timings=True,
         name=getattr(model, "decoder_name", "") or "captioner",
     )

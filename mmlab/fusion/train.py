@@ -129,20 +129,8 @@ def train_fusion(
     `on_epoch(epoch, values)` gets train loss, validation loss and accuracy. With
     `config.processes > 1` global batches are split over processes: the same steps up to rounding,
     with dropout and masked words drawn per process."""
-    recipe = loop.LoopConfig(
-        epochs=config.epochs,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        monitor="val_accuracy",
-        patience=config.patience,
-        schedule=config.schedule,
-        warmup=config.warmup,
-        seed=config.seed,
-        device=config.device,
-        compile=config.compile,
-        processes=config.processes,
-        name=f"{type(model).__name__} seed {config.seed}",
-    )
+    name = f"{type(model).__name__} seed {config.seed}"
+    recipe = loop.LoopConfig.of(config, monitor="val_accuracy", name=name)
     result = loop.fit(_study, model, (train, validation, config.batch_size), recipe, on_epoch)
     history = {k: [row[k] for row in result.history if k in row] for k in result.history[0]}
     del history["epoch"]

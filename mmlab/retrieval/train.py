@@ -96,17 +96,10 @@ def train_retrieval(
     their row is in the batch."""
     started = time.perf_counter()
     model = build(data, config)
-    recipe = loop.LoopConfig(
-        epochs=config.epochs,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
+    recipe = loop.LoopConfig.of(
+        config,
         monitor="val_mean_recall",
-        patience=config.patience,
         schedule=loop.ONE_CYCLE,
-        warmup=config.warmup,
-        seed=config.seed,
-        device=config.device,
-        time_budget=config.time_budget,
         name=f"{data.pair} seed {config.seed}",
     )
     result = loop.fit(_study, model, (data, config.batch_size, hard_negatives), recipe, on_epoch)

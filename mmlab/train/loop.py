@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -60,6 +60,12 @@ class LoopConfig:
     time_budget: float | None = None  # seconds: stop after the epoch that crosses it
     timings: bool = False  # record train_seconds and epoch_seconds per epoch
     name: str = ""  # the epoch bar's description
+
+    @classmethod
+    def of(cls, config: Any, **settings: Any) -> LoopConfig:
+        """The recipe in a study's config: each field of the same name, then `settings`."""
+        shared = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}
+        return cls(**{**shared, **settings})
 
     def __post_init__(self):
         if self.schedule != ONE_CYCLE and self.schedule not in SCHEDULES:
