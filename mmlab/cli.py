@@ -24,9 +24,6 @@ class Command:
     handler: Callable[[argparse.Namespace], int]
 
 
-# --------------------------------------------------------------------------- run
-
-
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     from mmlab.batch import executors
 
@@ -84,9 +81,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if report is None or report.ok else 1
 
 
-# --------------------------------------------------------------------------- ui
-
-
 def _ui_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
@@ -124,9 +118,6 @@ def run_server(command: list[str], env: dict[str, str] | None = None) -> int:
                 server.wait()
 
 
-# --------------------------------------------------------------------------- data
-
-
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     synth = sub.add_parser("synth", help="generate the embedded synthetic dataset")
@@ -145,9 +136,6 @@ def _data(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     print(f"wrote {args.n} examples to {out}")
     return 0
-
-
-# --------------------------------------------------------------------------- caption
 
 
 MODEL_HELP = (
@@ -196,9 +184,6 @@ def _caption(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- serve
-
-
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="models:/mmlab-captioner@champion", help=MODEL_HELP)
     p.add_argument(
@@ -216,9 +201,6 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--model {args.model}: {error}") from None
     print(f"serving {command[6]} on http://{args.host}:{args.port}/invocations", flush=True)
     return run_server(command, env)
-
-
-# --------------------------------------------------------------------------- compare
 
 
 def _compare_arguments(p: argparse.ArgumentParser) -> None:
@@ -261,9 +243,6 @@ def _compare(args: argparse.Namespace) -> int:
     )
 
 
-# --------------------------------------------------------------------------- search
-
-
 def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("query", nargs="?", help="a sentence: find the images it describes")
     p.add_argument("--image", type=Path, help="an image: find the captions that match it")
@@ -297,9 +276,6 @@ def _search(args: argparse.Namespace) -> int:
     for hit in hits.itertuples():
         print(f"{hit.rank}\t{hit.score:.4f}\t{hit.id}\t{hit.item}")
     return 0
-
-
-# --------------------------------------------------------------------------- server
 
 
 def _server_arguments(p: argparse.ArgumentParser) -> None:
@@ -345,9 +321,6 @@ def _server(args: argparse.Namespace) -> int:
         return server.serve(settings, out=lambda line: print(line, flush=True))
     except (server.ServerError, postgres.PostgresError, extras.MissingExtra) as error:
         raise UsageError(str(error)) from None
-
-
-# --------------------------------------------------------------------------- doctor
 
 
 def _doctor_arguments(p: argparse.ArgumentParser) -> None:

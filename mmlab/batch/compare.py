@@ -1,9 +1,7 @@
-"""Compare batches of runs: every stage's metrics side by side with confidence intervals, and
-the metrics that moved beyond them (notebook 00 and `mmlab compare`).
-
-A batch is named by its name (the newest FINISHED run of each execution, cached ones too) or by
-one invocation's id (the runs it executed). Intervals come from repeats (seeds); a metric
-measured once per batch is shown, never flagged."""
+"""Compare batches of runs (notebook 00, `mmlab compare`): each stage's metrics with t-intervals
+over seeds, and those that moved beyond them; a metric measured once is shown, never flagged.
+A batch is its name (the newest FINISHED run of each execution, cached ones too) or one
+invocation's id (the runs it executed)."""
 
 from __future__ import annotations
 
@@ -23,8 +21,7 @@ from mmlab.core import stats, workspace
 REPORT_NOTEBOOK = "00_compare_runs"
 BATCH_TAG, BATCH_ID_TAG = "mmlab.batch", "mmlab.batch_id"
 SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
-# Timings, sizes and epoch counts depend on the machine and its load, not on what was learnt:
-# comparing them across batches would flag noise. The MLflow UI still shows them.
+# Costs follow the machine's load, not what was learnt: never compared across batches.
 COST = re.compile(r"seconds|per_s|latency|n_parameters|epoch|^dim\.|memory|bytes|_size$")
 OBSERVATION_COLUMNS = ["section", "key", "metric", "batch", "value"]
 
@@ -268,8 +265,7 @@ def section_of(notebook: str) -> Section:
 
 
 def observations(batches: Sequence[Batch]) -> pd.DataFrame:
-    """One row per value: section, key (method, encoder, decoder and beam...), metric,
-    batch, value."""
+    """One row per value: section, key (method, encoder, beam...), metric, batch, value."""
     rows = []
     for batch in batches:
         notebooks = _column(batch.runs, "mmlab.notebook")

@@ -31,8 +31,7 @@ class BatchError(ValueError):
 
 
 class ResourcesSpec(BaseModel):
-    """What one execution of a stage needs; the Ray executor schedules by it (Ray's own
-    `num_cpus` / `num_gpus`, fractions allowed). The local executor runs `--jobs` at a time."""
+    """What one execution of a stage needs, as Ray's `num_cpus` / `num_gpus` (fractions allowed)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -198,8 +197,7 @@ def _pydantic_problems(path: Path, error: ValidationError, stage: str | None = N
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Batch:
-    """Read, validate and expand a batch file (plus `--set` overrides) into executions; every
-    problem is reported in one BatchError, one line each."""
+    """Read, check and expand a batch file and `--set` overrides; all problems in one BatchError."""
     path = Path(path)
     if not path.is_file():
         raise BatchError(f"{path}: batch file not found")

@@ -1,5 +1,4 @@
-"""The unit of work the runner hands an executor: a `Job` in, an `Outcome` out. `execute(job)`
-is the whole execution; an executor only decides where it runs."""
+"""The runner's unit of work: a `Job` in, an `Outcome` out; an executor decides where it runs."""
 
 from __future__ import annotations
 
@@ -176,5 +175,4 @@ def safe_execute(job: Job) -> Outcome:
 
 
 class ExecutorError(RuntimeError):
-    """An executor that cannot start (engine missing, cluster unreachable, store it cannot
-    reach); the message says what to do. Raised before any execution runs."""
+    """An executor that cannot start (engine missing, cluster or store unreachable)."""

@@ -1,10 +1,9 @@
 """Run a batch: executions in dependency order, in parallel, resumable, failures contained.
 
-Per execution the runner creates the MLflow run (batch, stage, notebook, commit, parameter and
-code hashes), hands it to the kernel through the environment, lets an executor run the
-notebook and sets the final status. A FINISHED run with the same `resume_key` is reused, so an
-interrupted batch resumes. An output is claimed (`workspace.claim`) while it runs, so a second
-runner on the same workspace waits, then takes the finished run from the cache."""
+Per execution the runner creates the MLflow run (batch, stage, commit, parameter and code
+hashes), passes it to the kernel through the environment and sets its final status. A FINISHED
+run with the same `resume_key` stands in for it, so an interrupted batch resumes; a claimed
+output (`workspace.claim`) makes a second runner wait, then take that run from the cache."""
 
 from __future__ import annotations
 
@@ -260,7 +259,7 @@ class BatchRun:
 
     def take_output(self, result: Result) -> bool:
         """Claim the execution's output; False while another runner holds it, or when the cache,
-        searched again under the claim, now has the execution."""
+        searched again under the claim, now has it."""
         output = output_path(self.batch, result.execution)
         result.claim = workspace.claim(output, self.owner)
         if result.claim is None:
@@ -347,8 +346,8 @@ class BatchRun:
                 self.show(result)
 
     def finish(self, result: Result, outcome: executors.Outcome) -> None:
-        """Record the outcome as the run's final status (FINISHED only if it succeeded and the store took
-        everything). Without a server the run is never FINISHED and the execution counts as failed."""
+        """Set the run's final status: FINISHED only if it succeeded and the store took everything
+        (without a server, never: the execution counts as failed)."""
         if tracking.unreachable(outcome.error):
             self.lose_server(outcome.error)
         try:
@@ -522,11 +521,9 @@ def run(
     out: Print = print,
     progress_every: float = 30.0,
 ) -> Report | None:
-    """Load, validate and run a batch file; returns the report (None for a dry run).
-
-    Progress (current cell, latest epoch) shows in a live table on a terminal, else as lines every
-    `progress_every` s. Raises BatchError before anything runs for a batch that cannot run, and
-    executors.ExecutorError for an executor that cannot start (`executor_options`: its own)."""
+    """Load, check and run a batch file; the report (None for a dry run). Progress shows in a
+    live table on a terminal, else as lines every `progress_every` s. Raises BatchError before
+    anything runs, and executors.ExecutorError for an executor that cannot start."""
     batch = config.load(path, list(overrides))
     jobs = jobs or os.cpu_count() or 1
     if dry_run:

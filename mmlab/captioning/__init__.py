@@ -7,8 +7,7 @@
     log_captioner(captioner)
     load_captioner("runs:/<run_id>/model").caption([image], beam_size=3)
 
-Decoders are looked up by name (`available()`); `decode` holds batched greedy and beam search.
-"""
+Decoders are looked up by name (`available()`); `decode` holds batched greedy and beam search."""
 
 from __future__ import annotations
 

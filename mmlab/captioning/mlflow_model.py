@@ -1,8 +1,6 @@
 """MLflow's entry point for the captioner model ("models from code": nothing is pickled).
-
-MLflow copies this file into every logged captioner and runs it when the model loads; the
-model's own copy of `mmlab` (under `code/`) is on the path by then.
-"""
+MLflow copies this file into each logged captioner and runs it at load, with the model's own
+copy of `mmlab` (under `code/`) on the path."""
 
 from mlflow.models import set_model
 

@@ -1,6 +1,5 @@
 """`Captioner`: encoder, decoder and vocabulary in one module that turns images into captions.
-`caption`, `decode` and `decode_grids` (from cached grids) return attention per image as
-`[n_words, H, W]`."""
+`caption`, `decode`, `decode_grids` (cached grids) return attention per image, `[n_words, H, W]`."""
 
 from __future__ import annotations
 

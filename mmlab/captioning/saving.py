@@ -35,8 +35,7 @@ REQUIREMENTS = (
 
 
 def log_epoch(epoch: int, metrics: dict) -> None:
-    """`train_captioner(..., on_epoch=log_epoch)`: epoch metrics, and the sample captions as a
-    table."""
+    """`train_captioner(..., on_epoch=log_epoch)`: epoch metrics, sample captions as a table."""
     from mmlab import tracking
 
     values = {k: v for k, v in metrics.items() if k != "samples"}

@@ -3,8 +3,7 @@
     model = fusion.create("gated", {"image": 1280, "text": 384}, num_classes=2)
     result = fusion.train_fusion(model, train_split, validation_split, fusion.TrainConfig(epochs=20))
 
-`fusion.input_form(name)` says whether a method takes pooled vectors or token-level inputs.
-"""
+`fusion.input_form(name)` says whether a method takes pooled vectors or token-level inputs."""
 
 from mmlab.fusion.methods import METHODS, FusionModule, InputSpec, available, create, input_form
 from mmlab.fusion.train import (

@@ -174,9 +174,6 @@ def batch_norm(norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.
     return y
 
 
-# --------------------------------------------------------------------------- launching
-
-
 def launch(
     fn: Callable[..., Any],
     args: tuple,

@@ -1,11 +1,10 @@
 """Executions as Ray tasks, on a local Ray instance or a cluster (`mmlab run --executor ray`).
 
-Each task runs `job.execute(job)` with the stage's `resources` as `num_cpus` / `num_gpus`. The
-checkout is uploaded as the runtime environment's `working_dir` (runs, stores, data, caches
-left out), so a cluster needs no shared disk; the executed notebook, HTML and log come back
-with the result and are written to runs/ here. A worker on this machine keeps the workspace's
-data and reports progress; one elsewhere must reach the tracking store, so a local SQLite
-file or 127.0.0.1 server is refused."""
+A task runs `job.execute(job)` with the stage's `resources` as `num_cpus` / `num_gpus`. The
+checkout (less runs, stores, data, caches) ships as the runtime env's `working_dir`, and the
+executed notebook, HTML and log come back with the result, so a cluster needs no shared disk.
+A worker on this machine uses the workspace's data and reports progress; a remote one must
+reach the tracking store, so a local SQLite file or loopback server is refused."""
 
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ import mmlab
 from mmlab.batch.job import ExecutorError, Job, Outcome, safe_execute
 from mmlab.core import progress, workspace
 
-# What workers do not need (gitignore patterns from the checkout's root; a leading "/" keeps
-# `/data/` from matching `mmlab/data`).
+# What workers do not need (gitignore patterns; a leading "/" keeps `/data/` off `mmlab/data`).
 EXCLUDES = [
     "/.git",  # a folder in a clone, a file in a worktree
     ".venv*/",
@@ -124,8 +122,7 @@ def store_error(uri: str, where: str) -> str:
 
 
 def run_task(job: Job, notebook: str) -> tuple[Outcome, dict[str, bytes]]:
-    """The Ray task: run `job` here and return its outcome and output files. `notebook` is a path
-    inside the checkout, which Ray copies as the worker's `working_dir`."""
+    """The Ray task: run `job` here; (outcome, output files). `notebook`: a path in the checkout."""
     here = Path.cwd()
     saved = dict(os.environ)  # `execute` exports the job's environment; the next task starts clean
     env = dict(job.env)
