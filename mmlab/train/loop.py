@@ -68,9 +68,9 @@ class LoopConfig:
         return cls(**{**shared, **settings})
 
     def __post_init__(self):
-        if self.schedule != ONE_CYCLE and self.schedule not in SCHEDULES:
-            valid = ", ".join([*SCHEDULES, ONE_CYCLE])
-            raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules: {valid}")
+        if self.schedule not in (*SCHEDULES.names(), ONE_CYCLE):
+            valid = ", ".join(sorted([*SCHEDULES.names(), ONE_CYCLE]))
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid names: {valid}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be 'max' or 'min', got {self.mode!r}")
         if not 0 <= self.warmup < 1:
