@@ -1,10 +1,8 @@
 """Lexicons for grounded caption metrics: object words (with synonyms and plurals), attribute
-words, relation words; and the ground-truth objects of a split.
-
-`SYNTHETIC` holds the embedded world's words; `COCO` the 80 COCO categories with CHAIR's
-synonym lists (Rohrbach et al., EMNLP 2018) and common colour and spatial words.
-`parse_caption` reads the objects ("[size] colour [size] shape") and relations a caption
-states; the metrics and the world (`mmlab.data.world`) both judge captions through it."""
+and relation words, and the ground-truth objects of a split. `SYNTHETIC` holds the embedded
+world's words; `COCO` the 80 COCO categories with CHAIR's synonym lists (Rohrbach et al., EMNLP
+2018) and common colour and spatial words. `parse_caption` reads the objects and relations a
+caption states; the metrics and the world (`mmlab.data.world`) both judge captions through it."""
 
 from __future__ import annotations
 
@@ -303,10 +301,8 @@ def ground_truth(split, lexicon: Lexicon) -> dict[str, object]:
 
 
 # ----------------------------------------------------------------------------- caption parsing
-# An object is "[size] colour [size] shape" (unique by colour and shape within a synthetic
-# scene); a relation phrase between two objects places the first relative to the second
-# ("a red circle left of a blue square"). It lives beside its words so the world can judge
-# captions without importing the metrics.
+# An object is "[size] colour [size] shape"; a relation places the first object relative to the
+# second. Parsing lives beside its words so the world judges captions without the metrics.
 @dataclass(frozen=True)
 class Mention:
     colour: str
@@ -352,7 +348,6 @@ def _phrases(
 
 def parse_caption(caption: str, lexicon=None) -> tuple[list[Mention], list[Relation]]:
     """The objects a caption names and the relations between neighbouring ones, via `lexicon`.
-
     Words must be adjacent: "big red circle" is a mention, "red and a circle" is not; "A left of
     B" needs the relation phrase right between A and B."""
     phrases = _phrases(caption, phrase_table(lexicon))

@@ -143,8 +143,7 @@ class Scene:
 
 
 def relation(a, b) -> str:
-    """Relation of `a` to `b` (dicts with x, y, or Obj): horizontal when their columns differ,
-    else vertical."""
+    """Relation of `a` to `b` (Objs or x, y dicts): horizontal if columns differ, else vertical."""
     ax, ay = (a.x, a.y) if isinstance(a, Obj) else (a["x"], a["y"])
     bx, by = (b.x, b.y) if isinstance(b, Obj) else (b["x"], b["y"])
     if abs(ax - bx) > 0.5 / GRID:

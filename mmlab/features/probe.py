@@ -38,8 +38,7 @@ def linear_probe(
     max_iter: int = 1000,
     seed: int = 0,
 ) -> float:
-    """Accuracy on the test set of a logistic regression trained on standardised features
-    (made vectors by `as_vectors(x, grid_cells)`)."""
+    """Test accuracy of a logistic regression on standardised `as_vectors(x, grid_cells)`."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

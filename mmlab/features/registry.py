@@ -1,6 +1,5 @@
-"""Encoders by modality and name: one `Registry` per modality, with `register`, `lookup`,
-`names`, `create`, and `parse_encoder` for `"name:key=value,..."`. Each modality's encoders
-live in its own lazily imported module, so a text query does not pay for torchvision."""
+"""Encoders by modality and name: a `Registry` per modality, `parse_encoder` for `"name:k=v,..."`.
+Each modality's encoders live in a lazily imported module: a text query skips torchvision."""
 
 from __future__ import annotations
 
@@ -37,8 +36,7 @@ def names(modality: str) -> list[str]:
 
 
 def create(modality: str, name: str, **options: Any) -> Any:
-    """The extractor `name` of `modality`; an unknown name, or an option its factory does not
-    take, is a RegistryError naming it."""
+    """The extractor `name` of `modality`; an unknown name or option: a RegistryError naming it."""
     return encoders(modality).create(name, **options)
 
 

@@ -162,8 +162,7 @@ def cost_table(
 
 
 def metrics(summary: pd.DataFrame, probes: pd.DataFrame) -> dict[str, float]:
-    """Flat MLflow metrics: `items_per_s.<modality>.<encoder>`, `dim.<...>` and
-    `probe.<target>.<modality>.<encoder>`."""
+    """Flat metrics: `items_per_s.<modality>.<encoder>`, `dim.<...>`, `probe.<target>.<...>`."""
     out = {}
     for row in summary.itertuples():
         out[f"items_per_s.{row.modality}.{row.encoder}"] = float(row.items_per_s)

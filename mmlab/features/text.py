@@ -345,8 +345,7 @@ EXPORTED_OPTIONS = "minilm.json"
 
 
 class ExportedMiniLM:
-    """A MiniLM encoder that `MiniLM.export` saved: the same vectors, loaded with
-    torch and the tokenizers library only."""
+    """What `MiniLM.export` saved: the same vectors, with torch and the tokenizers library only."""
 
     def __init__(self, folder):
         from tokenizers import Tokenizer

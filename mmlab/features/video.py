@@ -42,8 +42,7 @@ FARNEBACK = {
 
 
 def read_frames(path, num_frames: int, image_size: int) -> np.ndarray:
-    """`num_frames` evenly spaced RGB frames, uint8 `[T, S, S, 3]` (the last frame repeats if the
-    clip is shorter)."""
+    """`num_frames` evenly spaced RGB frames, uint8 `[T, S, S, 3]`; short clips repeat the last."""
     import av
 
     path = Path(path)

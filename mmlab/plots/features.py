@@ -1,5 +1,4 @@
-"""Figures of notebook 01: sample grid, 2-D projections, probe accuracies, throughput, cost
-against accuracy."""
+"""Figures of notebook 01: samples, 2-D projections, probe accuracy, throughput, cost/accuracy."""
 
 from __future__ import annotations
 

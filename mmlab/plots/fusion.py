@@ -1,6 +1,5 @@
-"""Figures of notebook 02: accuracy with confidence intervals, cost, modality weights,
-accuracy per hard-negative kind, per target and with a modality missing, validation curves. Each takes tables from
-`mmlab.fusion.compare.Comparison` and returns a matplotlib Figure."""
+"""Figures of notebook 02 from `Comparison` tables: accuracy and its interval, cost, modality
+weights, accuracy by group, target or missing modality, validation curves (matplotlib Figures)."""
 
 from __future__ import annotations
 

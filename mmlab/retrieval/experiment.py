@@ -1,6 +1,5 @@
 """Methods x modality pairs x seeds in one table: chance, frozen features through CCA, trained
-heads, and (where scenes are known) the attribute oracle. Each method x pair x seed is a nested
-MLflow run when a run is active."""
+heads and (where scenes are known) the attribute oracle; each a nested run if one is active."""
 
 from __future__ import annotations
 

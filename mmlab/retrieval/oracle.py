@@ -15,8 +15,7 @@ from mmlab.retrieval.metrics import both_directions
 
 
 def fits(caption: str, scene: Sequence[Mapping], world=None) -> bool:
-    """True when `caption` names exactly `scene`'s objects with the stated sizes and relations,
-    judged by `world` (default: synthetic)."""
+    """Whether `caption` names exactly `scene`'s objects, sizes and relations, as `world` judges."""
     return (world or synthetic_world()).fits(caption, scene)
 
 

@@ -71,8 +71,8 @@ def log_search_model(
 
 def load_searcher(source: str | Path = f"models:/{SEARCHER}@{CHAMPION}", index: str = "auto"):
     """The Searcher of a logged model (any `model_uri` form) or of a `Searcher.save` folder.
-    Downloads are cached by run or version; an alias is resolved every time (it may move),
-    from a local SQLite store without importing MLflow, so a search starts in a few seconds."""
+    Downloads are cached by run or version; an alias, which may move, is resolved every time,
+    from a local SQLite store without importing MLflow."""
     path = Path(str(source)).expanduser()
     if (path / "config.json").is_file():
         return Searcher.load(path, index)
@@ -118,8 +118,7 @@ def _searcher_files(model: Path, source) -> Path:
 
 
 def _cache_folder(uri: str) -> Path | None:
-    """Where the files of a run's or a registered version's model are cached (an alias has no
-    folder: it may move)."""
+    """Where a run's or a version's model files are cached; None for an alias (it may move)."""
     from mmlab.core import workspace
 
     key = re.fullmatch(r"(?:runs|models):/([^@]+)", uri)

@@ -35,8 +35,7 @@ def classify(
     classes: Sequence[str],
     truth: Sequence[set[str]],
 ) -> dict[str, float]:
-    """Accuracy of the most similar prompt's class against the true set of each item, with the
-    chance level of a uniform guess."""
+    """Accuracy of the nearest prompt's class against each item's true set, and uniform chance."""
     sim = np.asarray(item_vectors) @ np.asarray(prompt_vectors).T
     predicted = [classes[i] for i in sim.argmax(1)]
     accuracy = float(np.mean([p in t for p, t in zip(predicted, truth, strict=True)]))

@@ -94,9 +94,8 @@ def model_uri(source: str | Path = "latest", name: str = CAPTIONER) -> str:
 
 def sqlite_alias(uri: str) -> str | None:
     """`models:/NAME/VERSION` that `models:/NAME@ALIAS` names, read from the workspace's SQLite
-    store with the standard library: no MLflow import, so a command that only reads a cached
-    model starts fast. None where the store is a server, another MLflow workspace is chosen,
-    or its tables are not as expected: MLflow answers then."""
+    store with the standard library, so a command reading a cached model never imports MLflow.
+    None for a server, another MLflow workspace or unexpected tables: MLflow answers then."""
     import sqlite3
 
     from mmlab.core import workspace
@@ -151,8 +150,7 @@ def download(source: str | Path, destination: str | Path, name: str = CAPTIONER)
 
 
 def version_of(source: str | Path):
-    """The registered version a model source names (a models:/ URI, or a run that logged a
-    registered model), or None when it is not registered."""
+    """The registered version a `source` names (models:/, or a run that registered one), or None."""
     from mlflow.exceptions import MlflowException
 
     from mmlab.tracking import store
