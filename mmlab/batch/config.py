@@ -1,5 +1,4 @@
 """Batch files: schema, validation, grid expansion and parameter hashing.
-
 A batch file has an optional `name`, `defaults` for every notebook whose parameters cell
 defines them, and `stages`, each with a `notebook`, `parameters`, a `grid` (one execution per
 combination), `needs` (`${stage.run_id}` references) and Ray `resources`. Parameters layer as

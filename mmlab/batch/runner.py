@@ -1,5 +1,4 @@
 """Run a batch: executions in dependency order, in parallel, resumable, failures contained.
-
 Per execution the runner creates the MLflow run (batch, stage, commit, parameter and code
 hashes), passes it to the kernel through the environment and sets its final status. A FINISHED
 run with the same `resume_key` stands in for it, so an interrupted batch resumes; a claimed

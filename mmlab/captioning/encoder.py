@@ -1,5 +1,4 @@
 """The image side of a captioner: a grid extractor of the feature registry as an `nn.Module`.
-
 `GridEncoder(extractor)` takes the trunk and preprocessing of any `kind="grid"` extractor.
 `train_stages`: 0 (frozen, so grids can come from the cache), k (fine-tune the top k stages) or
 `"all"`. `colour_detail=d` appends the image's own colours to each cell: pixels pooled to a

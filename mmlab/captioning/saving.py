@@ -1,5 +1,4 @@
 """Captioners in MLflow: per-epoch logging, the model as an MLflow pyfunc, loading it back.
-
 A saved captioner is a folder of plain files: `captioner.json` (what `captioning.build`
 needs), `vocab.json` and `weights.safetensors`. Loading builds today's classes and loads the
 weights, so any change that keeps the parameters keeps saved models loadable; nothing is

@@ -1,5 +1,4 @@
 """Training a captioner: teacher forcing, early stopping on captions actually decoded.
-
 Each step minimises next-word cross-entropy (padding ignored) plus the doubly stochastic
 attention penalty `lambda * mean_i (1 - sum_t alpha_ti)^2`, with AdamW, gradient clipping and a
 warm-up schedule. After each epoch the validation images are decoded and scored (BLEU-4,

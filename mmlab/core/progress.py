@@ -1,5 +1,4 @@
 """Progress records: what an execution is doing now, for the batch runner to show.
-
 Under the runner `MMLAB_PROGRESS_DIR` names the execution's folder: the executor writes the
 current cell, training loops their latest epoch (`EpochBar`), each process its own file,
 atomically. Outside the runner nothing is written."""

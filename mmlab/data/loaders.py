@@ -1,7 +1,6 @@
 """Every dataset source, one schema: a `datasets.DatasetDict` of `train`/`validation`/`test` with
 `id` (str), `image` (Image), `captions` (list[str]) and, where present, `audio`/`video`
 (absolute paths), `label` and attribute columns.
-
 Sources: `"synthetic[:n=300,seed=1,...]"`, an imagefolder directory, a Karpathy split file, a
 COCO caption annotation file and `hf:NAME`. Referenced files are checked and content-hashed at
 load; the result is cached keyed by the files' paths, sizes and times."""
@@ -77,7 +76,6 @@ def load_dataset(
     split_seed: int = 0,
 ) -> datasets.DatasetDict:
     """Load any supported source into the common schema.
-
     `on_error="skip"` drops rows with a bad file (counted in `result.load_report`); `"raise"`
     stops at the first. `limit` keeps each split's first rows. Missing splits are made by
     `ensure_splits` (80/10/10 by image id, `split_seed`), described in `result.split_plan`."""

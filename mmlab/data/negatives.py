@@ -1,5 +1,4 @@
 """Match pairs for any caption dataset: does this caption describe this image?
-
 Positives are an image's own captions. Negatives are `other_image` (easy: another image's
 caption) or hard, changing one `colour`, `count`, `object` or `spatial` word (to its
 opposite). Replacements come from `NegativeWords` restricted to the training captions' words

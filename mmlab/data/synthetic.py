@@ -1,5 +1,4 @@
 """The embedded dataset: small scenes of coloured shapes, seen, described, heard and filmed.
-
 A sample is one *scene*: 1 to 3 objects, each a shape, colour, size and grid cell, plus a
 motion direction. All else derives from it with the sample's own random stream, so a seed
 gives byte-identical files for any number of workers: an RGB image on a textured background

@@ -1,5 +1,4 @@
 """Label targets of the embedded scenes: questions whose answers live in different modalities.
-
 `motion`: which way the scene moves, told only by the video's time axis. `first_shape`,
 `first_colour`: the leftmost object's, carried by image, caption and sound. `circle_xor_sideways`:
 does the scene move sideways exactly when it holds a circle? Balanced under uniform motion

@@ -1,5 +1,4 @@
 """The world a dataset describes, behind one seam: `world_of(ds)`.
-
 Code outside `mmlab.data` asks the world, never the columns, what is true behind the data:
 words, objects per image, whether a caption fits a scene, classes shown, good negatives.
 `SyntheticWorld` knows every scene, so negatives change the scene and describe it again;

@@ -1,5 +1,4 @@
 """Audio encoders (librosa): MFCC, LPC and log-mel frames, pooled or as sequences.
-
 Items are audio paths (or 1-D arrays at `sample_rate`), mixed to mono and resampled; frames
 are 25 ms with a 10 ms hop. `kind="pooled"`: per-coefficient mean and std (`2 * n`);
 `kind="sequence"`: the frames, `[N, T, n]`, zero-padded."""

@@ -1,5 +1,4 @@
 """The one face every encoder shows: `extract(items) -> Tensor` plus what the tensor means.
-
 A subclass sets `modality`, `name`, `kind`, `dim`, fills `options` (all that changes the
 output: the cache key), and implements `preprocess` (raw item -> collatable) and `forward`.
 Extraction runs batched under `torch.inference_mode`, decoding in DataLoader workers."""

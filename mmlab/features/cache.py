@@ -1,5 +1,4 @@
 """The feature cache: each (dataset, split, column, extractor) computed once, then memory-mapped.
-
 An entry is a folder, written atomically, of an Arrow table (`id`, flattened `features`) and a
 `manifest.json` (key parts, shape, SHA-256 of each file); one that no longer matches its
 manifest is reported and rebuilt."""

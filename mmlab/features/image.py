@@ -1,5 +1,4 @@
 """Image encoders: torchvision CNNs, the offline EfficientNet-Lite0, and a small random CNN.
-
 Each extractor is a convolutional trunk cut into stages: `layer="last"` runs all (stride 32),
 `layer="mid"` stops at stride 16, where objects are still apart for a captioner's attention.
 `kind="pooled"` averages the grid, `"grid"` keeps `[N, C, H, W]`, `"pyramid"` is spatial

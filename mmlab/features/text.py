@@ -1,5 +1,4 @@
 """Text encoders: bag of words / TF-IDF, GRU and LSTM encoders, and the offline MiniLM.
-
 Encoders with a vocabulary are fitted by `fit(texts)` or on their first texts; the feature
 cache fits them on the train split, and the vocabulary's hash is part of their identity."""
 

@@ -1,5 +1,4 @@
 """Video encoders: mean of frame features, a 3D CNN (r3d_18), and a two-stream RGB + flow net.
-
 Each item is a video path decoded with PyAV; `num_frames` evenly spaced frames are resized to
 `image_size` in `preprocess`, so DataLoader workers decode while the network runs.
 `frame_mean` averages an image encoder over frames (no time axis). `r3d_18` is torchvision's

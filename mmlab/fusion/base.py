@@ -1,5 +1,4 @@
 """What every fusion method shares: the input description, the projection, the head, the base.
-
 Every method projects each modality to width `hidden`, fuses, and classifies with one shared
 head, so a comparison measures the fusion. `input_form` is `"pooled"` (one vector per
 modality) or `"tokens"` (grid, vocabulary ids, sequence). A missing pooled modality is
@@ -110,7 +109,6 @@ class FusionModule(nn.Module):
 
 class PooledFusion(FusionModule):
     """Projects each pooled modality to `hidden`: subclasses fuse `self.project(...)`.
-
     An absent modality becomes `self.missing[m]`, a token in projected space: zero features would
     come out of standardisation as a confidently "present" vector. It starts at zero and is learned
     under modality dropout."""

@@ -1,5 +1,4 @@
 """Notebook 02's loop: every method x seed under one recipe, each a nested MLflow run.
-
 `run(...)` returns a `Comparison` (`summary`, `by_group`, `missing`); over several targets of
 the label task, `by_target` and `missing_by_target`."""
 
@@ -204,7 +203,6 @@ def run(
 ) -> Comparison:
     """Every method x seed; with `log`, each a nested MLflow run (tags `fusion_method`, `seed`,
     `modalities`, `fusion_target`) with its metrics and validation curves.
-
     `modality_dropout`: for every pooled method, each also tested without each modality.
     `pooled_epochs`: the pooled methods' budget (None: `config.epochs`; patience capped, warmup
     kept in epochs): they peak early, the token method learns relations late. `workers`: processes

@@ -1,5 +1,4 @@
 """Build a fusion task's inputs from a dataset through the feature cache.
-
 Pooled methods get one vector per modality (`encoders`); token methods get token-level inputs
 (`token_encoders`): an image grid, `Vocabulary` ids for a trainable GRU (`"vocab"`), or
 sequence features. An encoder is a name, `"name:key=value,..."` or `{"name": ..., **options}`."""
@@ -242,7 +241,6 @@ def build(
     target: str | None = None,
 ) -> FusionData:
     """Inputs of `task` for the modalities in `encoders` (pooled) and/or `token_encoders`.
-
     `target` (label task): the column to predict or a `mmlab.data.targets` name; default `label`
     (more targets: `relabel`). `extra_pairs` (match task, embedded data): more (caption, label)
     pairs per training image. `mismatched` (match task): that fraction of positive captions paired

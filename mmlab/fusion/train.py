@@ -124,7 +124,6 @@ def train_fusion(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train with AdamW and cross-entropy, keeping the weights of the best validation accuracy.
-
     Shuffling is seeded by `config.seed` (build the model under the same seed to repeat a run).
     `on_epoch(epoch, values)` gets train loss, validation loss and accuracy. With
     `config.processes > 1` global batches are split over processes: the same steps up to rounding,

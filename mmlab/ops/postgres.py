@@ -1,5 +1,4 @@
 """A local PostgreSQL cluster in a folder: initdb once, start on a free port, stop, databases.
-
 `mmlab server` without `--db` keeps one under `.mmlab/postgres/`, using the distribution's
 `initdb` and `pg_ctl`. PostgreSQL refuses root: run as root, the folder goes to the `postgres`
 user and server commands run through `runuser`. Clients connect over TCP on 127.0.0.1 with a

@@ -1,5 +1,4 @@
 """`mmlab server`: MLflow's tracking server on PostgreSQL, artifacts proxied, basic auth optional.
-
 Clients need only `MLFLOW_TRACKING_URI=http://HOST:PORT`: artifacts and models travel through
 the server. Without `--db` a local PostgreSQL cluster in the workspace (`mmlab.ops.postgres`)
 starts first and stops with it; `--auth` turns on MLflow's basic auth, users in the same

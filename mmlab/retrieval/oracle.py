@@ -1,5 +1,4 @@
 """The attribute oracle: the best any model could do when captions leave scenes ambiguous.
-
 Several test scenes can fit a caption exactly (two single red circles). The oracle keeps the
 scenes a caption is true of and ranks them randomly: its recall is the ceiling for a model's.
 Only a world that knows its scenes (`mmlab.data.world_of`) has an oracle."""

@@ -1,5 +1,4 @@
 """The two sides of a retrieval pair, read from a dataset through the feature cache.
-
 A side is one modality's features per item of a split with the row it belongs to: one item
 per row, or per caption for text. Items of the two sides match when their rows are equal."""
 

@@ -1,5 +1,4 @@
 """A trained dual encoder with its embedded galleries: what `mmlab search` answers queries with.
-
 On disk: `weights.pt`, `config.json`, per gallery `gallery_<modality>.npz` (unit vectors) and
 `.json` (ids, paths or texts), and for MiniLM `query_encoder/` (`BertEncoder`), so text
 queries skip importing transformers."""

@@ -1,5 +1,4 @@
 """MLflow conventions: the one package that knows run names, tags, artifacts and the store.
-
 `store` (URI, client, retries), `runs` (a notebook's run and what it logs), `experiments`,
 `lineage`, `notebook_status`, and `models` (registry and URIs). Each name is imported on first
 use, so reading a cached model never loads MLflow."""

@@ -1,5 +1,4 @@
 """Models in MLflow's registry: one resolver for every way to name a model, aliases, promotion.
-
 `model_uri` takes "latest", a run id, `models:/` or `runs:/` URIs, or a folder holding MLmodel.
 Notebook 03 registers each captioner (alias `candidate`); notebook 04 moves `champion` to one
 that scores better than the champion did on the same data."""

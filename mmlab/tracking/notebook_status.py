@@ -1,5 +1,4 @@
 """A notebook cell that raises marks its MLflow run FAILED, however the notebook runs.
-
 Without the runner (papermill, JupyterLab) MLflow's exit hook would end the run FINISHED.
 `watch_cells()` registers a `post_run_cell` handler: a raising cell sets status FAILED and tag
 `mmlab.error` (the traceback's last line), and at exit the run ends FAILED."""

@@ -1,5 +1,4 @@
 """MLflow conventions: the one module that knows run names, tags, artifacts and the store.
-
 Notebooks call `start(...)`, log through the helpers below and end with `headline(...)`. Under
 the runner `MLFLOW_RUN_ID` names its run and `start` resumes it. Logging is batched, and every
 store call is retried on "database is locked": a transaction that reads before it writes can
@@ -56,7 +55,6 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def notebook_file(notebook: str, namespace: Mapping[str, Any] | None = None) -> Path | None:
     """The `.ipynb` file of the notebook named `notebook` that this kernel runs.
-
     Looked up via `MMLAB_NOTEBOOK_PATH` (runner), `JPY_SESSION_NAME` (Jupyter),
     `__vsc_ipynb_file__` (VS Code), then the kernel's folder, its `notebooks/` and the workspace's.
     A session file of another name counts when the kernel defines all its parameters (a renamed
@@ -104,7 +102,6 @@ def start(
     notebook: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
 ) -> mlflow.ActiveRun:
     """Start (or resume, under the runner) this notebook's run and log its parameters.
-
     Without `params`, `kernel_parameters`. Under `MLFLOW_RUN_ID` the runner's run is resumed and
     left to it; else a run starts in the notebook's experiment. Called again in a kernel, the same
     run returns; with changed parameters, one started here is finished and a fresh one begins."""

@@ -1,5 +1,4 @@
 """Training on several processes with `torch.distributed`: the process-group plumbing.
-
 Entered by `torchrun -m mmlab.captioning.ddp ...` or by `TrainConfig(processes=N)`, which
 starts the processes itself (`launch`); both run `mmlab.train.loop.fit`. Each process takes
 its share of every global batch (`shard`) and weights its mean loss by that share, so the

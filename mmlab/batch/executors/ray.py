@@ -1,5 +1,4 @@
 """Executions as Ray tasks, on a local Ray instance or a cluster (`mmlab run --executor ray`).
-
 A task runs `job.execute(job)` with the stage's `resources` as `num_cpus` / `num_gpus`. The
 checkout (less runs, stores, data, caches) ships as the runtime env's `working_dir`, and the
 executed notebook, HTML and log come back with the result, so a cluster needs no shared disk.
