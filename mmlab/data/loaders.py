@@ -64,8 +64,6 @@ def hf_cache_dir() -> str:
     return str(workspace.cache_dir() / "hf-datasets")
 
 
-# ----------------------------------------------------------------------------- entry point
-
 
 def load_dataset(
     source="synthetic",

@@ -107,9 +107,8 @@ class Extractor:
             batch_size=batch_size or self.default_batch_size,
             num_workers=min(workers, len(items)),
             collate_fn=self.collate,
-            # its own generator: a loader draws a seed for its workers when iterated, and from
-            # the global RNG that would make what a notebook trains after extracting depend on
-            # whether the feature cache was warm
+            # its own generator: drawing the workers' seed from the global RNG would make what a
+            # notebook trains after extracting depend on whether the feature cache was warm
             generator=torch.Generator(),
         )
         outputs = []

@@ -165,8 +165,7 @@ class ExtraPairs:
 def _extra_pairs(train, t: Task, k: int) -> ExtraPairs:
     from mmlab.data import world_of
 
-    # the embedded world draws the generator's exact negatives, any caption dataset negatives
-    # made from its captions
+    # negatives: the generator's exact ones on embedded data, else made from the captions
     world = world_of(train)
     if t.name != "match" or not world.can_pair(train):
         raise ValueError(
