@@ -3,6 +3,7 @@ Loading for search reads the artifacts directly, skipping MLflow's model loading
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -121,5 +122,13 @@ def _cache_folder(uri: str) -> Path | None:
     """Where a run's or a version's model files are cached; None for an alias (it may move)."""
     from mmlab.core import workspace
 
-    key = re.fullmatch(r"(?:runs|models):/([^@]+)", uri)
-    return workspace.cache_dir() / "search" / key[1].strip("/") if key else None
+    key = re.fullmatch(r"(runs|models):/([^@]+)", uri)
+    if not key:
+        return None
+    folder = workspace.cache_dir() / "search"
+    if key[1] == "models":  # versions are numbered per store: key them by it
+        store = workspace.tracking_uri()
+        if store.startswith("sqlite:///"):
+            store = str(Path(store.removeprefix("sqlite:///")).resolve())
+        folder = folder / hashlib.sha256(store.encode()).hexdigest()[:12]
+    return folder / key[2].strip("/")
