@@ -57,8 +57,8 @@ def test_photos_batch_finishes_every_notebook_on_real_photos(tmp_path):
     assert kinds <= {"positive", "other_image", "colour", "count", "object", "spatial"}
     retrieval = runs["05_cross_modal_retrieval"]
     assert "test_text_to_image_recall_at_1" in retrieval.data.metrics
-    # the searchable index of the photos, logged as an MLflow model
-    assert retrieval.data.tags["mmlab.search_model_uri"].startswith("runs:/")
+    # the searchable index of the photos, logged and registered as an MLflow model
+    assert retrieval.data.tags["mmlab.search_model_uri"].startswith("models:/mmlab-searcher/")
 
 
 def test_every_notebook_runs_on_each_real_format(tmp_path):
