@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote
 
 
 def root() -> Path:
@@ -38,6 +39,15 @@ def runs_dir() -> Path:
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI wins; else a SQLite store in the workspace."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///relative` or `sqlite:////absolute` URI (else None)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = unquote(uri[len(prefix) :].split("?", 1)[0])
+    return Path(path).absolute() if path and path != ":memory:" else None
 
 
 def artifact_root() -> str:

@@ -127,8 +127,6 @@ def _cache_folder(uri: str) -> Path | None:
         return None
     folder = workspace.cache_dir() / "search"
     if key[1] == "models":  # versions are numbered per store: key them by it
-        store = workspace.tracking_uri()
-        if store.startswith("sqlite:///"):
-            store = str(Path(store.removeprefix("sqlite:///")).resolve())
+        store = str(workspace.sqlite_path(workspace.tracking_uri()) or workspace.tracking_uri())
         folder = folder / hashlib.sha256(store.encode()).hexdigest()[:12]
     return folder / key[2].strip("/")

@@ -100,11 +100,8 @@ def sqlite_alias(uri: str) -> str | None:
     from mmlab.core import workspace
 
     match = re.fullmatch(r"models:/([^/@]+)@([^/@]+)", uri)
-    store = workspace.tracking_uri()
-    if not match or not store.startswith("sqlite:///") or os.environ.get("MLFLOW_WORKSPACE"):
-        return None
-    db = Path(store.removeprefix("sqlite:///"))
-    if not db.is_file():
+    db = workspace.sqlite_path(workspace.tracking_uri())
+    if not match or db is None or not db.is_file() or os.environ.get("MLFLOW_WORKSPACE"):
         return None
     query = (
         "SELECT version FROM registered_model_aliases "

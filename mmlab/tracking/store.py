@@ -7,9 +7,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
 import mlflow
 from filelock import FileLock
@@ -17,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mmlab.core import workspace
+from mmlab.core.workspace import sqlite_path
 
 T = TypeVar("T")
 
@@ -27,15 +26,6 @@ def tracking_uri() -> str:
     uri = workspace.tracking_uri()
     db = sqlite_path(uri)
     return f"sqlite:///{db}" if db is not None else uri
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///relative` or `sqlite:////absolute` URI (else None)."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    path = unquote(uri[len(prefix) :].split("?", 1)[0])
-    return Path(path).absolute() if path and path != ":memory:" else None
 
 
 def default_artifact_root(uri: str | None = None) -> str | None:
