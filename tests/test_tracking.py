@@ -210,3 +210,28 @@ def test_six_processes_log_to_one_fresh_sqlite_store_without_losses(tmp_path):
         assert sorted(m.value for m in loss) == [worker * 1000.0 + i for i in range(200)]
         assert len(client.get_metric_history(run.info.run_id, "acc")) == 25
         assert run.data.metrics["final"] == worker
+
+
+
+def test_describing_an_experiment_another_batch_described_first(store):
+    """Two batches started together both read the new experiment without its kind tag; the
+    later insert then hits SQLite's UNIQUE constraint, which must not fail the batch."""
+    import sqlite3
+
+    from mmlab.tracking import experiments
+
+    path = workspace.sqlite_path(store)
+
+    class Racing(MlflowClient):
+        def set_experiment_tag(self, experiment_id, key, value):
+            super().set_experiment_tag(experiment_id, key, value)  # the batch beside us
+            with sqlite3.connect(path) as db:  # our own insert, a moment later
+                db.execute(
+                    "INSERT INTO experiment_tags (key, value, experiment_id) VALUES (?, ?, ?)",
+                    (key, value, experiment_id),
+                )
+
+    client = Racing(store)
+    exp = client.get_experiment(client.create_experiment("race_demo"))
+    experiments.describe(client, exp, "race_demo")
+    assert client.get_experiment(exp.experiment_id).tags[experiments.KIND_TAG] == experiments.KIND

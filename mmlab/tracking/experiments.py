@@ -60,8 +60,14 @@ def describe(client, experiment, notebook: str) -> None:
         if text:
             wanted[DESCRIPTION_TAG] = text
     for key, value in wanted.items():
-        if key not in tags:
+        if key in tags:
+            continue
+        try:
             retry(client.set_experiment_tag, experiment.experiment_id, key, value)
+        except Exception:  # a batch started beside this one set it first (UNIQUE constraint)
+            now = retry(client.get_experiment, experiment.experiment_id).tags or {}
+            if key not in now:
+                raise
 
 
 def experiment_id(name: str, uri: str | None = None) -> str:
