@@ -212,7 +212,6 @@ def test_six_processes_log_to_one_fresh_sqlite_store_without_losses(tmp_path):
         assert run.data.metrics["final"] == worker
 
 
-
 def test_describing_an_experiment_another_batch_described_first(store):
     """Two batches started together both read the new experiment without its kind tag; the
     later insert then hits SQLite's UNIQUE constraint, which must not fail the batch."""
