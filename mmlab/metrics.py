@@ -74,15 +74,8 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8") as tmp:
         tmp.write("\n".join(lines))
         tmp.flush()
-        cmd = [
-            "java",
-            "-cp",
-            str(jar),
-            "edu.stanford.nlp.process.PTBTokenizer",
-            "-preserveLines",
-            "-lowerCase",
-            tmp.name,
-        ]
+        cmd = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines"]
+        cmd += ["-lowerCase", tmp.name]
         done = subprocess.run(cmd, capture_output=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"PTBTokenizer failed ({' '.join(cmd)}): {done.stderr.decode()[-500:]}")
@@ -176,28 +169,10 @@ class Meteor:
 
     def __init__(self):
         jar = _toolkit_dir() / "meteor" / "meteor-1.5.jar"
-        self.cmd = [
-            "java",
-            "-XX:+UseSerialGC",
-            "-Xmx2G",
-            "-jar",
-            jar.name,
-            "-",
-            "-",
-            "-stdio",
-            "-l",
-            "en",
-            "-norm",
-        ]
-        self.proc = subprocess.Popen(
-            self.cmd,
-            cwd=jar.parent,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            encoding="utf-8",
-        )
+        self.cmd = ["java", "-XX:+UseSerialGC", "-Xmx2G", "-jar", jar.name, "-", "-", "-stdio"]
+        self.cmd += ["-l", "en", "-norm"]
+        pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.cmd, cwd=jar.parent, encoding="utf-8", **pipes)
 
     def _send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -414,21 +389,6 @@ def vocabulary_use(captions: Iterable[str], max_n: int = 4) -> dict[str, float]:
 # --------------------------------------------------------------------------- grounded scores
 # Captions are read by `mmlab.data.lexicons.parse_caption`: an object is its colour and shape
 # (unique within a synthetic scene); size is an attribute checked on named objects.
-GROUNDED_METRICS = (
-    "object_precision",
-    "object_recall",
-    "chair_i",
-    "chair_s",
-    "colour_error",
-    "shape_error",
-    "size_error",
-    "relation_error",
-)
-
-
-def _lexicon(lexicon=None):
-    """A `Lexicon` (default: the synthetic world's) or a plain {surface: (kind, value)} table."""
-    return synthetic_world().lexicon if lexicon is None else lexicon
 
 
 def _error_kind(mention: Mention, scene: Sequence[Mapping]) -> str | None:
@@ -528,7 +488,7 @@ def grounded_table(
     missing = [k for k in predictions if k not in objects]
     if missing:
         raise KeyError(f"no scene objects for {len(missing)} predicted id(s), e.g. {missing[:5]}")
-    lexicon = _lexicon(lexicon)
+    lexicon = synthetic_world().lexicon if lexicon is None else lexicon
     rows = {}
     for key, caption in predictions.items():
         truth = objects[key]
