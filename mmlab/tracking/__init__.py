@@ -7,45 +7,11 @@ import importlib
 
 _HOMES = {
     "experiments": ("experiment_id",),
-    "runs": (
-        "HEADLINE_TAG",
-        "MAX_PARAM_LENGTH",
-        "NOTEBOOK_TAG",
-        "child_run",
-        "device",
-        "environment",
-        "finish",
-        "flatten",
-        "headline",
-        "kernel_parameters",
-        "log_dataset",
-        "log_environment",
-        "log_figure",
-        "log_file",
-        "log_history",
-        "log_metrics",
-        "log_params",
-        "log_table",
-        "log_text",
-        "notebook_file",
-        "pip_freeze",
-        "set_tags",
-        "start",
-    ),
-    "store": (
-        "TrackingServerError",
-        "active_run_id",
-        "answers",
-        "client",
-        "default_artifact_root",
-        "ensure_store",
-        "is_server",
-        "retry",
-        "server_down",
-        "tracking_uri",
-        "unreachable",
-        "why_unreachable",
-    ),
+    "runs": """HEADLINE_TAG MAX_PARAM_LENGTH NOTEBOOK_TAG child_run device environment finish flatten
+        headline kernel_parameters log_dataset log_environment log_figure log_file log_history
+        log_metrics log_params log_table log_text notebook_file pip_freeze set_tags start""".split(),
+    "store": """TrackingServerError active_run_id answers client default_artifact_root ensure_store
+        is_server retry server_down tracking_uri unreachable why_unreachable""".split(),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 SUBMODULES = ("experiments", "lineage", "models", "notebook_status", "runs", "store")

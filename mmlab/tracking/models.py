@@ -281,22 +281,8 @@ def serve_command(source: str | Path, host: str, port: int) -> tuple[list[str], 
     # MLflow starts `uvicorn` by name: this Python's scripts first, venv activated or not
     scripts = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        uri,
-        "--env-manager",
-        "local",
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    return command, env
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri]
+    return [*command, "--env-manager", "local", "--host", host, "--port", str(port)], env
 
 
 __all__ = [

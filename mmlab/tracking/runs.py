@@ -213,10 +213,7 @@ def set_tags(tags: Mapping[str, Any]) -> None:
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log a dict of metrics in one batched call."""
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-    if items:
-        retry(client().log_batch, active_run_id(), metrics=items)
+    log_history({k: [v] for k, v in metrics.items()}, start_step=step or 0)
 
 
 def log_history(history: Mapping[str, list[float]], start_step: int = 0) -> None:
@@ -243,22 +240,10 @@ def log_figure(fig: Any, name: str) -> None:
     retry(client().log_figure, active_run_id(), fig, name)
 
 
-def _write_csv(df: Any, path: Path) -> None:
-    df.to_csv(path, index=False)
-
-
-def _write_json(df: Any, path: Path) -> None:
-    df.to_json(path, orient="records", indent=1)
-
-
-def _write_html(df: Any, path: Path) -> None:
-    path.write_text(df.to_html(index=False))
-
-
 TABLE_WRITERS: dict[str, Callable[[Any, Path], None]] = {
-    ".csv": _write_csv,
-    ".json": _write_json,
-    ".html": _write_html,
+    ".csv": lambda df, path: df.to_csv(path, index=False),
+    ".json": lambda df, path: df.to_json(path, orient="records", indent=1),
+    ".html": lambda df, path: path.write_text(df.to_html(index=False)),
 }
 
 
