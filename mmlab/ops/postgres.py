@@ -107,6 +107,10 @@ class Cluster:
             )
         return done
 
+    def _pg_ctl(self, action: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        pg_ctl = str(binaries() / "pg_ctl")
+        return self._run(pg_ctl, action, "-D", str(self.data), *args, check=check)
+
     def _hand_over(self, path: Path) -> None:
         """As root: give `path` to the server's user, and check it can reach it."""
         user = system_user()
@@ -143,17 +147,9 @@ class Cluster:
             pwfile.write_text(password)
             pwfile.chmod(0o600)
             self._hand_over(pwfile)
-            self._run(
-                str(binaries() / "initdb"),
-                "-D",
-                str(staging),
-                "-U",
-                ROLE,
-                f"--pwfile={pwfile}",
-                "--auth=scram-sha-256",
-                "--encoding=UTF8",
-                "--no-locale",
-            )
+            options = ("--auth=scram-sha-256", "--encoding=UTF8", "--no-locale")
+            initdb = str(binaries() / "initdb")
+            self._run(initdb, "-D", str(staging), "-U", ROLE, f"--pwfile={pwfile}", *options)
             staging.rename(self.data)
         finally:
             pwfile.unlink(missing_ok=True)
@@ -163,8 +159,7 @@ class Cluster:
         """The port of the running server (from postmaster.pid), or None when it is stopped."""
         if not self.data.is_dir():
             return None
-        status = self._run(str(binaries() / "pg_ctl"), "status", "-D", str(self.data), check=False)
-        if status.returncode != 0:
+        if self._pg_ctl("status", check=False).returncode != 0:
             return None
         lines = (self.data / "postmaster.pid").read_text().splitlines()
         return int(lines[3])  # the 4th line is the port (PostgreSQL's documented layout)
@@ -177,26 +172,14 @@ class Cluster:
             return running
         port = port or free_port()
         options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-        self._run(
-            str(binaries() / "pg_ctl"),
-            "start",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.log),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "120",
-        )
+        self._pg_ctl("start", "-l", str(self.log), "-o", options, "-w", "-t", "120")
         return port
 
     def stop(self) -> bool:
         """Stop the server (fast: open sessions are rolled back); False if it was not running."""
         if self.port() is None:
             return False
-        self._run(str(binaries() / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w")
+        self._pg_ctl("stop", "-m", "fast", "-w")
         return True
 
     # ----- databases

@@ -211,25 +211,12 @@ def auth_config(db: str) -> Path:
 def command(settings: Settings, artifacts: str, port: int) -> list[str]:
     """The `mlflow server` command line; the store's URL and password go in the environment, which
     other users cannot read."""
-    line = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--serve-artifacts",
-        "--artifacts-destination",
-        artifacts,
-        "--host",
-        settings.host,
-        "--port",
-        str(port),
-        "--workers",
-        str(settings.workers),
-        # a worker still importing MLflow on a busy machine misses uvicorn's 5 s health check
-        # and is restarted, again and again: give it a minute
-        "--uvicorn-opts",
-        "--timeout-worker-healthcheck 60",
-    ]
+    line = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts"]
+    line += ["--artifacts-destination", artifacts, "--host", settings.host, "--port", str(port)]
+    line += ["--workers", str(settings.workers)]
+    # a worker still importing MLflow on a busy machine misses uvicorn's 5 s health check
+    # and is restarted, again and again: give it a minute
+    line += ["--uvicorn-opts", "--timeout-worker-healthcheck 60"]
     return line + (["--app-name", "basic-auth"] if settings.auth else [])
 
 
