@@ -3,7 +3,11 @@ A batch file has an optional `name`, `defaults` for every notebook whose paramet
 defines them, and `stages`, each with a `notebook`, `parameters`, a `grid` (one execution per
 combination), `needs` (`${stage.run_id}` references) and Ray `resources`. Parameters layer as
 defaults < stage < grid < `--set`. A relative notebook path is looked up from the file's
-folder upwards. Everything is checked before anything runs; errors name file, stage, key."""
+folder upwards, then in the workspace (`mmlab run` from a checkout, the file elsewhere). A stage
+may carry a `search:` block instead of a grid (`SearchSpec`; `mmlab.batch.tune` runs it).
+Everything is checked before anything runs, each stage's problems all at once: unknown keys,
+the notebook, parameters it lacks, values unlike its defaults (`mmlab.batch.checks`), unknown
+encoder, fusion method and decoder names. Errors name file, stage and key."""
 
 from __future__ import annotations
 
@@ -13,13 +17,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mmlab.batch import checks
 from mmlab.batch.job import Resources
-from mmlab.core import parameters_cell
+from mmlab.core import parameters_cell, workspace
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+?)\.run_id\}")
@@ -38,6 +43,116 @@ class ResourcesSpec(BaseModel):
     gpus: float = Field(default=0, ge=0)
 
 
+class SpaceSpec(BaseModel):
+    """One searched parameter: `{type: float, low, high, log}`, `{type: int, low, high, step,
+    log}` or `{type: categorical, choices: [...]}` (Optuna's distributions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+    choices: list[str | int | float | bool | None] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpaceSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty list 'choices'")
+            if self.low is not None or self.high is not None or self.log or self.step:
+                raise ValueError("a categorical parameter takes only 'choices'")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes 'low' and 'high', not 'choices'")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
+        if self.low >= self.high:
+            raise ValueError(f"'low' ({self.low:g}) must be below 'high' ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs 'low' above 0, got {self.low:g}")
+        if self.log and self.step:
+            raise ValueError("'step' and log: true do not go together (Optuna)")
+        if self.type == "int":
+            for key in ("low", "high", "step"):
+                value = getattr(self, key)
+                if value is not None and value != int(value):
+                    raise ValueError(f"an int parameter needs a whole '{key}', got {value:g}")
+        return self
+
+    def distribution(self) -> Any:
+        """The Optuna distribution (imported here: the extra is needed only to search)."""
+        from optuna import distributions as d
+
+        if self.type == "categorical":
+            return d.CategoricalDistribution(list(self.choices or []))
+        if self.type == "int":
+            return d.IntDistribution(
+                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
+        return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def example(self) -> Any:
+        """A value of the space, for the type check against the notebook's default."""
+        if self.type == "categorical":
+            return (self.choices or [None])[0]
+        return int(self.low) if self.type == "int" else float(self.low)
+
+
+class SamplerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+
+
+class PrunerSpec(BaseModel):
+    """Optuna's median pruner on the curve `metric` the notebook logs with a step (per epoch):
+    a trial whose value at a step is worse than the median of earlier trials' at that step
+    stops, after `startup_trials` finished trials and `warmup_steps` steps of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["median", "none"] = "median"
+    metric: str | None = None
+    startup_trials: int = Field(default=3, ge=0)
+    warmup_steps: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _metric(self) -> PrunerSpec:
+        if self.name != "none" and not self.metric:
+            raise ValueError(
+                "the pruner needs 'metric': the per-epoch metric the notebook logs with a step"
+            )
+        return self
+
+
+class SearchSpec(BaseModel):
+    """A stage's `search:` block: Optuna trials over `parameters`, each one execution."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: dict[str, SpaceSpec] = Field(min_length=1)
+    metric: str
+    direction: Literal["maximize", "minimize"] = "maximize"
+    trials: int = Field(default=12, ge=1)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    pruner: PrunerSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        """`sampler: tpe` and `pruner: median` for the mappings with defaults."""
+        if isinstance(data, dict):
+            data = dict(data)
+            if isinstance(data.get("sampler"), str):
+                data["sampler"] = {"name": data["sampler"]}
+            if isinstance(data.get("pruner"), str):
+                data["pruner"] = {"name": data["pruner"]}
+        return data
+
+
 class StageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +163,7 @@ class StageSpec(BaseModel):
     # seconds one cell may run before the execution fails (a hung notebook frees its job)
     timeout: float | None = Field(default=None, gt=0)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    search: SearchSpec | None = None
 
 
 class BatchSpec(BaseModel):
@@ -87,12 +203,15 @@ class Execution:
 class Batch:
     name: str
     path: Path
-    stages: dict[str, list[Execution]]  # in dependency order
+    # in dependency order; a search stage has one execution: the trials' shared parameters
+    stages: dict[str, list[Execution]]
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    searches: dict[str, SearchSpec] = field(default_factory=dict)  # stages with `search:`
 
     @property
     def executions(self) -> list[Execution]:
-        return [e for runs in self.stages.values() for e in runs]
+        """Every execution of the stages that are not searches (a search asks for its own)."""
+        return [e for s, runs in self.stages.items() if s not in self.searches for e in runs]
 
     def varying(self, stage: str) -> list[str]:
         """Parameter names whose values differ between the stage's executions."""
@@ -138,11 +257,19 @@ def parse_override(text: str) -> tuple[str | None, str, Any]:
     return (stage or None), key, yaml.safe_load(raw) if raw else ""
 
 
+def _search_folders(batch_dir: Path) -> list[Path]:
+    """Where a relative notebook path is looked up: the batch file's folder and those above it,
+    then the workspace it is run from."""
+    folders = [batch_dir, *batch_dir.parents]
+    here = workspace.root()
+    return folders + ([here] if here not in folders else [])
+
+
 def _find_notebook(relative: str, batch_dir: Path) -> Path | None:
     path = Path(relative).expanduser()
     if path.is_absolute():
         return path if path.is_file() else None
-    for folder in [batch_dir, *batch_dir.parents]:
+    for folder in _search_folders(batch_dir):
         if (folder / path).is_file():
             return (folder / path).resolve()
     return None
@@ -191,8 +318,26 @@ def _pydantic_problems(path: Path, error: ValidationError, stage: str | None = N
         loc = [str(p) for p in issue["loc"]]
         where = f"stage {stage!r}: " if stage is not None else ""
         what = "unknown key" if issue["type"] == "extra_forbidden" else issue["msg"]
+        what = what.removeprefix("Value error, ")
         lines.append(f"{path}: {where}key {'.'.join(loc) or '(top)'!r}: {what}")
     return lines
+
+
+def _stage(path: Path, name: str, raw: Any) -> tuple[StageSpec | None, list[str]]:
+    """The stage and its schema problems. A stage with bad keys is still read without them, so
+    that its notebook and parameters are checked too (every problem of a stage at once)."""
+    try:
+        return StageSpec.model_validate(raw), []
+    except ValidationError as error:
+        problems = _pydantic_problems(path, error, stage=name)
+        if not isinstance(raw, dict):
+            return None, problems
+        bad = {str(issue["loc"][0]) for issue in error.errors() if issue["loc"]}
+        kept = {k: v for k, v in raw.items() if k not in bad}
+        try:
+            return StageSpec.model_validate(kept), problems
+        except ValidationError:  # no notebook, or a key that depends on a bad one
+            return None, problems
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Batch:
@@ -222,10 +367,10 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Batch
     stages: dict[str, StageSpec] = {}
     if isinstance(stages_raw, dict):
         for name, stage in stages_raw.items():
-            try:
-                stages[str(name)] = StageSpec.model_validate(stage)
-            except ValidationError as error:
-                problems += _pydantic_problems(path, error, stage=str(name))
+            spec_or_none, found = _stage(path, str(name), stage)
+            problems += found
+            if spec_or_none is not None:
+                stages[str(name)] = spec_or_none
     elif stages_raw is not None or "stages" in raw:
         problems.append(f"{path}: key 'stages': expected a mapping of stage name -> stage")
     else:
@@ -279,11 +424,14 @@ def _build(
     defined: dict[str, set[str]] = {}
     notebooks: dict[str, Path] = {}
     for name, stage in spec.stages.items():
+        if stage.search is not None:
+            problems += _search_shape(path, name, stage, spec.stages)
         found = _find_notebook(stage.notebook, path.parent.resolve())
         if found is None:
             problems.append(
                 f"{path}: stage {name!r}: key 'notebook': {stage.notebook!r} not found "
-                f"(looked from {path.parent.resolve()} upwards)"
+                f"(looked from {path.parent.resolve()} upwards and in the workspace "
+                f"{workspace.root()})"
             )
             continue
         try:
@@ -300,6 +448,7 @@ def _build(
                         f"not define {key!r} in its parameters cell "
                         f"(it defines: {', '.join(sorted(defined[name])) or 'nothing'})"
                     )
+        problems += _value_problems(path, name, stage, found, defined[name], spec, overrides)
     every_notebook_read = complete and len(defined) == len(spec.stages)
     if every_notebook_read:  # else a key may be defined by a notebook that could not be read
         everywhere = set().union(*defined.values())
@@ -357,4 +506,79 @@ def _build(
     if len(problems) > before:
         return None
     needs = {n: tuple(spec.stages[n].needs) for n in order}
-    return Batch(batch_name, path, stages, needs)
+    searches = {n: s.search for n, s in spec.stages.items() if s.search is not None}
+    return Batch(batch_name, path, stages, needs, searches)
+
+
+def _search_shape(
+    path: Path, name: str, stage: StageSpec, stages: dict[str, StageSpec]
+) -> list[str]:
+    """What a search stage may not be: a grid too, or a stage other stages need."""
+    problems = []
+    where = f"{path}: stage {name!r}"
+    if stage.grid:
+        problems.append(
+            f"{where}: key 'grid': a stage with 'search' has no grid: search a categorical "
+            f"parameter instead (search.parameters.NAME: {{type: categorical, choices: [...]}})"
+        )
+    for key in stage.search.parameters if stage.search else ():
+        if key in stage.parameters:
+            problems.append(
+                f"{where}: key 'search.parameters.{key}': also set in 'parameters': keep one"
+            )
+    for other, spec in stages.items():
+        if name in spec.needs:
+            problems.append(
+                f"{path}: stage {other!r}: key 'needs': {name!r} is a search, which no stage "
+                f"can need: give the stage the tuned values in its 'parameters'"
+            )
+    return problems
+
+
+def _value_problems(
+    path: Path,
+    name: str,
+    stage: StageSpec,
+    notebook: Path,
+    defined: set[str],
+    spec: BatchSpec,
+    overrides: list[tuple[str | None, str, Any]],
+) -> list[str]:
+    """Values unlike the notebook's defaults and unknown registry names, for every place a value
+    of this stage comes from: defaults, parameters, grid, search, `--set`."""
+    defaults = parameters_cell.defaults(notebook)
+    notes = checks.comments(notebook)
+    values: list[tuple[str, str, Any]] = [
+        (f"key 'defaults.{k}'", k, v) for k, v in spec.defaults.items() if k in defined
+    ]
+    values += [(f"key 'parameters.{k}'", k, v) for k, v in stage.parameters.items()]
+    values += [(f"key 'grid.{k}'", k, v) for k, vs in stage.grid.items() for v in vs]
+    values += [
+        (f"--set {k}", k, v) for s, k, v in overrides if (s is None and k in defined) or s == name
+    ]
+    problems = []
+    for label, key, value in values:
+        if key not in defined:
+            continue  # reported as a parameter the notebook lacks
+        problem = checks.value_problem(value, defaults.get(key), notes.get(key, ""))
+        if problem:
+            problems.append(f"{path}: stage {name!r}: {label}: {problem}")
+        try:
+            found = checks.name_problems(
+                notebook, key, value, label.removeprefix("key ").strip("'")
+            )
+        except Exception:  # a family that cannot load here (a missing extra): the kernel says so
+            found = []
+        problems += [f"{path}: stage {name!r}: {p}" for p in found]
+    for key, space in (stage.search.parameters if stage.search else {}).items():
+        label = f"key 'search.parameters.{key}'"
+        if key not in defined:
+            problems.append(
+                f"{path}: stage {name!r}: {label}: {stage.notebook} does not define {key!r} in "
+                f"its parameters cell (it defines: {', '.join(sorted(defined)) or 'nothing'})"
+            )
+            continue
+        problem = checks.value_problem(space.example(), defaults.get(key), notes.get(key, ""))
+        if problem:
+            problems.append(f"{path}: stage {name!r}: {label}: {problem}")
+    return problems
