@@ -87,21 +87,11 @@ def cost_vs_accuracy(table: pd.DataFrame, accuracy: str, title: str = ""):
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.scatter(table["ms_per_item"], table[accuracy], s=40, color="tab:blue")
     for row in table.itertuples():
-        ax.annotate(
-            row.encoder,
-            (row.ms_per_item, getattr(row, accuracy)),
-            fontsize=8,
-            xytext=(5, 4),
-            textcoords="offset points",
-        )
+        xy = (row.ms_per_item, getattr(row, accuracy))
+        ax.annotate(row.encoder, xy, fontsize=8, xytext=(5, 4), textcoords="offset points")
     ax.axhline(table["majority"].max(), ls="--", lw=1, color="grey")
-    ax.annotate(
-        "majority class",
-        (table["ms_per_item"].min(), table["majority"].max()),
-        fontsize=7,
-        color="grey",
-        va="bottom",
-    )
+    corner = (table["ms_per_item"].min(), table["majority"].max())
+    ax.annotate("majority class", corner, fontsize=7, color="grey", va="bottom")
     ax.set_xscale("log")
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("ms per item (batched, this machine)")

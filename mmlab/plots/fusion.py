@@ -17,15 +17,11 @@ def accuracy_bars(summary: pd.DataFrame, chance: float | None = None, metric: st
     if chance is not None:
         ax.axvline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
         ax.legend(loc="lower right", fontsize=8)
-    level = int(round(100 * _confidence(summary)))
+    level = int(round(100 * float(summary.attrs.get("confidence", 0.95))))
     ax.set_xlabel(f"test {metric} (mean over seeds, {level}% t-interval)")
     ax.set_xlim(min(0.4, float(s["ci_low"].min()) - 0.02), 1.0)
     fig.tight_layout()
     return fig
-
-
-def _confidence(summary: pd.DataFrame) -> float:
-    return float(summary.attrs.get("confidence", 0.95))
 
 
 def cost_scatter(summary: pd.DataFrame):
@@ -38,13 +34,8 @@ def cost_scatter(summary: pd.DataFrame):
         err = np.vstack([summary["mean"] - summary["ci_low"], summary["ci_high"] - summary["mean"]])
         ax.errorbar(summary[column], summary["mean"], yerr=err, fmt="o", capsize=3)
         for _, row in summary.iterrows():
-            ax.annotate(
-                row["method"],
-                (row[column], row["mean"]),
-                fontsize=7,
-                xytext=(4, 2),
-                textcoords="offset points",
-            )
+            xy = (row[column], row["mean"])
+            ax.annotate(row["method"], xy, fontsize=7, xytext=(4, 2), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel(label)
     axes[0].set_ylabel("test accuracy")
@@ -63,14 +54,8 @@ def modality_weights(weights: pd.DataFrame):
     width = 0.8 / len(modalities)
     x = np.arange(len(methods))
     for i, m in enumerate(modalities):
-        ax.bar(
-            x + i * width,
-            table["mean"][m],
-            width,
-            yerr=table["std"][m].fillna(0),
-            capsize=3,
-            label=m,
-        )
+        err = table["std"][m].fillna(0)
+        ax.bar(x + i * width, table["mean"][m], width, yerr=err, capsize=3, label=m)
     ax.set_xticks(x + width * (len(modalities) - 1) / 2, methods)
     ax.set_ylabel("modality weight")
     ax.set_ylim(0, 1)
@@ -103,13 +88,8 @@ def validation_curves(histories: dict[tuple[str, int], dict[str, list[float]]]):
     for (method, _seed), history in histories.items():
         i = methods.index(method)
         curve = history["val_accuracy"]
-        ax.plot(
-            range(1, len(curve) + 1),
-            curve,
-            color=colours(i % 20),
-            alpha=0.7,
-            label=method if _seed == min(s for m, s in histories if m == method) else None,
-        )
+        label = method if _seed == min(s for m, s in histories if m == method) else None
+        ax.plot(range(1, len(curve) + 1), curve, color=colours(i % 20), alpha=0.7, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.legend(fontsize=7, ncol=2)

@@ -3,6 +3,7 @@ a few queries with the true one marked, zero-shot accuracy. Each returns a matpl
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -23,14 +24,8 @@ def recall_bars(summary: pd.DataFrame, directions: dict[str, str], ks=(1, 5, 10)
             metric = f"{directions[pair]}_recall_at_{k}"
             r = rows[rows["metric"] == metric].set_index("method").reindex(methods)
             err = np.vstack([r["mean"] - r["ci_low"], r["ci_high"] - r["mean"]])
-            ax.bar(
-                np.arange(len(methods)) + j * width,
-                r["mean"],
-                width,
-                yerr=err,
-                capsize=2,
-                label=f"R@{k}",
-            )
+            x = np.arange(len(methods)) + j * width
+            ax.bar(x, r["mean"], width, yerr=err, capsize=2, label=f"R@{k}")
         ax.set_xticks(
             np.arange(len(methods)) + width * (len(ks) - 1) / 2, methods, rotation=20, fontsize=8
         )
@@ -75,22 +70,12 @@ def top_k_images(
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(width)
-        axes[r][0].set_ylabel(
-            "\n".join(_wrap(query, 24)), fontsize=7, rotation=0, ha="right", va="center"
+        label = textwrap.fill(
+            " ".join(query.split()), 24, break_long_words=False, break_on_hyphens=False
         )
+        axes[r][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout()
     return fig
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + len(word) + 1 > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return [*lines, line]
 
 
 def zero_shot_bars(table: pd.DataFrame):
