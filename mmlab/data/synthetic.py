@@ -15,6 +15,7 @@ import json
 import math
 import multiprocessing
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -455,7 +456,8 @@ def make_sample(job: _Job) -> dict:
     split_dir = Path(job.root) / job.split
     record: dict = {"file_name": f"images/{stem}.png", "id": stem}
     image = render(scene, rng, job.image_size)[0]
-    image.save(split_dir / record["file_name"], compress_level=3)  # about as small as 6, and faster to write
+    # compress_level 3: about as small as 6, and faster to write
+    image.save(split_dir / record["file_name"], compress_level=3)
     record["captions"] = [caption(rng, scene) for _ in range(N_CAPTIONS)]
     if job.audio:
         record["audio"] = f"audio/{stem}.wav"
@@ -511,12 +513,18 @@ def generate(
                 for i in range(start, start + count)
             ]
             start += count
-        records = _run(jobs, workers)
-        for split in split_sizes(n):
-            rows = [r for job, r in zip(jobs, records, strict=True) if job.split == split]
-            if rows:
-                lines = "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows)
-                (tmp / split / "metadata.jsonl").write_text(lines, encoding="utf-8")
+        # Records go to their split's metadata.jsonl as they arrive, in order: memory stays flat
+        # however many scenes there are.
+        files = {}
+        try:
+            for job, record in zip(jobs, _run(jobs, workers), strict=True):
+                if job.split not in files:
+                    path = tmp / job.split / "metadata.jsonl"
+                    files[job.split] = open(path, "w", encoding="utf-8")  # noqa: SIM115
+                files[job.split].write(json.dumps(record, sort_keys=False) + "\n")
+        finally:
+            for f in files.values():
+                f.close()
         info = {
             "generator": "mmlab.data.synthetic",
             "version": GENERATOR_VERSION,
@@ -531,21 +539,26 @@ def generate(
     return out
 
 
-def _run(jobs: list[_Job], workers: int) -> list[dict]:
-    """Make the samples, in a process pool when it pays; order and bytes do not depend on it."""
+def _run(jobs: list[_Job], workers: int) -> Iterator[dict]:
+    """The samples' records in the jobs' order, made in a process pool when it pays; order and
+    bytes do not depend on it."""
     if workers <= 1 or len(jobs) < 64:
-        return [make_sample(job) for job in jobs]
+        yield from map(make_sample, jobs)
+        return
     context = multiprocessing.get_context("spawn")  # safe even when the parent holds threads
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            chunks = max(1, len(jobs) // (workers * 8))
-            return list(pool.map(make_sample, jobs, chunksize=chunks))
+        # chunks of at most 256: results wait in memory only until their turn comes
+        chunks = max(1, min(256, len(jobs) // (workers * 8)))
+        yield from pool.map(make_sample, jobs, chunksize=chunks)
     except BrokenProcessPool as error:
         raise RuntimeError(
             "the synthetic data's worker processes died while starting. Spawned workers "
             "re-import the main script: in a script, put the code that loads or generates "
             "data under `if __name__ == '__main__':`"
         ) from error
+    finally:  # a failed or abandoned generation does not wait for the scenes still queued
+        pool.shutdown(cancel_futures=True)
 
 
 def is_generated(path) -> bool:
