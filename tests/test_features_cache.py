@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -55,6 +56,10 @@ class Counting:
         self.calls += 1
         return self.inner.extract(items, **kwargs)
 
+    def batches(self, items, **kwargs):  # what the cache streams images from
+        self.calls += 1
+        return self.inner.batches(items, **kwargs)
+
 
 def test_second_request_is_a_hit(dataset_dict):
     ex = Counting(F.create("image", "small_cnn", image_size=32, device="cpu"))
@@ -88,12 +93,13 @@ def test_different_identity_or_split_misses(dataset_dict):
 
 def test_damaged_entry_is_rebuilt(dataset_dict, caplog):
     ex = Counting(F.create("image", "small_cnn", image_size=32, seed=7, device="cpu"))
-    good = cache.features(dataset_dict, "train", ex)
+    # a copy: the returned tensor maps the very file this test truncates in place
+    good = cache.features(dataset_dict, "train", ex).clone()
     key = cache.cache_key(cache.dataset_fingerprint(dataset_dict), "train", "image", ex.identity)
     entry = cache.entry_path(key, ex, "train")
     manifest = json.loads((entry / cache.MANIFEST).read_text())
-    arrow = next(entry.glob("data/*.arrow"))
-    arrow.write_bytes(arrow.read_bytes()[:-64])  # truncated, as after a crash or a full disk
+    stored = entry / cache.FEATURES
+    stored.write_bytes(stored.read_bytes()[:-64])  # truncated, as after a crash or a full disk
     with caplog.at_level("WARNING"):
         rebuilt = cache.features(dataset_dict, "train", ex)
     assert ex.calls == 2
@@ -114,3 +120,23 @@ def test_missing_column_or_split_is_named(dataset_dict):
         cache.features(dataset_dict, "train", ex, column="audio")
     with pytest.raises(KeyError, match="validation"):
         cache.features(dataset_dict, "validation", ex)
+
+
+def test_batches_stream_into_a_memory_mapped_entry(dataset_dict, tmp_path):
+    ex = F.create("image", "small_cnn", image_size=32, seed=3, device="cpu")
+    chunks = list(ex.batches(list(dataset_dict["train"]["image"]), batch_size=4))
+    assert [len(c) for c in chunks] == [4, 2]
+    entry = tmp_path / "entry"
+    cache.write_entry(entry, iter(chunks), ["a", "b", "c", "d", "e", "f"], parts={}, rows=6)
+    stored = cache.read_entry(entry, ["a", "b", "c", "d", "e", "f"])
+    assert torch.equal(stored, torch.cat(chunks))
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: the tensor maps the file, it was not loaded whole
+        assert str(entry / cache.FEATURES) in maps.read_text()
+
+
+def test_a_stream_short_of_its_rows_leaves_no_entry(tmp_path):
+    entry = tmp_path / "entry"
+    with pytest.raises(ValueError, match="3 rows of features written, 4 announced"):
+        cache.write_entry(entry, iter([torch.zeros(3, 2)]), None, parts={}, rows=4)
+    assert not entry.exists() and not list(tmp_path.iterdir())

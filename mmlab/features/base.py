@@ -5,7 +5,8 @@ Extraction runs batched under `torch.inference_mode`, decoding in DataLoader wor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from typing import Any, Literal
@@ -99,23 +100,39 @@ class Extractor:
         progress: bool | str = False,
     ) -> torch.Tensor:
         """Features of `items` on the CPU: `[N, D]`, `[N, D, H, W]` or `[N, T, D]` (zero-padded)."""
+        outputs = list(self.batches(items, batch_size, num_workers, progress))
+        return pad_cat(outputs) if self.kind == "sequence" else torch.cat(outputs)
+
+    def batches(
+        self,
+        items: Sequence,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        progress: bool | str = False,
+    ) -> Iterator[torch.Tensor]:
+        """`extract`'s output batch by batch, on the CPU, as it is computed: what the feature
+        cache streams to disk without holding a whole split. Sequences are not padded yet."""
         if len(items) == 0:
             raise ValueError(f"{self.name}: no items to extract features from")
         workers = self.default_workers if num_workers is None else num_workers
+        if num_workers is None and self.device.type == "cuda":
+            # a GPU outruns one decoding process
+            workers = max(workers, min(4, (os.cpu_count() or 1) // 2))
         loader = DataLoader(
             _Mapped(items, self.preprocess),
             batch_size=batch_size or self.default_batch_size,
             num_workers=min(workers, len(items)),
             collate_fn=self.collate,
+            pin_memory=self.device.type == "cuda",  # so the copy to the GPU can be asynchronous
             # its own generator: drawing the workers' seed from the global RNG would make what a
             # notebook trains after extracting depend on whether the feature cache was warm
             generator=torch.Generator(),
         )
-        outputs = []
-        with torch.inference_mode():
-            for batch in _progress(loader, progress, f"{self.modality}:{self.name}"):
-                outputs.append(self.forward(batch).float().cpu())
-        return pad_cat(outputs) if self.kind == "sequence" else torch.cat(outputs)
+        for batch in _progress(loader, progress, f"{self.modality}:{self.name}"):
+            # entered per batch: a mode held across `yield` would leak into the caller's code
+            with torch.inference_mode():
+                out = self.forward(batch).float().cpu()
+            yield out
 
 
 def pad_cat(chunks: list[torch.Tensor]) -> torch.Tensor:

@@ -1,16 +1,16 @@
 """The feature cache: each (dataset, split, column, extractor) computed once, then memory-mapped.
-An entry is a folder, written atomically, of an Arrow table (`id`, flattened `features`) and a
+An entry is a folder, written atomically: `features.npy` (float32, C order: one array the
+readers map without loading it), `ids.arrow` (the rows' ids, an Arrow IPC file) and a
 `manifest.json` (key parts, shape, SHA-256 of each file); one that no longer matches its
-manifest is reported and rebuilt."""
+manifest is reported and rebuilt. Images and videos stream batch by batch from the extractor's
+DataLoader to disk, so neither extraction nor reading holds a split in memory."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COLUMNS = {"image": "image", "text": "captions", "audio": "audio", "video": "video"}
 MANIFEST = "manifest.json"
+FEATURES = "features.npy"
+IDS = "ids.arrow"
+# The entry layout joins every key: entries written in an older layout are misses, not damage.
+LAYOUT = 2
 
 
 class DamagedEntry(Exception):
@@ -66,21 +70,28 @@ def features(
         except DamagedEntry as err:
             log.warning("feature cache entry %s is damaged (%s); rebuilding it", entry, err)
     items = column_items(split_ds, column, extractor.modality)
-    values = extractor.extract(
-        items, batch_size=batch_size, num_workers=num_workers, progress=progress
-    )
+    options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
+    if extractor.modality == "text" or extractor.kind == "sequence" or not _streams(extractor):
+        # small, and a split's sequences are padded to its longest: computed whole
+        chunks: Iterable[torch.Tensor] = [extractor.extract(items, **options)]
+    else:
+        chunks = extractor.batches(items, **options)
     parts = _key_parts(key, dataset_dict, split, column, extractor)
     try:
-        write_entry(entry, values, ids, parts=parts)
+        write_entry(entry, chunks, ids, parts=parts, rows=len(items))
     except OSError:
         # A concurrent kernel (parallel notebooks) renamed the same entry into place first.
         if not (entry / MANIFEST).exists():
             raise
-    return values
+    return read_entry(entry, verify=False)
+
+
+def _streams(extractor) -> bool:
+    return callable(getattr(extractor, "batches", None))
 
 
 def cache_key(fingerprint: str, split: str, column: str, identity: dict[str, Any]) -> str:
-    blob = json.dumps([fingerprint, split, column, identity], sort_keys=True, default=str)
+    blob = json.dumps([fingerprint, split, column, identity, LAYOUT], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -129,66 +140,81 @@ def column_items(ds: datasets.Dataset, column: str, modality: str) -> Sequence:
 
 
 # -- entries on disk ---------------------------------------------------------------------------
-def write_entry(entry: Path, values: torch.Tensor, ids: list[str] | None, parts: dict) -> None:
-    array = values.detach().cpu().float().numpy()
-    n = array.shape[0]
-    flat = array.reshape(n, -1)
-    width = flat.shape[1]
-    column = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), width)
-    table = pa.table(
-        {"id": pa.array(ids if ids is not None else [str(i) for i in range(n)]), "features": column}
-    )
+def write_entry(
+    entry: Path,
+    values: torch.Tensor | Iterable[torch.Tensor],
+    ids: list[str] | None,
+    parts: dict,
+    rows: int | None = None,
+) -> None:
+    """Write an entry from one tensor, or from batches of `rows` rows in all as they come."""
+    if isinstance(values, torch.Tensor):
+        values, rows = [values], len(values)
+    if rows is None:
+        raise ValueError("write_entry: batches need `rows`, the number of rows they add up to")
     with workspace.atomic_path(entry) as tmp:
         tmp.mkdir()
-        with _quiet_datasets():
-            datasets.Dataset(datasets.table.InMemoryTable(table)).save_to_disk(str(tmp / "data"))
-        manifest = {
-            **parts,
-            "shape": list(array.shape),
-            "dtype": "float32",
-            "files": _checksums(tmp / "data"),
-        }
+        shape = _write_array(tmp / FEATURES, values, rows)
+        ids = list(ids) if ids is not None else [str(i) for i in range(rows)]
+        if len(ids) != rows:
+            raise ValueError(f"{len(ids)} ids for {rows} rows of features")
+        table = pa.table({"id": pa.array(ids, pa.string())})
+        with pa.OSFile(str(tmp / IDS), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+            out.write_table(table)
+        manifest = {**parts, "shape": shape, "dtype": "float32", "files": _checksums(tmp)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
 
 
-def read_entry(entry: Path, ids: list[str] | None = None) -> torch.Tensor:
-    """The stored tensor, after checking files, shape and row ids against the manifest."""
+def _write_array(path: Path, chunks: Iterable[torch.Tensor], rows: int) -> list[int]:
+    """An .npy file of `rows` rows written batch by batch (plain writes: nothing is mapped, so
+    the pages written stay out of this process's memory); returns its shape."""
+    shape, written = None, 0
+    with open(path, "wb") as f:
+        for chunk in chunks:
+            array = np.ascontiguousarray(chunk.detach().cpu().numpy(), dtype=np.float32)
+            if shape is None:
+                shape = (rows, *array.shape[1:])
+                header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+                np.lib.format.write_array_header_1_0(f, header)
+            elif array.shape[1:] != shape[1:]:
+                raise ValueError(f"a batch of shape {array.shape} among rows of {shape[1:]}")
+            written += len(array)
+            if written > rows:
+                raise ValueError(f"more than the {rows} rows announced")
+            f.write(array.astype("<f4", copy=False).data)
+    if written != rows:
+        raise ValueError(f"{written} rows of features written, {rows} announced")
+    return list(shape)
+
+
+def read_entry(entry: Path, ids: list[str] | None = None, verify: bool = True) -> torch.Tensor:
+    """The stored tensor, memory-mapped copy-on-write (pages are read as they are touched; an
+    in-place change stays in this process), after checking the files against the manifest
+    (`verify`), the shape and the row ids."""
     try:
         manifest = json.loads((entry / MANIFEST).read_text())
         shape = manifest["shape"]
-        if _checksums(entry / "data") != manifest["files"]:
-            raise DamagedEntry("data files do not match the manifest's checksums")
-        table = datasets.load_from_disk(str(entry / "data")).data
+        if verify and _checksums(entry) != manifest["files"]:
+            raise DamagedEntry("files do not match the manifest's checksums")
+        array = np.load(entry / FEATURES, mmap_mode="c")
+        if ids is not None:
+            with pa.memory_map(str(entry / IDS)) as source:
+                stored = pa.ipc.open_file(source).read_all().column("id").to_pylist()
     except DamagedEntry:
         raise
-    except Exception as err:  # unreadable manifest or Arrow files: the entry is damaged
+    except Exception as err:  # unreadable manifest, array or ids: the entry is damaged
         raise DamagedEntry(f"{type(err).__name__}: {err}") from err
-    width = math.prod(shape[1:])
-    chunks = table.column("features").chunks
-    flat = [c.flatten().to_numpy(zero_copy_only=False).reshape(-1, width) for c in chunks]
-    array = np.concatenate(flat) if flat else np.zeros((0, width), np.float32)
-    if array.shape[0] != shape[0]:
-        raise DamagedEntry(f"{array.shape[0]} rows stored, manifest says {shape[0]}")
-    if ids is not None and table.column("id").to_pylist() != list(ids):
+    if list(array.shape) != shape or array.dtype != np.float32:
+        raise DamagedEntry(f"stored {array.dtype} {list(array.shape)}, manifest says {shape}")
+    if ids is not None and stored != list(ids):
         raise DamagedEntry("stored row ids differ from the dataset's ids")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).reshape(shape)
-
-
-@contextmanager
-def _quiet_datasets():
-    """No "Saving the dataset" bars for a cache write; restores the caller's setting."""
-    was_disabled = datasets.utils.are_progress_bars_disabled()
-    datasets.utils.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            datasets.utils.enable_progress_bars()
+    return torch.from_numpy(array)
 
 
 def _checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of an entry but its manifest."""
     sums = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
