@@ -20,17 +20,8 @@ CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "captioner.json", "vocab.json", "weights
 FORMAT_VERSION = 1
 DEFAULT_BEAM = 3
 # What the pyfunc imports (through mmlab.captioning), as distributions to pin.
-REQUIREMENTS = (
-    "mlflow",
-    "torch",
-    "torchvision",
-    "pillow",
-    "numpy",
-    "pandas",
-    "safetensors",
-    "tqdm",
-    "efficientnet-lite-pytorch",
-)
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas", "safetensors")
+REQUIREMENTS += ("tqdm", "efficientnet-lite-pytorch")
 
 
 def log_epoch(epoch: int, metrics: dict) -> None:

@@ -18,6 +18,10 @@ class Interval:
     high: float
     n: int
 
+    def row(self) -> dict[str, float]:
+        """The columns of a summary table: n, mean, std, ci_low, ci_high."""
+        return dict(n=self.n, mean=self.mean, std=self.std, ci_low=self.low, ci_high=self.high)
+
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
     """Mean and two-sided t confidence interval of the mean; one value gives that value alone."""
@@ -58,14 +62,5 @@ def summarize(
     rows = []
     for key, group in frame.groupby(by, sort=False):
         ci = mean_ci(group[metric].to_numpy(), confidence)
-        row = {
-            by: key,
-            "n": ci.n,
-            "mean": ci.mean,
-            "std": ci.std,
-            "ci_low": ci.low,
-            "ci_high": ci.high,
-        }
-        row.update({c: float(group[c].mean()) for c in extra})
-        rows.append(row)
+        rows.append({by: key, **ci.row(), **{c: float(group[c].mean()) for c in extra}})
     return pd.DataFrame(rows).sort_values("mean", ascending=False, ignore_index=True)

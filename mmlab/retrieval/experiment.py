@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from mmlab.retrieval import baselines, oracle, train
+from mmlab.retrieval import baselines, oracle, pairs, train
 from mmlab.retrieval.metrics import both_directions
 from mmlab.retrieval.pairs import POOLED_ENCODERS, PairData, hard_negative_side, pair_data
 
@@ -63,17 +63,11 @@ def _trained(ctx: Context, seed: int) -> Outcome:
     if ctx.hard_negatives:
         if ctx.data.modalities[1] != "text":
             raise ValueError(f"hard negatives are captions: pair {ctx.data.pair} has no text")
-        extractor = train_text_extractor(ctx)
+        extractor = pairs.make_extractor("text", ctx.data.encoders["text"], ctx.device)
         negatives = hard_negative_side(ctx.ds, ctx.hard_negatives, extractor)
     fit = train.train_retrieval(ctx.data, replace(ctx.config, seed=seed), negatives)
     sim = train.similarity(fit.model, ctx.data.splits["test"]).numpy()
     return Outcome(_scores(sim, ctx.data), sim, fit)
-
-
-def train_text_extractor(ctx: Context):
-    from mmlab.retrieval.pairs import make_extractor
-
-    return make_extractor("text", ctx.data.encoders["text"], ctx.device)
 
 
 METHODS: dict[str, Callable[[Context, int], Outcome]] = {
@@ -107,19 +101,8 @@ class Results:
             for metric in metrics:
                 values = group[metric].dropna().to_numpy()
                 if len(values):
-                    ci = mean_ci(values, confidence)
-                    rows.append(
-                        {
-                            "pair": pair,
-                            "method": method,
-                            "metric": metric,
-                            "n": ci.n,
-                            "mean": ci.mean,
-                            "std": ci.std,
-                            "ci_low": ci.low,
-                            "ci_high": ci.high,
-                        }
-                    )
+                    ci = mean_ci(values, confidence).row()
+                    rows.append({"pair": pair, "method": method, "metric": metric, **ci})
         return pd.DataFrame(rows)
 
     def table(self, metrics: Sequence[str] | None = None) -> pd.DataFrame:
@@ -176,14 +159,8 @@ def run(
         fitted = _oracle(ds, data)
         if fitted is not None:
             scores, results.oracle_fits[pair] = fitted
-            rows.append(
-                {
-                    "pair": pair,
-                    "method": ORACLE,
-                    "seed": 0,
-                    **{k: v for k, v in scores.items() if "_to_" in k},
-                }
-            )
+            recall = {k: v for k, v in scores.items() if "_to_" in k}
+            rows.append({"pair": pair, "method": ORACLE, "seed": 0, **recall})
             if log:
                 tracking.log_metrics({f"oracle_{k}": v for k, v in scores.items()})
             if progress:
@@ -237,13 +214,9 @@ def _log_fit(fit: train.FitResult, config: train.TrainConfig, data: PairData) ->
 
 def _line(pair: str, method: str, seed: int, outcome: Outcome) -> str:
     q, g = pair.split("-")[::-1]
-    s = outcome.scores
+    s, fit = outcome.scores, outcome.fit
     head = " ".join(f"R@{k} {s[f'{q}_to_{g}_recall_at_{k}']:.3f}" for k in (1, 5, 10))
-    extra = (
-        ""
-        if outcome.fit is None
-        else (f"  (best epoch {outcome.fit.best_epoch}, {outcome.fit.seconds:.0f} s)")
-    )
+    extra = "" if fit is None else f"  (best epoch {fit.best_epoch}, {fit.seconds:.0f} s)"
     return f"{pair:12s} {method:17s} seed {seed}  {q}->{g} {head}{extra}"
 
 
@@ -258,7 +231,6 @@ def example_queries(texts: Sequence[str], rows, ids: Sequence[str], n: int, seed
     """`n` captions of distinct test images picked at random: (captions, their image ids)."""
     rows = np.asarray(rows)
     first = np.unique(rows, return_index=True)[1]
-    chosen = np.sort(
-        np.random.default_rng(seed).choice(first, size=min(n, len(first)), replace=False)
-    )
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(first, size=min(n, len(first)), replace=False))
     return [texts[i] for i in chosen], [ids[rows[i]] for i in chosen]

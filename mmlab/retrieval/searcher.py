@@ -136,13 +136,7 @@ class Searcher:
         g = self.galleries[target]
         scores, indices = self.indexes[target].search(vectors, k)
         rows = [
-            {
-                "query": str(q),
-                "rank": r + 1,
-                "id": g.ids[i],
-                "item": g.describe(i),
-                "score": float(s),
-            }
+            (str(q), r + 1, g.ids[i], g.describe(i), float(s))
             for q, row_s, row_i in zip(queries, scores, indices, strict=True)
             for r, (s, i) in enumerate(zip(row_s, row_i, strict=True))
         ]
