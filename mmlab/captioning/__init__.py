@@ -45,23 +45,10 @@ def build(
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        net = create_decoder(
-            decoder,
-            vocab_size=len(vocab),
-            encoder_dim=encoder.dim,
-            grid_size=encoder.grid_size,
-            pad_id=vocab.pad_id,
-            **decoder_options,
-        )
-    return Captioner(
-        encoder,
-        net,
-        vocab,
-        decoder_name=decoder,
-        decoder_options=decoder_options,
-        max_len=max_len,
-        length_penalty=length_penalty,
-    )
+        sizes = dict(encoder_dim=encoder.dim, grid_size=encoder.grid_size, pad_id=vocab.pad_id)
+        net = create_decoder(decoder, vocab_size=len(vocab), **sizes, **decoder_options)
+    options = dict(decoder_options=decoder_options, max_len=max_len, length_penalty=length_penalty)
+    return Captioner(encoder, net, vocab, decoder_name=decoder, **options)
 
 
 __all__ = [

@@ -247,12 +247,8 @@ class TransformerDecoder(nn.Module):
         pad_id: int = 0,
     ):
         super().__init__()
-        self.vocab_size, self.encoder_dim, self.grid_size = (
-            vocab_size,
-            encoder_dim,
-            tuple(grid_size),
-        )
-        self.d_model, self.max_len = d_model, max_len
+        self.vocab_size, self.encoder_dim = vocab_size, encoder_dim
+        self.grid_size, self.d_model, self.max_len = tuple(grid_size), d_model, max_len
         self.memory_proj = nn.Sequential(nn.Linear(encoder_dim, d_model), nn.LayerNorm(d_model))
         self.grid_position = nn.Parameter(torch.zeros(1, math.prod(grid_size), d_model))
         nn.init.normal_(self.grid_position, std=0.02)

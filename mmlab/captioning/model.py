@@ -72,26 +72,16 @@ class Captioner(nn.Module):
     ) -> Captions:
         """Caption precomputed inputs: grids `[N, D, H, W]` (e.g. from the feature cache) or
         uint8 pixels `[N, 3, S, S]`, in batches of `batch_size` images."""
+        penalty = self.length_penalty if length_penalty is None else length_penalty
+        options = dict(beam_size=beam_size, max_len=max_len or self.max_len, length_penalty=penalty)
+        ids = dict(start_id=self.vocab.start_id, end_id=self.vocab.end_id, pad_id=self.vocab.pad_id)
         was_training = self.training
         self.eval()
         parts = []
         try:
             for chunk in torch.split(grids, batch_size):
                 grid = self.grid(chunk.to(self.device))
-                parts.append(
-                    decoding.decode(
-                        self.decoder,
-                        grid,
-                        beam_size=beam_size,
-                        start_id=self.vocab.start_id,
-                        end_id=self.vocab.end_id,
-                        pad_id=self.vocab.pad_id,
-                        max_len=max_len or self.max_len,
-                        length_penalty=self.length_penalty
-                        if length_penalty is None
-                        else length_penalty,
-                    )
-                )
+                parts.append(decoding.decode(self.decoder, grid, **options, **ids))
         finally:
             self.train(was_training)
         return self._captions(parts, return_attention)

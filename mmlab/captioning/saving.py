@@ -141,14 +141,10 @@ def read_captioner(folder: str | Path, device: str = "cpu") -> Captioner:
     folder = Path(folder)
     config = _config(folder)
     vocab = Vocabulary.load(folder / VOCAB_FILE)
+    encoder = _encoder(config["encoder"], folder)
+    options = dict(max_len=config["max_len"], length_penalty=config["length_penalty"], seed=0)
     captioner = build(
-        config["decoder"],
-        _encoder(config["encoder"], folder),
-        vocab,
-        max_len=config["max_len"],
-        length_penalty=config["length_penalty"],
-        seed=0,
-        **config.get("decoder_options", {}),
+        config["decoder"], encoder, vocab, **options, **config.get("decoder_options", {})
     )
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
