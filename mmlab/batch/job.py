@@ -85,22 +85,74 @@ def _stderr_to(log: Path):
             os.close(saved)
 
 
+KERNEL_PID = "kernel.pid"  # in the progress folder: where the runner interrupts a kernel
+
+
+def interrupt(progress_folder: Path | None) -> bool:
+    """Interrupt the kernel of the execution reporting to `progress_folder` (KeyboardInterrupt in
+    its running cell, so the notebook ends there); False if that kernel is not on this machine."""
+    import signal
+
+    try:
+        pid = int((Path(progress_folder) / KERNEL_PID).read_text())
+        os.kill(pid, signal.SIGINT)
+    except (TypeError, OSError, ValueError):
+        return False
+    return True
+
+
+def _record_kernel(client: Any) -> None:
+    folder = os.environ.get(progress.ENV)
+    process = getattr(getattr(client.km, "provisioner", None), "process", None)
+    if folder and Path(folder).is_dir() and getattr(process, "pid", None):
+        (Path(folder) / KERNEL_PID).write_text(str(process.pid))
+
+
 def _progress_engine():
-    """Papermill's nbclient engine, also recording each cell as it starts (`mmlab.core.progress`)."""
+    """Papermill's nbclient engine, also recording each cell as it starts (`mmlab.core.progress`)
+    and the kernel's process id (`interrupt`). Papermill's own method, with the client kept."""
+    from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
+    from papermill.log import logger
+    from papermill.utils import merge_kwargs, remove_args
 
     class ProgressEngine(NBClientEngine):
         @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+        def execute_managed_notebook(
+            cls,
+            nb_man,
+            kernel_name,
+            log_output=False,
+            stdout_file=None,
+            stderr_file=None,
+            start_timeout=60,
+            execution_timeout=None,
+            **kwargs,
+        ):
             cell_start = nb_man.cell_start
+            client = None
 
             def start(cell, cell_index=None, **more):
                 cell_start(cell, cell_index, **more)
                 if cell_index is not None:
                     progress.report("cell", cell=cell_index + 1, cells=len(nb_man.nb.cells))
+                    if cell_index == 0 and client is not None:  # the kernel is up by now
+                        _record_kernel(client)
 
             nb_man.cell_start = start
-            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+            kwargs = remove_args(["input_path"], **kwargs)
+            options = merge_kwargs(
+                remove_args(["timeout", "startup_timeout"], **kwargs),
+                timeout=execution_timeout or kwargs.get("timeout"),
+                startup_timeout=start_timeout,
+                kernel_name=kernel_name,
+                log=logger,
+                log_output=log_output,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
+            )
+            client = PapermillNotebookClient(nb_man, **options)
+            return client.execute()
 
     return ProgressEngine
 

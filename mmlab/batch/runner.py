@@ -47,6 +47,8 @@ class Result:
     waited: str = ""  # who held its output when it was ready (another runner), if anyone
     claim: Any = None  # this runner's lock on the output while the execution runs
     progress: Path | None = None  # folder of its progress records while it runs
+    trial: Any = None  # the Optuna trial a search's execution runs (`mmlab.batch.tune`)
+    pruned: int | None = None  # the step at which the search's pruner stopped it
 
     @property
     def ok(self) -> bool:
@@ -59,6 +61,7 @@ class Report:
     batch_id: str
     results: list[Result] = field(default_factory=list)
     lost: str = ""  # why the tracking server stopped answering during the batch, if it did
+    searches: list[Any] = field(default_factory=list)  # `tune.SearchReport`s of search stages
 
     @property
     def ok(self) -> bool:
@@ -202,6 +205,7 @@ class BatchRun:
         self.batch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.owner = f"pid {os.getpid()} on {socket.gethostname()}, batch {self.batch_id}"
         self.results = [Result(e) for e in batch.executions if e.stage in self.stages]
+        self.upstream: dict[str, str] = {}  # run ids of stages settled before this run
         self.commit, self.dirty = git_state(batch.path.parent.resolve())
         self.started = time.perf_counter()
         self.lost = ""  # what the tracking server said when it stopped answering, if it did
@@ -211,18 +215,19 @@ class BatchRun:
         return [r for r in self.results if r.execution.stage == stage]
 
     def run_ids(self) -> dict[str, str]:
-        return {r.execution.stage: r.run_id for r in self.results if r.ok}
+        return {**self.upstream, **{r.execution.stage: r.run_id for r in self.results if r.ok}}
+
+    def output(self, execution: Execution) -> Path:
+        return output_path(self.batch, execution)
 
     def show(self, result: Result, status: str = "") -> None:
-        total = len(self.results)
+        total = max(len(self.results), self.width())
         index = self.results.index(result) + 1
         status = status or result.status
         clock = f"{result.seconds:7.1f}s" if status in ("done", "failed") else " " * 8
         extra = result.error or result.headline
         if status == "waiting":
-            extra = (
-                f"{relative(output_path(self.batch, result.execution))} is held by {result.waited}"
-            )
+            extra = f"{relative(self.output(result.execution))} is held by {result.waited}"
         line = f"[{index:>{len(str(total))}}/{total}] {status:<8}{clock}  {result.execution.label}"
         self.view.line(f"{line}  {extra}".rstrip())
 
@@ -259,7 +264,7 @@ class BatchRun:
     def take_output(self, result: Result) -> bool:
         """Claim the execution's output; False while another runner holds it, or when the cache,
         searched again under the claim, now has it."""
-        output = output_path(self.batch, result.execution)
+        output = self.output(result.execution)
         result.claim = workspace.claim(output, self.owner)
         if result.claim is None:
             if not result.waited:
@@ -284,7 +289,7 @@ class BatchRun:
         """Create the execution's MLflow run and the job that runs its notebook."""
         execution = result.execution
         params, key, experiment = self.identity(result)
-        output = output_path(self.batch, execution)
+        output = self.output(execution)
         tags = {
             "mmlab.batch": self.batch.name,
             "mmlab.batch_id": self.batch_id,
@@ -298,6 +303,7 @@ class BatchRun:
             **key,
             "mlflow.source.name": relative(execution.notebook),
             "mlflow.source.git.commit": self.commit,
+            **self.run_tags(result),
         }
         client = tracking.client()
         run = tracking.retry(client.create_run, experiment, run_name=execution.label, tags=tags)
@@ -308,7 +314,7 @@ class BatchRun:
             tracking.retry(client.log_batch, run.info.run_id, params=items[i : i + 100])
         result.progress = Path(tempfile.mkdtemp(prefix="mmlab-progress-"))
         # the cores are shared by the kernels that can run at once: never more than there are
-        threads = str(kernel_threads(min(self.jobs, len(self.results))))
+        threads = str(kernel_threads(min(self.jobs, self.width())))
         env = {
             "MLFLOW_RUN_ID": run.info.run_id,
             "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
@@ -329,6 +335,14 @@ class BatchRun:
             execution.timeout,
             execution.resources,
         )
+
+    def width(self) -> int:
+        """Executions this run may hold at once, at most (with `--jobs`, the kernels' threads)."""
+        return len(self.results)
+
+    def run_tags(self, result: Result) -> dict[str, str]:
+        """More tags for the execution's run (a search's trials: their parent, their trial)."""
+        return {}
 
     def lose_server(self, error: BaseException | str) -> None:
         """The tracking server stopped answering: start nothing more; what runs is recorded if it returns."""
@@ -468,18 +482,34 @@ class BatchRun:
 # --------------------------------------------------------------------------- entry points
 
 
-def plan(batch: Batch, only: list[str] = (), out: Print = print) -> None:
+def plan(batch: Batch, only: list[str] = (), out: Print = print, trials: int | None = None) -> None:
     """Print the expanded plan: every execution with its parameters and output."""
     stages = select(batch, list(only))
-    out(f"batch {batch.name!r} from {batch.path}: {len(batch.executions)} executions")
+    searches = f" and {len(batch.searches)} searches" if batch.searches else ""
+    out(f"batch {batch.name!r} from {batch.path}: {len(batch.executions)} executions{searches}")
     for stage, runs in batch.stages.items():
         if stage not in stages:
             continue
         needs = f"  (needs {', '.join(batch.needs[stage])})" if batch.needs[stage] else ""
         out(f"{stage}: {relative(runs[0].notebook)}{needs}")
+        search = batch.searches.get(stage)
+        if search is not None:
+            pruner = search.pruner
+            pruning = f", {pruner.name} pruner on {pruner.metric}" if pruner else ""
+            out(
+                f"  search: {trials or search.trials} trials, {search.direction} "
+                f"{search.metric}, {search.sampler.name} sampler (seed {search.sampler.seed})"
+                f"{pruning}"
+            )
+            for key, space in search.parameters.items():
+                out(f"      {key}: {space.model_dump(exclude_defaults=True)}")
         for execution in runs:
             params = " ".join(f"{k}={v!r}" for k, v in execution.parameters.items())
-            out(f"  {execution.label:<30} -> {relative(output_path(batch, execution))}")
+            target = output_path(batch, execution)
+            if search is not None:
+                target = target.parent / "search-HASH" / "trial-NNN.ipynb"
+            label = "trials" if search is not None else execution.label
+            out(f"  {label:<30} -> {relative(target)}")
             if params:
                 out(f"      {params}")
 
@@ -491,6 +521,8 @@ def summary(report: Report) -> list[str]:
     for r in report.results:
         varying = report.batch.varying(r.execution.stage)
         params = ",".join(f"{k}={r.execution.parameters[k]}" for k in varying) or "-"
+        if r.trial is not None:  # a search's trial: the values it was asked to try
+            params = ",".join(f"{k}={_short(v)}" for k, v in r.trial.params.items())
         duration = f"{r.seconds:.1f}s" if r.status in ("done", "failed") else "-"
         notebook = r.execution.notebook.stem
         status, run_id = r.status, r.run_id or "-"
@@ -507,6 +539,10 @@ def summary(report: Report) -> list[str]:
     return [line.rstrip() for line in lines]
 
 
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def run(
     path: str | Path,
     *,
@@ -519,28 +555,76 @@ def run(
     executor_options: dict[str, Any] | None = None,
     out: Print = print,
     progress_every: float = 30.0,
+    trials: int | None = None,
 ) -> Report | None:
     """Load, check and run a batch file; the report (None for a dry run). Progress shows in a
-    live table on a terminal, else as lines every `progress_every` s. Raises BatchError before
-    anything runs, and executors.ExecutorError for an executor that cannot start."""
+    live table on a terminal, else as lines every `progress_every` s. Stages with a `search:`
+    block run after the others (`mmlab.batch.tune`; `trials` overrides their budget). Raises
+    BatchError before anything runs, and executors.ExecutorError for an executor that cannot
+    start."""
     batch = config.load(path, list(overrides))
     jobs = jobs or os.cpu_count() or 1
     if dry_run:
-        plan(batch, list(only), out)
+        plan(batch, list(only), out, trials)
         return None
+    chosen = select(batch, list(only))
+    searches = [s for s in batch.stages if s in batch.searches and s in chosen]
+    if searches:
+        from mmlab.batch import tune
+
+        tune.require()  # before the first execution, not after the stages a search needs
     interactive = out is print and sys.stdout.isatty()
     view = batch_view.create(out, interactive, progress_every)
     batch_run = BatchRun(batch, jobs, list(only), force, executor, out, view, executor_options)
     view.line(
-        f"batch {batch.name!r} ({batch_run.batch_id}): {len(batch_run.results)} executions, "
-        f"{jobs} jobs, tracking {tracking.tracking_uri()}"
+        f"batch {batch.name!r} ({batch_run.batch_id}): {len(batch_run.results)} executions"
+        f"{f' and {len(searches)} searches' if searches else ''}, {jobs} jobs, tracking "
+        f"{tracking.tracking_uri()}"
     )
     try:
-        report = batch_run.run()
+        if batch_run.results:
+            report = batch_run.run()
+        else:
+            report = Report(batch, batch_run.batch_id)
+        for stage in searches:
+            if report.lost:
+                break
+            failed = [n for n in batch.needs[stage] if n not in batch_run.run_ids()]
+            if failed:
+                view.line(
+                    f"search {stage!r} not started: it needs {', '.join(failed)}, which failed"
+                )
+                report.results.append(
+                    Result(
+                        batch.stages[stage][0],
+                        "skipped",
+                        error=f"needs {failed[0]!r}, which failed",
+                    )
+                )
+                continue
+            found = tune.search(
+                batch,
+                stage,
+                jobs=jobs,
+                trials=trials,
+                executor=executor,
+                executor_options=executor_options,
+                out=out,
+                view=view,
+                upstream=batch_run.run_ids(),
+            )
+            report.searches.append(found)
+            report.results += found.results
     finally:
         view.close()
     for line in summary(report):
         out(line)
+    if report.searches:
+        from mmlab.batch import tune
+
+        for found in report.searches:
+            for line in tune.summary(found):
+                out(line)
     if report.lost:
         unfinished = sum(not r.ok for r in report.results)
         reason = tracking.why_unreachable(report.lost)

@@ -32,6 +32,7 @@ EXCLUDES = [
     "/mlruns/",
     "/mlartifacts/",
     "/mlflow.db*",
+    "/optuna.db*",  # searches' studies (mmlab.batch.tune)
     "/data/",
     "/cache/",
     "/.pgdata/",
