@@ -76,8 +76,48 @@ def test_a_warmup_is_a_share_of_all_steps():
         ({"mode": "up"}, "mode must be 'max' or 'min'"),
         ({"warmup": 1.0}, r"warmup is a share of all steps, in \[0, 1\)"),
         ({"processes": 0}, "processes must be >= 1"),
+        ({"amp": "bf16"}, "amp must be True, False or 'auto'"),
+        ({"compile": "yes"}, "compile must be True, False or 'auto'"),
     ],
 )
 def test_a_bad_recipe_is_refused_by_name(settings, message):
     with pytest.raises((ValueError, KeyError), match=message):
         loop.LoopConfig(epochs=1, lr=1e-3, weight_decay=0.0, monitor="val_loss", **settings)
+
+
+def test_amp_on_a_cpu_trains_under_bfloat16_autocast():
+    x, y = _data()
+    seen = []
+
+    class Recording(nn.Linear):
+        def forward(self, inputs):
+            out = super().forward(inputs)
+            if self.training:
+                seen.append(out.dtype)
+            return out
+
+    torch.manual_seed(0)
+    model = Recording(3, 1)
+    before = float(nn.functional.mse_loss(model(x), y))
+    config = loop.LoopConfig(
+        epochs=4, lr=0.05, weight_decay=0.0, monitor="val_loss", mode="min", amp=True
+    )
+    result = loop.fit(_study, model, (x, y), config)
+    assert seen.count(torch.bfloat16) == 4 * 4  # every step (validation runs in float32)
+    assert result.best_score < before / 2
+    assert next(result.model.parameters()).dtype == torch.float32  # weights stay float32
+
+
+def test_auto_means_on_cuda_only():
+    assert loop.amp_dtype("cpu", "auto") is None and loop.amp_dtype("cpu", False) is None
+    assert loop.amp_dtype("cpu", True) == torch.bfloat16
+    assert not loop.on_for("cpu", "auto") and loop.on_for("cuda", "auto")
+    assert not loop.grad_scaler("cpu", True).is_enabled()  # bfloat16 needs no loss scaling
+
+
+def test_float16_gets_a_grad_scaler(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert loop.amp_dtype("cuda", "auto") == torch.float16
+    assert loop.amp_dtype("cuda", False) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert loop.amp_dtype("cuda", "auto") == torch.bfloat16

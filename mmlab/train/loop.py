@@ -6,10 +6,10 @@
 A study says what is particular to it: its batches, the forward pass of a step, the loss and
 what the loop records of it, and the validation metrics. The loop owns the rest: epochs
 numbered from 1, AdamW and the learning-rate schedule (a warmup counted as a share of all
-steps), autocast, gradient clipping, early stopping on a validation metric (`mode` max or
-min) with the best state restored, the epoch bar and progress record, and training on several
-processes (DDP, `mmlab.train.distributed`): under torchrun on its group, or with
-`processes > 1` on processes it starts itself.
+steps), autocast (with loss scaling for float16), `torch.compile`, gradient clipping, early
+stopping on a validation metric (`mode` max or min) with the best state restored, the epoch
+bar and progress record, and training on several processes (DDP, `mmlab.train.distributed`):
+under torchrun on its group, or with `processes > 1` on processes it starts itself.
 
 `build(model, *args) -> Study` is a module-level function so that a launched process can build
 the study again from picklable arguments (closures do not cross a process boundary).
@@ -54,8 +54,8 @@ class LoopConfig:
     seed: int = 0  # the batches' order
     dropout_seed: int | None = None  # seeds the global RNG with this + rank (None: untouched)
     device: str = "cpu"  # resolved ("cuda", "cpu", ...): the study resolves "auto"
-    amp: bool | str = False  # "auto": bfloat16 autocast on CUDA, off on the CPU
-    compile: bool = False  # torch.compile the study's `compiled` module
+    amp: bool | str = False  # autocast (`amp_dtype`); "auto": on CUDA only
+    compile: bool | str = False  # torch.compile the study's `compiled` module; "auto": on CUDA
     processes: int = 1  # processes to start (DDP) when not already in a group
     time_budget: float | None = None  # seconds: stop after the epoch that crosses it
     timings: bool = False  # record train_seconds and epoch_seconds per epoch
@@ -77,6 +77,11 @@ class LoopConfig:
             raise ValueError(f"warmup is a share of all steps, in [0, 1); got {self.warmup!r}")
         if self.processes < 1:
             raise ValueError(f"processes must be >= 1, got {self.processes!r}")
+        for name in ("amp", "compile"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise ValueError(
+                    f"{name} must be True, False or 'auto', got {getattr(self, name)!r}"
+                )
 
 
 @dataclass
@@ -116,16 +121,35 @@ class LoopResult:
     seconds: float = 0.0
 
 
-def autocast(device: torch.device, amp: bool | str):
-    """bfloat16 autocast (float16 on GPUs without bfloat16) where `amp` asks for it."""
+def on_for(device: torch.device | str, setting: bool | str) -> bool:
+    """Whether `amp` or `compile` is on: True / False, or "auto": on CUDA, off elsewhere."""
+    return torch.device(device).type == "cuda" if setting == "auto" else bool(setting)
+
+
+def amp_dtype(device: torch.device | str, amp: bool | str) -> torch.dtype | None:
+    """The autocast dtype `amp` asks for on `device`: bfloat16, or float16 on GPUs without
+    bfloat16 (which then needs a `GradScaler`); None: full precision."""
     device = torch.device(device)
-    use = device.type == "cuda" if amp == "auto" else bool(amp)
-    if not use:
+    if not on_for(device, amp):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device | str, amp: bool | str):
+    """The forward pass's autocast context for `amp` on `device` (`amp_dtype`)."""
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
         return nullcontext()
-    dtype = (
-        torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
-    )
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device | str, amp: bool | str) -> torch.amp.GradScaler:
+    """Loss scaling for float16 autocast (its gradients underflow); bfloat16 has float32's range
+    and needs none: then the scaler is disabled and passes everything through unchanged."""
+    device = torch.device(device)
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device, amp) == torch.float16)
 
 
 def warmup_steps(warmup: float, steps: int) -> int:
@@ -169,7 +193,7 @@ def fit(
     model.to(device)
     if study.prepare is not None:
         study.prepare(group)
-    if config.compile:
+    if on_for(device, config.compile):
         (study.compiled or model).compile()
     net = study.network(group) if study.network else distributed.wrap(model, group)
     generator = torch.Generator().manual_seed(config.seed)  # the same order in every process
@@ -177,6 +201,7 @@ def fit(
         torch.manual_seed(config.dropout_seed + group.rank)  # each process its own draws
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = adamw(params, config.lr, config.weight_decay, device)
+    scaler = grad_scaler(device, config.amp)
     schedule = scheduler(optimiser, config, max(config.epochs * study.steps_per_epoch, 1))
     better = (lambda a, b: a > b) if config.mode == "max" else (lambda a, b: a < b)
     result = LoopResult(None, best_score=-math.inf if config.mode == "max" else math.inf)
@@ -192,10 +217,12 @@ def fit(
                     outputs = study.forward(net, batch)
                 objective, record = study.loss(outputs, batch)
                 optimiser.zero_grad(set_to_none=True)
-                objective.backward()
+                scaler.scale(objective).backward()
                 if config.grad_clip is not None:
+                    scaler.unscale_(optimiser)  # clip the true gradients, not the scaled ones
                     torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                optimiser.step()
+                scaler.step(optimiser)  # skipped when float16 gradients overflowed
+                scaler.update()
                 schedule.step()
                 sums = sums + record
             trained = study.summarise(distributed.all_sum(sums).cpu())
