@@ -34,8 +34,6 @@ TASKS = {
     "label": Task("label", "captions", "label"),
 }
 
-MODALITY_COLUMNS = {"image": "image", "audio": "audio", "video": "video"}
-
 
 def task_spec(name: str) -> Task:
     try:
@@ -95,7 +93,7 @@ def _labels(ds, column: str) -> tuple[dict[str, torch.Tensor], list[str]]:
 
 
 def _column(t: Task, modality: str) -> str:
-    return t.text_column if modality == "text" else MODALITY_COLUMNS.get(modality, modality)
+    return t.text_column if modality == "text" else modality
 
 
 def _vocab_inputs(ds, column: str, extra=None) -> tuple[dict[str, torch.Tensor], InputSpec, Any]:

@@ -15,13 +15,7 @@ class Unimodal(PooledFusion):
     """Baseline: one modality alone (the others are ignored)."""
 
     def __init__(
-        self,
-        specs,
-        num_classes,
-        hidden=128,
-        dropout=0.1,
-        modality_dropout=0.0,
-        modality: str | None = None,
+        self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0, modality=None
     ):
         if modality is None or modality not in specs:
             raise ValueError(f"unimodal needs modality= one of {list(specs)}, got {modality!r}")
@@ -126,13 +120,7 @@ class TensorFusion(PooledFusion):
     """
 
     def __init__(
-        self,
-        specs,
-        num_classes,
-        hidden=128,
-        dropout=0.1,
-        modality_dropout=0.0,
-        tensor_dim: int | None = None,
+        self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0, tensor_dim=None
     ):
         super().__init__(specs, num_classes, hidden, dropout, modality_dropout)
         m = len(specs)
