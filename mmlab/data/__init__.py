@@ -6,21 +6,13 @@ from __future__ import annotations
 
 from importlib import import_module
 
-_EXPORTS = {
-    "CAPTION_COLUMNS": "mmlab.data.loaders",
-    "DataError": "mmlab.data.loaders",
-    "LoadReport": "mmlab.data.loaders",
-    "load_dataset": "mmlab.data.loaders",
-    "fingerprint": "mmlab.data.fingerprinting",
-    "default_dataset": "mmlab.data.synthetic",
-    "scene_objects": "mmlab.data.synthetic",
-    "CaptionsWorld": "mmlab.data.world",
-    "SceneTruthUnknown": "mmlab.data.world",
-    "SyntheticWorld": "mmlab.data.world",
-    "World": "mmlab.data.world",
-    "synthetic_world": "mmlab.data.world",
-    "world_of": "mmlab.data.world",
+_HOMES = {
+    "loaders": ("CAPTION_COLUMNS", "DataError", "LoadReport", "load_dataset"),
+    "fingerprinting": ("fingerprint",),
+    "synthetic": ("default_dataset", "scene_objects"),
+    "world": "CaptionsWorld SceneTruthUnknown SyntheticWorld World synthetic_world world_of".split(),
 }
+_EXPORTS = {name: f"mmlab.data.{module}" for module, names in _HOMES.items() for name in names}
 
 __all__ = sorted(_EXPORTS)
 

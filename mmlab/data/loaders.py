@@ -29,16 +29,9 @@ from mmlab.data import synthetic
 CAPTION_COLUMNS = ("captions", "caption", "text", "sentences")
 AUDIO_COLUMNS = ("audio", "audio_path", "audio_file")
 VIDEO_COLUMNS = ("video", "video_path", "video_file")
-SPLIT_NAMES = {
-    "train": "train",
-    "restval": "train",
-    "validation": "validation",
-    "val": "validation",
-    "valid": "validation",
-    "dev": "validation",
-    "test": "test",
-}
 SPLIT_ORDER = ("train", "validation", "test")
+SPLIT_NAMES = {"restval": "train", "val": "validation", "valid": "validation", "dev": "validation"}
+SPLIT_NAMES |= {s: s for s in SPLIT_ORDER}
 ON_ERROR = ("raise", "skip")
 log = logging.getLogger(__name__)
 
@@ -62,7 +55,6 @@ class LoadReport:
 def hf_cache_dir() -> str:
     """Where `datasets` keeps its Arrow files: the workspace cache, not ~/.cache."""
     return str(workspace.cache_dir() / "hf-datasets")
-
 
 
 def load_dataset(
@@ -411,13 +403,9 @@ def _read_karpathy(path: Path, image_root, data: dict) -> dict:
             )
         image = root / entry.get("filepath", "") / entry["filename"]
         ident = entry.get("cocoid", entry.get("imgid", Path(entry["filename"]).stem))
-        by_split.setdefault(split, []).append(
-            {
-                "id": str(ident),
-                "image": str(image),
-                "captions": _as_caption_list(entry["sentences"]),
-            }
-        )
+        captions = _as_caption_list(entry["sentences"])
+        record = {"id": str(ident), "image": str(image), "captions": captions}
+        by_split.setdefault(split, []).append(record)
     return {s: _from_records(rows, f"{path} ({s})") for s, rows in by_split.items()}
 
 

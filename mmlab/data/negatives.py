@@ -137,10 +137,7 @@ def _rng(ident: str, seed: int, salt: str = "") -> np.random.Generator:
 
 
 def match_pair(
-    captions: Sequence[str],
-    others: Sequence[str],
-    swapper: Swapper,
-    rng: np.random.Generator,
+    captions: Sequence[str], others: Sequence[str], swapper: Swapper, rng: np.random.Generator
 ) -> tuple[str, int, str]:
     """(caption, label, kind): half the time one of the image's captions (`positive`), else a
     negative of a kind drawn uniformly from those its captions allow (`other_image` always)."""

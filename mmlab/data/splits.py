@@ -107,11 +107,7 @@ def check_sizes(sizes: dict[str, int], where: str = "dataset", plan: SplitPlan |
             continue
         n = sizes.get(split, 0)
         if n < least:
-            how = (
-                "the source"
-                if plan is None
-                else f"an automatic split of {sum(sizes.values())} images"
-            )
+            how = f"an automatic split of {sum(sizes.values())} images" if plan else "the source"
             raise SplitError(
                 f"{where}: split {split!r} has {n} image(s), fewer than the {least} it needs "
                 f"({how}). Add images (at least {_least_total()} for an automatic split) "

@@ -61,10 +61,7 @@ class Vocabulary:
         return word in self.stoi
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Vocabulary) and (self.itos, self.max_len) == (
-            other.itos,
-            other.max_len,
-        )
+        return isinstance(other, Vocabulary) and self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
         return f"Vocabulary({len(self)} tokens, max_len={self.max_len})"

@@ -23,11 +23,6 @@ class SceneTruthUnknown(ValueError):
     """Asked a world for scene truth it does not have (a captions-only dataset)."""
 
 
-def _first_split(ds):
-    """A split of `ds`: a DatasetDict (or any {split: Dataset}) gives its first one."""
-    return next(iter(ds.values())) if isinstance(ds, Mapping) else ds
-
-
 def _columns(split) -> list[str]:
     return list(split.column_names)
 
@@ -104,10 +99,7 @@ class SyntheticWorld(World):
     def __init__(self) -> None:
         self.lexicon = lexicons.get("synthetic")
         # a caption is parsed once, however many scenes it is checked against
-        self._parsed: Callable = lru_cache(maxsize=8192)(self._parse_uncached)
-
-    def _parse_uncached(self, caption: str):
-        return lexicons.parse_caption(caption, self.lexicon)
+        self._parsed: Callable = lru_cache(maxsize=8192)(super().parse)
 
     def parse(self, caption: str) -> tuple[list[Mention], list[Relation]]:
         return self._parsed(caption)
@@ -206,6 +198,6 @@ def world_of(ds) -> World:
     the splits carry an `objects` column of scenes, else captions-only via the COCO lexicon."""
     if isinstance(ds, World):
         return ds
-    if lexicons.has_scenes(_first_split(ds)):
-        return synthetic_world()
-    return CaptionsWorld()
+    # a DatasetDict (or any {split: Dataset}) is known by its first split
+    first = next(iter(ds.values())) if isinstance(ds, Mapping) else ds
+    return synthetic_world() if lexicons.has_scenes(first) else CaptionsWorld()
