@@ -393,7 +393,7 @@ def vocabulary_use(captions: Iterable[str], max_n: int = 4) -> dict[str, float]:
 
 def _error_kind(mention: Mention, scene: Sequence[Mapping]) -> str | None:
     """Which attribute makes a mention wrong: None (right), size, colour, shape or object."""
-    same = [o for o in scene if (o["colour"], o["shape"]) == (mention.colour, mention.shape)]
+    same = [o for o in scene if (o["colour"], o["shape"]) == mention.look]
     if same:
         return None if mention.size in (None, same[0]["size"]) else "size"
     if any(o["shape"] == mention.shape for o in scene):
@@ -428,20 +428,11 @@ def _grounded_row(caption: str, scene: Sequence[Mapping], lexicon) -> dict[str, 
     mentions, relations = parse_caption(caption, lexicon)
     errors = [_error_kind(m, scene) for m in mentions]
     hallucinated = sum(e not in (None, "size") for e in errors)
-    named = {
-        (m.colour, m.shape) for m, e in zip(mentions, errors, strict=True) if e in (None, "size")
-    }
+    named = {m.look for m, e in zip(mentions, errors, strict=True) if e in (None, "size")}
     by_look = {(o["colour"], o["shape"]): o for o in scene}
-    checkable = [
-        r
-        for r in relations
-        if {(r.first.colour, r.first.shape), (r.second.colour, r.second.shape)} <= named
-    ]
+    checkable = [r for r in relations if {r.first.look, r.second.look} <= named]
     wrong_relations = sum(
-        true_relation(
-            by_look[(r.first.colour, r.first.shape)], by_look[(r.second.colour, r.second.shape)]
-        )
-        != r.relation
+        true_relation(by_look[r.first.look], by_look[r.second.look]) != r.relation
         for r in checkable
     )
     return {

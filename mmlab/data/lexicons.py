@@ -311,6 +311,11 @@ class Mention:
     start: int  # word positions in the caption: [start, end)
     end: int
 
+    @property
+    def look(self) -> tuple[str, str]:
+        """(colour, shape): what tells the objects of a synthetic scene apart."""
+        return self.colour, self.shape
+
 
 @dataclass(frozen=True)
 class Relation:

@@ -125,13 +125,12 @@ class SyntheticWorld(World):
         """True when `caption` names exactly the scene's objects, with the stated sizes and relations."""
         mentions, relations = self.parse(caption)
         looks = {(o["colour"], o["shape"]): o for o in scene}
-        if {(m.colour, m.shape) for m in mentions} != set(looks) or len(mentions) != len(scene):
+        if {m.look for m in mentions} != set(looks) or len(mentions) != len(scene):
             return False
-        if any(m.size not in (None, looks[(m.colour, m.shape)]["size"]) for m in mentions):
+        if any(m.size not in (None, looks[m.look]["size"]) for m in mentions):
             return False
         return all(
-            self.relation(looks[(r.first.colour, r.first.shape)],
-                          looks[(r.second.colour, r.second.shape)]) == r.relation
+            self.relation(looks[r.first.look], looks[r.second.look]) == r.relation
             for r in relations
         )
 
@@ -141,7 +140,7 @@ class SyntheticWorld(World):
             by_looks.setdefault(frozenset((o["colour"], o["shape"]) for o in scene), []).append(j)
         raw = np.zeros((len(captions), len(scenes)), dtype=bool)
         for i, caption in enumerate(captions):
-            looks = frozenset((m.colour, m.shape) for m in self.parse(caption)[0])
+            looks = frozenset(m.look for m in self.parse(caption)[0])
             for j in by_looks.get(looks, []):
                 raw[i, j] = self.fits(caption, scenes[j])
         return raw
