@@ -1,4 +1,4 @@
-"""The `mmlab` command: run notebook batches, browse runs, make data, caption images.
+"""The `mmlab` command: run and tune notebook batches, browse runs, make data, caption images.
 Subcommands live in `COMMANDS`; handlers import heavy modules, so `--help` starts fast."""
 
 from __future__ import annotations
@@ -77,6 +77,75 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     except tracking.TrackingServerError as error:
         print(f"mmlab run: error: {error}", file=sys.stderr)
+        return 1
+    return 0 if report is None or report.ok else 1
+
+
+def _tune_arguments(p: argparse.ArgumentParser) -> None:
+    from mmlab.batch import executors
+
+    p.add_argument("params", type=Path, help="batch file (YAML)")
+    p.add_argument("stage", help="the stage with a `search:` block to run (or resume)")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="trials at once (cores)")
+    p.add_argument(
+        "--trials", type=int, default=None, help="trials in all (default: the block's `trials`)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a parameter (key=value, or stage.key=value)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the search's plan only")
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=executors.names(),
+        help="where trials run: local processes (default) or Ray tasks",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="auto|ray://HOST:10001",
+        help="--executor ray: the cluster to use (default: start a local instance)",
+    )
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """A search stage and the stages it needs, as `mmlab run --only STAGE` would run them."""
+    from mmlab import tracking
+    from mmlab.batch import config, runner
+    from mmlab.batch.config import BatchError
+    from mmlab.batch.executors import ExecutorError
+
+    for flag in ("jobs", "trials"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} {value}: expected at least 1")
+    try:
+        batch = config.load(args.params, list(args.overrides))
+        if args.stage not in batch.searches:
+            searches = ", ".join(batch.searches) or "none"
+            raise BatchError(
+                f"{args.params}: stage {args.stage!r} has no 'search' block "
+                f"(stages with one: {searches})"
+            )
+        report = runner.run(
+            args.params,
+            jobs=args.jobs,
+            only=[args.stage],
+            overrides=args.overrides,
+            dry_run=args.dry_run,
+            executor=args.executor,
+            executor_options={"address": args.address},
+            trials=args.trials,
+        )
+    except (BatchError, ExecutorError) as error:
+        raise UsageError(str(error)) from None
+    except tracking.TrackingServerError as error:
+        print(f"mmlab tune: error: {error}", file=sys.stderr)
         return 1
     return 0 if report is None or report.ok else 1
 
@@ -348,6 +417,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Command] = {
     "run": Command("run a batch of notebooks", _run_arguments, _run),
+    "tune": Command("search a stage's parameters with Optuna", _tune_arguments, _tune),
     "ui": Command("MLflow UI on the workspace store", _ui_arguments, _ui),
     "data": Command("generate the embedded synthetic dataset", _data_arguments, _data),
     "caption": Command("caption images with a trained model", _caption_arguments, _caption),
@@ -371,6 +441,7 @@ examples:
   mmlab run params/default.yaml                 the main batch (what `make run` does)
   mmlab run params/smoke.yaml --dry-run         print the plan, run nothing
   mmlab run params/default.yaml --only fusion --set seeds=5
+  mmlab tune params/tune.yaml concat --jobs 2   12 Optuna trials of a stage (resumable)
   mmlab ui                                      MLflow UI on http://127.0.0.1:5000
   mmlab data synth --out data/mine --n 300      generate the synthetic dataset
   mmlab caption scene.png --model models:/mmlab-captioner@champion

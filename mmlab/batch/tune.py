@@ -461,7 +461,11 @@ class SearchRun(runner.BatchRun):
             complete = self._count(("COMPLETE",))
             if complete >= 2 and len(self.distributions) > 0:
                 try:
-                    importance = self.optuna.importance.get_param_importances(self.study)
+                    with (
+                        warnings.catch_warnings()
+                    ):  # "importances will be equal": the table says so
+                        warnings.simplefilter("ignore", UserWarning)
+                        importance = self.optuna.importance.get_param_importances(self.study)
                 except (RuntimeError, ValueError):  # too little variation to say
                     importance = {}
                 if importance:
