@@ -215,3 +215,186 @@ def test_every_shipped_batch_file_is_valid(path):
     """Every parameter a shipped batch sets exists in its notebook's parameters cell."""
     batch = config.load(path)
     assert batch.stages
+
+
+# --------------------------------------------------------------------------- search blocks
+
+
+def search(**block) -> dict:
+    """A search block over ok.ipynb's `x`, with `block`'s keys on top."""
+    return {"metric": "value", "parameters": {"x": {"type": "int", "low": 1, "high": 4}}, **block}
+
+
+def test_a_search_block_is_parsed_with_its_defaults(tmp_path):
+    space = {
+        "x": {"type": "float", "low": "1e-4", "high": 1.0, "log": True},
+        "work": {"type": "int", "low": 0, "high": 10, "step": 2},
+        "label": {"type": "categorical", "choices": ["a", "b"]},
+    }
+    stages = {
+        "plain": ok(),
+        "tuned": ok(search={"metric": "value", "parameters": space, "pruner": "none"}),
+    }
+    batch = config.load(write(tmp_path, {"stages": stages}))
+    found = batch.searches["tuned"]
+    assert found.direction == "maximize" and found.trials == 12
+    assert (found.sampler.name, found.sampler.seed) == ("tpe", 0)
+    assert found.parameters["x"].low == pytest.approx(1e-4)  # YAML's 1e-4 is a string
+    assert found.parameters["work"].distribution().step == 2
+    assert found.parameters["label"].distribution().choices == ("a", "b")
+    # the search asks for its own executions: the batch's list holds only the plain stage's
+    assert [e.stage for e in batch.executions] == ["plain"]
+
+
+def test_every_problem_of_search_blocks_is_reported_at_once(tmp_path):
+    stages = {
+        "logzero": ok(
+            search=search(parameters={"x": {"type": "float", "low": 0, "high": 1, "log": True}})
+        ),
+        "nochoices": ok(search=search(parameters={"x": {"type": "categorical"}})),
+        "halfint": ok(search=search(parameters={"x": {"type": "int", "low": 1.5, "high": 3}})),
+        "pruner": ok(search=search(pruner={"name": "median"})),
+        "unknown": ok(search=search(budget=3)),
+        "lacks": ok(search=search(parameters={"lr": {"type": "float", "low": 0.1, "high": 1}})),
+        "grid": ok(grid={"work": [1, 2]}, search=search()),
+        "twice": ok(parameters={"x": 2}, search=search()),
+        "needed": ok(search=search()),
+        "needs": ok(needs=["needed"]),
+    }
+    path = write(tmp_path, {"stages": stages})
+    with pytest.raises(BatchError) as info:
+        config.load(path)
+    message = str(info.value)
+    for expected in (
+        "stage 'logzero': key 'search.parameters.x': log: true needs 'low' above 0, got 0",
+        "stage 'nochoices': key 'search.parameters.x': a categorical parameter needs a non-empty",
+        "stage 'halfint': key 'search.parameters.x': an int parameter needs a whole 'low', got 1.5",
+        "stage 'pruner': key 'search.pruner': the pruner needs 'metric'",
+        "stage 'unknown': key 'search.budget': unknown key",
+        "stage 'lacks': key 'search.parameters.lr': ",
+        "does not define 'lr' in its parameters cell",
+        "stage 'grid': key 'grid': a stage with 'search' has no grid",
+        "stage 'twice': key 'search.parameters.x': also set in 'parameters'",
+        "stage 'needs': key 'needs': 'needed' is a search, which no stage can need",
+    ):
+        assert expected in message, (expected, message)
+    assert all(line.startswith(f"{path}: stage '") for line in message.splitlines())
+
+
+def test_a_search_space_unlike_the_default_is_refused(tmp_path):
+    space = {"label": {"type": "int", "low": 1, "high": 3}}
+    path = write(tmp_path, {"stages": {"a": ok(search=search(parameters=space))}})
+    with pytest.raises(
+        BatchError, match=r"stage 'a': key 'search.parameters.label': 1 is a number"
+    ):
+        config.load(path)
+
+
+# --------------------------------------------------------------------------- values and names
+
+
+def test_values_unlike_the_defaults_are_refused_everywhere_they_come_from(tmp_path):
+    path = write(
+        tmp_path,
+        {
+            "defaults": {"label": 3},
+            "stages": {"a": ok(parameters={"x": "abc"}, grid={"work": [1, "many"]})},
+        },
+    )
+    with pytest.raises(BatchError) as info:
+        config.load(path, ["a.x=[1, oops]"])
+    message = str(info.value)
+    for expected in (
+        f"{path}: stage 'a': key 'defaults.label': 3 is a number, but the notebook's default "
+        "'a' is a text",
+        "stage 'a': key 'parameters.x': 'abc' is a text, but the notebook's default 1 is a number",
+        "stage 'a': key 'grid.work': 'many' is a text",
+        "stage 'a': --set x: [1, 'oops'] is a list, but the notebook's default 1 is a number",
+    ):
+        assert expected in message, (expected, message)
+
+
+def test_values_of_a_related_kind_are_taken(tmp_path):
+    # numbers mix; a list of what the default is one of (seeds: 3 or [0, 4]); None for anything
+    stages = {"a": ok(parameters={"x": 2.5, "work": [1, 2], "label": None})}
+    config.load(write(tmp_path, {"stages": stages}))
+
+
+def test_a_text_the_parameter_comment_names_is_taken(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    cell = new_code_cell('stages = 0  # k: the top k stages; "all": every one\nsize = 8')
+    cell.metadata["tags"] = ["parameters"]
+    nbformat.write(new_notebook(cells=[cell]), tmp_path / "p.ipynb")
+    notebook = str(tmp_path / "p.ipynb")
+    config.load(
+        write(tmp_path, {"stages": {"a": {"notebook": notebook, "parameters": {"stages": "all"}}}})
+    )
+    path = write(tmp_path, {"stages": {"a": {"notebook": notebook, "parameters": {"size": "all"}}}})
+    with pytest.raises(BatchError, match="key 'parameters.size': 'all' is a text"):
+        config.load(path)
+
+
+def test_unknown_encoder_method_and_decoder_names_are_refused(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    source = 'encoders = {"text": "tfidf"}\nmethods = ["concat"]\ndecoder = "transformer"'
+    for stem in ("fusion_names", "caption_names"):
+        cell = new_code_cell(source)
+        cell.metadata["tags"] = ["parameters"]
+        nbformat.write(new_notebook(cells=[cell]), tmp_path / f"{stem}.ipynb")
+    fusion = {
+        "notebook": str(tmp_path / "fusion_names.ipynb"),
+        "parameters": {
+            "encoders": {"text": "tfidff", "image": "efficientnet_lite0:size=3", "smell": "x"},
+            "methods": ["unimodal:text", "concat", "late:foo=1", "nope"],
+            "decoder": "anything",  # not a caption notebook: not a decoder name here
+        },
+    }
+    caption = {"notebook": str(tmp_path / "caption_names.ipynb"), "parameters": {"decoder": "gpt"}}
+    path = write(tmp_path, {"stages": {"fusion": fusion, "caption": caption}})
+    with pytest.raises(BatchError) as info:
+        config.load(path)
+    message = str(info.value)
+    for expected in (
+        "stage 'fusion': key 'parameters.encoders.text': unknown text encoder 'tfidff'; valid "
+        "names: ",
+        "stage 'fusion': key 'parameters.encoders.image': image encoder 'efficientnet_lite0' "
+        "takes no option 'size'",
+        "stage 'fusion': key 'parameters.encoders.smell': unknown modality 'smell'",
+        "stage 'fusion': key 'parameters.methods': fusion method 'late' takes no option 'foo'",
+        "stage 'fusion': key 'parameters.methods': unknown fusion method 'nope'; valid names: ",
+        "stage 'caption': key 'parameters.decoder': unknown caption decoder 'gpt'; valid names: ",
+    ):
+        assert expected in message, (expected, message)
+    assert len(message.splitlines()) == 6
+
+
+def test_an_unknown_key_no_longer_hides_the_stage_s_other_problems(tmp_path):
+    stage = {"notebook": "notebooks/missing.ipynb", "paramters": {"x": 1}, "timeout": -1}
+    with pytest.raises(BatchError) as info:
+        config.load(write(tmp_path, {"stages": {"one": stage}}))
+    message = str(info.value)
+    assert "stage 'one': key 'paramters': unknown key" in message
+    assert "stage 'one': key 'timeout': Input should be greater than 0" in message
+    assert "stage 'one': key 'notebook': 'notebooks/missing.ipynb' not found" in message
+    stage = {**ok(parameters={"nope": 1}), "paramters": {}}
+    with pytest.raises(BatchError, match="key 'parameters.nope'"):
+        config.load(write(tmp_path, {"stages": {"one": stage}}))
+
+
+def test_a_batch_file_elsewhere_finds_notebooks_in_the_workspace(tmp_path, monkeypatch):
+    workspace = tmp_path / "workspace"
+    (workspace / "notebooks").mkdir(parents=True)
+    (workspace / "notebooks" / "mine.ipynb").write_bytes((NOTEBOOKS / "ok.ipynb").read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = write(elsewhere, {"stages": {"a": {"notebook": "notebooks/mine.ipynb"}}})
+    monkeypatch.setenv("MMLAB_HOME", str(workspace))
+    batch = config.load(path)
+    assert batch.stages["a"][0].notebook == workspace / "notebooks" / "mine.ipynb"
+    monkeypatch.setenv("MMLAB_HOME", str(elsewhere))
+    with pytest.raises(BatchError, match=f"upwards and in the workspace {elsewhere}"):
+        config.load(path)
