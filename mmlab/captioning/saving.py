@@ -32,10 +32,8 @@ def log_epoch(epoch: int, metrics: dict) -> None:
     tracking.log_metrics(values, step=epoch)
     if "samples" in metrics:
         samples = metrics["samples"]
-        tracking.log_table(
-            samples.assign(epoch=epoch)[["epoch", *samples.columns]],
-            f"val_captions/epoch_{epoch:02d}.csv",
-        )
+        table = samples.assign(epoch=epoch)[["epoch", *samples.columns]]
+        tracking.log_table(table, f"val_captions/epoch_{epoch:02d}.csv")
 
 
 def describe(captioner: Captioner) -> dict:
@@ -108,24 +106,16 @@ def _encoder(spec: dict, where: Path):
 
     identity = dict(spec["identity"])
     try:
+        grid = dict(kind="grid", layer=identity.get("layer", "last"), weights=None, device="cpu")
         extractor = features.create(
-            "image",
-            identity["name"],
-            image_size=identity["image_size"],
-            kind="grid",
-            layer=identity.get("layer", "last"),
-            weights=None,
-            device="cpu",
+            "image", identity["name"], image_size=identity["image_size"], **grid
         )
     except KeyError as error:
         raise ValueError(
             f"{where / CONFIG_FILE}: encoder {identity.get('name')!r}: {error}"
         ) from None
-    encoder = GridEncoder(
-        extractor,
-        train_stages=spec.get("train_stages", 0),
-        colour_detail=spec.get("colour_detail", 0),
-    )
+    stages, detail = spec.get("train_stages", 0), spec.get("colour_detail", 0)
+    encoder = GridEncoder(extractor, train_stages=stages, colour_detail=detail)
     encoder.identity = identity  # what it was trained from (pretrained weights), not weights=None
     return encoder
 

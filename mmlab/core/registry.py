@@ -73,11 +73,8 @@ class Registry:
         parameters = inspect.signature(self.get(name)).parameters.values()
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
             return None
-        return [
-            p.name
-            for p in parameters
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "name"
-        ]
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return [p.name for p in parameters if p.kind in named and p.name != "name"]
 
     def check(self, name: str, options: Iterable[str]) -> None:
         """Raise if `name` is unknown or its factory takes none of some `options`, naming each."""

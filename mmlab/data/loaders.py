@@ -362,26 +362,19 @@ def _absolute_paths(ds, meta_dirs: dict[str, Path], root: Path):
         features.pop(c, None)
     for target in renames:
         features[target] = datasets.Value("string")
-    return ds.map(
-        resolve,
-        batched=True,
-        with_indices=True,
-        remove_columns=drop or None,
-        features=features,
-        desc="paths",
-    )
+    options = dict(batched=True, with_indices=True, remove_columns=drop or None, features=features)
+    return ds.map(resolve, desc="paths", **options)
 
 
 def _from_records(records: list[dict], where: str):
+    strings = datasets.List(datasets.Value("string"))
     features = datasets.Features(
-        id=datasets.Value("string"),
-        image=datasets.Image(),
-        captions=datasets.List(datasets.Value("string")),
+        id=datasets.Value("string"), image=datasets.Image(), captions=strings
     )
     if not records:
         raise DataError(f"{where}: no images")
     if "categories" in records[0]:  # COCO instance annotations: the objects in each image
-        features["categories"] = datasets.List(datasets.Value("string"))
+        features["categories"] = strings
     columns = {k: [r[k] for r in records] for k in features}
     return datasets.Dataset.from_dict(columns, features=features)
 

@@ -21,11 +21,8 @@ def notebook_file(name: str) -> Path | None:
     """`notebooks/<name>.ipynb` in the workspace, else in the checkout holding mmlab."""
     from mmlab.core import workspace
 
-    for folder in (
-        workspace.root() / "notebooks",
-        Path(__file__).resolve().parents[2] / "notebooks",
-    ):
-        path = folder / f"{name}.ipynb"
+    for folder in (workspace.root(), Path(__file__).resolve().parents[2]):
+        path = folder / "notebooks" / f"{name}.ipynb"
         if path.is_file():
             return path
     return None

@@ -233,13 +233,8 @@ def promote(
     scores = {k: v for k, v in record.get(metric, {}).items() if k != data}
     scores[data] = {"value": float(value), "run_id": run_id}
     record[metric] = dict(list(scores.items())[-KEPT_EVALUATIONS:])
-    store.retry(
-        client.set_model_version_tag,
-        version.name,
-        version.version,
-        EVALUATION_TAG,
-        json.dumps(record),
-    )
+    tag = json.dumps(record)
+    store.retry(client.set_model_version_tag, version.name, version.version, EVALUATION_TAG, tag)
     try:
         current = store.retry(client.get_model_version_by_alias, version.name, alias)
     except MlflowException:  # no version holds the alias yet
@@ -247,19 +242,14 @@ def promote(
     if current is not None and current.version != version.version:
         theirs = evaluations(current).get(metric, {}).get(data)
         if theirs is None:
-            return Promotion(
-                False,
-                version.version,
-                f"{alias} is version {current.version}, not evaluated on this data ({metric}); kept",
+            why = (
+                f"{alias} is version {current.version}, not evaluated on this data ({metric}); kept"
             )
+            return Promotion(False, version.version, why)
         better = value > theirs["value"] if higher_is_better else value < theirs["value"]
         if not better:
-            return Promotion(
-                False,
-                version.version,
-                f"{alias} version {current.version} has {metric} {theirs['value']:.4f}, not "
-                f"beaten by {value:.4f}; kept",
-            )
+            why = f"{alias} version {current.version} has {metric} {theirs['value']:.4f}"
+            return Promotion(False, version.version, f"{why}, not beaten by {value:.4f}; kept")
     set_alias(version.name, alias, version.version)
     return Promotion(True, version.version, f"version {version.version} is {alias}")
 
