@@ -121,3 +121,14 @@ def test_float16_gets_a_grad_scaler(monkeypatch):
     assert loop.amp_dtype("cuda", False) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert loop.amp_dtype("cuda", "auto") == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "module", ["mmlab.fusion.train", "mmlab.captioning.train", "mmlab.retrieval.train"]
+)
+def test_every_study_hands_amp_and_compile_to_the_loop(module):
+    import importlib
+
+    config = importlib.import_module(module).TrainConfig(amp=True, compile="auto")
+    recipe = loop.LoopConfig.of(config, monitor="val_loss")
+    assert (recipe.amp, recipe.compile) == (True, "auto")

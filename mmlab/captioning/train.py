@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -100,8 +100,8 @@ class TrainConfig:
     sample_images: int = 6  # validation images whose captions are shown every epoch
     metric_tokenizer: str = "auto"  # see mmlab.metrics.resolve_tokenizer
     device: str = "auto"
-    amp: bool | str = "auto"  # "auto": bfloat16 autocast on CUDA, off on the CPU
-    compile: bool = False  # torch.compile the decoder (its `compile` says which part)
+    amp: bool | str = "auto"  # autocast (mmlab.train.loop.amp_dtype); "auto": on CUDA only
+    compile: bool | str = False  # torch.compile the decoder (its `compile` says which part)
     seed: int = 0
     processes: int = 1  # training processes (DDP) the loop starts; see mmlab.train.distributed
 
@@ -177,20 +177,19 @@ def _batches(data: CaptionData, batch_size: int, generator=None, group=None):
 def validation_loss(model, data: CaptionData, batch_size: int = 256, amp="auto") -> float:
     model.eval()
     device, pad = model.device, model.vocab.pad_id
-    total, count = 0.0, 0
+    # summed on the device: one round trip at the end, not two per batch
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.long, device=device)
     for inputs, tokens, _ in _batches(data, batch_size):
         tokens = tokens.to(device)
         with loop.autocast(device, amp):
             logits, _ = model(inputs.to(device), tokens[:, :-1])
         targets = tokens[:, 1:]
-        n = int(targets.ne(pad).sum())
-        total += float(
-            F.cross_entropy(
-                logits.float().flatten(0, 1), targets.flatten(), ignore_index=pad, reduction="sum"
-            )
+        count += targets.ne(pad).sum()
+        total += F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=pad, reduction="sum"
         )
-        count += n
-    return total / max(count, 1)
+    return float(total / count.clamp_min(1))
 
 
 def score_captions(
@@ -242,10 +241,20 @@ def train_captioner(
 def _study(model, train: CaptionData, val: CaptionData, config: TrainConfig) -> loop.Study:
     pad = model.vocab.pad_id
     sample_ids = val.ids[: config.sample_images]
+    resident = {"train": train}
+
+    def prepare(group):
+        _sync_batch_norm(model, group)
+        # On a GPU the grids (or pixels) move there once: a batch is an index, not a copy. The
+        # captions stay on the CPU, where a batch's length is read without a device round trip.
+        if group.device.type == "cuda":
+            resident["train"] = replace(train, inputs=train.inputs.to(group.device))
 
     def batches(generator, group):
-        for inputs, tokens, share in _batches(train, config.batch_size, generator, group):
-            yield inputs.to(group.device, non_blocking=True), tokens.to(group.device), share
+        for inputs, tokens, share in _batches(
+            resident["train"], config.batch_size, generator, group
+        ):
+            yield inputs.to(group.device), tokens.to(group.device), share
 
     def forward(net, batch):
         inputs, tokens, _ = batch
@@ -293,7 +302,7 @@ def _study(model, train: CaptionData, val: CaptionData, config: TrainConfig) -> 
         validate,
         steps_per_epoch=math.ceil(len(train.tokens) / config.batch_size),
         compiled=model.decoder,
-        prepare=lambda group: _sync_batch_norm(model, group),
+        prepare=prepare,
     )
 
 

@@ -44,6 +44,11 @@ class Split:
     def take(self, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         return {m: x[index] for m, x in self.inputs.items()}, self.labels[index]
 
+    def to(self, device) -> Split:
+        """The split's tensors on `device` (the same split where they are there already)."""
+        inputs = {m: x.to(device) for m, x in self.inputs.items()}
+        return Split(inputs, self.labels.to(device), self.groups)
+
 
 @dataclass
 class TrainConfig:
@@ -58,7 +63,8 @@ class TrainConfig:
     warmup: float = 0.0  # share of all steps over which the learning rate rises from 0 to `lr`
     seed: int = 0
     device: str = "cpu"
-    compile: bool = False  # torch.compile the model (its `compile` says which parts)
+    amp: bool | str = "auto"  # autocast (mmlab.train.loop.amp_dtype); "auto": on CUDA only
+    compile: bool | str = False  # torch.compile the model (its `compile` says which parts)
     processes: int = 1  # training processes (DDP) the loop starts; see mmlab.train.distributed
 
     def __post_init__(self):
@@ -138,15 +144,22 @@ def train_fusion(
 
 def _study(model: nn.Module, train: Split, validation: Split, batch_size: int) -> loop.Study:
     loss_fn = nn.CrossEntropyLoss()
+    resident = {"train": train}
+
+    def prepare(group):
+        # On a GPU the training split moves there once: a batch is then an index, not a copy.
+        if group.device.type == "cuda":
+            resident["train"] = train.to(group.device)
 
     def batches(generator, group):
-        order = torch.randperm(len(train), generator=generator)
-        for i in range(0, len(train), batch_size):
+        split = resident["train"]
+        order = torch.randperm(len(split), generator=generator)
+        for i in range(0, len(split), batch_size):
             rows = order[i : i + batch_size]
             # a lone leftover sample: batch statistics need two (and every process a share)
             if len(rows) < max(2, group.size):
                 continue
-            x, y = train.take(distributed.shard(rows, group))
+            x, y = split.take(distributed.shard(rows, group))
             # DDP averages the processes' gradients: weighted by its share of the rows, each
             # process's mean makes that average the gradient of the global batch's mean.
             yield _to(x, group.device), y.to(group.device), len(y) * group.size / len(rows)
@@ -187,6 +200,7 @@ def _study(model: nn.Module, train: Split, validation: Split, batch_size: int) -
         validate,
         steps_per_epoch=math.ceil(len(train) / batch_size),
         network=network,
+        prepare=prepare,
     )
 
 

@@ -31,6 +31,8 @@ class TrainConfig:
     time_budget: float | None = None  # seconds: stop after the epoch that crosses it
     warmup: float = 0.1  # share of all steps: the one-cycle schedule's rise to `lr`
     device: str = "cpu"
+    amp: bool | str = "auto"  # autocast (mmlab.train.loop.amp_dtype); "auto": on CUDA only
+    compile: bool | str = False  # torch.compile the heads
     seed: int = 0
 
 
@@ -113,6 +115,14 @@ def _study(model: DualEncoder, data: PairData, batch_size: int, hard_negatives) 
     train, val = data.splits["train"], data.splits["validation"]
     left_idx, right_idx = train.positives()
     rows = train.left.rows[left_idx]
+    # the features a step reads; on a GPU they move there once (a batch is an index, not a copy)
+    x = {"left": train.left.x, "right": train.right.x}
+    if hard_negatives is not None:
+        x["negatives"] = hard_negatives.x
+
+    def prepare(group):
+        if group.device.type == "cuda":
+            x.update({side: v.to(group.device) for side, v in x.items()})
 
     def batches(generator, group):
         for batch in grouped_order(rows, generator).split(batch_size):
@@ -124,13 +134,13 @@ def _study(model: DualEncoder, data: PairData, batch_size: int, hard_negatives) 
         # each distinct item is encoded once, then gathered (captions share their image)
         ul, inv_l = li.unique(return_inverse=True)
         ur, inv_r = ri.unique(return_inverse=True)
-        a = net.encode(train.left.modality, train.left.x[ul].to(dev))[inv_l]
-        b = net.encode(train.right.modality, train.right.x[ur].to(dev))[inv_r]
+        a = net.encode(train.left.modality, x["left"][ul].to(dev))[inv_l]
+        b = net.encode(train.right.modality, x["right"][ur].to(dev))[inv_r]
         extra = None
         if hard_negatives is not None:
             chosen = torch.isin(hard_negatives.rows, r).nonzero().squeeze(1)
             if len(chosen):
-                extra = net.encode(hard_negatives.modality, hard_negatives.x[chosen].to(dev))
+                extra = net.encode(hard_negatives.modality, x["negatives"][chosen].to(dev))
         return a, b, extra
 
     def loss(outputs, batch):
@@ -159,6 +169,7 @@ def _study(model: DualEncoder, data: PairData, batch_size: int, hard_negatives) 
         summarise,
         validate,
         steps_per_epoch=max(1, -(-len(rows) // batch_size)),
+        prepare=prepare,
     )
 
 
