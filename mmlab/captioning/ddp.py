@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
-from pathlib import Path
 
 from mmlab.core import parameters_cell
 from mmlab.train import distributed
@@ -27,12 +26,7 @@ batch_size lr attention_penalty patience monitor max_len device seed registered_
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = parameters_cell.argument_parser(
-        Path(__file__).resolve().parents[2] / "notebooks" / f"{NOTEBOOK}.ipynb",
-        NAMES,
-        prog="torchrun --nproc-per-node N -m mmlab.captioning.ddp",
-        help={"batch_size": "global, over all processes", "device": "cuda: one GPU per process"},
-    )
+    p = parameters_cell.torchrun_parser(NOTEBOOK, NAMES, "mmlab.captioning.ddp")
     # not a notebook parameter: notebook 03 keeps TrainConfig's default
     p.add_argument("--metric-tokenizer", default="auto", help="auto, ptb or python")
     return p.parse_args(argv)
@@ -71,11 +65,8 @@ def main(argv=None) -> None:
                 captioner, splits["train"], splits["validation"], config, on_epoch
             )
             if group.main:
-                captioning.log_captioner(
-                    captioner,
-                    registered_model_name=args.registered_model or None,
-                    alias="candidate",
-                )
+                name = args.registered_model or None
+                captioning.log_captioner(captioner, registered_model_name=name, alias="candidate")
                 tracking.log_metrics({"best_epoch": result.best_epoch})
                 tracking.headline(f"best_{result.monitor}", result.best_score)
         if group.main:

@@ -104,3 +104,11 @@ def argument_parser(
         metavar = "JSON" if kind is _json else None
         parser.add_argument(option, type=kind, default=found[name], help=text, metavar=metavar)
     return parser
+
+
+def torchrun_parser(notebook: str, names: list[str], module: str) -> argparse.ArgumentParser:
+    """`argument_parser` of the script `-m module` that runs notebook `notebook`'s recipe on N
+    processes: its batch is the global one."""
+    path = Path(__file__).resolve().parents[2] / "notebooks" / f"{notebook}.ipynb"
+    help = {"batch_size": "global, over all processes", "device": "cuda: one GPU per process"}
+    return argument_parser(path, names, f"torchrun --nproc-per-node N -m {module}", help)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
-from pathlib import Path
 
 from mmlab.core import parameters_cell
 from mmlab.train import distributed
@@ -26,12 +25,7 @@ patience hidden batch_size lr schedule warmup_epochs device""".split()
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = parameters_cell.argument_parser(
-        Path(__file__).resolve().parents[2] / "notebooks" / f"{NOTEBOOK}.ipynb",
-        NAMES,
-        prog="torchrun --nproc-per-node N -m mmlab.fusion.ddp",
-        help={"batch_size": "global, over all processes", "device": "cuda: one GPU per process"},
-    )
+    p = parameters_cell.torchrun_parser(NOTEBOOK, NAMES, "mmlab.fusion.ddp")
     # one run: the notebook's `methods` and `seeds` name several
     p.add_argument("--method", default="grid_cross_attention", help='e.g. "name:key=value"')
     p.add_argument("--seed", type=int, default=0)
@@ -57,15 +51,11 @@ def main(argv=None) -> None:
         match = args.task == "match"
         pairs = dict(extra_pairs=args.extra_pairs, mismatched=args.mismatched) if match else {}
         data = distributed.main_first(group, lambda: build(device=str(group.device), **pairs))
-        config = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            patience=args.patience,
-            schedule=args.schedule,
-            warmup=args.warmup_epochs / args.epochs,  # the loop counts a share of all steps
-            device=str(group.device),
-        )
+        recipe = {
+            k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "patience", "schedule")
+        }
+        warmup = args.warmup_epochs / args.epochs  # the loop counts a share of all steps
+        config = TrainConfig(**recipe, warmup=warmup, device=str(group.device))
         tags = {"mmlab.launcher": "torchrun", "fusion_method": choice.label, "seed": str(args.seed)}
         params = {**vars(args), "processes": group.size}
         with distributed.main_run(group, NOTEBOOK, params, tags):

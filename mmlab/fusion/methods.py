@@ -9,19 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mmlab.core.registry import Registry
+from mmlab.fusion import pooled
 from mmlab.fusion.base import FusionModule, InputSpec
 from mmlab.fusion.grid_attention import GridCrossAttention
-from mmlab.fusion.pooled import (
-    Attention,
-    Concat,
-    CrossAttention,
-    Gated,
-    Late,
-    LowRank,
-    TensorFusion,
-    Unimodal,
-    WeightedSum,
-)
 
 __all__ = [
     "METHODS",
@@ -37,16 +27,16 @@ __all__ = [
 # the registry (methods.py imports them, so a decorator there would import it back).
 METHODS = Registry("fusion method")
 for _name, _cls in (
-    ("concat", Concat),
-    ("weighted_sum", WeightedSum),
-    ("attention", Attention),
-    ("gated", Gated),
-    ("tensor", TensorFusion),
-    ("low_rank", LowRank),
-    ("late", Late),
-    ("cross_attention", CrossAttention),
+    ("concat", pooled.Concat),
+    ("weighted_sum", pooled.WeightedSum),
+    ("attention", pooled.Attention),
+    ("gated", pooled.Gated),
+    ("tensor", pooled.TensorFusion),
+    ("low_rank", pooled.LowRank),
+    ("late", pooled.Late),
+    ("cross_attention", pooled.CrossAttention),
     ("grid_cross_attention", GridCrossAttention),
-    ("unimodal", Unimodal),
+    ("unimodal", pooled.Unimodal),
 ):
     METHODS.register(_name)(_cls)
 
