@@ -30,6 +30,15 @@ def test_bad_batch_file_is_a_clear_error(capsys, batch, expected):
     assert expected in err and "Traceback" not in err
 
 
+def test_dry_run_refuses_a_value_unlike_the_default_and_an_unknown_name(capsys):
+    path = BATCHES / "bad_values.yaml"
+    assert cli.main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: stage 'fusion': key 'parameters.seeds': 'abc' is a text" in err
+    assert f"{path}: stage 'fusion': key 'parameters.methods': unknown fusion method" in err
+    assert "Traceback" not in err
+
+
 def test_bad_options_are_clear_errors(capsys):
     assert cli.main(["run", str(BATCHES / "demo.yaml"), "--jobs", "0"]) == 2
     assert cli.main(["run", str(BATCHES / "demo.yaml"), "--only", "nope", "--dry-run"]) == 2
