@@ -98,13 +98,8 @@ class Captioner(nn.Module):
         """Caption a list of PIL images."""
         if not len(images):
             raise ValueError("decode() needs at least one image")
-        return self.decode_grids(
-            self.encoder.pixels(images),
-            beam_size,
-            batch_size=batch_size,
-            return_attention=return_attention,
-            **options,
-        )
+        options.update(batch_size=batch_size, return_attention=return_attention)
+        return self.decode_grids(self.encoder.pixels(images), beam_size, **options)
 
     def caption(self, images, beam_size: int = 3, **options) -> list[str]:
         return self.decode(images, beam_size, return_attention=False, **options).captions

@@ -246,11 +246,9 @@ class GridCrossAttention(FusionModule):
         # Normalised after the copies, not before: the same values, but the gradient is summed
         # in another order, and the default seeds' trajectories are sensitive to it.
         memory = self.memory_norm(memory)
+        padding = ~m_mask if self.memory_padding else None
         context, alpha = self.cross_attention(
-            self.query_norm(q),
-            memory,
-            memory,
-            key_padding_mask=~m_mask if self.memory_padding else None,
+            self.query_norm(q), memory, memory, key_padding_mask=padding
         )
         return q, q_mask, context, alpha
 

@@ -39,11 +39,8 @@ def check_mmlab() -> Finding:
     try:
         installed = metadata.version("mmlab")
     except metadata.PackageNotFoundError:
-        return Finding(
-            "warn",
-            f"{mmlab.__version__} from {where} (not installed)",
-            "make setup (or: pip install -e '.[all]')",
-        )
+        fix = "make setup (or: pip install -e '.[all]')"
+        return Finding("warn", f"{mmlab.__version__} from {where} (not installed)", fix)
     return Finding("ok", f"{installed} from {where}")
 
 
@@ -78,11 +75,8 @@ def check_extras() -> Finding:
 def check_java() -> Finding:
     java = shutil.which("java")
     if java is None:
-        return Finding(
-            "warn",
-            "java not on PATH: caption evaluation leaves METEOR out",
-            "install a JRE (apt-get install default-jre-headless; conda: openjdk)",
-        )
+        fix = "install a JRE (apt-get install default-jre-headless; conda: openjdk)"
+        return Finding("warn", "java not on PATH: caption evaluation leaves METEOR out", fix)
     return Finding("ok", f"{java} (METEOR)")
 
 
@@ -92,17 +86,13 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 def check_chromium() -> Finding:
     found = next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
     if found is None:
-        cache = Path(
-            os.environ.get("PLAYWRIGHT_BROWSERS_PATH", Path.home() / ".cache/ms-playwright")
-        )
+        default = Path.home() / ".cache/ms-playwright"
+        cache = Path(os.environ.get("PLAYWRIGHT_BROWSERS_PATH", default))
         browsers = sorted(cache.glob("chromium*")) if cache.is_dir() else []
         found = str(browsers[-1]) if browsers else None
     if found is None:
-        return Finding(
-            "warn",
-            "no Chromium: browser tests and page screenshots cannot run",
-            "apt-get install chromium (or: playwright install chromium)",
-        )
+        fix = "apt-get install chromium (or: playwright install chromium)"
+        return Finding("warn", "no Chromium: browser tests and page screenshots cannot run", fix)
     return Finding("ok", found)
 
 
@@ -111,9 +101,8 @@ def check_kernel() -> Finding:
 
     python = kernel_python()
     if python is None:
-        return Finding(
-            "warn", f"no '{KERNEL}' Jupyter kernel: JupyterLab will not list it", "make kernel"
-        )
+        why = f"no '{KERNEL}' Jupyter kernel: JupyterLab will not list it"
+        return Finding("warn", why, "make kernel")
     if os.path.abspath(python) != os.path.abspath(sys.executable):
         return Finding(
             "warn",
@@ -136,26 +125,17 @@ def check_store() -> Finding:
     if db is not None and not db.exists():
         folder = next(p for p in (db.parent, *db.parent.parents) if p.exists())
         if not os.access(folder, os.W_OK):
-            return Finding(
-                "fail",
-                f"{uri}: cannot create it, {folder} is not writable",
-                "set MMLAB_HOME or MLFLOW_TRACKING_URI to a writable place",
-            )
+            fix = "set MMLAB_HOME or MLFLOW_TRACKING_URI to a writable place"
+            return Finding("fail", f"{uri}: cannot create it, {folder} is not writable", fix)
         return Finding("ok", f"{uri} (created by the first run)")
     if not store.answers(uri):  # before MLflow's retries, which take minutes
-        return Finding(
-            "fail",
-            f"the tracking server {uri} does not answer",
-            "start it (`make server`, or ask whoever runs it), or unset MLFLOW_TRACKING_URI",
-        )
+        fix = "start it (`make server`, or ask whoever runs it), or unset MLFLOW_TRACKING_URI"
+        return Finding("fail", f"the tracking server {uri} does not answer", fix)
     try:
         found = store.retry(MlflowClient(uri).search_experiments, attempts=3)
     except Exception as error:  # any failure to reach the store is this check's finding
-        return Finding(
-            "fail",
-            f"{uri}: {type(error).__name__}: {error}",
-            "check MLFLOW_TRACKING_URI (unset: the workspace's mlflow.db)",
-        )
+        fix = "check MLFLOW_TRACKING_URI (unset: the workspace's mlflow.db)"
+        return Finding("fail", f"{uri}: {type(error).__name__}: {error}", fix)
     return Finding("ok", f"{uri} ({len(found)} experiments)")
 
 

@@ -180,15 +180,10 @@ def _oracle(ds, data: PairData):
     world = world_of(ds["test"])
     if data.modalities[1] != "text" or not world.knows_scenes:
         return None
-    test = data.splits["test"]
+    test, scenes = data.splits["test"], world.scenes(ds["test"])
     names = (test.right.modality, test.left.modality)
-    return oracle.oracle_scores(
-        test.right.texts,
-        test.right.rows.numpy(),
-        world.scenes(ds["test"]),
-        names=names,
-        world=world,
-    )
+    rows = test.right.rows.numpy()
+    return oracle.oracle_scores(test.right.texts, rows, scenes, names=names, world=world)
 
 
 def _maybe_child(log: bool, name: str, params: dict):
