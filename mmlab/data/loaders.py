@@ -218,9 +218,7 @@ def _read_imagefolder(source, image_root=None) -> dict:
         )
     except Exception as e:  # datasets' own message, prefixed with the folder
         raise DataError(f"could not read imagefolder {root}: {e}") from e
-    splits = {}
-    for split, ds in loaded.items():
-        splits.update(_split_by_column(ds, split))
+    splits = {k: v for split, ds in loaded.items() for k, v in _split_by_column(ds, split).items()}
     out = {}
     for split, ds in splits.items():
         ds = _captions_column(ds, f"{root} ({split})")
@@ -360,8 +358,7 @@ def _absolute_paths(ds, meta_dirs: dict[str, Path], root: Path):
     features = ds.features.copy()
     for c in drop + list(renames):
         features.pop(c, None)
-    for target in renames:
-        features[target] = datasets.Value("string")
+    features.update({target: datasets.Value("string") for target in renames})
     options = dict(batched=True, with_indices=True, remove_columns=drop or None, features=features)
     return ds.map(resolve, desc="paths", **options)
 

@@ -17,10 +17,7 @@ CAPTION_COLUMN = "caption"  # column of the flattened caption table
 
 # pair name -> (left modality, right modality); queries may go either way
 PAIRS: dict[str, tuple[str, str]] = {
-    "image-text": ("image", "text"),
-    "audio-text": ("audio", "text"),
-    "video-text": ("video", "text"),
-    "image-audio": ("image", "audio"),
+    p: tuple(p.split("-")) for p in ("image-text", "audio-text", "video-text", "image-audio")
 }
 # What the trained heads read: the image as a grid for attention pooling, the sound as a log-mel
 # sequence (pulses and onsets live in time), the clip as its mean frame vector at full 64 px,

@@ -89,14 +89,11 @@ def load_searcher(source: str | Path = f"models:/{SEARCHER}@{CHAMPION}", index: 
             )
         uri = f"models:/{version.name}/{version.version}"
     cached = _cache_folder(uri)
-    if cached is None:  # another kind of artifact URI: nothing to key a cache on
-        with tempfile.TemporaryDirectory() as tmp:
-            return Searcher.load(
-                _searcher_files(models.download(uri, tmp, SEARCHER), source), index
-            )
-    if not (cached / "config.json").is_file():
+    if cached is None or not (cached / "config.json").is_file():
         with tempfile.TemporaryDirectory() as tmp:
             folder = _searcher_files(models.download(uri, tmp, SEARCHER), source)
+            if cached is None:  # another kind of artifact URI: nothing to key a cache on
+                return Searcher.load(folder, index)
             with workspace.atomic_path(cached) as target:
                 shutil.copytree(folder, target)
     return Searcher.load(cached, index)
