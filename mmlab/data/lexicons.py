@@ -377,9 +377,10 @@ def _mention_at(phrases, i: int) -> tuple[Mention | None, int]:
     attrs: dict[str, str] = {}
     start, end, j = phrases[i][2], phrases[i][2], i
     for kind in ("size", "colour", "size", "shape"):
-        if j < len(phrases) and phrases[j][0] == kind and phrases[j][2] == end and kind not in attrs:
-            attrs[kind] = phrases[j][1]
-            end, j = phrases[j][3], j + 1
+        phrase = phrases[j] if j < len(phrases) else None
+        if phrase and phrase[0] == kind and phrase[2] == end and kind not in attrs:
+            attrs[kind] = phrase[1]
+            end, j = phrase[3], j + 1
     if "colour" in attrs and "shape" in attrs:
         return Mention(attrs["colour"], attrs["shape"], attrs.get("size"), start, end), j
     return None, i
