@@ -11,9 +11,12 @@
 Both at three sizes: the notebooks' (`default`) and the published tutorial's own (embed,
 hidden and attention 512, batch 32, dropout 0.5, its COCO vocabulary of 9490 words) on a
 ResNet-101 grid (2048 x 14 x 14) and an EfficientNet-B0 grid (1280 x 8 x 8); ours with
-`compile` off and on (`torch.compile` of the decoder's step).
+`compile` off and on (`torch.compile` of the decoder's step) and, with `--amp on`, under the
+training loop's autocast (bfloat16; float16 with loss scaling on GPUs without it). The
+tutorial trains as it is written, in float32. `--device cuda` runs everything on the GPU.
 
     .venv/bin/python benchmarks/bench_captioning.py [--sizes default] [--compile off]
+        [--amp on] [--device cuda]
 
 Decoders have random weights (their captions run to max_len). Rounds alternate baseline and
 ours, and medians are reported, so load from other processes hits both.
@@ -32,6 +35,8 @@ from torch import nn
 from mmlab.captioning import decode as decoding
 from mmlab.captioning.decoders import LSTMAttentionDecoder
 from mmlab.captioning.train import caption_loss
+from mmlab.features.device import resolve_device
+from mmlab.train import loop
 from mmlab.train.optim import adamw
 
 TUTORIAL = dict(vocab=9490, embed=512, hidden=512, attention=512, batch_size=32, dropout=0.5)
@@ -47,6 +52,10 @@ SIZES = {
         dropout=0.3,
     ),
     "tutorial 2048x14x14": dict(dim=2048, grid=(14, 14), **TUTORIAL),
+    # for a check that the script runs (benchmarks/gpu_check.sh --small), not for its figures
+    "small": dict(
+        dim=16, grid=(4, 4), vocab=20, embed=16, hidden=32, attention=16, batch_size=8, dropout=0.1
+    ),
     "tutorial 1280x8x8": dict(dim=1280, grid=(8, 8), **TUTORIAL),
 }
 
@@ -89,8 +98,8 @@ class TutorialDecoder(nn.Module):
         h, c = torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
         decode_lengths = (lengths - 1).tolist()
         B, T = tokens.size(0), max(decode_lengths)
-        predictions = torch.zeros(B, T, self.fc.out_features)
-        alphas = torch.zeros(B, T, encoder_out.size(1))
+        predictions = torch.zeros(B, T, self.fc.out_features, device=grid.device)
+        alphas = torch.zeros(B, T, encoder_out.size(1), device=grid.device)
         for t in range(T):
             bt = sum(n > t for n in decode_lengths)
             context, alpha = self.attention(encoder_out[:bt], h[:bt])
@@ -103,8 +112,9 @@ class TutorialDecoder(nn.Module):
         return predictions, alphas, tokens[:, 1 : T + 1]
 
 
-def batches(n_batches, batch_size, vocab_size, dim, grid, seed=0):
-    """Random grids and captions of 8..20 words (like the synthetic captions), padded with 0."""
+def batches(n_batches, batch_size, vocab_size, dim, grid, seed=0, device="cpu"):
+    """Random grids and captions of 8..20 words (like the synthetic captions), padded with 0;
+    grids and tokens on `device`, lengths on the CPU (the tutorial sorts them there)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n_batches):
@@ -114,30 +124,50 @@ def batches(n_batches, batch_size, vocab_size, dim, grid, seed=0):
         for i, n in enumerate(lengths.tolist()):
             tokens[i, n - 1] = 2
             tokens[i, n:] = 0
-        out.append((torch.randn(batch_size, dim, *grid, generator=g), tokens, lengths))
+        grids = torch.randn(batch_size, dim, *grid, generator=g)
+        out.append((grids.to(device), tokens.to(device), lengths))
     return out
 
 
-def train_tokens_per_second(model, optimizer, data, ours: bool, penalty=1.0) -> float:
+def device_name(device) -> str:
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def synchronize(device) -> None:
+    """Wait for the GPU's queued work, so that a clock read after it has timed it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_tokens_per_second(model, optimizer, data, ours: bool, penalty=1.0, amp=False) -> float:
+    """Tokens/s of training steps, as the loop takes them (`amp`: its autocast and scaler)."""
     model.train()
+    device = data[0][0].device
+    scaler = loop.grad_scaler(device, amp)
+    synchronize(device)
     start, tokens_seen = time.perf_counter(), 0
     for grid, tokens, lengths in data:
-        if ours:
-            logits, alpha = model(grid, tokens[:, :-1])
-            loss, _ = caption_loss(logits, alpha, tokens[:, 1:], 0, penalty)
-        else:
-            logits, alpha, targets = model(grid, tokens, lengths)
-            loss, _ = caption_loss(logits, alpha, targets, 0, penalty)
+        with loop.autocast(device, amp):
+            if ours:
+                logits, alpha = model(grid, tokens[:, :-1])
+                targets = tokens[:, 1:]
+            else:
+                logits, alpha, targets = model(grid, tokens, lengths)
+        loss, _ = caption_loss(logits, alpha, targets, 0, penalty)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         tokens_seen += int((lengths - 1).sum())
+    synchronize(device)
     return tokens_seen / (time.perf_counter() - start)
 
 
-def decoders(size, compiled: bool):
-    """`{name: decoder}`: ours eager (and compiled) from one initialisation."""
+def decoders(size, compiled: bool, device="cpu"):
+    """`{name: decoder}`: ours eager (and compiled) from one initialisation, on `device`."""
     torch.manual_seed(0)
     ours = LSTMAttentionDecoder(
         size["vocab"],
@@ -147,7 +177,7 @@ def decoders(size, compiled: bool):
         hidden_dim=size["hidden"],
         attention_dim=size["attention"],
         dropout=size["dropout"],
-    )
+    ).to(device)
     models = {"ours": ours}
     if compiled:
         models["ours, compiled"] = copy.deepcopy(ours)
@@ -156,7 +186,7 @@ def decoders(size, compiled: bool):
 
 
 def bench_training(name, size, args) -> dict[str, float]:
-    """Tokens/s of the tutorial decoder and of ours (eager, compiled), medians of rounds."""
+    """Tokens/s of the tutorial decoder and of ours (eager, AMP, compiled), medians of rounds."""
     torch.manual_seed(0)
     models = {
         "tutorial": TutorialDecoder(
@@ -166,28 +196,36 @@ def bench_training(name, size, args) -> dict[str, float]:
             size["hidden"],
             size["attention"],
             size["dropout"],
-        ),
-        **decoders(size, args.compile == "on"),
+        ).to(args.device),
+        **decoders(size, args.compile == "on", args.device),
     }
-    optimizers = {key: adamw(m.parameters(), 1e-3, 0.01, "cpu") for key, m in models.items()}
-    data = batches(args.train_batches, size["batch_size"], size["vocab"], size["dim"], size["grid"])
-    warm = batches(2, size["batch_size"], size["vocab"], size["dim"], size["grid"], seed=1)
+    amp = {key: False for key in models}
+    if args.amp == "on":  # the same decoders again under autocast: weights of their own
+        for key in [k for k in models if k != "tutorial"]:
+            models[f"{key}, AMP"] = copy.deepcopy(models[key])
+            amp[f"{key}, AMP"] = True
+    optimizers = {key: adamw(m.parameters(), 1e-3, 0.01, args.device) for key, m in models.items()}
+    shape = (size["batch_size"], size["vocab"], size["dim"], size["grid"])
+    data = batches(args.train_batches, *shape, device=args.device)
+    warm = batches(2, *shape, seed=1, device=args.device)
     for key, model in models.items():  # warm-up (and compilation) on other batches
-        train_tokens_per_second(model, optimizers[key], warm, key != "tutorial")
+        train_tokens_per_second(model, optimizers[key], warm, key != "tutorial", amp=amp[key])
     rates = {key: [] for key in models}
     for _ in range(args.rounds):
         for key, model in models.items():
-            rate = train_tokens_per_second(model, optimizers[key], data, key != "tutorial")
+            rate = train_tokens_per_second(
+                model, optimizers[key], data, key != "tutorial", amp=amp[key]
+            )
             rates[key].append(rate)
     return {key: statistics.median(values) for key, values in rates.items()}
 
 
 def bench_beam(name, size, args) -> dict[str, float]:
     """Captions/s of beam search one image at a time and batched (eager, compiled)."""
-    models = decoders(size, args.compile == "on")
+    models = decoders(size, args.compile == "on", args.device)
     grids = torch.randn(
         args.images, size["dim"], *size["grid"], generator=torch.Generator().manual_seed(1)
-    )
+    ).to(args.device)
     options = dict(beam_size=args.beam, start_id=1, end_id=2, pad_id=0, max_len=args.max_len)
     for model in models.values():
         model.eval()
@@ -199,10 +237,12 @@ def bench_beam(name, size, args) -> dict[str, float]:
             decoding.beam_search(models["ours"], grids[i : i + 1], **options).tokens[0]
             for i in range(args.images)
         ]
+        synchronize(args.device)
         times["one image at a time"].append(time.perf_counter() - started)
         for key, model in models.items():
             started = time.perf_counter()
             batched = decoding.beam_search(model, grids, **options)
+            synchronize(args.device)
             times[key].append(time.perf_counter() - started)
             identical = sum(a == b for a, b in zip(batched.tokens, singles, strict=True))
             if identical != args.images:
@@ -216,13 +256,19 @@ def bench_beam(name, size, args) -> dict[str, float]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument(
+        "--sizes", nargs="+", default=[k for k in SIZES if k != "small"], choices=list(SIZES)
+    )
     parser.add_argument(
         "--compile",
         choices=("off", "on"),
         default="on",
         help="also measure ours under torch.compile",
     )
+    parser.add_argument(
+        "--amp", choices=("off", "on"), default="off", help="also train ours under autocast"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (CUDA if there is one)")
     parser.add_argument("--parts", nargs="+", default=["train", "beam"], choices=["train", "beam"])
     parser.add_argument("--train-batches", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
@@ -230,10 +276,11 @@ def main():
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--max-len", type=int, default=20)
     args = parser.parse_args()
+    args.device = str(resolve_device(args.device))
     torch.set_num_threads(args.threads)
     print(
-        f"{args.threads} thread(s), {args.rounds} rounds, medians; beam {args.beam}, "
-        f"{args.images} images, max_len {args.max_len}\n",
+        f"device {device_name(args.device)}, {args.threads} thread(s), {args.rounds} rounds, "
+        f"medians; beam {args.beam}, {args.images} images, max_len {args.max_len}\n",
         flush=True,
     )
     train_rows, beam_rows = [], []

@@ -7,6 +7,7 @@ notebook's worker processes. Rounds alternate the variants, and medians are repo
 from other processes hits all of them.
 
     .venv/bin/python benchmarks/bench_fusion.py [--threads 1] [--steps 20] [--rounds 5]
+        [--device cuda] [--compile off]
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import torch
 from torch import nn
 
 from mmlab import fusion
+from mmlab.features.device import resolve_device
 from mmlab.fusion import InputSpec
 from mmlab.train.optim import adamw
 
 
-def batches(n, batch_size, vocab, dim, grid, seed=0):
+def batches(n, batch_size, vocab, dim, grid, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
@@ -34,13 +36,17 @@ def batches(n, batch_size, vocab, dim, grid, seed=0):
         image = torch.randn(batch_size, dim, *grid, generator=g)
         pooled = {"image_pooled": image.mean((2, 3)), "text_pooled": torch.randn(batch_size, 384)}
         labels = torch.randint(0, 2, (batch_size,), generator=g)
-        out.append(({"image": image, "text": ids, **pooled}, labels))
+        inputs = {"image": image, "text": ids, **pooled}
+        out.append(({k: v.to(device) for k, v in inputs.items()}, labels.to(device)))
     return out
 
 
 def steps_per_second(model, optimiser, data) -> float:
     loss_fn = nn.CrossEntropyLoss()
     model.train()
+    cuda = data[0][1].is_cuda
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for inputs, labels in data:
         logits, extra = model.training_forward(inputs, labels)  # as `fusion.train_fusion` does
@@ -48,6 +54,8 @@ def steps_per_second(model, optimiser, data) -> float:
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+    if cuda:  # wait for the queued steps before reading the clock
+        torch.cuda.synchronize()
     return len(data) / (time.perf_counter() - start)
 
 
@@ -70,8 +78,11 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (CUDA if there is one)")
+    parser.add_argument("--compile", choices=("off", "on"), default="on", help="also compiled")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     words = InputSpec("ids", 56, pad_id=0, unk_id=3, special_ids=(0, 1, 2, 3))
     methods = {
         "grid_cross_attention": lambda: fusion.create(
@@ -82,29 +93,35 @@ def main():
         ),
         "concat": lambda: Renamed(fusion.create("concat", {"image": 112, "text": 384}, hidden=64)),
     }
-    data = batches(args.steps, 64, 56, 112, (8, 8))
-    warm = batches(3, 64, 56, 112, (8, 8), seed=1)
+    data = batches(args.steps, 64, 56, 112, (8, 8), device=device)
+    warm = batches(3, 64, 56, 112, (8, 8), seed=1, device=device)
     rows = []
     for name, make in methods.items():
         torch.manual_seed(0)
-        models = {"eager": make()}
-        models["compiled"] = copy.deepcopy(models["eager"])
-        models["compiled"].compile()
-        optimisers = {k: adamw(m.parameters(), 1e-3, 0.01, "cpu") for k, m in models.items()}
+        models = {"eager": make().to(device)}
+        if args.compile == "on":
+            models["compiled"] = copy.deepcopy(models["eager"])
+            models["compiled"].compile()
+        optimisers = {k: adamw(m.parameters(), 1e-3, 0.01, device) for k, m in models.items()}
         for key, model in models.items():  # warm-up (and compilation) on other batches
             steps_per_second(model, optimisers[key], warm)
         rates = {key: [] for key in models}
         for _ in range(args.rounds):
             for key, model in models.items():
                 rates[key].append(steps_per_second(model, optimisers[key], data))
-        eager, compiled = (statistics.median(rates[k]) for k in ("eager", "compiled"))
-        rows.append(f"| {name} | {eager:.1f} | {compiled:.1f} ({compiled / eager:.2f}x) |")
+        eager = statistics.median(rates["eager"])
+        row = f"| {name} | {eager:.1f} |"
+        if "compiled" in rates:
+            compiled = statistics.median(rates["compiled"])
+            row += f" {compiled:.1f} ({compiled / eager:.2f}x) |"
+        rows.append(row)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"Training steps/s, batch 64, hidden 64, {args.threads} thread(s), "
+        f"Training steps/s, batch 64, hidden 64, device {where}, {args.threads} thread(s), "
         f"{args.rounds} rounds of {args.steps} steps, medians:\n"
     )
-    print("| method | compile off | compile on |")
-    print("|---|---:|---:|")
+    print("| method | compile off |" + (" compile on |" if args.compile == "on" else ""))
+    print("|---|---:|" + ("---:|" if args.compile == "on" else ""))
     print("\n".join(rows))
 
 
