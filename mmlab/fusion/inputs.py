@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
 from mmlab.features.registry import parse_encoder
 from mmlab.fusion.methods import InputSpec
@@ -108,10 +109,7 @@ def _vocab_inputs(ds, column: str, extra=None) -> tuple[dict[str, torch.Tensor],
     ids = {name: vocabulary.encode_batch(texts(name)) for name in ds}
     ids["train"] = vocabulary.encode_batch(train)
     width = max(x.shape[1] for x in ids.values())  # one width for every split
-    ids = {
-        n: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=vocabulary.pad_id)
-        for n, x in ids.items()
-    }
+    ids = {n: F.pad(x, (0, width - x.shape[1]), value=vocabulary.pad_id) for n, x in ids.items()}
     spec = InputSpec(
         "ids",
         len(vocabulary),
@@ -145,7 +143,7 @@ def _cached_inputs(ds, modality, column, extractor) -> tuple[dict[str, torch.Ten
     x = {split: cache.features(ds, split, extractor, column=column) for split in ds}
     if x["train"].dim() == 3:  # sequences: one padded length for every split
         width = max(v.shape[1] for v in x.values())
-        x = {s: torch.nn.functional.pad(v, (0, 0, 0, width - v.shape[1])) for s, v in x.items()}
+        x = {s: F.pad(v, (0, 0, 0, width - v.shape[1])) for s, v in x.items()}
     return x, _spec(x["train"])
 
 
@@ -196,7 +194,7 @@ def _extend(x: torch.Tensor, modality: str, extra: ExtraPairs, column, extractor
     more = more["train"]
     if more.dim() == 3:  # sequences: cut (rare: usually only [SEP]) or pad to the splits' length
         more = more[:, : x.shape[1]]
-        more = torch.nn.functional.pad(more, (0, 0, 0, x.shape[1] - more.shape[1]))
+        more = F.pad(more, (0, 0, 0, x.shape[1] - more.shape[1]))
     return torch.cat([x, more])
 
 
