@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -103,6 +104,41 @@ def test_a_resumed_search_runs_only_what_its_budget_lacks(searched, client):
     # and a budget already spent runs nothing
     third = runner.run(BATCH, jobs=2, out=lambda line: None, trials=4)
     assert third.searches[0].results == []
+
+
+def test_a_search_stopped_mid_trial_resumes_with_the_rest(home, client, tmp_path):
+    """`mmlab tune` stopped (SIGTERM) while its second trial runs: that trial is FAIL, its run
+    KILLED, the parent KILLED; started again, the search runs the two trials it lacks."""
+    path = tmp_path / "stopped.yaml"
+    path.write_text(
+        BATCH.read_text()
+        .replace("name: tune", "name: stopped")
+        .replace("parameters: {epochs: 2}", "parameters: {epochs: 2, pause: 2.0}")
+    )
+    path.with_name("notebooks").symlink_to(HERE / "notebooks")
+    command = [sys.executable, "-m", "mmlab", "tune", str(path), "search", "--jobs", "1"]
+    search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = optuna.storages.RDBStorage(tune.storage_url())
+    complete = optuna.trial.TrialState.COMPLETE
+    while True:  # until the first trial is told and the second asked
+        assert search.poll() is None, search.stdout.read()
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        name = next((n for n in names if n.startswith("stopped.search.")), None)
+        trials = load_study(name).trials if name else []
+        if len(trials) == 2 and trials[0].state == complete and trials[1].user_attrs:
+            break
+        time.sleep(0.2)
+    search.send_signal(signal.SIGTERM)
+    assert search.wait() == 143
+    study = load_study(name)
+    assert [t.state for t in study.trials] == [complete, optuna.trial.TrialState.FAIL]
+    parent = client.get_run(study.user_attrs[tune.RUN_ATTR])
+    assert parent.info.status == "KILLED"
+    assert client.get_run(study.trials[1].user_attrs[tune.RUN_ATTR]).info.status == "KILLED"
+    again = runner.run(path, jobs=2, out=lambda line: None, only=["search"])
+    assert again.ok and len(again.searches[0].results) == 2
+    assert sum(t.state == complete for t in load_study(name).trials) == 3
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
 def test_a_trial_behind_the_median_is_interrupted_and_marked_pruned(home, client, tmp_path):
@@ -222,9 +258,10 @@ def test_three_trials_of_notebook_02_on_smoke_settings(tmp_path):
     client = MlflowClient(uri)
     (parent,) = client.search_runs(
         [client.get_experiment_by_name("02_fusion_comparison").experiment_id],
-        filter_string="tags.`mmlab.search` LIKE 'tune.concat.%'",
+        filter_string="attributes.run_name = 'concat-search'",
     )
     kids = children(client, parent.info.run_id)
     assert len(kids) == 3 and {k.info.status for k in kids} == {"FINISHED"}
+    assert {k.data.tags[tune.STATE_TAG] for k in kids} <= {"COMPLETE", "PRUNED"}
     assert parent.info.status == "FINISHED" and "best_value" in parent.data.metrics
     assert {"mmlab.best.lr", "mmlab.best.hidden"} <= set(parent.data.tags)

@@ -27,8 +27,8 @@ study; kernels know nothing of Optuna.
   told COMPLETE.
 - **Resume.** The study lives in Optuna's RDB storage: a SQLite file `optuna.db` beside the
   workspace's `mlflow.db` (with a tracking server, in the workspace), or `MMLAB_OPTUNA_STORAGE`.
-  Its name holds a hash of the search's definition, the trials' shared parameters and the code,
-  so a changed search starts a new study. A search holds a claim on its study; trials a killed
+  Its name holds a hash of the search's definition, the trials' shared parameters and the
+  notebook, so a changed search starts a new study (a change elsewhere in mmlab does not). A search holds a claim on its study; trials a killed
   search left RUNNING are therefore stale, told FAIL (their runs KILLED) and not counted: the
   next start runs what `trials` still lacks beyond the COMPLETE and PRUNED ones. A trial that
   fails counts for the invocation that ran it (a broken notebook does not loop), not for the
@@ -36,6 +36,7 @@ study; kernels know nothing of Optuna.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -94,7 +95,9 @@ def study_name(batch: Batch, stage: str, params: dict[str, Any]) -> str:
     identity = {
         "search": search.model_dump(exclude={"trials"}),
         "parameters": params,
-        "code": runner.code_hash(batch.stages[stage][0].notebook),
+        # the notebook, not all of mmlab's source (`code_hash`): an edit elsewhere in the package
+        # must not orphan a half-done search; each trial's run still carries the code hash
+        "notebook": hashlib.sha256(batch.stages[stage][0].notebook.read_bytes()).hexdigest(),
     }
     return f"{batch.name}.{stage}.{config.parameter_hash(identity)[:8]}"
 
@@ -408,10 +411,15 @@ class SearchRun(runner.BatchRun):
         try:
             if self.budget:
                 self.run()
-        except BaseException:
+        except BaseException:  # stopped: what was asked and not told is FAIL, its run KILLED
             for result in self.results:
                 if result.trial is not None and result.trial.number not in self.told:
                     self.study.tell(result.trial, state=self.optuna.trial.TrialState.FAIL)
+                    if result.run_id:
+                        run = tracking.retry(client.get_run, result.run_id)
+                        if run.info.status == "RUNNING":  # created, not yet submitted
+                            tracking.retry(client.set_terminated, result.run_id, "KILLED")
+                        tracking.retry(client.set_tag, result.run_id, STATE_TAG, "FAIL")
             tracking.retry(client.set_terminated, self.parent, "KILLED")
             raise
         finally:
