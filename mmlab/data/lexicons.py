@@ -50,22 +50,14 @@ class Lexicon:
     def objects_in(self, caption: str) -> list[str]:
         """Canonical objects the caption names, in order with repeats, longest phrase first; a
         colour-and-object word is the object only before a function word or at the end."""
-        words, found, i = self.words(caption), [], 0
-        while i < len(words):
-            for span in range(min(self._longest, len(words) - i), 0, -1):
-                phrase = " ".join(words[i : i + span])
-                if phrase in self.objects:
-                    after = words[i + span] if i + span < len(words) else None
-                    is_attribute = phrase in self.attributes
-                    if not is_attribute or after is None or after in _OBJECT_FOLLOWERS:
-                        found.append(self.objects[phrase])
-                    i += span
-                    break
-                if phrase in self.phrases:  # an attribute or relation phrase: skip it whole
-                    i += span
-                    break
-            else:
-                i += 1
+        words, found = self.words(caption), []
+        for _, _, start, end in _phrases(caption, self.phrases, self._longest):
+            phrase = " ".join(words[start:end])
+            after = words[end] if end < len(words) else None
+            if phrase in self.objects and (
+                phrase not in self.attributes or after is None or after in _OBJECT_FOLLOWERS
+            ):
+                found.append(self.objects[phrase])
         return found
 
     def canonical(self, name: str) -> str:
@@ -332,12 +324,12 @@ def phrase_table(lexicon=None) -> Mapping[str, tuple[str, str]]:
 
 
 def _phrases(
-    caption: str, lexicon: Mapping[str, tuple[str, str]]
+    caption: str, lexicon: Mapping[str, tuple[str, str]], longest: int = 0
 ) -> list[tuple[str, str, int, int]]:
-    """(kind, canonical, start, end) of every phrase, longest match first; articles are dropped
-    first so that "A left of a B" is adjacent."""
+    """(kind, canonical, start, end) of every phrase, longest match first (`longest`: the most
+    words of a phrase, if known); articles are dropped first so that "A left of a B" is adjacent."""
     words = [w for w in re.findall(r"[a-z]+", caption.lower()) if w not in ARTICLES]
-    longest = max(len(p.split()) for p in lexicon)
+    longest = longest or max(len(p.split()) for p in lexicon)
     found, i = [], 0
     while i < len(words):
         for span in range(min(longest, len(words) - i), 0, -1):
