@@ -492,6 +492,7 @@ class SearchRun(runner.BatchRun):
                 try:
                     with warnings.catch_warnings():  # "experimental": its interface may change
                         warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
+                        warnings.simplefilter("ignore", UserWarning)  # one trial: a flat axis
                         axes = optuna_plots.plot_parallel_coordinate(self.study)
                     axes.figure.savefig(folder / "parallel_coordinates.png", bbox_inches="tight")
                     plt.close(axes.figure)
