@@ -50,8 +50,8 @@ class SpaceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
+    low: int | float | None = None
+    high: int | float | None = None
     log: bool = False
     step: float | None = Field(default=None, gt=0)
     choices: list[str | int | float | bool | None] | None = None
