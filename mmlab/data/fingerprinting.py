@@ -4,6 +4,7 @@ loaders, which read the files anyway."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -101,10 +102,8 @@ def compute(dataset_dict, file_digests: dict[str, dict[str, list[str]]] | None =
 def remember(dataset_dict, value: str) -> str:
     """Record the fingerprint of this dataset state (loaders call this at load time)."""
     _remembered[_state_key(dataset_dict)] = value
-    try:
+    with contextlib.suppress(AttributeError):  # a plain dict of splits
         dataset_dict.mmlab_fingerprint = value
-    except AttributeError:  # a plain dict of splits
-        pass
     return value
 
 

@@ -163,15 +163,11 @@ def check_auth(db: str) -> None:
         return
     username = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin"
     engine = sqlalchemy.create_engine(db)
+    query = sqlalchemy.text("SELECT 1 FROM users WHERE username = :name")
     try:
         with engine.connect() as connection:
-            exists = (
-                sqlalchemy.inspect(connection).has_table("users")
-                and connection.execute(
-                    sqlalchemy.text("SELECT 1 FROM users WHERE username = :name"),
-                    {"name": username},
-                ).first()
-            )
+            exists = sqlalchemy.inspect(connection).has_table("users")
+            exists = exists and connection.execute(query, {"name": username}).first()
     finally:
         engine.dispose()
     if not exists:
