@@ -201,6 +201,27 @@ def test_interrupted_generation_leaves_no_finished_folder(tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_records_are_written_as_scenes_are_made(tmp_path, monkeypatch):
+    """Streaming, not a list of every record first: when scene 6 is made, the five before it
+    have gone to their split's metadata.jsonl (what keeps 100,000 scenes' memory flat)."""
+    real_sample, real_dumps = synthetic.make_sample, json.dumps
+    dumped, seen = [], []
+
+    def watching(job):
+        if job.index == 5:
+            seen.append(len(dumped))
+        return real_sample(job)
+
+    def counting(value, **options):
+        dumped.append(value)
+        return real_dumps(value, **options)
+
+    monkeypatch.setattr(synthetic, "make_sample", watching)
+    monkeypatch.setattr(synthetic.json, "dumps", counting)
+    synthetic.generate(tmp_path / "ds", n=20, image_size=32, audio=False, video=False, workers=1)
+    assert seen == [5]
+
+
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="n must be"):
         synthetic.generate(tmp_path / "x", n=0)
