@@ -89,6 +89,16 @@ def storage_url() -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
+def shown(url: str) -> str:
+    """A storage URL without its password, for tags and terminals."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a database URL SQLAlchemy reads: say only its scheme
+        return url.split("://", 1)[0] + "://..."
+
+
 def study_name(batch: Batch, stage: str, params: dict[str, Any]) -> str:
     """`BATCH.STAGE.HASH`: the hash of what makes trials comparable (not their number)."""
     search = batch.searches[stage]
@@ -221,6 +231,7 @@ class SearchRun(runner.BatchRun):
     def open(self) -> None:
         """Claim and load (or create) the study, settle what a killed search left, make sure
         the parent run exists and is RUNNING."""
+        tracking.ensure_store()
         self.lock = workspace.claim(self.folder, self.owner)
         if self.lock is None:
             raise BatchError(
@@ -273,7 +284,7 @@ class SearchRun(runner.BatchRun):
             "mmlab.batch_id": self.batch_id,
             "mmlab.stage": self.stage,
             SEARCH_TAG: self.name,
-            "mmlab.search_storage": self.storage,
+            "mmlab.search_storage": shown(self.storage),
             tracking.NOTEBOOK_TAG: self.template.notebook.stem,
             "mmlab.notebook_path": runner.relative(self.template.notebook),
             "mmlab.git_commit": self.commit,
@@ -405,7 +416,7 @@ class SearchRun(runner.BatchRun):
         done = self.target - self.budget
         self.view.line(
             f"search {self.name}: {self.target} trials, {done} done before, {self.budget} to run, "
-            f"{self.jobs} jobs; study in {self.storage}; parent run {self.parent}"
+            f"{self.jobs} jobs; study in {shown(self.storage)}; parent run {self.parent}"
         )
         client = tracking.client()
         try:
