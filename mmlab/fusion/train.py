@@ -170,7 +170,7 @@ def _study(model: nn.Module, train: Split, validation: Split, batch_size: int) -
 
     def loss(outputs, batch):
         (logits, auxiliary), (_, y, share) = outputs, batch
-        task = loss_fn(logits, y)
+        task = loss_fn(logits.float(), y)  # autocast leaves logits in bfloat16
         objective = task * share if auxiliary is None else task * share + auxiliary
         extra = torch.zeros((), device=y.device) if auxiliary is None else auxiliary.detach()
         record = torch.stack([task.detach().double(), extra.double()]) * len(y)

@@ -144,7 +144,8 @@ def _study(model: DualEncoder, data: PairData, batch_size: int, hard_negatives) 
         return a, b, extra
 
     def loss(outputs, batch):
-        a, b, extra = outputs
+        # in float32: under autocast the similarities of a large batch would be bfloat16
+        a, b, extra = (None if t is None else t.float() for t in outputs)
         value = info_nce(a, b, batch[2].to(a.device), model.scale(), extra)
         return value, torch.stack(
             [value.detach().double(), torch.ones((), dtype=torch.float64, device=a.device)]
