@@ -2,7 +2,8 @@
 Per execution the runner creates the MLflow run (batch, stage, commit, parameter and code
 hashes), passes it to the kernel through the environment and sets its final status. A FINISHED
 run with the same `resume_key` stands in for it, so an interrupted batch resumes; a claimed
-output (`workspace.claim`) makes a second runner wait, then take that run from the cache."""
+output (`workspace.claim`) makes a second runner wait, then take that run from the cache.
+Stages with a `search:` block run after the others, as `mmlab.batch.tune` asks for trials."""
 
 from __future__ import annotations
 
@@ -495,7 +496,9 @@ def plan(batch: Batch, only: list[str] = (), out: Print = print, trials: int | N
         search = batch.searches.get(stage)
         if search is not None:
             pruner = search.pruner
-            pruning = f", {pruner.name} pruner on {pruner.metric}" if pruner else ""
+            pruning = (
+                f", {pruner.name} pruner on {pruner.metric}" if pruner and pruner.metric else ""
+            )
             out(
                 f"  search: {trials or search.trials} trials, {search.direction} "
                 f"{search.metric}, {search.sampler.name} sampler (seed {search.sampler.seed})"
