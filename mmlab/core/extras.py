@@ -23,6 +23,7 @@ EXTRAS: dict[str, Extra] = {
     "ray": Extra("ray", "ray"),
     "psycopg": Extra("server", "psycopg"),
     "flask_wtf": Extra("server", "flask-wtf"),
+    "optuna": Extra("tune", "optuna"),
 }
 
 
