@@ -12,6 +12,29 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 ARTICLES = frozenset({"a", "an"})
+
+
+def words(text: str) -> tuple[str, ...]:
+    """The words of a table written as text, in order."""
+    return tuple(text.split())
+
+
+def pairs(text: str) -> dict[str, str]:
+    """`key: value, key: value, ...` as a dict, in order (keys and values may hold spaces)."""
+    items = (item.split(":") for item in text.split(",") if item.strip())
+    return {key.strip(): value.strip() for key, value in items}
+
+
+def synonym_table(text: str) -> dict[str, tuple[str, ...]]:
+    """One `category: synonym, synonym, ...` a line (an indented line continues the one above),
+    as CHAIR's synonyms.txt lists them."""
+    table: dict[str, tuple[str, ...]] = {}
+    for entry in re.split(r"\n(?=\S)", text.strip()):
+        category, _, synonyms = entry.partition(":")
+        table[category] = tuple(s.strip() for s in synonyms.split(",") if s.strip())
+    return table
+
+
 # After a word that is both a colour and an object ("orange"), one of these or the end of the
 # caption means the object ("an orange on a plate"); any other word the colour ("an orange suit").
 _OBJECT_FOLLOWERS = frozenset(
@@ -67,13 +90,14 @@ class Lexicon:
 
 
 # ----------------------------------------------------------------------------- plurals
-_IRREGULAR = {
-    "person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
-    "knife": "knives", "foot": "feet", "sheep": "sheep", "ox": "oxen", "goose": "geese",
-    "calf": "calves", "scissors": "scissors", "skis": "skis", "people": "people",
-    "children": "children", "cattle": "cattle", "oxen": "oxen", "bison": "bison",
-    "fowl": "fowl", "quail": "quail", "luggage": "luggage", "broccoli": "broccoli",
-}
+_IRREGULAR = pairs(
+    """
+    person: people, man: men, woman: women, child: children, mouse: mice, knife: knives,
+    foot: feet, sheep: sheep, ox: oxen, goose: geese, calf: calves, scissors: scissors,
+    skis: skis, people: people, children: children, cattle: cattle, oxen: oxen, bison: bison,
+    fowl: fowl, quail: quail, luggage: luggage, broccoli: broccoli
+    """
+)
 
 
 def plural(word: str) -> str:
@@ -104,128 +128,120 @@ def with_plurals(synonyms: Mapping[str, Iterable[str]]) -> dict[str, str]:
 # ----------------------------------------------------------------------------- COCO / CHAIR
 # The 80 COCO categories and CHAIR's synonyms for each (Rohrbach et al. 2018, data/synonyms.txt;
 # misspellings such as "knive" and "solider" are CHAIR's, to catch captions that make them).
-COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "person": ("girl", "boy", "man", "woman", "kid", "child", "chef", "baker", "people",
-               "adult", "rider", "children", "baby", "worker", "passenger", "sister", "biker",
-               "policeman", "cop", "officer", "lady", "cowboy", "bride", "groom", "male",
-               "female", "guy", "traveler", "mother", "father", "gentleman", "pitcher",
-               "player", "skier", "snowboarder", "skater", "skateboarder", "foreigner",
-               "caller", "offender", "coworker", "trespasser", "patient", "politician",
-               "soldier", "grandchild", "serviceman", "walker", "drinker", "doctor",
-               "bicyclist", "thief", "buyer", "teenager", "student", "camper", "driver",
-               "solider", "hunter", "shopper", "villager"),
-    "bicycle": ("bike", "unicycle", "minibike", "trike"),
-    "car": ("automobile", "van", "minivan", "sedan", "suv", "hatchback", "cab", "jeep",
-            "coupe", "taxicab", "limo", "taxi"),
-    "motorcycle": ("scooter", "motor bike", "motor cycle", "motorbike", "moped"),
-    "airplane": ("jetliner", "plane", "air plane", "monoplane", "aircraft", "jet", "airbus",
-                 "biplane", "seaplane"),
-    "bus": ("minibus", "trolley"),
-    "train": ("locomotive", "tramway", "caboose"),
-    "truck": ("pickup", "lorry", "hauler", "firetruck"),
-    "boat": ("ship", "liner", "sailboat", "motorboat", "dinghy", "powerboat", "speedboat",
-             "canoe", "skiff", "yacht", "kayak", "catamaran", "pontoon", "houseboat", "vessel",
-             "rowboat", "trawler", "ferryboat", "watercraft", "tugboat", "schooner", "barge",
-             "ferry", "sailboard", "paddleboat", "lifeboat", "freighter", "steamboat",
-             "riverboat", "battleship", "steamship"),
-    "traffic light": ("street light", "traffic signal", "stop light", "streetlight",
-                      "stoplight"),
-    "fire hydrant": ("hydrant",),
-    "stop sign": (),
-    "parking meter": (),
-    "bench": ("pew",),
-    "bird": ("ostrich", "owl", "seagull", "goose", "duck", "parakeet", "falcon", "robin",
-             "pelican", "waterfowl", "heron", "hummingbird", "mallard", "finch", "pigeon",
-             "sparrow", "seabird", "osprey", "blackbird", "fowl", "shorebird", "woodpecker",
-             "egret", "chickadee", "quail", "bluebird", "kingfisher", "buzzard", "willet",
-             "gull", "swan", "bluejay", "flamingo", "cormorant", "parrot", "loon", "gosling",
-             "waterbird", "pheasant", "rooster", "sandpiper", "crow", "raven", "turkey",
-             "oriole", "cowbird", "warbler", "magpie", "peacock", "cockatiel", "lorikeet",
-             "puffin", "vulture", "condor", "macaw", "peafowl", "cockatoo", "songbird"),
-    "cat": ("kitten", "feline", "tabby"),
-    "dog": ("puppy", "beagle", "pup", "chihuahua", "schnauzer", "dachshund", "rottweiler",
-            "canine", "pitbull", "collie", "pug", "terrier", "poodle", "labrador", "doggie",
-            "doberman", "mutt", "doggy", "spaniel", "bulldog", "sheepdog", "weimaraner",
-            "corgi", "cocker", "greyhound", "retriever", "brindle", "hound", "whippet",
-            "husky"),
-    "horse": ("colt", "pony", "racehorse", "stallion", "equine", "mare", "foal", "palomino",
-              "mustang", "clydesdale", "bronc", "bronco"),
-    "sheep": ("lamb", "ram", "goat", "ewe"),
-    "cow": ("cattle", "oxen", "ox", "calf", "holstein", "heifer", "buffalo", "bull", "zebu",
-            "bison"),
-    "elephant": (),
-    "bear": ("panda",),
-    "zebra": (),
-    "giraffe": (),
-    "backpack": ("knapsack",),
-    "umbrella": (),
-    "handbag": ("wallet", "purse", "briefcase"),
-    "tie": ("bow", "bow tie"),
-    "suitcase": ("suit case", "luggage"),
-    "frisbee": (),
-    "skis": ("ski",),
-    "snowboard": (),
-    "sports ball": ("ball",),
-    "kite": (),
-    "baseball bat": (),
-    "baseball glove": (),
-    "skateboard": (),
-    "surfboard": ("longboard", "skimboard", "shortboard", "wakeboard"),
-    "tennis racket": ("racket",),
-    "bottle": (),
-    "wine glass": (),
-    "cup": (),
-    "fork": (),
-    "knife": ("pocketknife", "knive"),
-    "spoon": (),
-    "bowl": ("container",),
-    "banana": (),
-    "apple": (),
-    "sandwich": ("burger", "sub", "cheeseburger", "hamburger"),
-    "orange": (),
-    "broccoli": (),
-    "carrot": (),
-    "hot dog": (),
-    "pizza": (),
-    "donut": ("doughnut", "bagel"),
-    "cake": ("cheesecake", "cupcake", "shortcake", "coffeecake", "pancake"),
-    "chair": ("seat", "stool"),
-    "couch": ("sofa", "recliner", "futon", "loveseat", "settee", "chesterfield"),
-    "potted plant": ("houseplant",),
-    "bed": (),
-    "dining table": ("table", "desk"),
-    "toilet": ("urinal", "commode", "lavatory", "potty"),
-    "tv": ("monitor", "televison", "television"),
-    "laptop": ("computer", "notebook", "netbook", "lenovo", "macbook", "laptop computer"),
-    "mouse": (),
-    "remote": (),
-    "keyboard": (),
-    "cell phone": ("mobile phone", "phone", "cellphone", "telephone", "phon", "smartphone",
-                   "iphone"),
-    "microwave": (),
-    "oven": ("stovetop", "stove", "stove top oven"),
-    "toaster": (),
-    "sink": (),
-    "refrigerator": ("fridge", "freezer"),
-    "book": (),
-    "clock": (),
-    "vase": (),
-    "scissors": (),
-    "teddy bear": ("teddybear",),
-    "hair drier": ("hairdryer",),
-    "toothbrush": (),
-}
+COCO_SYNONYMS: dict[str, tuple[str, ...]] = synonym_table(
+    """
+person: girl, boy, man, woman, kid, child, chef, baker, people, adult, rider, children, baby,
+    worker, passenger, sister, biker, policeman, cop, officer, lady, cowboy, bride, groom, male,
+    female, guy, traveler, mother, father, gentleman, pitcher, player, skier, snowboarder,
+    skater, skateboarder, foreigner, caller, offender, coworker, trespasser, patient,
+    politician, soldier, grandchild, serviceman, walker, drinker, doctor, bicyclist, thief,
+    buyer, teenager, student, camper, driver, solider, hunter, shopper, villager
+bicycle: bike, unicycle, minibike, trike
+car: automobile, van, minivan, sedan, suv, hatchback, cab, jeep, coupe, taxicab, limo, taxi
+motorcycle: scooter, motor bike, motor cycle, motorbike, moped
+airplane: jetliner, plane, air plane, monoplane, aircraft, jet, airbus, biplane, seaplane
+bus: minibus, trolley
+train: locomotive, tramway, caboose
+truck: pickup, lorry, hauler, firetruck
+boat: ship, liner, sailboat, motorboat, dinghy, powerboat, speedboat, canoe, skiff, yacht,
+    kayak, catamaran, pontoon, houseboat, vessel, rowboat, trawler, ferryboat, watercraft,
+    tugboat, schooner, barge, ferry, sailboard, paddleboat, lifeboat, freighter, steamboat,
+    riverboat, battleship, steamship
+traffic light: street light, traffic signal, stop light, streetlight, stoplight
+fire hydrant: hydrant
+stop sign:
+parking meter:
+bench: pew
+bird: ostrich, owl, seagull, goose, duck, parakeet, falcon, robin, pelican, waterfowl, heron,
+    hummingbird, mallard, finch, pigeon, sparrow, seabird, osprey, blackbird, fowl, shorebird,
+    woodpecker, egret, chickadee, quail, bluebird, kingfisher, buzzard, willet, gull, swan,
+    bluejay, flamingo, cormorant, parrot, loon, gosling, waterbird, pheasant, rooster,
+    sandpiper, crow, raven, turkey, oriole, cowbird, warbler, magpie, peacock, cockatiel,
+    lorikeet, puffin, vulture, condor, macaw, peafowl, cockatoo, songbird
+cat: kitten, feline, tabby
+dog: puppy, beagle, pup, chihuahua, schnauzer, dachshund, rottweiler, canine, pitbull, collie,
+    pug, terrier, poodle, labrador, doggie, doberman, mutt, doggy, spaniel, bulldog, sheepdog,
+    weimaraner, corgi, cocker, greyhound, retriever, brindle, hound, whippet, husky
+horse: colt, pony, racehorse, stallion, equine, mare, foal, palomino, mustang, clydesdale,
+    bronc, bronco
+sheep: lamb, ram, goat, ewe
+cow: cattle, oxen, ox, calf, holstein, heifer, buffalo, bull, zebu, bison
+elephant:
+bear: panda
+zebra:
+giraffe:
+backpack: knapsack
+umbrella:
+handbag: wallet, purse, briefcase
+tie: bow, bow tie
+suitcase: suit case, luggage
+frisbee:
+skis: ski
+snowboard:
+sports ball: ball
+kite:
+baseball bat:
+baseball glove:
+skateboard:
+surfboard: longboard, skimboard, shortboard, wakeboard
+tennis racket: racket
+bottle:
+wine glass:
+cup:
+fork:
+knife: pocketknife, knive
+spoon:
+bowl: container
+banana:
+apple:
+sandwich: burger, sub, cheeseburger, hamburger
+orange:
+broccoli:
+carrot:
+hot dog:
+pizza:
+donut: doughnut, bagel
+cake: cheesecake, cupcake, shortcake, coffeecake, pancake
+chair: seat, stool
+couch: sofa, recliner, futon, loveseat, settee, chesterfield
+potted plant: houseplant
+bed:
+dining table: table, desk
+toilet: urinal, commode, lavatory, potty
+tv: monitor, televison, television
+laptop: computer, notebook, netbook, lenovo, macbook, laptop computer
+mouse:
+remote:
+keyboard:
+cell phone: mobile phone, phone, cellphone, telephone, phon, smartphone, iphone
+microwave:
+oven: stovetop, stove, stove top oven
+toaster:
+sink:
+refrigerator: fridge, freezer
+book:
+clock:
+vase:
+scissors:
+teddy bear: teddybear
+hair drier: hairdryer
+toothbrush:
+"""
+)
 
-COLOUR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown",
-                "black", "white", "grey", "gray", "silver", "gold")
+COLOUR_WORDS = words(
+    """
+    red orange yellow green blue purple pink brown black white grey gray silver gold
+    """
+)
 SIZE_WORDS = ("small", "large", "big", "little", "tiny", "huge")
-SPATIAL_WORDS = {
-    "left of": "left", "to the left of": "left", "right of": "right",
-    "to the right of": "right", "above": "above", "over": "above", "below": "below",
-    "under": "below", "beneath": "below", "on top of": "on", "on": "on", "in": "in",
-    "inside": "in", "next to": "beside", "beside": "beside", "near": "near",
-    "behind": "behind", "in front of": "front",
-}
+SPATIAL_WORDS = pairs(
+    """
+    left of: left, to the left of: left, right of: right, to the right of: right, above: above,
+    over: above, below: below, under: below, beneath: below, on top of: on, on: on, in: in,
+    inside: in, next to: beside, beside: beside, near: near, behind: behind, in front of: front
+    """
+)
 
 
 def _coco() -> Lexicon:
@@ -358,8 +374,12 @@ def parse_caption(caption: str, lexicon=None) -> tuple[list[Mention], list[Relat
     relations = [
         Relation(a, rel[1], b)
         for a, rel, b in zip(items, items[1:], items[2:], strict=False)
-        if isinstance(a, Mention) and isinstance(b, Mention) and isinstance(rel, tuple)
-        and rel[0] == "relation" and a.end == rel[2] and rel[3] == b.start
+        if isinstance(a, Mention)
+        and isinstance(b, Mention)
+        and isinstance(rel, tuple)
+        and rel[0] == "relation"
+        and a.end == rel[2]
+        and rel[3] == b.start
     ]
     return mentions, relations
 

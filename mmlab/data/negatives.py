@@ -13,22 +13,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmlab.data.lexicons import COCO_SYNONYMS, COLOUR_WORDS, plural
+from mmlab.data.lexicons import COCO_SYNONYMS, COLOUR_WORDS, pairs, plural, words
 
 MATCH_COLUMNS = ("match_caption", "match_label", "match_kind")
 EASY = "other_image"
 HARD_KINDS = ("colour", "count", "object", "spatial")
 
 # Nouns common in photo captions that are no COCO category, to widen the object list.
-SCENE_NOUNS = ("tree", "building", "wall", "sky", "field", "road", "street", "beach", "water",
-               "flower", "plate", "box", "flag", "hat", "helmet", "shirt", "window", "door",
-               "rock", "stone", "coin", "ball", "tower", "camera", "bag", "glass", "house",
-               "mountain", "snow", "grass", "fence", "sign", "light", "leaf", "eye", "face")
-COUNT_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-               "several", "many")
-SPATIAL_OPPOSITES = {"left": "right", "above": "below", "over": "under", "top": "bottom",
-                     "front": "behind", "inside": "outside", "up": "down", "near": "far",
-                     "on": "under", "in": "outside", "beside": "behind"}
+SCENE_NOUNS = words(
+    """
+    tree building wall sky field road street beach water flower plate box flag hat helmet shirt
+    window door rock stone coin ball tower camera bag glass house mountain snow grass fence sign
+    light leaf eye face
+    """
+)
+COUNT_WORDS = words("one two three four five six seven eight nine ten several many")
+SPATIAL_OPPOSITES = pairs(
+    """
+    left: right, above: below, over: under, top: bottom, front: behind, inside: outside,
+    up: down, near: far, on: under, in: outside, beside: behind
+    """
+)
 
 
 def _single_words(names: Iterable[str]) -> tuple[str, ...]:

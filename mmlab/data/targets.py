@@ -30,16 +30,34 @@ def _has_circle_xor_sideways(row: dict) -> str:
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("motion", "which way does the scene move?", "video (its time axis)",
-               ("motion",), lambda row: row["motion"]),
-        Target("first_shape", "what shape is the first object?", "image, text, audio",
-               ("first_shape",), lambda row: row["first_shape"]),
-        Target("first_colour", "what colour is the first object?", "image, text, audio",
-               ("first_colour",), lambda row: row["first_colour"]),
-        Target("circle_xor_sideways",
-               "does the scene move sideways exactly when it holds a circle?",
-               "video (motion) with image, text or audio (the circle)",
-               ("objects", "motion"), _has_circle_xor_sideways),
+        Target(
+            "motion",
+            "which way does the scene move?",
+            "video (its time axis)",
+            ("motion",),
+            lambda row: row["motion"],
+        ),
+        Target(
+            "first_shape",
+            "what shape is the first object?",
+            "image, text, audio",
+            ("first_shape",),
+            lambda row: row["first_shape"],
+        ),
+        Target(
+            "first_colour",
+            "what colour is the first object?",
+            "image, text, audio",
+            ("first_colour",),
+            lambda row: row["first_colour"],
+        ),
+        Target(
+            "circle_xor_sideways",
+            "does the scene move sideways exactly when it holds a circle?",
+            "video (motion) with image, text or audio (the circle)",
+            ("objects", "motion"),
+            _has_circle_xor_sideways,
+        ),
     )
 }
 
