@@ -225,7 +225,8 @@ class SearchRun(runner.BatchRun):
         self.parent = ""
         self.study: Any = None
         self.lock: Any = None
-        self.budget = 0
+        self.budget = 0  # trials still to ask in this invocation
+        self.planned = 0  # trials this invocation runs
 
     # ----- the study and its parent run
     def open(self) -> None:
@@ -255,13 +256,11 @@ class SearchRun(runner.BatchRun):
         for trial in self.study.get_trials(deepcopy=False, states=(stale,)):
             self.study.tell(trial.number, state=self.optuna.trial.TrialState.FAIL)
             run_id = trial.user_attrs.get(RUN_ATTR)
-            if run_id:
-                run = tracking.retry(client.get_run, run_id)
-                if run.info.status == "RUNNING":
-                    tracking.retry(client.set_terminated, run_id, "KILLED")
+            if run_id:  # KILLED even if its orphaned kernel ended it FINISHED: it never counted
+                tracking.retry(client.set_terminated, run_id, "KILLED")
                 tracking.retry(client.set_tag, run_id, STATE_TAG, "FAIL")
         done = self._count(("COMPLETE", "PRUNED"))
-        self.budget = max(0, self.target - done)
+        self.budget = self.planned = max(0, self.target - done)
         self.parent = self._parent(client)
 
     def _count(self, states: tuple[str, ...]) -> int:
@@ -326,7 +325,7 @@ class SearchRun(runner.BatchRun):
         return params, {"mmlab.code_hash": key["mmlab.code_hash"]}, experiment
 
     def width(self) -> int:
-        return self.target
+        return self.planned or self.target
 
     def run_tags(self, result: runner.Result) -> dict[str, str]:
         return {
