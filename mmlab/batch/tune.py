@@ -26,13 +26,13 @@ study; kernels know nothing of Optuna.
   on another machine (a Ray cluster) cannot be interrupted: there it runs to the end and is
   told COMPLETE.
 - **Resume.** The study lives in Optuna's RDB storage: a SQLite file `optuna.db` beside the
-  workspace's `mlflow.db` (with a tracking server, in the workspace), or `MMLAB_OPTUNA_STORAGE`.
-  Its name holds a hash of the search's definition, the trials' shared parameters and the
-  notebook, so a changed search starts a new study (a change elsewhere in mmlab does not). A search holds a claim on its study; trials a killed
-  search left RUNNING are therefore stale, told FAIL (their runs KILLED) and not counted: the
-  next start runs what `trials` still lacks beyond the COMPLETE and PRUNED ones. A trial that
-  fails counts for the invocation that ran it (a broken notebook does not loop), not for the
-  next one, which runs it again."""
+  workspace's `mlflow.db` (with a tracking server, in the workspace), or `MMLAB_OPTUNA_STORAGE`. Its
+  name holds a hash of the search's definition, the trials' shared parameters and the notebook, so a
+  changed search starts a new study (a change elsewhere in mmlab does not). A search holds a claim
+  on its study; trials a killed search left RUNNING are therefore stale, told FAIL (their runs
+  KILLED) and not counted: the next start runs what `trials` still lacks beyond the COMPLETE and
+  PRUNED ones. A trial that fails counts for the invocation that ran it (a broken notebook does not
+  loop), not for the next one, which runs it again."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ from mmlab import tracking
 from mmlab.batch import config, executors, job, runner
 from mmlab.batch import view as batch_view
 from mmlab.batch.config import Batch, BatchError, Execution, SearchSpec
-from mmlab.core import workspace
+from mmlab.core import extras, workspace
 
 STORAGE_ENV = "MMLAB_OPTUNA_STORAGE"
 SEARCH_TAG = "mmlab.search"  # the study's name, on the parent and on every trial's run
@@ -62,14 +62,9 @@ RUN_ATTR = "mlflow_run_id"  # the study's (parent) and each trial's MLflow run, 
 
 def _optuna():
     try:
-        import optuna
-    except ModuleNotFoundError as error:
-        if error.name != "optuna":
-            raise
-        raise BatchError(
-            "a search needs optuna, which is not installed: pip install 'mmlab[tune]' "
-            "(or 'mmlab[all]', as `make setup` does)"
-        ) from None
+        optuna = extras.require("optuna", "a search")
+    except extras.MissingExtra as error:
+        raise BatchError(str(error)) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
