@@ -24,12 +24,7 @@ class Command:
     handler: Callable[[argparse.Namespace], int]
 
 
-def _run_arguments(p: argparse.ArgumentParser) -> None:
-    from mmlab.batch import executors
-
-    p.add_argument("params", type=Path, help="batch file (YAML)")
-    p.add_argument("--jobs", "-j", type=int, default=None, help="parallel executions (cores)")
-    p.add_argument("--only", action="append", default=[], metavar="STAGE", help="run one stage")
+def _set_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         action="append",
@@ -38,13 +33,16 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         dest="overrides",
         help="override a parameter (key=value, or stage.key=value)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the expanded plan only")
-    p.add_argument("--force", action="store_true", help="re-run executions found in the cache")
+
+
+def _executor_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    from mmlab.batch import executors
+
     p.add_argument(
         "--executor",
         default="local",
         choices=executors.names(),
-        help="where executions run: local processes (default) or Ray tasks",
+        help=f"where {what} run: local processes (default) or Ray tasks",
     )
     p.add_argument(
         "--address",
@@ -54,106 +52,76 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _run(args: argparse.Namespace) -> int:
-    from mmlab import tracking
-    from mmlab.batch import runner
-    from mmlab.batch.config import BatchError
-    from mmlab.batch.executors import ExecutorError
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("params", type=Path, help="batch file (YAML)")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="parallel executions (cores)")
+    p.add_argument("--only", action="append", default=[], metavar="STAGE", help="run one stage")
+    _set_argument(p)
+    p.add_argument("--dry-run", action="store_true", help="print the expanded plan only")
+    p.add_argument("--force", action="store_true", help="re-run executions found in the cache")
+    _executor_arguments(p, "executions")
 
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: expected at least 1")
-    try:
-        report = runner.run(
-            args.params,
-            jobs=args.jobs,
-            only=args.only,
-            overrides=args.overrides,
-            force=args.force,
-            dry_run=args.dry_run,
-            executor=args.executor,
-            executor_options={"address": args.address},
-        )
-    except (BatchError, ExecutorError) as error:
-        raise UsageError(str(error)) from None
-    except tracking.TrackingServerError as error:
-        print(f"mmlab run: error: {error}", file=sys.stderr)
-        return 1
-    return 0 if report is None or report.ok else 1
+
+def _run(args: argparse.Namespace) -> int:
+    return _run_batch(args, only=args.only, force=args.force)
 
 
 def _tune_arguments(p: argparse.ArgumentParser) -> None:
-    from mmlab.batch import executors
-
     p.add_argument("params", type=Path, help="batch file (YAML)")
     p.add_argument("stage", help="the stage with a `search:` block to run (or resume)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="trials at once (cores)")
     p.add_argument(
         "--trials", type=int, default=None, help="trials in all (default: the block's `trials`)"
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override a parameter (key=value, or stage.key=value)",
-    )
+    _set_argument(p)
     p.add_argument("--dry-run", action="store_true", help="print the search's plan only")
-    p.add_argument(
-        "--executor",
-        default="local",
-        choices=executors.names(),
-        help="where trials run: local processes (default) or Ray tasks",
-    )
-    p.add_argument(
-        "--address",
-        default=None,
-        metavar="auto|ray://HOST:10001",
-        help="--executor ray: the cluster to use (default: start a local instance)",
-    )
+    _executor_arguments(p, "trials")
 
 
 def _tune(args: argparse.Namespace) -> int:
     """A search stage and the stages it needs, as `mmlab run --only STAGE` would run them."""
+    return _run_batch(args, only=[args.stage], trials=args.trials)
+
+
+def _run_batch(args: argparse.Namespace, **options) -> int:
+    """`runner.run` for `mmlab run` and `mmlab tune`; its errors as the command's."""
     from mmlab import tracking
-    from mmlab.batch import config, runner
+    from mmlab.batch import config, runner, tune
     from mmlab.batch.config import BatchError
     from mmlab.batch.executors import ExecutorError
 
     for flag in ("jobs", "trials"):
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise UsageError(f"--{flag} {value}: expected at least 1")
     try:
-        batch = config.load(args.params, list(args.overrides))
-        if args.stage not in batch.searches:
-            searches = ", ".join(batch.searches) or "none"
-            raise BatchError(
-                f"{args.params}: stage {args.stage!r} has no 'search' block "
-                f"(stages with one: {searches})"
-            )
+        if args.command == "tune":  # else the runner would run the stage as a plain one
+            tune.require_search(config.load(args.params, list(args.overrides)), args.stage)
         report = runner.run(
             args.params,
             jobs=args.jobs,
-            only=[args.stage],
             overrides=args.overrides,
             dry_run=args.dry_run,
             executor=args.executor,
             executor_options={"address": args.address},
-            trials=args.trials,
+            **options,
         )
     except (BatchError, ExecutorError) as error:
         raise UsageError(str(error)) from None
     except tracking.TrackingServerError as error:
-        print(f"mmlab tune: error: {error}", file=sys.stderr)
+        print(f"mmlab {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0 if report is None or report.ok else 1
 
 
-def _ui_arguments(p: argparse.ArgumentParser) -> None:
+def _host_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
+
+
+def _ui_arguments(p: argparse.ArgumentParser) -> None:
+    _host_argument(p)
     p.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
 
 
@@ -255,9 +223,7 @@ def _caption(args: argparse.Namespace) -> int:
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="models:/mmlab-captioner@champion", help=MODEL_HELP)
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
-    )
+    _host_argument(p)
     p.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
 
 
@@ -360,9 +326,7 @@ def _server_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR|s3://BUCKET/PATH",
         help="where the server stores artifacts (default: .mmlab/artifacts)",
     )
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
-    )
+    _host_argument(p)
     p.add_argument("--port", type=int, default=5000, help="port, 0 for a free one (default: 5000)")
     p.add_argument(
         "--auth",

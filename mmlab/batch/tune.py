@@ -507,6 +507,14 @@ class SearchRun(runner.BatchRun):
                 tracking.retry(client.log_artifact, self.parent, str(path), "search")
 
 
+def require_search(batch: Batch, stage: str) -> None:
+    if stage not in batch.searches:
+        searches = ", ".join(batch.searches) or "none"
+        raise BatchError(
+            f"{batch.path}: stage {stage!r} has no 'search' block (stages with one: {searches})"
+        )
+
+
 def search(
     batch: Batch,
     stage: str,
@@ -520,11 +528,7 @@ def search(
     upstream: dict[str, str] | None = None,
 ) -> SearchReport:
     """Run (or resume) the search of `stage`; `upstream`: run ids of the stages it needs."""
-    if stage not in batch.searches:
-        searches = ", ".join(batch.searches) or "none"
-        raise BatchError(
-            f"{batch.path}: stage {stage!r} has no 'search' block (stages with one: {searches})"
-        )
+    require_search(batch, stage)
     view = view or batch_view.PlainView(out)
     return SearchRun(
         batch, stage, jobs, executor, out, view, executor_options, trials, upstream
