@@ -134,6 +134,13 @@ def logged_parameters(execution: Execution, params: dict[str, Any]) -> dict[str,
     return {**parameters_cell.defaults(execution.notebook), **params}
 
 
+def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Log `params` (flattened) to the run, 100 a call: MLflow takes no more at once."""
+    items = [Param(k, v) for k, v in tracking.flatten(params).items()]
+    for i in range(0, len(items), 100):
+        tracking.retry(client.log_batch, run_id, params=items[i : i + 100])
+
+
 def find_cached(experiment: str, key: dict[str, str]) -> str | None:
     """The newest FINISHED run of this notebook with this resume key."""
     client = tracking.client()
@@ -292,27 +299,18 @@ class BatchRun:
         params, key, experiment = self.identity(result)
         output = self.output(execution)
         tags = {
-            "mmlab.batch": self.batch.name,
-            "mmlab.batch_id": self.batch_id,
-            "mmlab.stage": execution.stage,
+            **self.base_tags(execution),
             "mmlab.execution": execution.name,
-            tracking.NOTEBOOK_TAG: execution.notebook.stem,
-            "mmlab.notebook_path": relative(execution.notebook),
             "mmlab.output": relative(output),
-            "mmlab.git_commit": self.commit,
             "mmlab.git_dirty": str(self.dirty).lower(),
             **key,
-            "mlflow.source.name": relative(execution.notebook),
             "mlflow.source.git.commit": self.commit,
             **self.run_tags(result),
         }
         client = tracking.client()
         run = tracking.retry(client.create_run, experiment, run_name=execution.label, tags=tags)
         result.run_id = run.info.run_id
-        flat = tracking.flatten(logged_parameters(execution, params))
-        items = [Param(k, v) for k, v in flat.items()]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters a call
-            tracking.retry(client.log_batch, run.info.run_id, params=items[i : i + 100])
+        log_params(client, run.info.run_id, logged_parameters(execution, params))
         result.progress = Path(tempfile.mkdtemp(prefix="mmlab-progress-"))
         # the cores are shared by the kernels that can run at once: never more than there are
         threads = str(kernel_threads(min(self.jobs, self.width())))
@@ -336,6 +334,18 @@ class BatchRun:
             execution.timeout,
             execution.resources,
         )
+
+    def base_tags(self, execution: Execution) -> dict[str, str]:
+        """The tags of every run this batch creates (an execution's, a search's parent)."""
+        return {
+            "mmlab.batch": self.batch.name,
+            "mmlab.batch_id": self.batch_id,
+            "mmlab.stage": execution.stage,
+            tracking.NOTEBOOK_TAG: execution.notebook.stem,
+            "mmlab.notebook_path": relative(execution.notebook),
+            "mmlab.git_commit": self.commit,
+            "mlflow.source.name": relative(execution.notebook),
+        }
 
     def width(self) -> int:
         """Executions this run may hold at once, at most (with `--jobs`, the kernels' threads)."""

@@ -111,21 +111,25 @@ def _curve(client: Any, run_id: str, metric: str) -> dict[int, float]:
     return {m.step: m.value for m in tracking.retry(client.get_metric_history, run_id, metric)}
 
 
-def curve(run_id: str, metric: str) -> dict[int, float]:
-    """`metric` by step in the run, else the mean by step over its child runs."""
-    client = tracking.client()
-    own = _curve(client, run_id, metric)
-    if own:
-        return own
+def _child_curves(client: Any, run_id: str, metric: str) -> list[dict[int, float]]:
     run = tracking.retry(client.get_run, run_id)
     children = tracking.retry(
         client.search_runs,
         [run.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'",
     )
+    return [_curve(client, child.info.run_id, metric) for child in children]
+
+
+def curve(run_id: str, metric: str) -> dict[int, float]:
+    """`metric` by step in the run, else the mean by step over its child runs."""
+    client = tracking.client()
+    own = _curve(client, run_id, metric)
+    if own:
+        return own
     by_step: dict[int, list[float]] = {}
-    for child in children:
-        for step, value in _curve(client, child.info.run_id, metric).items():
+    for child in _child_curves(client, run_id, metric):
+        for step, value in child.items():
             by_step.setdefault(step, []).append(value)
     return {step: sum(v) / len(v) for step, v in sorted(by_step.items())}
 
@@ -138,17 +142,7 @@ def objective(run_id: str, search: SearchSpec) -> float | None:
     own = _curve(client, run_id, search.metric)
     if own:
         return best(own.values())
-    run = tracking.retry(client.get_run, run_id)
-    children = tracking.retry(
-        client.search_runs,
-        [run.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'",
-    )
-    values = [
-        best(c.values())
-        for c in (_curve(client, child.info.run_id, search.metric) for child in children)
-        if c
-    ]
+    values = [best(c.values()) for c in _child_curves(client, run_id, search.metric) if c]
     return sum(values) / len(values) if values else None
 
 
@@ -274,15 +268,9 @@ class SearchRun(runner.BatchRun):
                 return run_id
         experiment = tracking.experiment_id(self.template.notebook.stem)
         tags = {
-            "mmlab.batch": self.batch.name,
-            "mmlab.batch_id": self.batch_id,
-            "mmlab.stage": self.stage,
+            **self.base_tags(self.template),
             SEARCH_TAG: self.name,
             "mmlab.search_storage": shown(self.storage),
-            tracking.NOTEBOOK_TAG: self.template.notebook.stem,
-            "mmlab.notebook_path": runner.relative(self.template.notebook),
-            "mmlab.git_commit": self.commit,
-            "mlflow.source.name": runner.relative(self.template.notebook),
         }
         run = tracking.retry(
             client.create_run, experiment, run_name=f"{self.stage}-search", tags=tags
@@ -300,13 +288,9 @@ class SearchRun(runner.BatchRun):
                 f"search.space.{k}": json.dumps(s.model_dump(exclude_defaults=True))
                 for k, s in self.search.parameters.items()
             },
-            **tracking.flatten(self.base),
+            **self.base,
         }
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in settings.items()]
-        for i in range(0, len(items), 100):
-            tracking.retry(client.log_batch, run.info.run_id, params=items[i : i + 100])
+        runner.log_params(client, run.info.run_id, settings)
         self.study.set_user_attr(RUN_ATTR, run.info.run_id)
         return run.info.run_id
 
