@@ -20,20 +20,21 @@ from typing import Any
 
 import nbformat
 
+# in this order: a bool is an int too
+KINDS = (
+    (type(None), "none"),
+    (bool, "true/false"),
+    ((int, float), "a number"),
+    (str, "a text"),
+    ((list, tuple), "a list"),
+    (dict, "a mapping"),
+)
+
 
 def _kind(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a text"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
+    for types, kind in KINDS:
+        if isinstance(value, types):
+            return kind
     return type(value).__name__
 
 
@@ -95,20 +96,13 @@ def value_problem(value: Any, default: Any, comment: str = "") -> str | None:
 # --------------------------------------------------------------------------- registry names
 
 
-def _split_name(spec: Any) -> tuple[str | None, dict[str, Any] | None]:
+def _member_problems(registry: Any, spec: Any, where: str) -> list[str]:
     from mmlab.features.registry import parse_encoder
 
     try:
         name, options = parse_encoder(spec)
     except ValueError as error:
-        return None, {"error": str(error)}
-    return name, options
-
-
-def _member_problems(registry: Any, spec: Any, where: str) -> list[str]:
-    name, options = _split_name(spec)
-    if name is None:
-        return [f"{where}: {options['error']}"]  # type: ignore[index]
+        return [f"{where}: {error}"]
     if name not in registry:
         return [
             f"{where}: unknown {registry.kind} {name!r}; valid names: {', '.join(registry.names())}"

@@ -297,14 +297,11 @@ def _stage_order(path: Path, stages: dict[str, StageSpec]) -> list[str]:
     return order
 
 
-def _expand(stage: StageSpec) -> list[tuple[str | None, dict[str, Any]]]:
-    """(name, grid combination) pairs; a stage without a grid has a single unnamed one."""
-    if not stage.grid:
+def _expand(grid: dict[str, list[Any]]) -> list[tuple[str | None, dict[str, Any]]]:
+    """(name, grid combination) pairs; no grid has a single unnamed one."""
+    if not grid:
         return [(None, {})]
-    keys = list(stage.grid)
-    combos = [
-        dict(zip(keys, values, strict=True)) for values in itertools.product(*stage.grid.values())
-    ]
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     return [(",".join(f"{k}={_slug(v)}" for k, v in c.items()), c) for c in combos]
 
 
@@ -441,13 +438,11 @@ def _build(
             continue
         notebooks[name] = found
         for source, keys in (("parameters", stage.parameters), ("grid", stage.grid)):
-            for key in keys:
-                if key not in defined[name]:
-                    problems.append(
-                        f"{path}: stage {name!r}: key '{source}.{key}': {stage.notebook} does "
-                        f"not define {key!r} in its parameters cell "
-                        f"(it defines: {', '.join(sorted(defined[name])) or 'nothing'})"
-                    )
+            problems += [
+                _undefined(path, name, source, key, stage.notebook, defined[name])
+                for key in keys
+                if key not in defined[name]
+            ]
         problems += _value_problems(path, name, stage, found, defined[name], spec, overrides)
     every_notebook_read = complete and len(defined) == len(spec.stages)
     if every_notebook_read:  # else a key may be defined by a notebook that could not be read
@@ -477,20 +472,19 @@ def _build(
         grid = {k: v for k, v in stage.grid.items() if k not in mine}  # --set pins a grid axis
         base = {k: v for k, v in spec.defaults.items() if k in defined[name]}
         base.update(stage.parameters)
-        runs = []
-        for combo_name, combo in _expand(StageSpec(notebook=stage.notebook, grid=grid)):
-            params = {**base, **combo, **mine}
-            runs.append(
-                Execution(
-                    name,
-                    combo_name or name,
-                    notebooks[name],
-                    params,
-                    tuple(stage.needs),
-                    stage.timeout,
-                    Resources(stage.resources.cpus, stage.resources.gpus),
-                )
+        resources = Resources(stage.resources.cpus, stage.resources.gpus)
+        runs = [
+            Execution(
+                name,
+                combo_name or name,
+                notebooks[name],
+                {**base, **combo, **mine},
+                tuple(stage.needs),
+                stage.timeout,
+                resources,
             )
+            for combo_name, combo in _expand(grid)
+        ]
         stages[name] = runs
         for ref in sorted({r for run in runs for r in run.references()}):
             if ref not in stage.needs:
@@ -535,6 +529,13 @@ def _search_shape(
     return problems
 
 
+def _undefined(path: Path, name: str, where: str, key: str, notebook: str, defined: set) -> str:
+    return (
+        f"{path}: stage {name!r}: key '{where}.{key}': {notebook} does not define {key!r} in its "
+        f"parameters cell (it defines: {', '.join(sorted(defined)) or 'nothing'})"
+    )
+
+
 def _value_problems(
     path: Path,
     name: str,
@@ -571,14 +572,12 @@ def _value_problems(
             found = []
         problems += [f"{path}: stage {name!r}: {p}" for p in found]
     for key, space in (stage.search.parameters if stage.search else {}).items():
-        label = f"key 'search.parameters.{key}'"
         if key not in defined:
             problems.append(
-                f"{path}: stage {name!r}: {label}: {stage.notebook} does not define {key!r} in "
-                f"its parameters cell (it defines: {', '.join(sorted(defined)) or 'nothing'})"
+                _undefined(path, name, "search.parameters", key, stage.notebook, defined)
             )
             continue
         problem = checks.value_problem(space.example(), defaults.get(key), notes.get(key, ""))
         if problem:
-            problems.append(f"{path}: stage {name!r}: {label}: {problem}")
+            problems.append(f"{path}: stage {name!r}: key 'search.parameters.{key}': {problem}")
     return problems

@@ -51,23 +51,6 @@ def _error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[-1] if text else ''}"
 
 
-def _kernel_seconds(nb: Any) -> float:
-    total = 0.0
-    for cell in nb.cells:
-        pm = cell.get("metadata", {}).get("papermill", {})
-        total += pm.get("duration") or 0.0
-    return total
-
-
-def _render_html(notebook: Path, html: Path) -> None:
-    import nbconvert
-    import nbformat
-
-    body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
-    with workspace.atomic_path(html) as tmp:
-        tmp.write_text(body, encoding="utf-8")
-
-
 @contextlib.contextmanager
 def _stderr_to(log: Path):
     """Send this process's stderr (and so the kernel's: warnings, a dying kernel's last words)
@@ -196,7 +179,11 @@ def execute(job: Job) -> Outcome:
     client = MlflowClient(job.tracking_uri)
     attached = [job.output, log]
     try:
-        _render_html(job.output, html)
+        import nbconvert
+
+        body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+        with workspace.atomic_path(html) as tmp:
+            tmp.write_text(body, encoding="utf-8")
         attached.insert(0, html)
     except Exception as raised:  # a rendering problem must not hide the run's own result
         error = error or raised
@@ -213,7 +200,9 @@ def execute(job: Job) -> Outcome:
         ok=error is None,
         error=_error_line(error) if error else "",
         seconds=time.perf_counter() - start,
-        kernel_seconds=_kernel_seconds(nb),
+        kernel_seconds=sum(
+            c.get("metadata", {}).get("papermill", {}).get("duration") or 0.0 for c in nb.cells
+        ),
     )
 
 

@@ -186,6 +186,13 @@ def select(batch: Batch, only: list[str]) -> set[str]:
     return chosen
 
 
+def server_stopped(lost: str) -> str:
+    reason = tracking.why_unreachable(lost)
+    return f"the tracking server {tracking.tracking_uri()} stopped answering" + (
+        f" ({reason})" if reason else ""
+    )
+
+
 def kernel_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
@@ -359,11 +366,7 @@ class BatchRun:
         """The tracking server stopped answering: start nothing more; what runs is recorded if it returns."""
         if not self.lost:
             self.lost = str(error).strip() or "no answer"
-            reason = tracking.why_unreachable(self.lost)
-            self.view.line(
-                f"the tracking server {tracking.tracking_uri()} stopped answering"
-                f"{f' ({reason})' if reason else ''}: no new executions start"
-            )
+            self.view.line(f"{server_stopped(self.lost)}: no new executions start")
         for result in self.results:
             if result.status == "pending":
                 result.status, result.error = "skipped", "not started: no tracking server"
@@ -580,11 +583,11 @@ def run(
     if dry_run:
         plan(batch, list(only), out, trials)
         return None
+    from mmlab.batch import tune  # it imports this module
+
     chosen = select(batch, list(only))
     searches = [s for s in batch.stages if s in batch.searches and s in chosen]
     if searches:
-        from mmlab.batch import tune
-
         tune.require()  # before the first execution, not after the stages a search needs
     interactive = out is print and sys.stdout.isatty()
     view = batch_view.create(out, interactive, progress_every)
@@ -607,13 +610,8 @@ def run(
                 view.line(
                     f"search {stage!r} not started: it needs {', '.join(failed)}, which failed"
                 )
-                report.results.append(
-                    Result(
-                        batch.stages[stage][0],
-                        "skipped",
-                        error=f"needs {failed[0]!r}, which failed",
-                    )
-                )
+                error = f"needs {failed[0]!r}, which failed"
+                report.results.append(Result(batch.stages[stage][0], "skipped", error=error))
                 continue
             found = tune.search(
                 batch,
@@ -630,20 +628,12 @@ def run(
             report.results += found.results
     finally:
         view.close()
-    for line in summary(report):
+    for line in summary(report) + [n for found in report.searches for n in tune.summary(found)]:
         out(line)
-    if report.searches:
-        from mmlab.batch import tune
-
-        for found in report.searches:
-            for line in tune.summary(found):
-                out(line)
     if report.lost:
         unfinished = sum(not r.ok for r in report.results)
-        reason = tracking.why_unreachable(report.lost)
         out(
-            f"the tracking server {tracking.tracking_uri()} stopped answering"
-            f"{f' ({reason})' if reason else ''}: {unfinished} executions did not "
+            f"{server_stopped(report.lost)}: {unfinished} executions did not "
             f"finish. Start it again (`make server`, or ask whoever runs it) and rerun the "
             f"same command: executions FINISHED in its store are taken from the cache, the "
             f"rest run again."

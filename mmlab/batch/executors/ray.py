@@ -24,22 +24,12 @@ import mmlab
 from mmlab.batch.job import ExecutorError, Job, Outcome, safe_execute
 from mmlab.core import progress, workspace
 
-# What workers do not need (gitignore patterns; a leading "/" keeps `/data/` off `mmlab/data`).
-EXCLUDES = [
-    "/.git",  # a folder in a clone, a file in a worktree
-    ".venv*/",
-    "/runs/",
-    "/mlruns/",
-    "/mlartifacts/",
-    "/mlflow.db*",
-    "/optuna.db*",  # searches' studies (mmlab.batch.tune)
-    "/data/",
-    "/cache/",
-    "/.pgdata/",
-    "__pycache__/",
-    ".ipynb_checkpoints/",
-    "*.pyc",
-]
+# What workers do not need (gitignore patterns; a leading "/" keeps `/data/` off `mmlab/data`):
+# `/.git` is a folder in a clone, a file in a worktree; `/optuna.db*` holds searches' studies.
+EXCLUDES = (
+    "/.git .venv*/ /runs/ /mlruns/ /mlartifacts/ /mlflow.db* /optuna.db* /data/ /cache/ "
+    "/.pgdata/ __pycache__/ .ipynb_checkpoints/ *.pyc"
+).split()
 # The files `execute` leaves beside the executed notebook, shipped back to the driver.
 OUTPUT_SUFFIXES = (".ipynb", ".html", ".log")
 
