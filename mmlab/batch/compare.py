@@ -24,6 +24,7 @@ SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 # Costs follow the machine's load, not what was learnt: never compared across batches.
 COST = re.compile(r"seconds|per_s|latency|n_parameters|epoch|^dim\.|memory|bytes|_size$")
 OBSERVATION_COLUMNS = ["section", "key", "metric", "batch", "value"]
+CHANGE_COLUMNS = ["section", "key", "metric", "batch", "baseline", "delta", "verdict"]
 
 
 class BatchNotFound(LookupError):
@@ -40,6 +41,7 @@ class Batch:
 
     def describe(self) -> dict:
         runs = self.runs
+        commits = {str(c)[:10] for c in _column(runs, "mmlab.git_commit")}
         return {
             "batch": self.label,
             "by": self.kind,
@@ -47,9 +49,7 @@ class Batch:
             "runs": len(runs),
             "stages": ", ".join(sorted(runs["tags.mmlab.stage"].unique())),
             "started": str(runs["start_time"].min())[:19],
-            "git commit": ", ".join(
-                sorted({str(c)[:10] for c in _column(runs, "mmlab.git_commit")})
-            ),
+            "git commit": ", ".join(sorted(commits)),
         }
 
 
@@ -105,11 +105,9 @@ def resolve_one(spec: str) -> Batch:
         execution = _column(runs, "mmlab.notebook") + "/" + _column(runs, "mmlab.execution")
         return Batch(spec, "name", runs[~execution.duplicated()].reset_index(drop=True))
     names, ids = known_batches()
-    known = (
-        f"batch names: {', '.join(names)}; newest ids: {', '.join(ids)}"
-        if names
-        else ("the store has no batch runs yet: run one with `mmlab run params/smoke.yaml`")
-    )
+    known = "the store has no batch runs yet: run one with `mmlab run params/smoke.yaml`"
+    if names:
+        known = f"batch names: {', '.join(names)}; newest ids: {', '.join(ids)}"
     raise BatchNotFound(
         f"batch {spec!r}: no FINISHED runs tagged {BATCH_TAG} or {BATCH_ID_TAG} = {spec!r} "
         f"in {tracking.tracking_uri()} ({known})"
@@ -156,10 +154,6 @@ def _with_config(row: pd.Series, key: str) -> str:
 
 def _children(parent: pd.Series) -> pd.DataFrame:
     return _search(f"tags.mlflow.parentRunId = '{parent['run_id']}'")
-
-
-def _history(run_id: str, metric: str) -> list:
-    return tracking.retry(tracking.client().get_metric_history, run_id, metric)
 
 
 def read_fusion(runs: pd.DataFrame) -> list[tuple[str, str, float]]:
@@ -211,7 +205,8 @@ def read_captions(runs: pd.DataFrame) -> list[tuple[str, str, float]]:
         decoder = _decoder(run)
         for name, value in _metrics(run).items():
             if name.startswith("test_") and not name.endswith("_best"):
-                for point in _history(run["run_id"], name):
+                history = tracking.client().get_metric_history
+                for point in tracking.retry(history, run["run_id"], name):
                     key = f"{decoder} beam {point.step}"
                     rows.append((_with_config(run, key), name[len("test_") :], point.value))
             elif name.startswith("human_"):
@@ -309,9 +304,7 @@ def changes(summary: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
     """Every batch after the first against the first: delta of the means and the verdict."""
     rows = []
     if len(labels) < 2 or summary.empty:
-        return pd.DataFrame(
-            columns=["section", "key", "metric", "batch", "baseline", "delta", "verdict"]
-        )
+        return pd.DataFrame(columns=CHANGE_COLUMNS)
     by = {(r.section, r.key, r.metric, r.batch): r for _, r in summary.iterrows()}
     keys = list(dict.fromkeys((r.section, r.key, r.metric) for r in summary.itertuples()))
     baseline = labels[0]
@@ -323,8 +316,7 @@ def changes(summary: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
                 other["mean"] - base["mean"] if base is not None and other is not None else math.nan
             )
             rows.append((section, key, metric, label, baseline, delta, verdict(base, other)))
-    columns = ["section", "key", "metric", "batch", "baseline", "delta", "verdict"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=CHANGE_COLUMNS)
 
 
 @dataclass

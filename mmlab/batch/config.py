@@ -257,19 +257,13 @@ def parse_override(text: str) -> tuple[str | None, str, Any]:
     return (stage or None), key, yaml.safe_load(raw) if raw else ""
 
 
-def _search_folders(batch_dir: Path) -> list[Path]:
-    """Where a relative notebook path is looked up: the batch file's folder and those above it,
-    then the workspace it is run from."""
-    folders = [batch_dir, *batch_dir.parents]
-    here = workspace.root()
-    return folders + ([here] if here not in folders else [])
-
-
 def _find_notebook(relative: str, batch_dir: Path) -> Path | None:
+    """A relative path is looked up from the batch file's folder upwards, then in the workspace
+    it is run from."""
     path = Path(relative).expanduser()
     if path.is_absolute():
         return path if path.is_file() else None
-    for folder in _search_folders(batch_dir):
+    for folder in dict.fromkeys([batch_dir, *batch_dir.parents, workspace.root()]):
         if (folder / path).is_file():
             return (folder / path).resolve()
     return None
@@ -311,9 +305,9 @@ def _slug(value: Any) -> str:
 
 def _pydantic_problems(path: Path, error: ValidationError, stage: str | None = None) -> list[str]:
     lines = []
+    where = f"stage {stage!r}: " if stage is not None else ""
     for issue in error.errors():
         loc = [str(p) for p in issue["loc"]]
-        where = f"stage {stage!r}: " if stage is not None else ""
         what = "unknown key" if issue["type"] == "extra_forbidden" else issue["msg"]
         what = what.removeprefix("Value error, ")
         lines.append(f"{path}: {where}key {'.'.join(loc) or '(top)'!r}: {what}")

@@ -382,9 +382,7 @@ class BatchRun:
                 raise tracking.TrackingServerError(self.lost)
             self.record(result, outcome)
         except Exception as error:
-            if not isinstance(error, tracking.TrackingServerError) and not tracking.unreachable(
-                error
-            ):
+            if not (isinstance(error, tracking.TrackingServerError) or tracking.unreachable(error)):
                 raise
             self.lose_server(error)
             result.status, result.seconds = "failed", outcome.seconds
@@ -540,11 +538,8 @@ def summary(report: Report) -> list[str]:
         if r.trial is not None:  # a search's trial: the values it was asked to try
             params = ",".join(f"{k}={_short(v)}" for k, v in r.trial.params.items())
         duration = f"{r.seconds:.1f}s" if r.status in ("done", "failed") else "-"
-        notebook = r.execution.notebook.stem
-        status, run_id = r.status, r.run_id or "-"
-        rows.append(
-            (r.execution.stage, notebook, params, status, duration, run_id, r.error or r.headline)
-        )
+        row = (r.execution.stage, r.execution.notebook.stem, params, r.status, duration)
+        rows.append((*row, r.run_id or "-", r.error or r.headline))
     last = len(header) - 1
     widths = [max(len(row[i]) for row in rows) for i in range(last)]
     lines = [
@@ -598,10 +593,7 @@ def run(
         f"{tracking.tracking_uri()}"
     )
     try:
-        if batch_run.results:
-            report = batch_run.run()
-        else:
-            report = Report(batch, batch_run.batch_id)
+        report = batch_run.run() if batch_run.results else Report(batch, batch_run.batch_id)
         for stage in searches:
             if report.lost:
                 break

@@ -49,7 +49,6 @@ from typing import Any
 
 from mmlab import tracking
 from mmlab.batch import config, executors, job, runner
-from mmlab.batch import view as batch_view
 from mmlab.batch.config import Batch, BatchError, Execution, SearchSpec
 from mmlab.core import extras, workspace
 
@@ -60,18 +59,14 @@ STATE_TAG = "mmlab.trial_state"  # COMPLETE, PRUNED or FAIL, on a trial's run
 RUN_ATTR = "mlflow_run_id"  # the study's (parent) and each trial's MLflow run, as user attrs
 
 
-def _optuna():
+def require() -> Any:
+    """Optuna; a BatchError naming the extra if it is not installed."""
     try:
         optuna = extras.require("optuna", "a search")
     except extras.MissingExtra as error:
         raise BatchError(str(error)) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
-
-
-def require() -> None:
-    """Fail now, naming the extra, if Optuna is not installed."""
-    _optuna()
 
 
 def storage_url() -> str:
@@ -197,7 +192,7 @@ class SearchRun(runner.BatchRun):
         upstream: dict[str, str] | None = None,
     ):
         super().__init__(batch, jobs, [stage], True, executor, out, view, executor_options)
-        self.optuna = _optuna()
+        self.optuna = require()
         self.stage, self.search = stage, batch.searches[stage]
         self.template: Execution = batch.stages[stage][0]
         self.results = []
@@ -338,10 +333,9 @@ class SearchRun(runner.BatchRun):
 
     def watch(self, result: runner.Result) -> None:
         """Report the running trial's new steps; interrupt its kernel if the pruner says so."""
-        pruner = self.search.pruner
-        if pruner is None or pruner.name == "none" or result.pruned is not None:
+        if result.pruned is not None:
             return
-        steps = self.report(result)
+        steps = self.report(result)  # none without a pruner
         if steps and result.trial.should_prune():
             result.pruned = max(steps)
             if not job.interrupt(result.progress):
@@ -458,9 +452,8 @@ class SearchRun(runner.BatchRun):
             complete = self._count(("COMPLETE",))
             if complete >= 2 and len(self.distributions) > 0:
                 try:
-                    with (
-                        warnings.catch_warnings()
-                    ):  # "importances will be equal": the table says so
+                    # "importances will be equal": the table says so
+                    with warnings.catch_warnings():
                         warnings.simplefilter("ignore", UserWarning)
                         importance = self.optuna.importance.get_param_importances(self.study)
                 except (RuntimeError, ValueError):  # too little variation to say
@@ -513,7 +506,6 @@ def search(
 ) -> SearchReport:
     """Run (or resume) the search of `stage`; `upstream`: run ids of the stages it needs."""
     require_search(batch, stage)
-    view = view or batch_view.PlainView(out)
     return SearchRun(
         batch, stage, jobs, executor, out, view, executor_options, trials, upstream
     ).search_run()
