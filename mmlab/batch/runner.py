@@ -585,7 +585,7 @@ def run(
     if searches:
         tune.require()  # before the first execution, not after the stages a search needs
     interactive = out is print and sys.stdout.isatty()
-    view = batch_view.create(out, interactive, progress_every)
+    view = batch_view.LiveView() if interactive else batch_view.PlainView(out, progress_every)
     batch_run = BatchRun(batch, jobs, list(only), force, executor, out, view, executor_options)
     view.line(
         f"batch {batch.name!r} ({batch_run.batch_id}): {len(batch_run.results)} executions"

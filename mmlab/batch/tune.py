@@ -57,6 +57,7 @@ SEARCH_TAG = "mmlab.search"  # the study's name, on the parent and on every tria
 TRIAL_TAG = "mmlab.trial"  # the trial's number, on its run
 STATE_TAG = "mmlab.trial_state"  # COMPLETE, PRUNED or FAIL, on a trial's run
 RUN_ATTR = "mlflow_run_id"  # the study's (parent) and each trial's MLflow run, as user attrs
+ENDED = ("COMPLETE", "PRUNED", "FAIL")  # the trial states a search counts
 
 
 def require() -> Any:
@@ -243,11 +244,11 @@ class SearchRun(runner.BatchRun):
             if run_id:  # KILLED even if its orphaned kernel ended it FINISHED: it never counted
                 tracking.retry(client.set_terminated, run_id, "KILLED")
                 tracking.retry(client.set_tag, run_id, STATE_TAG, "FAIL")
-        done = self._count(("COMPLETE", "PRUNED"))
+        done = self._count("COMPLETE", "PRUNED")
         self.budget = self.planned = max(0, self.target - done)
         self.parent = self._parent(client)
 
-    def _count(self, states: tuple[str, ...]) -> int:
+    def _count(self, *states: str) -> int:
         wanted = tuple(getattr(self.optuna.trial.TrialState, s) for s in states)
         return len(self.study.get_trials(deepcopy=False, states=wanted))
 
@@ -408,10 +409,8 @@ class SearchRun(runner.BatchRun):
         finally:
             self.lock.release()
         report = SearchReport(self.stage, self.name, self.storage, self.parent, self.results)
-        report.counts = {
-            s: self._count((s,)) for s in ("COMPLETE", "PRUNED", "FAIL") if self._count((s,))
-        }
-        if self._count(("COMPLETE",)):
+        report.counts = {s: n for s in ENDED if (n := self._count(s))}
+        if self._count("COMPLETE"):
             best = self.study.best_trial
             report.best_value, report.best_params = best.value, dict(best.params)
             self.log_best(client, best)
@@ -424,14 +423,9 @@ class SearchRun(runner.BatchRun):
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        metrics = [
-            Metric("best_value", float(best.value), now, 0),
-            Metric("best_trial", float(best.number), now, 0),
-            *(
-                Metric(f"trials_{s.lower()}", float(self._count((s,))), now, 0)
-                for s in ("COMPLETE", "PRUNED", "FAIL")
-            ),
-        ]
+        values = {"best_value": best.value, "best_trial": best.number}
+        values |= {f"trials_{s.lower()}": self._count(s) for s in ENDED}
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
         tags = [
             RunTag(f"mmlab.best.{k}", json.dumps(v) if not isinstance(v, str) else v)
             for k, v in best.params.items()
@@ -449,7 +443,7 @@ class SearchRun(runner.BatchRun):
             folder = Path(scratch)
             table = self.study.trials_dataframe(attrs=("number", "value", "params", "state"))
             table.to_csv(folder / "trials.csv", index=False)
-            complete = self._count(("COMPLETE",))
+            complete = self._count("COMPLETE")
             if complete >= 2 and len(self.distributions) > 0:
                 try:
                     # "importances will be equal": the table says so

@@ -80,8 +80,3 @@ class LiveView:
 
     def close(self) -> None:
         self.live.stop()
-
-
-def create(out: Print, interactive: bool, every: float = 30.0) -> PlainView | LiveView:
-    """The live table when printing to a terminal, else plain lines every `every` seconds."""
-    return LiveView() if interactive else PlainView(out, every)
