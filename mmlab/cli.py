@@ -317,9 +317,8 @@ def _server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db",
         metavar="URL",
-        help="PostgreSQL store, postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
-        "(default: a local PostgreSQL in .mmlab/postgres, started and stopped "
-        "with the server)",
+        help="PostgreSQL store, postgresql://USER:PASSWORD@HOST:PORT/DATABASE (default: a local "
+        "PostgreSQL in .mmlab/postgres, started and stopped with the server)",
     )
     p.add_argument(
         "--artifacts",
@@ -359,11 +358,9 @@ def _server(args: argparse.Namespace) -> int:
 def _doctor_arguments(p: argparse.ArgumentParser) -> None:
     from mmlab.ops.doctor import CHECKS
 
+    names = ", ".join(CHECKS)
     p.add_argument(
-        "checks",
-        nargs="*",
-        metavar="CHECK",
-        help=f"checks to run (default: all): {', '.join(CHECKS)}",
+        "checks", nargs="*", metavar="CHECK", help=f"checks to run (default: all): {names}"
     )
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
 

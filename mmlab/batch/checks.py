@@ -93,9 +93,6 @@ def value_problem(value: Any, default: Any, comment: str = "") -> str | None:
     return f"{value!r} is {got}, but the notebook's default {default!r} is {_describe(default)}"
 
 
-# --------------------------------------------------------------------------- registry names
-
-
 def _member_problems(registry: Any, spec: Any, where: str) -> list[str]:
     from mmlab.features.registry import parse_encoder
 
@@ -165,14 +162,11 @@ def _fusion_methods(value: Any, key: str) -> list[str]:
 def _decoder(value: Any, key: str) -> list[str]:
     from mmlab.captioning.decoders import DECODERS
 
-    if not isinstance(value, str):
+    if not isinstance(value, str) or value in DECODERS:
         return []
-    if value not in DECODERS:
-        return [
-            f"key '{key}': unknown {DECODERS.kind} {value!r}; valid names: "
-            f"{', '.join(DECODERS.names())}"
-        ]
-    return []
+    return [
+        f"key '{key}': unknown {DECODERS.kind} {value!r}; valid names: {', '.join(DECODERS.names())}"
+    ]
 
 
 # (key, does it apply to this notebook) -> check; `methods` means fusion methods in notebook 02 only

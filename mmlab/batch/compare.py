@@ -53,9 +53,6 @@ class Batch:
         }
 
 
-# --------------------------------------------------------------------------- finding batches
-
-
 def _search(filter_string: str, **kwargs) -> pd.DataFrame:
     mlflow.set_tracking_uri(tracking.ensure_store())
     return tracking.retry(
@@ -76,10 +73,8 @@ def _stage_runs(tag: str, value: str) -> pd.DataFrame:
     )
     if runs.empty:
         return runs
-    keep = (_column(runs, "mmlab.stage") != "") & (
-        _column(runs, "mmlab.notebook") != REPORT_NOTEBOOK
-    )
-    return runs[keep].reset_index(drop=True)
+    report = _column(runs, "mmlab.notebook") == REPORT_NOTEBOOK
+    return runs[(_column(runs, "mmlab.stage") != "") & ~report].reset_index(drop=True)
 
 
 def known_batches(limit: int = 8) -> tuple[list[str], list[str]]:
@@ -122,9 +117,6 @@ def resolve(specs: Iterable[str]) -> list[Batch]:
         if not specs:
             raise BatchNotFound(f"no batch runs in {tracking.tracking_uri()}: run a batch first")
     return [resolve_one(spec) for spec in specs]
-
-
-# --------------------------------------------------------------------------- reading stages
 
 
 def _metrics(row: pd.Series) -> dict[str, float]:
@@ -271,19 +263,14 @@ def observations(batches: Sequence[Batch]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=OBSERVATION_COLUMNS)
 
 
-# --------------------------------------------------------------------------- comparing
-
-
 def intervals(obs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per section, key, metric and batch: n, mean, std and the t-interval of the mean."""
     rows = []
-    for (section, key, metric, batch), group in obs.groupby(
-        ["section", "key", "metric", "batch"], sort=False
-    ):
+    keys = OBSERVATION_COLUMNS[:4]
+    for (section, key, metric, batch), group in obs.groupby(keys, sort=False):
         ci = stats.mean_ci(group["value"].to_numpy(), confidence)
         rows.append((section, key, metric, batch, ci.n, ci.mean, ci.std, ci.low, ci.high))
-    columns = ["section", "key", "metric", "batch", "n", "mean", "std", "ci_low", "ci_high"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=[*keys, "n", "mean", "std", "ci_low", "ci_high"])
 
 
 def verdict(base: pd.Series | None, other: pd.Series | None) -> str:
@@ -373,9 +360,6 @@ def _cell(row) -> str:
     if row.n < 2:
         return f"{row.mean:.4g} (1)"
     return f"{row.mean:.4g} [{row.ci_low:.4g}, {row.ci_high:.4g}] ({row.n})"
-
-
-# --------------------------------------------------------------------------- HTML
 
 
 STYLE = """

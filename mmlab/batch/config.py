@@ -146,10 +146,9 @@ class SearchSpec(BaseModel):
         """`sampler: tpe` and `pruner: median` for the mappings with defaults."""
         if isinstance(data, dict):
             data = dict(data)
-            if isinstance(data.get("sampler"), str):
-                data["sampler"] = {"name": data["sampler"]}
-            if isinstance(data.get("pruner"), str):
-                data["pruner"] = {"name": data["pruner"]}
+            for key in ("sampler", "pruner"):
+                if isinstance(data.get(key), str):
+                    data[key] = {"name": data[key]}
         return data
 
 

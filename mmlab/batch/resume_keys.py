@@ -8,11 +8,8 @@ from importlib import import_module
 
 
 def _model_key(model: str) -> str:
-    from mmlab.tracking.models import (
-        model_uri,  # the one resolver; no torch in the runner's process
-    )
-
-    return model_uri(model)  # "latest" -> the URI of the newest registered captioner
+    # the one resolver, without torch in the runner's process; "latest" -> the newest's URI
+    return import_module("mmlab.tracking.models").model_uri(model)
 
 
 def _dataset_key(source: str) -> str:

@@ -72,9 +72,6 @@ class Report:
         return {r.execution.label: r for r in self.results}
 
 
-# --------------------------------------------------------------------------- identity
-
-
 @cache
 def source_hash() -> str:
     """A hash of the mmlab package's Python source: code changes invalidate cached runs."""
@@ -96,14 +93,14 @@ def git_state(folder: Path) -> tuple[str, bool]:
     """(commit, dirty) of the repository holding `folder`; ("unknown", False) outside git."""
 
     def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(done.stderr)
+        done = subprocess.run(
+            ["git", *args], cwd=folder, capture_output=True, text=True, check=True
+        )
         return done.stdout.strip()
 
     try:
         return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, RuntimeError):
+    except (OSError, subprocess.CalledProcessError):
         return "unknown", False
 
 
@@ -161,9 +158,6 @@ def headline_of(run_id: str) -> str:
     if not metric or metric not in run.data.metrics:
         return ""
     return f"{metric}={run.data.metrics[metric]:.4g}"
-
-
-# --------------------------------------------------------------------------- the run
 
 
 def select(batch: Batch, only: list[str]) -> set[str]:
@@ -225,7 +219,6 @@ class BatchRun:
         self.started = time.perf_counter()
         self.lost = ""  # what the tracking server said when it stopped answering, if it did
 
-    # ----- helpers
     def stage_results(self, stage: str) -> list[Result]:
         return [r for r in self.results if r.execution.stage == stage]
 
@@ -256,7 +249,6 @@ class BatchRun:
     def ready(self, result: Result) -> bool:
         return all(r.ok for need in result.execution.needs for r in self.stage_results(need))
 
-    # ----- one execution
     def identity(self, result: Result) -> tuple[dict, dict[str, str], str]:
         """(resolved parameters, resume key, experiment id) of an execution."""
         execution = result.execution
@@ -406,7 +398,6 @@ class BatchRun:
         if outcome.ok:
             result.headline = headline_of(result.run_id)
 
-    # ----- the loop
     TICK = 1.0  # seconds between looks at progress and at outputs other runners hold
 
     def run(self) -> Report:
@@ -489,9 +480,6 @@ class BatchRun:
                     result.status, result.started = "running", time.perf_counter()
                     running[executor.submit(job)] = result
                     self.show(result)
-
-
-# --------------------------------------------------------------------------- entry points
 
 
 def plan(batch: Batch, only: list[str] = (), out: Print = print, trials: int | None = None) -> None:

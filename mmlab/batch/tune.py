@@ -271,15 +271,12 @@ class SearchRun(runner.BatchRun):
         run = tracking.retry(
             client.create_run, experiment, run_name=f"{self.stage}-search", tags=tags
         )
+        pruner = self.search.pruner
         settings = {
             "search.metric": self.search.metric,
             "search.direction": self.search.direction,
             "search.sampler": f"{self.search.sampler.name}(seed={self.search.sampler.seed})",
-            "search.pruner": (
-                "none"
-                if self.search.pruner is None
-                else f"{self.search.pruner.name}({self.search.pruner.metric})"
-            ),
+            "search.pruner": f"{pruner.name}({pruner.metric})" if pruner else "none",
             **{
                 f"search.space.{k}": json.dumps(s.model_dump(exclude_defaults=True))
                 for k, s in self.search.parameters.items()

@@ -69,12 +69,10 @@ def only_here(uri: str) -> bool:
 
 
 def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False
+        return host == "localhost"
 
 
 def remote_address(address: str | None) -> str | None:
@@ -108,9 +106,6 @@ def store_error(uri: str, where: str) -> str:
     )
 
 
-# --------------------------------------------------------------------------- on the worker
-
-
 def run_task(job: Job, notebook: str) -> tuple[Outcome, dict[str, bytes]]:
     """The Ray task: run `job` here; (outcome, output files). `notebook`: a path in the checkout."""
     here = Path.cwd()
@@ -137,9 +132,6 @@ def run_task(job: Job, notebook: str) -> tuple[Outcome, dict[str, bytes]]:
             if output.with_suffix(suffix).is_file()
         }
     return outcome, files
-
-
-# --------------------------------------------------------------------------- on the driver
 
 
 def _first_line(error: BaseException) -> str:
