@@ -114,15 +114,17 @@ def _run_batch(args: argparse.Namespace, **options) -> int:
     return 0 if report is None or report.ok else 1
 
 
-def _host_argument(p: argparse.ArgumentParser) -> None:
+def _listen_arguments(
+    p: argparse.ArgumentParser, port: int, port_help: str = "port (default: %(default)s)"
+) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
+    p.add_argument("--port", type=int, default=port, help=port_help)
 
 
 def _ui_arguments(p: argparse.ArgumentParser) -> None:
-    _host_argument(p)
-    p.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    _listen_arguments(p, 5000)
 
 
 def ui_command(host: str, port: int) -> list[str]:
@@ -223,8 +225,7 @@ def _caption(args: argparse.Namespace) -> int:
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="models:/mmlab-captioner@champion", help=MODEL_HELP)
-    _host_argument(p)
-    p.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
+    _listen_arguments(p, 5001)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -325,8 +326,7 @@ def _server_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR|s3://BUCKET/PATH",
         help="where the server stores artifacts (default: .mmlab/artifacts)",
     )
-    _host_argument(p)
-    p.add_argument("--port", type=int, default=5000, help="port, 0 for a free one (default: 5000)")
+    _listen_arguments(p, 5000, "port, 0 for a free one (default: 5000)")
     p.add_argument(
         "--auth",
         action="store_true",

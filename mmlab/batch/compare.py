@@ -135,8 +135,7 @@ def _config_key(row: pd.Series) -> str:
     execution, stage = row.get("tags.mmlab.execution"), row.get("tags.mmlab.stage")
     if not isinstance(execution, str) or execution == stage:
         return ""
-    parts = [p for p in execution.split(",") if not p.startswith("seed=")]
-    return ",".join(parts)
+    return ",".join(p for p in execution.split(",") if not p.startswith("seed="))
 
 
 def _with_config(row: pd.Series, key: str) -> str:
@@ -213,8 +212,7 @@ def read_generic(runs: pd.DataFrame) -> list[tuple[str, str, float]]:
     (`recall_at_1/text_to_image` -> `recall`); nested runs pool over their seeds."""
     rows = []
     for _, run in runs.iterrows():
-        children = _children(run)
-        for _, child in children.iterrows():
+        for _, child in _children(run).iterrows():
             name = _strip_seed(child.get("tags.mlflow.runName") or "child")
             rows += [
                 (_with_config(run, f"{name} · {_prefix(m)}"), m, v)
@@ -299,9 +297,8 @@ def changes(summary: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
         base = by.get((section, key, metric, baseline))
         for label in labels[1:]:
             other = by.get((section, key, metric, label))
-            delta = (
-                other["mean"] - base["mean"] if base is not None and other is not None else math.nan
-            )
+            both = base is not None and other is not None
+            delta = other["mean"] - base["mean"] if both else math.nan
             rows.append((section, key, metric, label, baseline, delta, verdict(base, other)))
     return pd.DataFrame(rows, columns=CHANGE_COLUMNS)
 

@@ -557,10 +557,9 @@ def _value_problems(
         problem = checks.value_problem(value, defaults.get(key), notes.get(key, ""))
         if problem:
             problems.append(f"{path}: stage {name!r}: {label}: {problem}")
+        spelled = label.removeprefix("key ").strip("'")  # as the file spells the key
         try:
-            found = checks.name_problems(
-                notebook, key, value, label.removeprefix("key ").strip("'")
-            )
+            found = checks.name_problems(notebook, key, value, spelled)
         except Exception:  # a family that cannot load here (a missing extra): the kernel says so
             found = []
         problems += [f"{path}: stage {name!r}: {p}" for p in found]

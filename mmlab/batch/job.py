@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 import traceback
@@ -74,8 +75,6 @@ KERNEL_PID = "kernel.pid"  # in the progress folder: where the runner interrupts
 def interrupt(progress_folder: Path | None) -> bool:
     """Interrupt the kernel of the execution reporting to `progress_folder` (KeyboardInterrupt in
     its running cell, so the notebook ends there); False if that kernel is not on this machine."""
-    import signal
-
     try:
         pid = int((Path(progress_folder) / KERNEL_PID).read_text())
         os.kill(pid, signal.SIGINT)

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from functools import cache
@@ -29,9 +28,8 @@ from mmlab import tracking
 from mmlab.batch import config, executors, resume_keys
 from mmlab.batch import view as batch_view
 from mmlab.batch.config import Batch, BatchError, Execution
+from mmlab.batch.view import Print
 from mmlab.core import parameters_cell, progress, workspace
-
-Print = Callable[[str], None]
 
 
 @dataclass
@@ -126,11 +124,6 @@ def resume_key(execution: Execution, params: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def logged_parameters(execution: Execution, params: dict[str, Any]) -> dict[str, Any]:
-    """Every parameter the kernel will see: the cell's defaults under the resolved ones."""
-    return {**parameters_cell.defaults(execution.notebook), **params}
-
-
 def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
     """Log `params` (flattened) to the run, 100 a call: MLflow takes no more at once."""
     items = [Param(k, v) for k, v in tracking.flatten(params).items()]
@@ -185,10 +178,6 @@ def server_stopped(lost: str) -> str:
     return f"the tracking server {tracking.tracking_uri()} stopped answering" + (
         f" ({reason})" if reason else ""
     )
-
-
-def kernel_threads(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
 class BatchRun:
@@ -309,10 +298,12 @@ class BatchRun:
         client = tracking.client()
         run = tracking.retry(client.create_run, experiment, run_name=execution.label, tags=tags)
         result.run_id = run.info.run_id
-        log_params(client, run.info.run_id, logged_parameters(execution, params))
+        # every parameter the kernel will see: the cell's defaults under the resolved ones
+        logged = {**parameters_cell.defaults(execution.notebook), **params}
+        log_params(client, run.info.run_id, logged)
         result.progress = Path(tempfile.mkdtemp(prefix="mmlab-progress-"))
         # the cores are shared by the kernels that can run at once: never more than there are
-        threads = str(kernel_threads(min(self.jobs, self.width())))
+        threads = str(max(1, (os.cpu_count() or 1) // max(1, min(self.jobs, self.width()))))
         env = {
             "MLFLOW_RUN_ID": run.info.run_id,
             "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
@@ -430,12 +421,9 @@ class BatchRun:
                         outcome = executors.Outcome(ok=False, error=f"worker died: {error!r}")
                     self.finish(result, outcome)
                     self.show(result)
+                live = [r for r in running.values() if r.progress is not None]
                 self.view.tick(
-                    [
-                        batch_view.Running(r.execution.label, r.started, r.progress)
-                        for r in running.values()
-                        if r.progress is not None
-                    ]
+                    [batch_view.Running(r.execution.label, r.started, r.progress) for r in live]
                 )
         except BaseException:  # Ctrl-C, SIGTERM: stop the kernels, leave no RUNNING runs
             executor.shutdown(wait=False)

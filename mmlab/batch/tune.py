@@ -142,23 +142,6 @@ def objective(run_id: str, search: SearchSpec) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _sampler(optuna: Any, search: SearchSpec) -> Any:
-    if search.sampler.name == "random":
-        return optuna.samplers.RandomSampler(seed=search.sampler.seed)
-    # a third of the budget (2 to 10 trials) samples at random before TPE models it
-    startup = min(10, max(2, search.trials // 3))
-    return optuna.samplers.TPESampler(seed=search.sampler.seed, n_startup_trials=startup)
-
-
-def _pruner(optuna: Any, search: SearchSpec) -> Any:
-    spec = search.pruner
-    if spec is None or spec.name == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_steps
-    )
-
-
 @dataclass
 class SearchReport:
     stage: str
@@ -224,16 +207,26 @@ class SearchRun(runner.BatchRun):
                 f"{self.batch.path}: stage {self.stage!r}: the search {self.name} is running in "
                 f"{workspace.claimant(self.folder)}: wait for it, or stop it"
             )
-        optuna = self.optuna
+        optuna, search = self.optuna, self.search
         path = workspace.sqlite_path(self.storage)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        if search.sampler.name == "random":
+            sampler = optuna.samplers.RandomSampler(seed=search.sampler.seed)
+        else:  # a third of the budget (2 to 10 trials) samples at random before TPE models it
+            startup = min(10, max(2, search.trials // 3))
+            sampler = optuna.samplers.TPESampler(seed=search.sampler.seed, n_startup_trials=startup)
+        spec = search.pruner
+        if spec is None or spec.name == "none":
+            pruner = optuna.pruners.NopPruner()
+        else:
+            pruner = optuna.pruners.MedianPruner(spec.startup_trials, spec.warmup_steps)
         self.study = optuna.create_study(
             storage=optuna.storages.RDBStorage(self.storage),
             study_name=self.name,
-            direction=self.search.direction,
-            sampler=_sampler(optuna, self.search),
-            pruner=_pruner(optuna, self.search),
+            direction=search.direction,
+            sampler=sampler,
+            pruner=pruner,
             load_if_exists=True,
         )
         client = tracking.client()
@@ -268,9 +261,8 @@ class SearchRun(runner.BatchRun):
             SEARCH_TAG: self.name,
             "mmlab.search_storage": shown(self.storage),
         }
-        run = tracking.retry(
-            client.create_run, experiment, run_name=f"{self.stage}-search", tags=tags
-        )
+        name = f"{self.stage}-search"
+        run = tracking.retry(client.create_run, experiment, run_name=name, tags=tags)
         pruner = self.search.pruner
         settings = {
             "search.metric": self.search.metric,
@@ -423,15 +415,11 @@ class SearchRun(runner.BatchRun):
         values = {"best_value": best.value, "best_trial": best.number}
         values |= {f"trials_{s.lower()}": self._count(s) for s in ENDED}
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
-        tags = [
-            RunTag(f"mmlab.best.{k}", json.dumps(v) if not isinstance(v, str) else v)
-            for k, v in best.params.items()
-        ]
-        tags += [
-            RunTag("mmlab.best_run_id", str(best.user_attrs.get(RUN_ATTR, ""))),
-            RunTag("mmlab.best_value", f"{best.value:.6g}"),
-            RunTag(tracking.HEADLINE_TAG, "best_value"),
-        ]
+        params = best.params.items()
+        texts = {f"mmlab.best.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in params}
+        texts["mmlab.best_run_id"] = str(best.user_attrs.get(RUN_ATTR, ""))
+        texts |= {"mmlab.best_value": f"{best.value:.6g}", tracking.HEADLINE_TAG: "best_value"}
+        tags = [RunTag(k, v) for k, v in texts.items()]
         tracking.retry(client.log_batch, self.parent, metrics=metrics, tags=tags)
 
     def log_artifacts(self, client: Any) -> None:
@@ -497,9 +485,8 @@ def search(
 ) -> SearchReport:
     """Run (or resume) the search of `stage`; `upstream`: run ids of the stages it needs."""
     require_search(batch, stage)
-    return SearchRun(
-        batch, stage, jobs, executor, out, view, executor_options, trials, upstream
-    ).search_run()
+    run = SearchRun(batch, stage, jobs, executor, out, view, executor_options, trials, upstream)
+    return run.search_run()
 
 
 def summary(report: SearchReport) -> list[str]:

@@ -196,8 +196,7 @@ class RayExecutor:
         """Why a local instance can never run `job`, or "" (a cluster may still scale up)."""
         if not self.local:
             return ""
-        wanted = {"CPU": job.resources.cpus, "GPU": job.resources.gpus}
-        for name, amount in wanted.items():
+        for name, amount in {"CPU": job.resources.cpus, "GPU": job.resources.gpus}.items():
             have = self.capacity.get(name, 0)
             if amount > have:
                 fix = (
