@@ -140,3 +140,15 @@ def test_a_stream_short_of_its_rows_leaves_no_entry(tmp_path):
     with pytest.raises(ValueError, match="3 rows of features written, 4 announced"):
         cache.write_entry(entry, iter([torch.zeros(3, 2)]), None, parts={}, rows=4)
     assert not entry.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_second_writer_leaves_the_first_entry_in_place(tmp_path):
+    """Two kernels extracting the same split at once: the second to finish must not delete the
+    entry the first put in place (a reader may be mapping it), and reads the first one."""
+    entry = tmp_path / "entry"
+    cache.write_entry(entry, torch.ones(3, 2), ["a", "b", "c"], parts={})
+    first = cache.read_entry(entry)
+    with pytest.raises(OSError):
+        cache.write_entry(entry, torch.zeros(3, 2), ["a", "b", "c"], parts={})
+    assert torch.equal(cache.read_entry(entry), first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]

@@ -90,15 +90,17 @@ def sweep_stale(final: Path) -> None:
 
 
 @contextmanager
-def atomic_path(final: Path):
-    """Yield a temporary sibling path (file or folder), renamed onto `final` only on success."""
+def atomic_path(final: Path, replace: bool = True):
+    """Yield a temporary sibling path (file or folder), renamed onto `final` only on success.
+    `replace=False`: a folder another process put at `final` first stays, and the rename raises
+    OSError instead."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     target = tmp / final.name
     try:
         yield target
-        if final.is_dir() and not final.is_symlink():
+        if replace and final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(target, final)
     finally:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,7 @@ def features(
             return read_entry(entry, ids)
         except DamagedEntry as err:
             log.warning("feature cache entry %s is damaged (%s); rebuilding it", entry, err)
+            _discard(entry)
     items = column_items(split_ds, column, extractor.modality)
     options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
     if extractor.modality == "text" or extractor.kind == "sequence" or not _streams(extractor):
@@ -84,6 +87,16 @@ def features(
         if not (entry / MANIFEST).exists():
             raise
     return read_entry(entry, verify=False)
+
+
+def _discard(entry: Path) -> None:
+    """Move a damaged entry aside, then delete it; a concurrent kernel may have done so first."""
+    aside = entry.with_name(f".{entry.name}.{os.getpid()}.damaged")
+    try:
+        os.replace(entry, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _streams(extractor) -> bool:
@@ -152,7 +165,8 @@ def write_entry(
         values, rows = [values], len(values)
     if rows is None:
         raise ValueError("write_entry: batches need `rows`, the number of rows they add up to")
-    with workspace.atomic_path(entry) as tmp:
+    # A complete entry is never replaced: a reader in another kernel may be mapping it.
+    with workspace.atomic_path(entry, replace=False) as tmp:
         tmp.mkdir()
         shape = _write_array(tmp / FEATURES, values, rows)
         ids = list(ids) if ids is not None else [str(i) for i in range(rows)]
