@@ -55,7 +55,7 @@ def papermill_loop(n: int, work: int, out: Path) -> tuple[float, float]:
 
 
 def runner_batch(n: int, work: int, jobs: int, folder: Path):
-    from mmlab.batch import runner
+    from mmlab.batch import launch
 
     batch = {
         "name": "bench",
@@ -70,7 +70,7 @@ def runner_batch(n: int, work: int, jobs: int, folder: Path):
     path = folder / "bench.yaml"
     path.write_text(yaml.safe_dump(batch))
     start = time.perf_counter()
-    report = runner.run(path, jobs=jobs, out=lambda line: None)
+    report = launch.run(path, jobs=jobs, out=lambda line: None)
     wall = time.perf_counter() - start
     assert report.ok, [r.error for r in report.results]
     return wall, report

@@ -84,9 +84,9 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace, **options) -> int:
-    """`runner.run` for `mmlab run` and `mmlab tune`; its errors as the command's."""
+    """`launch.run` for `mmlab run` and `mmlab tune`; its errors as the command's."""
     from mmlab import tracking
-    from mmlab.batch import config, runner, tune
+    from mmlab.batch import config, launch, tune
     from mmlab.batch.config import BatchError
     from mmlab.batch.executors import ExecutorError
 
@@ -97,7 +97,7 @@ def _run_batch(args: argparse.Namespace, **options) -> int:
     try:
         if args.command == "tune":  # else the runner would run the stage as a plain one
             tune.require_search(config.load(args.params, list(args.overrides)), args.stage)
-        report = runner.run(
+        report = launch.run(
             args.params,
             jobs=args.jobs,
             overrides=args.overrides,
@@ -254,7 +254,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     from mmlab import tracking
     from mmlab.batch import compare as batch_compare
-    from mmlab.batch import runner
+    from mmlab.batch import launch
     from mmlab.core import workspace
 
     if not 0 < args.confidence < 1:
@@ -267,7 +267,7 @@ def _compare(args: argparse.Namespace) -> int:
     params = {"batches": args.batches, "confidence": args.confidence, "report_path": str(out)}
     overrides = [f"{k}={json.dumps(v)}" for k, v in params.items()]
     batch = Path(__file__).resolve().parent.parent / "params" / "compare.yaml"
-    report = runner.run(batch, jobs=1, overrides=overrides, force=True)
+    report = launch.run(batch, jobs=1, overrides=overrides, force=True)
     (result,) = report.results
     if not result.ok:
         return 1

@@ -32,6 +32,9 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
 def imports(path: Path) -> set[str]:
     """The mmlab modules `path` imports, anywhere in it (function-level imports count too)."""
     found = set()
@@ -41,8 +44,13 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             if node.module == "mmlab":  # a module of mmlab, or a name of its __init__
                 found |= {f"mmlab.{a.name}" if a.name in TOPS else "mmlab" for a in node.names}
-            elif node.module.startswith("mmlab."):
-                found.add(node.module)
+            elif node.module.startswith("mmlab."):  # `from mmlab.batch import tune` is tune
+                found |= {
+                    f"{node.module}.{a.name}"
+                    if f"{node.module}.{a.name}" in MODULES
+                    else node.module
+                    for a in node.names
+                }
     return found
 
 

@@ -22,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mmlab import cli
-from mmlab.batch import config, executors, job, runner
+from mmlab.batch import config, executors, job, launch, runner
 from mmlab.batch.config import BatchError
 from mmlab.batch.executors import ray as ray_executor
 
@@ -299,7 +299,7 @@ def test_a_batch_on_a_ray_cluster_by_address_then_resumed(home, ray_head):
     lines: list[str] = []
     stages = ["where", "grid", "single", "consume", "fail", "after_fail", "crash", "epochs"]
     options = {"address": ray_head}
-    report = runner.run(
+    report = launch.run(
         BATCH,
         jobs=2,
         only=stages,
@@ -356,7 +356,7 @@ def test_a_batch_on_a_ray_cluster_by_address_then_resumed(home, ray_head):
     attached = {a.path for a in client.list_artifacts(runs["fail"].info.run_id, "notebook")}
     assert {"notebook/fail.ipynb", "notebook/fail.html", "notebook/fail.log"} <= attached
 
-    again = runner.run(
+    again = launch.run(
         BATCH, jobs=2, only=stages, executor="ray", executor_options=options, out=lines.append
     )
     resumed = {label: r.status for label, r in again.by_label().items()}
@@ -369,7 +369,7 @@ def test_a_local_instance_fails_at_once_what_it_can_never_run(home):
     """No --address: the runner starts (and stops) a local instance with --jobs CPUs."""
     pytest.importorskip("ray")
     lines: list[str] = []
-    report = runner.run(BATCH, jobs=2, only=["gpu"], executor="ray", out=lines.append)
+    report = launch.run(BATCH, jobs=2, only=["gpu"], executor="ray", out=lines.append)
     assert "executions run on ray (a local instance, 2 CPUs)" in lines
     (gpu,) = report.results
     assert gpu.status == "failed"

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mmlab import cli, tracking
-from mmlab.batch import runner
+from mmlab.batch import launch, runner
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE / "batches" / "demo.yaml"
@@ -38,7 +38,7 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo(home):
     lines: list[str] = []
-    report = runner.run(DEMO, jobs=2, out=lines.append)
+    report = launch.run(DEMO, jobs=2, out=lines.append)
     return report, lines
 
 
@@ -143,7 +143,7 @@ def test_rerun_uses_cache_and_force_reruns(demo, client):
     report, _ = demo
     first = runs_of(report)
     lines: list[str] = []
-    again = runner.run(DEMO, jobs=2, only=["consume", "grid"], out=lines.append)
+    again = launch.run(DEMO, jobs=2, only=["consume", "grid"], out=lines.append)
     status = {label: (r.status, r.run_id) for label, r in runs_of(again).items()}
     assert status == {
         label: ("cached", first[label].run_id)
@@ -169,7 +169,7 @@ def test_cli_force_reruns_and_failure_exits_non_zero(demo, client, capsys):
 def test_dry_run_prints_plan_without_running(home, client):
     lines: list[str] = []
     before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
-    assert runner.run(DEMO, dry_run=True, overrides=["x=9"], out=lines.append) is None
+    assert launch.run(DEMO, dry_run=True, overrides=["x=9"], out=lines.append) is None
     text = "\n".join(lines)
     assert "grid[x=1]" not in text and "x=9" in text  # --set pins the grid axis
     assert "${single.run_id}" in text and "needs single" in text
@@ -200,7 +200,7 @@ def test_a_lone_execution_gets_every_core(demo, client, home):
     stale = home / "runs" / "demo" / "single" / ".ok.ipynb.killed.tmp"
     stale.mkdir(parents=True)
     (stale / "ok.ipynb").write_text("half written")
-    report = runner.run(DEMO, jobs=2, only=["single"], force=True, out=lambda line: None)
+    report = launch.run(DEMO, jobs=2, only=["single"], force=True, out=lambda line: None)
     assert not stale.exists()
     assert (home / "runs" / "demo" / "single" / "ok.ipynb").is_file()
     run = client.get_run(runs_of(report)["single"].run_id)
@@ -211,7 +211,7 @@ def test_a_cell_past_the_stage_timeout_fails_the_execution(home, client):
     """`timeout:` in a stage bounds each cell: a hung notebook fails (and frees its job)
     instead of holding the batch forever; its notebook is still saved."""
     lines: list[str] = []
-    report = runner.run(HERE / "batches" / "timeout.yaml", jobs=1, out=lines.append)
+    report = launch.run(HERE / "batches" / "timeout.yaml", jobs=1, out=lines.append)
     result = runs_of(report)["slow"]
     assert result.status == "failed" and not report.ok
     assert "Timeout" in "\n".join(lines)
@@ -262,7 +262,7 @@ def test_progress_lines_show_the_cell_and_the_epoch_and_a_held_output_waits(home
     held = workspace.claim(output, "pid 1 on elsewhere, batch other")
     threading.Timer(3.0, held.release).start()
     lines: list[str] = []
-    report = runner.run(
+    report = launch.run(
         HERE / "batches" / "epochs.yaml", jobs=1, out=lines.append, progress_every=0.5
     )
     assert report.ok, lines

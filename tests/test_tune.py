@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mmlab import cli, tracking
-from mmlab.batch import config, runner, tune
+from mmlab.batch import config, launch, runner, tune
 
 pytest.importorskip("optuna")
 import optuna  # noqa: E402
@@ -46,7 +46,7 @@ def client(home):
 @pytest.fixture(scope="module")
 def searched(home):
     lines: list[str] = []
-    report = runner.run(BATCH, jobs=2, out=lines.append)
+    report = launch.run(BATCH, jobs=2, out=lines.append)
     return report, lines
 
 
@@ -93,7 +93,7 @@ def test_a_resumed_search_runs_only_what_its_budget_lacks(searched, client):
     (first,) = report.searches
     study = load_study(first.study)
     left_running = study.ask()  # as a search killed mid-trial leaves it
-    again = runner.run(BATCH, jobs=2, out=lambda line: None, trials=4)
+    again = launch.run(BATCH, jobs=2, out=lambda line: None, trials=4)
     (second,) = again.searches
     assert second.study == first.study and second.parent_run_id == first.parent_run_id
     assert len(second.results) == 1 and again.ok
@@ -102,7 +102,7 @@ def test_a_resumed_search_runs_only_what_its_budget_lacks(searched, client):
     assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 4
     assert len(children(client, first.parent_run_id)) == 4
     # and a budget already spent runs nothing
-    third = runner.run(BATCH, jobs=2, out=lambda line: None, trials=4)
+    third = launch.run(BATCH, jobs=2, out=lambda line: None, trials=4)
     assert third.searches[0].results == []
 
 
@@ -135,7 +135,7 @@ def test_a_search_stopped_mid_trial_resumes_with_the_rest(home, client, tmp_path
     parent = client.get_run(study.user_attrs[tune.RUN_ATTR])
     assert parent.info.status == "KILLED"
     assert client.get_run(study.trials[1].user_attrs[tune.RUN_ATTR]).info.status == "KILLED"
-    again = runner.run(path, jobs=2, out=lambda line: None, only=["search"])
+    again = launch.run(path, jobs=2, out=lambda line: None, only=["search"])
     assert again.ok and len(again.searches[0].results) == 2
     assert sum(t.state == complete for t in load_study(name).trials) == 3
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"

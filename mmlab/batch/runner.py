@@ -3,7 +3,7 @@ Per execution the runner creates the MLflow run (batch, stage, commit, parameter
 hashes), passes it to the kernel through the environment and sets its final status. A FINISHED
 run with the same `resume_key` stands in for it, so an interrupted batch resumes; a claimed
 output (`workspace.claim`) makes a second runner wait, then take that run from the cache.
-Stages with a `search:` block run after the others, as `mmlab.batch.tune` asks for trials."""
+Search stages (`mmlab.batch.tune`) run after the others, by `mmlab.batch.launch.run`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -528,83 +527,3 @@ def summary(report: Report) -> list[str]:
 
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def run(
-    path: str | Path,
-    *,
-    jobs: int | None = None,
-    only: list[str] = (),
-    overrides: list[str] = (),
-    force: bool = False,
-    dry_run: bool = False,
-    executor: str = "local",
-    executor_options: dict[str, Any] | None = None,
-    out: Print = print,
-    progress_every: float = 30.0,
-    trials: int | None = None,
-) -> Report | None:
-    """Load, check and run a batch file; the report (None for a dry run). Progress shows in a
-    live table on a terminal, else as lines every `progress_every` s. Stages with a `search:`
-    block run after the others (`mmlab.batch.tune`; `trials` overrides their budget). Raises
-    BatchError before anything runs, and executors.ExecutorError for an executor that cannot
-    start."""
-    batch = config.load(path, list(overrides))
-    jobs = jobs or os.cpu_count() or 1
-    if dry_run:
-        plan(batch, list(only), out, trials)
-        return None
-    from mmlab.batch import tune  # it imports this module
-
-    chosen = select(batch, list(only))
-    searches = [s for s in batch.stages if s in batch.searches and s in chosen]
-    if searches:
-        tune.require()  # before the first execution, not after the stages a search needs
-    interactive = out is print and sys.stdout.isatty()
-    view = batch_view.LiveView() if interactive else batch_view.PlainView(out, progress_every)
-    batch_run = BatchRun(batch, jobs, list(only), force, executor, out, view, executor_options)
-    view.line(
-        f"batch {batch.name!r} ({batch_run.batch_id}): {len(batch_run.results)} executions"
-        f"{f' and {len(searches)} searches' if searches else ''}, {jobs} jobs, tracking "
-        f"{tracking.tracking_uri()}"
-    )
-    try:
-        report = batch_run.run() if batch_run.results else Report(batch, batch_run.batch_id)
-        for stage in searches:
-            if report.lost:
-                break
-            failed = [n for n in batch.needs[stage] if n not in batch_run.run_ids()]
-            if failed:
-                view.line(
-                    f"search {stage!r} not started: it needs {', '.join(failed)}, which failed"
-                )
-                error = f"needs {failed[0]!r}, which failed"
-                report.results.append(Result(batch.stages[stage][0], "skipped", error=error))
-                continue
-            found = tune.search(
-                batch,
-                stage,
-                jobs=jobs,
-                trials=trials,
-                executor=executor,
-                executor_options=executor_options,
-                out=out,
-                view=view,
-                upstream=batch_run.run_ids(),
-            )
-            report.searches.append(found)
-            report.results += found.results
-    finally:
-        view.close()
-    for line in summary(report) + [n for found in report.searches for n in tune.summary(found)]:
-        out(line)
-    if report.lost:
-        unfinished = sum(not r.ok for r in report.results)
-        out(
-            f"{server_stopped(report.lost)}: {unfinished} executions did not "
-            f"finish. Start it again (`make server`, or ask whoever runs it) and rerun the "
-            f"same command: executions FINISHED in its store are taken from the cache, the "
-            f"rest run again."
-        )
-    sys.stdout.flush()
-    return report
