@@ -24,6 +24,8 @@ EXTRAS: dict[str, Extra] = {
     "psycopg": Extra("server", "psycopg"),
     "flask_wtf": Extra("server", "flask-wtf"),
     "optuna": Extra("tune", "optuna"),
+    "diffusers": Extra("generation", "diffusers"),
+    "torchmetrics": Extra("generation", "torchmetrics"),
 }
 
 
