@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from mmlab.core import stats
+from mmlab.fusion import robustness as robust
 from mmlab.fusion.base import PooledFusion
 from mmlab.fusion.inputs import FusionData, parse_encoder
 from mmlab.fusion.methods import create, input_form, method_class
@@ -70,6 +71,11 @@ class Comparison:
     histories: dict[tuple[str, int], dict[str, list[float]]] = field(default_factory=dict)
     weights: pd.DataFrame = field(default_factory=pd.DataFrame)
     chance: float = 0.5
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # robustness, a row per level
+
+    def robustness(self) -> pd.DataFrame:
+        """`robustness.summarize` of the curves: per method, modality and imperfection."""
+        return robust.summarize(self.curves)
 
     def summary(self, metric: str = METRIC, confidence: float = 0.95) -> pd.DataFrame:
         """Per method: n, mean, std, t-interval of `metric`, mean test_f1 and costs, and the paired
@@ -157,9 +163,15 @@ def accuracy_without(model, test: Split, device: str = "cpu") -> dict[str, float
 
 
 def run_one(
-    data: FusionData, choice: MethodChoice, seed: int, config: TrainConfig, hidden: int
-) -> tuple[dict, dict[str, list[float]], dict[str, float] | None]:
-    """Train and test one method under one seed: (metrics row, curves, modality weights)."""
+    data: FusionData,
+    choice: MethodChoice,
+    seed: int,
+    config: TrainConfig,
+    hidden: int,
+    imperfections: robust.Imperfections | None = None,
+) -> tuple[dict, dict[str, list[float]], dict[str, float] | None, pd.DataFrame]:
+    """Train and test one method under one seed: (metrics row, curves, modality weights,
+    robustness curves: empty without `imperfections` or for a token method)."""
     form = choice.form
     train, val, test = (data.split(form, s) for s in ("train", "validation", "test"))
     options = dict(choice.options)
@@ -172,6 +184,10 @@ def run_one(
     scores = evaluate(result.model, test, device=config.device)
     row = {f"test_{k}": v for k, v in scores.items()}
     row.update(accuracy_without(result.model, test, config.device))
+    curves = pd.DataFrame()
+    if imperfections is not None and isinstance(result.model, PooledFusion):
+        curves = robust.curves(result.model, test, imperfections, config.device)
+        row.update(robust.metrics(curves))
     row.update(
         n_parameters=parameter_count(result.model),
         train_seconds=result.train_seconds,
@@ -186,7 +202,7 @@ def run_one(
         alpha = result.model.modality_weights(inputs)
     if alpha is not None:
         weights = dict(zip(result.model.modalities, alpha.mean(0).tolist(), strict=True))
-    return row, result.history, weights
+    return row, result.history, weights, curves
 
 
 def run(
@@ -200,6 +216,7 @@ def run(
     workers: int | None = None,
     modality_dropout: float = 0.0,
     pooled_epochs: int | None = None,
+    imperfections: robust.Imperfections | None = None,
 ) -> Comparison:
     """Every method x seed; with `log`, each a nested MLflow run (tags `fusion_method`, `seed`,
     `modalities`, `fusion_target`) with its metrics and validation curves.
@@ -207,7 +224,8 @@ def run(
     `pooled_epochs`: the pooled methods' budget (None: `config.epochs`; patience capped, warmup
     kept in epochs): they peak early, the token method learns relations late. `workers`: processes
     of one thread (None: one per core on CPU, one on GPU), as these small models' steps are mostly
-    per-operation overhead. Workers are spawned: scripts need a `__main__` guard, or `workers=1`."""
+    per-operation overhead. Workers are spawned: scripts need a `__main__` guard, or `workers=1`.
+    `imperfections` (`robustness.prepare`): every pooled method is also tested under them."""
     config = config or TrainConfig()
     configs = {"tokens": config, "pooled": config}
     if pooled_epochs is not None:
@@ -221,27 +239,30 @@ def run(
     target = data.task.label_column if data.task.name == "label" else None
     jobs = [(choice, seed) for choice in choices for seed in seeds]
     results = {}
-    for (choice, seed), (row, history, w) in _train_all(data, jobs, configs, hidden, workers):
+    trained = _train_all(data, jobs, configs, hidden, workers, imperfections)
+    for (choice, seed), (row, history, w, curve) in trained:
         modalities = _modalities(data, choice)
         if log:
             _log(choice, seed, modalities, configs[choice.form], hidden, row, history, target)
-        results[choice, seed] = (modalities, row, history, w)
+        results[choice, seed] = (modalities, row, history, w, curve)
         if progress:
             progress(
                 f"{choice.label:<22} seed {seed}: accuracy {row[METRIC]:.3f} "
                 f"(epoch {row['best_epoch']}/{row['epochs_run']}, "
                 f"{row['train_seconds']:.1f} s)"
             )
-    rows, histories, weights = [], {}, []
+    rows, histories, weights, curves = [], {}, [], []
     for choice, seed in jobs:  # the table's order, whatever order the runs finished in
-        modalities, row, history, w = results[choice, seed]
+        modalities, row, history, w, curve = results[choice, seed]
         rows.append({"method": choice.label, "seed": seed, "modalities": modalities, **row})
+        curves.append(curve.assign(method=choice.label, seed=seed))
         histories[(choice.label, seed)] = history
         weights += [
             {"method": choice.label, "seed": seed, "modality": m, "weight": v}
             for m, v in (w or {}).items()
         ]
-    return Comparison(pd.DataFrame(rows), histories, pd.DataFrame(weights), chance=_chance(data))
+    curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    return Comparison(pd.DataFrame(rows), histories, pd.DataFrame(weights), _chance(data), curves)
 
 
 def run_targets(
@@ -263,7 +284,7 @@ def run_targets(
     return {t: run(relabel(data, ds, t), methods, **options) for t in targets}
 
 
-def _train_all(data, jobs, configs, hidden, workers):
+def _train_all(data, jobs, configs, hidden, workers, imperfections=None):
     """Yield `((choice, seed), run_one(...))` as runs finish; `configs` maps input form to recipe."""
     config = configs["tokens"]
     if workers is None:
@@ -273,11 +294,16 @@ def _train_all(data, jobs, configs, hidden, workers):
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
         for choice, seed in jobs:
-            yield (choice, seed), run_one(data, choice, seed, configs[choice.form], hidden)
+            yield (
+                (choice, seed),
+                run_one(data, choice, seed, configs[choice.form], hidden, imperfections),
+            )
         return
     for split in (s for form in data.splits.values() for s in form.values()):
         for x in (*split.inputs.values(), split.labels):
             x.share_memory_()  # workers map the tensors instead of receiving copies
+    if imperfections is not None:
+        imperfections.share_memory_()
     # token methods first: they take longest, and started last they would run on alone
     order = sorted(jobs, key=lambda job: job[0].form != "tokens")
     context = multiprocessing.get_context("spawn")  # a forked OpenMP runtime can deadlock
@@ -285,7 +311,8 @@ def _train_all(data, jobs, configs, hidden, workers):
         workers, context, initializer=torch.set_num_threads, initargs=(1,)
     ) as pool:
         futures = {
-            pool.submit(run_one, data, *job, configs[job[0].form], hidden): job for job in order
+            pool.submit(run_one, data, *job, configs[job[0].form], hidden, imperfections): job
+            for job in order
         }
         for future in as_completed(futures):
             yield futures[future], future.result()

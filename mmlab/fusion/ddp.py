@@ -59,7 +59,7 @@ def main(argv=None) -> None:
         tags = {"mmlab.launcher": "torchrun", "fusion_method": choice.label, "seed": str(args.seed)}
         params = {**vars(args), "processes": group.size}
         with distributed.main_run(group, NOTEBOOK, params, tags):
-            row, history, _ = compare.run_one(data, choice, args.seed, config, args.hidden)
+            row, history, _, _ = compare.run_one(data, choice, args.seed, config, args.hidden)
             if group.main:
                 tracking.log_history(history, start_step=1)
                 tracking.log_metrics(row)
