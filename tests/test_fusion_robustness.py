@@ -13,6 +13,7 @@ from mmlab.fusion import compare, inputs
 from mmlab.fusion import robustness as robust
 from mmlab.fusion.methods import InputSpec, create
 from mmlab.fusion.train import Split, TrainConfig, train_fusion
+from mmlab.plots import fusion as plots
 
 
 def _image(seed=0):
@@ -128,3 +129,6 @@ def test_comparison_tests_pooled_methods_under_raw_image_corruptions(tiny_synthe
     assert "relative_robustness/grayscale/image" in result.runs.columns
     summary = result.robustness()
     assert {"clean", "worst", "relative_robustness", "effective_robustness"} <= set(summary)
+    fig = plots.robustness_curves(result.curves, chance=result.chance)
+    panels = [ax for ax in fig.axes if ax.lines]  # dropout on image, text, all; grayscale
+    assert len(panels) == 4 and all(len(ax.lines) == 2 for ax in panels)  # concat and chance

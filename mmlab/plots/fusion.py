@@ -1,5 +1,6 @@
 """Figures of notebook 02 from `Comparison` tables: accuracy and its interval, cost, modality
-weights, accuracy by group, target or missing modality, validation curves (matplotlib Figures)."""
+weights, accuracy by group, target or missing modality, validation curves, robustness curves
+(matplotlib Figures)."""
 
 from __future__ import annotations
 
@@ -94,4 +95,31 @@ def validation_curves(histories: dict[tuple[str, int], dict[str, list[float]]]):
     ax.set_ylabel("validation accuracy")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
+    return fig
+
+
+def robustness_curves(curves: pd.DataFrame, chance: float | None = None):
+    """Performance-imperfection curves (MultiBench): mean test accuracy over seeds against the
+    level, one panel per imperfection and modality, one line per fusion method (unimodal
+    baselines are in the table: their curves are flat wherever their modality is untouched)."""
+    curves = curves[~curves["method"].str.startswith("unimodal")]
+    panels = list(curves.groupby(["kind", "modality"], sort=False))
+    cols = min(5, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.6 * rows), squeeze=False)
+    for ax, ((kind, modality), panel) in zip(axes.flat, panels, strict=False):
+        mean = panel.groupby(["method", "level"], sort=False)["accuracy"].mean()
+        for method, curve in mean.groupby(level="method", sort=False):
+            ax.plot(curve.index.get_level_values("level"), curve.to_numpy(), label=method)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"{kind} on {modality}", fontsize=9)
+        ax.set_xlabel("level", fontsize=8)
+        ax.set_ylim(0, 1.02)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].set_ylabel("test accuracy")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * (len(labels) > 6), 1, 1))
     return fig
