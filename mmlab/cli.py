@@ -223,6 +223,49 @@ def _caption(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help='a sentence, e.g. "a red circle above a blue square"')
+    p.add_argument(
+        "--model",
+        default="models:/mmlab-generator@candidate",
+        help="run id, runs:/<id>/model, models:/NAME@ALIAS, models:/NAME/VERSION or a model "
+        "folder (default: the generator notebook 06 registered last, alias candidate)",
+    )
+    p.add_argument("-n", type=int, default=4, help="images to draw (default 4)")
+    p.add_argument("--out", type=Path, default=Path("generated"), help="folder for the PNGs")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance w")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed draws the same images")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import warnings
+
+    if args.n < 1:
+        raise UsageError(f"-n {args.n}: expected at least 1 image")
+    from mmlab.generation import base, saving, text
+
+    try:
+        text.check_prompts([args.prompt])
+        base.check_settings(args.guidance, 1 if args.steps is None else args.steps)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    try:
+        generator = saving.load_generator(args.model)
+    except (FileNotFoundError, LookupError, ValueError) as error:
+        raise UsageError(f"--model {args.model}: cannot load a generator ({error})") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", base.UnknownWords)
+        images = generator.generate(
+            [args.prompt] * args.n, guidance=args.guidance, steps=args.steps, seed=args.seed
+        )
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    for path in saving.write_pngs(images, args.out, args.prompt, args.seed):
+        print(path)
+    return 0
+
+
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="models:/mmlab-captioner@champion", help=MODEL_HELP)
     _listen_arguments(p, 5001)
@@ -382,6 +425,7 @@ COMMANDS: dict[str, Command] = {
     "ui": Command("MLflow UI on the workspace store", _ui_arguments, _ui),
     "data": Command("generate the embedded synthetic dataset", _data_arguments, _data),
     "caption": Command("caption images with a trained model", _caption_arguments, _caption),
+    "generate": Command("draw images from a sentence", _generate_arguments, _generate),
     "serve": Command("serve a captioner over HTTP (MLflow)", _serve_arguments, _serve),
     "server": Command("shared MLflow tracking server on PostgreSQL", _server_arguments, _server),
     "compare": Command("compare batches of runs (notebook 00)", _compare_arguments, _compare),
@@ -406,6 +450,7 @@ examples:
   mmlab ui                                      MLflow UI on http://127.0.0.1:5000
   mmlab data synth --out data/mine --n 300      generate the synthetic dataset
   mmlab caption scene.png --model models:/mmlab-captioner@champion
+  mmlab generate "a red circle above a blue square" -n 4 --out samples/
   mmlab serve                                   the champion captioner over HTTP on :5001
   mmlab server                                  MLflow server on a local PostgreSQL (make server)
   mmlab compare yesterday default               two batches side by side, moved metrics flagged
