@@ -10,7 +10,7 @@ _HOMES = {
     "loaders": ("CAPTION_COLUMNS", "DataError", "LoadReport", "load_dataset"),
     "fingerprinting": ("fingerprint",),
     "synthetic": ("default_dataset", "scene_objects"),
-    "world": "CaptionsWorld SceneTruthUnknown SyntheticWorld World synthetic_world world_of".split(),
+    "world": "CaptionsWorld SceneKinds SceneTruthUnknown SyntheticWorld World synthetic_world world_of".split(),
 }
 _EXPORTS = {name: f"mmlab.data.{module}" for module, names in _HOMES.items() for name in names}
 

@@ -8,6 +8,7 @@ and scene truth raises `SceneTruthUnknown`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -21,6 +22,17 @@ ATTRIBUTES = ("colour", "shape", "size")  # what every synthetic object has
 
 class SceneTruthUnknown(ValueError):
     """Asked a world for scene truth it does not have (a captions-only dataset)."""
+
+
+@dataclass(frozen=True)
+class SceneKinds:
+    """The canonical values a world's scenes are made of, and how many objects a scene holds."""
+
+    shapes: tuple[str, ...]
+    colours: tuple[str, ...]
+    sizes: tuple[str, ...]
+    relations: tuple[str, ...]
+    max_objects: int
 
 
 def _columns(split) -> list[str]:
@@ -79,6 +91,10 @@ class World:
     def hard_negatives(self, split, per_row: int, seed: int = 1) -> list[list[str]]:
         """Up to `per_row` captions per row that are wrong for it by construction."""
         raise self._unknown("hard negatives (scenes changed in one attribute)")
+
+    def kinds(self) -> SceneKinds:
+        """The shapes, colours, sizes and relations scenes are made of."""
+        raise self._unknown("the kinds of objects scenes are made of")
 
     def _unknown(self, what: str) -> SceneTruthUnknown:
         return SceneTruthUnknown(
@@ -147,6 +163,77 @@ class SyntheticWorld(World):
 
     def can_pair(self, split) -> bool:
         return True
+
+    # --------------------------------------------------------------- making scenes
+    # What a prompt suite needs: the world's kinds, its caption wording, scenes that make a
+    # description true, and those scenes drawn as the dataset draws them.
+    def kinds(self) -> SceneKinds:
+        from mmlab.data import synthetic
+
+        return SceneKinds(
+            synthetic.SHAPES, synthetic.COLOURS, synthetic.SIZES, synthetic.RELATIONS, 3
+        )
+
+    def describe(self, objects: Sequence[Mapping], relation: str | None = None) -> str:
+        """A caption of `objects` ({colour, shape[, size]}, in mention order) in the dataset's
+        most frequent wording (canonical words, the first template of its kind); `relation`:
+        where the first object is relative to the second, stated in the caption."""
+        from mmlab.data import synthetic
+
+        n = len(objects)
+        if n not in synthetic.TEMPLATES:
+            raise ValueError(f"a scene holds 1 to {max(synthetic.TEMPLATES)} objects, got {n}")
+        if relation is not None and (n < 2 or relation not in synthetic.RELATIONS):
+            raise ValueError(
+                f"relation {relation!r} needs two or more objects and one of {synthetic.RELATIONS}"
+            )
+        stated = relation is not None and n >= 2
+        template = next(t for t, _, rel in synthetic.TEMPLATES[n] if rel == stated or n == 1)
+
+        def word(kind: str, value: str) -> str:
+            return synthetic.SYNONYMS[(kind, value)][0]
+
+        slots = {}
+        for key, o in zip("ABC", objects, strict=False):
+            words = [word("colour", o["colour"]), word("shape", o["shape"])]
+            if o.get("size"):
+                words.insert(0, word("size", o["size"]))
+            slots[key] = " ".join(["an" if words[0][0] in "aeiou" else "a", *words])
+        if stated:
+            slots["rel"] = word("relation", relation)
+        return template.format(**slots)
+
+    def arrange(
+        self, objects: Sequence[Mapping], relation: str | None = None, seed: int = 0
+    ) -> list[dict]:
+        """A scene ({shape, colour, size, x, y} dicts, like the `objects` column) of `objects` in
+        distinct cells, placed as the generator places them, with the first object `relation`
+        of the second when given; missing sizes are drawn."""
+        from mmlab.data import synthetic
+
+        rng = np.random.default_rng(seed)
+        cells = synthetic.GRID * synthetic.GRID
+        for _ in range(1000):  # a relation holds for about a quarter of the placements
+            placed = []
+            for o, cell in zip(
+                objects, rng.choice(cells, len(objects), replace=False), strict=True
+            ):
+                size = o.get("size") or synthetic.SIZES[int(rng.integers(len(synthetic.SIZES)))]
+                slack = max(0.0, (1 / synthetic.GRID - synthetic.DIAMETER[size]) / 2 - 0.01)
+                dx, dy = rng.uniform(-slack, slack, size=2)
+                row, col = divmod(int(cell), synthetic.GRID)
+                obj = synthetic.Obj(o["shape"], o["colour"], size, row, col, float(dx), float(dy))
+                placed.append(obj.as_dict())
+            if relation is None or self.relation(placed[0], placed[1]) == relation:
+                return placed
+        raise ValueError(f"could not place {len(objects)} objects with relation {relation!r}")
+
+    def render(self, scene: Sequence[Mapping], image_size: int = 64, seed: int = 0):
+        """`scene` drawn as the dataset draws its images (a PIL image, textured background)."""
+        from mmlab.data import synthetic
+
+        drawn = synthetic.scene_from_row({"objects": list(scene)})
+        return synthetic.render(drawn, np.random.default_rng(seed), image_size)[0]
 
     def _records(self, split) -> list[dict]:
         return split.select_columns(["id", "objects", "motion"]).to_list()
