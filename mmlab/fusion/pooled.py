@@ -175,21 +175,28 @@ class Late(PooledFusion):
 
 
 class CrossAttention(PooledFusion):
-    """A small transformer over modality tokens (each pooled modality is one token) + [CLS]."""
+    """A small transformer over modality tokens (each pooled modality is one token), read out
+    by the mean of its output tokens (global average pooling, as in Beyer et al. 2022's plain
+    ViT), through the final LayerNorm a pre-norm encoder needs (as in ViT).
+
+    No [CLS] token: with only two to four tokens, a [CLS] reads the modalities through one
+    softmax that saturates within an epoch at the shared learning rate, each head then taking
+    one modality per sample, and the match task needs both at once. The mean keeps every
+    modality's residual path to the head; attention still mixes them first."""
 
     def __init__(
         self, specs, num_classes, hidden=128, dropout=0.1, modality_dropout=0.0, heads=4, layers=2
     ):
         super().__init__(specs, num_classes, hidden, dropout, modality_dropout)
-        self.cls = nn.Parameter(torch.zeros(1, 1, hidden))
         self.modality_embedding = nn.Parameter(torch.randn(1, len(specs), hidden) * 0.02)
         layer = nn.TransformerEncoderLayer(
             hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=True
         )
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(
+            layer, layers, norm=nn.LayerNorm(hidden), enable_nested_tensor=False
+        )
         self.head = head(hidden, hidden, num_classes, dropout)
 
     def forward(self, inputs):
         tokens = torch.stack(self.project(inputs), dim=1) + self.modality_embedding
-        tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        return self.head(self.encoder(tokens)[:, 0])
+        return self.head(self.encoder(tokens).mean(1))
