@@ -196,7 +196,10 @@ def test_summary_and_group_tables(data):
     assert row["p_vs_best"] == 1.0 and result.best_method == row["method"]
     groups = result.by_group()
     assert list(groups.index) == list(summary["method"])
-    assert set(groups.columns) == set(data.split("pooled", "test").groups)
+    assert list(groups.columns)[0] == "all"  # the total beside each kind
+    assert set(groups.columns[1:]) == set(data.split("pooled", "test").groups)
+    means = result.runs.groupby("method")["test_accuracy"].mean()
+    assert groups["all"].to_dict() == pytest.approx(means.to_dict())
     for fig in (
         plots.accuracy_bars(summary, chance=result.chance),
         plots.cost_scatter(summary),
@@ -493,3 +496,71 @@ def test_pooled_methods_take_their_own_epoch_budget(data):
     )
     epochs = result.runs.set_index("method")["epochs_run"]
     assert epochs["concat"] == 1 and epochs["grid_cross_attention"] == 3
+
+
+def test_tuned_settings_replace_the_shared_ones_for_their_method_alone(data, tmp_path):
+    from mmlab.fusion import tuned
+
+    path = tmp_path / "tuned.yaml"
+    path.write_text(
+        "entries:\n"
+        "  concat:\n"
+        "    parameters: {lr: 0.01, weight_decay: 0.0, hidden: 12, dropout: 0.0, pooled_epochs: 2}\n"
+        "    search: {parent_run_id: abc, metric: val_accuracy, value: 0.6}\n"
+    )
+    settings = tuned.load(path)
+    assert settings == {
+        "concat": {
+            "lr": 0.01,
+            "weight_decay": 0.0,
+            "hidden": 12,
+            "dropout": 0.0,
+            "pooled_epochs": 2,
+        }
+    }
+    config = fusion.TrainConfig(epochs=3, batch_size=16, patience=5, warmup=1 / 3)
+    quiet = dict(seeds=[0], hidden=8, log=False, progress=None, workers=1, dropout=0.2)
+    result = compare.run(data, ["concat", "late"], config=config, tuned=settings, **quiet)
+    runs = result.runs.set_index("method")
+    assert runs.loc["concat", "epochs_run"] == 2 and runs.loc["late", "epochs_run"] == 3
+    # the widths the models were built with: 12 from the file, 8 shared
+    assert runs.loc["concat", "n_parameters"] == parameter_count("concat", data, 12)
+    assert runs.loc["late", "n_parameters"] == parameter_count("late", data, 8)
+    shared = compare.Recipe(config, 8, 0.2)
+    recipe = shared.tuned("pooled", settings["concat"])
+    assert (recipe.config.lr, recipe.config.weight_decay, recipe.hidden) == (0.01, 0.0, 12)
+    assert recipe.dropout == 0.0 and recipe.is_tuned and not shared.tuned("pooled", {}).is_tuned
+    assert recipe.config.epochs == 2 and recipe.config.patience == 2
+    assert shared.tuned("tokens", {"pooled_epochs": 2}).config.epochs == 3  # pooled only
+    # a warmup keeps its length in epochs: one of three shared epochs is one of six
+    assert shared.tuned("pooled", {"pooled_epochs": 6}).config.warmup == pytest.approx(1 / 6)
+
+
+def parameter_count(name, data, hidden):
+    return fusion.parameter_count(fusion.create(name, data.specs["pooled"], hidden=hidden))
+
+
+def test_a_settings_file_notebook_02_cannot_use_is_refused_by_file_method_and_key(tmp_path):
+    from mmlab.fusion import tuned
+
+    path = tmp_path / "tuned.yaml"
+    path.write_text("entries:\n  concat:\n    parameters: {lr: 0.01, width: 3}\n")
+    with pytest.raises(ValueError, match=r"tuned.yaml: entry 'concat': 'width' is not a per-m"):
+        tuned.load(path)
+    path.write_text("entries:\n  gated:\n    parameters: {hidden: 1.5}\n")
+    with pytest.raises(ValueError, match="entry 'gated': hidden must be a whole number"):
+        tuned.load(path)
+    path.write_text("methods: {}\n")
+    with pytest.raises(ValueError, match="expected a mapping 'entries"):
+        tuned.load(path)
+    with pytest.raises(FileNotFoundError, match="mmlab run params/full.yaml"):
+        tuned.load(tmp_path / "absent.yaml")
+
+
+def test_dropout_reaches_every_method_unless_its_options_set_one(data):
+    for label, p in (("concat", 0.3), ("concat:dropout=0.05", 0.05), ("grid_cross_attention", 0.3)):
+        model = compare.build(data, compare.expand([label], data.modalities)[0], 8, dropout=0.3)
+        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        assert rates <= {p, 0.0} and p in rates, (label, rates)  # 0: layers that never drop
+    default = compare.build(data, compare.expand(["concat"], data.modalities)[0], 8)
+    assert {m.p for m in default.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}

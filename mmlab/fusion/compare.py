@@ -63,6 +63,38 @@ def expand(methods: Iterable[str], modalities: Sequence[str]) -> list[MethodChoi
     return choices
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How one method is trained and built: the loop's recipe, the width and the dropout."""
+
+    config: TrainConfig
+    hidden: int
+    dropout: float | None = None  # None: the method's default
+    pooled_epochs: int | None = None  # the pooled methods' budget (None: config.epochs)
+    is_tuned: bool = False  # settings of its own (`tuned`), not the shared ones
+
+    def tuned(self, form: str, settings: Mapping[str, object]) -> Recipe:
+        """This recipe for a method of input `form`, with `settings` (notebook parameter names)
+        in place of the shared values. The budget is `pooled_epochs` for a pooled method (else
+        `epochs`); patience is capped at it and a warmup keeps its length in epochs."""
+        s = {**vars(self.config), "hidden": self.hidden, "dropout": self.dropout}
+        s |= {"pooled_epochs": self.pooled_epochs, **settings}
+        epochs = s["pooled_epochs"] if form == "pooled" and s["pooled_epochs"] else s["epochs"]
+        config = replace(
+            self.config,
+            lr=s["lr"],
+            weight_decay=s["weight_decay"],
+            epochs=epochs,
+            patience=min(s["patience"], epochs),
+            warmup=self.config.warmup * self.config.epochs / epochs,
+        )
+        return Recipe(config, s["hidden"], s["dropout"], s["pooled_epochs"], bool(settings))
+
+    def args(self, imperfections) -> tuple:
+        """`run_one`'s arguments after (data, choice, seed)."""
+        return self.config, self.hidden, imperfections, self.dropout
+
+
 @dataclass
 class Comparison:
     """Results of every method x seed: a row per run, curves and learned modality weights."""
@@ -97,10 +129,13 @@ class Comparison:
         return str(self.summary()["method"].iloc[0])
 
     def by_group(self) -> pd.DataFrame:
-        """Mean test accuracy per method (rows, best first) and sample group (columns)."""
+        """Mean test accuracy per method (rows, best first): over all samples (`all`), then per
+        sample group (columns; the match task's kinds); empty without groups."""
         columns = [c for c in self.runs.columns if c.startswith(f"{METRIC}/")]
-        table = self.runs.groupby("method", sort=False)[columns].mean()
-        table.columns = [c.split("/", 1)[1] for c in columns]
+        if not columns:
+            return pd.DataFrame()
+        table = self.runs.groupby("method", sort=False)[[METRIC, *columns]].mean()
+        table.columns = ["all"] + [c.split("/", 1)[1] for c in columns]
         return table.loc[self.summary()["method"]]
 
     def missing(self) -> pd.DataFrame:
@@ -162,6 +197,18 @@ def accuracy_without(model, test: Split, device: str = "cpu") -> dict[str, float
     return out
 
 
+def build(data: FusionData, choice: MethodChoice, hidden: int, dropout: float | None = None):
+    """The model of `choice` for `data`; `dropout` None: the method's default (a `dropout=` in
+    the choice's options wins over it)."""
+    options = dict(choice.options)
+    # A method that learns from captions (masked words) is told which class describes its image.
+    if "described_class" in inspect.signature(method_class(choice.name)).parameters:
+        options.setdefault("described_class", data.described_class)
+    if dropout is not None:
+        options.setdefault("dropout", dropout)
+    return create(choice.name, data.specs[choice.form], data.num_classes, hidden=hidden, **options)
+
+
 def run_one(
     data: FusionData,
     choice: MethodChoice,
@@ -169,17 +216,14 @@ def run_one(
     config: TrainConfig,
     hidden: int,
     imperfections: robust.Imperfections | None = None,
+    dropout: float | None = None,
 ) -> tuple[dict, dict[str, list[float]], dict[str, float] | None, pd.DataFrame]:
     """Train and test one method under one seed: (metrics row, curves, modality weights,
-    robustness curves: empty without `imperfections` or for a token method)."""
-    form = choice.form
-    train, val, test = (data.split(form, s) for s in ("train", "validation", "test"))
-    options = dict(choice.options)
-    # A method that learns from captions (masked words) is told which class describes its image.
-    if "described_class" in inspect.signature(method_class(choice.name)).parameters:
-        options.setdefault("described_class", data.described_class)
+    robustness curves: empty without `imperfections` or for a token method). `dropout`: the
+    model's (None: the method's default; a `dropout=` in the choice's options wins)."""
+    train, val, test = (data.split(choice.form, s) for s in ("train", "validation", "test"))
     torch.manual_seed(seed)
-    model = create(choice.name, data.specs[form], data.num_classes, hidden=hidden, **options)
+    model = build(data, choice, hidden, dropout)
     result = train_fusion(model, train, val, replace(config, seed=seed))
     scores = evaluate(result.model, test, device=config.device)
     row = {f"test_{k}": v for k, v in scores.items()}
@@ -217,6 +261,8 @@ def run(
     modality_dropout: float = 0.0,
     pooled_epochs: int | None = None,
     imperfections: robust.Imperfections | None = None,
+    dropout: float | None = None,
+    tuned: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Comparison:
     """Every method x seed; with `log`, each a nested MLflow run (tags `fusion_method`, `seed`,
     `modalities`, `fusion_target`) with its metrics and validation curves.
@@ -225,25 +271,22 @@ def run(
     kept in epochs): they peak early, the token method learns relations late. `workers`: processes
     of one thread (None: one per core on CPU, one on GPU), as these small models' steps are mostly
     per-operation overhead. Workers are spawned: scripts need a `__main__` guard, or `workers=1`.
-    `imperfections` (`robustness.prepare`): every pooled method is also tested under them."""
+    `imperfections` (`robustness.prepare`): every pooled method is also tested under them.
+    `dropout`: every method's (None: each its default). `tuned`: per method label, settings that
+    replace the shared ones for it alone (`mmlab.fusion.tuned`: lr, weight_decay, hidden, dropout,
+    patience, epochs, pooled_epochs); a method without an entry keeps the shared ones."""
     config = config or TrainConfig()
-    configs = {"tokens": config, "pooled": config}
-    if pooled_epochs is not None:
-        configs["pooled"] = replace(
-            config,
-            epochs=pooled_epochs,
-            patience=min(config.patience, pooled_epochs),
-            warmup=config.warmup * config.epochs / pooled_epochs,
-        )
+    shared = Recipe(config, hidden, dropout, pooled_epochs)
     choices = with_modality_dropout(expand(methods, data.modalities), modality_dropout)
+    recipes = {c: shared.tuned(c.form, (tuned or {}).get(c.label, {})) for c in choices}
     target = data.task.label_column if data.task.name == "label" else None
     jobs = [(choice, seed) for choice in choices for seed in seeds]
     results = {}
-    trained = _train_all(data, jobs, configs, hidden, workers, imperfections)
+    trained = _train_all(data, jobs, recipes, workers, imperfections)
     for (choice, seed), (row, history, w, curve) in trained:
         modalities = _modalities(data, choice)
         if log:
-            _log(choice, seed, modalities, configs[choice.form], hidden, row, history, target)
+            _log(choice, seed, modalities, recipes[choice], row, history, target)
         results[choice, seed] = (modalities, row, history, w, curve)
         if progress:
             progress(
@@ -284,9 +327,9 @@ def run_targets(
     return {t: run(relabel(data, ds, t), methods, **options) for t in targets}
 
 
-def _train_all(data, jobs, configs, hidden, workers, imperfections=None):
-    """Yield `((choice, seed), run_one(...))` as runs finish; `configs` maps input form to recipe."""
-    config = configs["tokens"]
+def _train_all(data, jobs, recipes, workers, imperfections=None):
+    """Yield `((choice, seed), run_one(...))` as runs finish; `recipes`: each choice's `Recipe`."""
+    config = next(iter(recipes.values())).config
     if workers is None:
         workers = (os.cpu_count() or 1) if torch.device(config.device).type == "cpu" else 1
     if config.processes > 1:  # each run starts its own processes, which use the cores
@@ -294,10 +337,7 @@ def _train_all(data, jobs, configs, hidden, workers, imperfections=None):
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
         for choice, seed in jobs:
-            yield (
-                (choice, seed),
-                run_one(data, choice, seed, configs[choice.form], hidden, imperfections),
-            )
+            yield (choice, seed), run_one(data, choice, seed, *recipes[choice].args(imperfections))
         return
     for split in (s for form in data.splits.values() for s in form.values()):
         for x in (*split.inputs.values(), split.labels):
@@ -311,14 +351,14 @@ def _train_all(data, jobs, configs, hidden, workers, imperfections=None):
         workers, context, initializer=torch.set_num_threads, initargs=(1,)
     ) as pool:
         futures = {
-            pool.submit(run_one, data, *job, configs[job[0].form], hidden, imperfections): job
+            pool.submit(run_one, data, *job, *recipes[job[0]].args(imperfections)): job
             for job in order
         }
         for future in as_completed(futures):
             yield futures[future], future.result()
 
 
-def _log(choice, seed, modalities, config, hidden, row, history, target=None) -> None:
+def _log(choice, seed, modalities, recipe, row, history, target=None) -> None:
     from mmlab import tracking
 
     tags = {"fusion_method": choice.label, "seed": str(seed), "modalities": modalities}
@@ -329,9 +369,11 @@ def _log(choice, seed, modalities, config, hidden, row, history, target=None) ->
     params = {
         **tags,
         "input_form": choice.form,
-        "hidden": hidden,
+        "hidden": recipe.hidden,
+        "dropout": "default" if recipe.dropout is None else recipe.dropout,
+        "tuned": recipe.is_tuned,
         **{f"option.{k}": v for k, v in choice.options},
-        **{f"train.{k}": v for k, v in vars(config).items() if k != "seed"},
+        **{f"train.{k}": v for k, v in vars(recipe.config).items() if k != "seed"},
     }
     with tracking.child_run(name, tags=tags, params=params):
         tracking.log_metrics(row)
