@@ -86,6 +86,34 @@ def test_three_trials_are_finished_children_of_one_parent_with_the_best(searched
     assert any("best value" in line for line in lines)
 
 
+def test_save_writes_the_best_parameters_with_the_search_that_found_them(searched, home):
+    import yaml
+
+    report, _ = searched
+    (found,) = report.searches
+    assert found.saved == home / "searched" / "best.yaml"
+    entry = yaml.safe_load(found.saved.read_text())["entries"]["tiny"]
+    assert entry["parameters"] == found.best_params
+    search = entry["search"]
+    assert search["parent_run_id"] == found.parent_run_id and search["study"] == found.study
+    assert search["metric"] == "score" and search["value"] == pytest.approx(found.best_value)
+    assert search["trials"] == {"complete": 3}
+    # the file is replaced whole and keeps other searches' entries
+    document = yaml.safe_load(found.saved.read_text())
+    document["entries"]["other"] = {"parameters": {"x": 1.0}}
+    found.saved.write_text(yaml.safe_dump(document))
+    batch = config.load(BATCH)
+    run = tune.SearchRun(batch, "search", 1, "local", lambda line: None)
+    run.open()
+    try:
+        run.save_best(run.study.best_trial, {"COMPLETE": 3})
+    finally:
+        run.lock.release()
+    entries = yaml.safe_load(found.saved.read_text())["entries"]
+    assert set(entries) == {"tiny", "other"} and entries["tiny"]["parameters"] == found.best_params
+    assert not [p for p in found.saved.parent.iterdir() if p.name.startswith(".")]
+
+
 def test_a_resumed_search_runs_only_what_its_budget_lacks(searched, client):
     """A killed search leaves a RUNNING trial: the next start marks it FAIL, does not count it,
     and with a budget of 4 runs one trial more, under the same parent."""

@@ -128,6 +128,16 @@ class PrunerSpec(BaseModel):
         return self
 
 
+class SaveSpec(BaseModel):
+    """Where a search writes its best parameters: entry `entry` of the YAML file `path` (relative
+    to the workspace), beside the entries other searches wrote there (`mmlab.batch.tune`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1)
+    entry: str = Field(min_length=1)
+
+
 class SearchSpec(BaseModel):
     """A stage's `search:` block: Optuna trials over `parameters`, each one execution."""
 
@@ -139,6 +149,7 @@ class SearchSpec(BaseModel):
     trials: int = Field(default=12, ge=1)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec | None = None
+    save: SaveSpec | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -94,7 +94,8 @@ def study_name(batch: Batch, stage: str, params: dict[str, Any]) -> str:
     """`BATCH.STAGE.HASH`: the hash of what makes trials comparable (not their number)."""
     search = batch.searches[stage]
     identity = {
-        "search": search.model_dump(exclude={"trials"}),
+        # neither the budget nor where the best parameters are written changes a trial
+        "search": search.model_dump(exclude={"trials", "save"}),
         "parameters": params,
         # the notebook, not all of mmlab's source (`code_hash`): an edit elsewhere in the package
         # must not orphan a half-done search; each trial's run still carries the code hash
@@ -152,6 +153,7 @@ class SearchReport:
     best_value: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # trial states in the whole study
+    saved: Path | None = None  # the file the best parameters were written to (`save:`)
 
     @property
     def ok(self) -> bool:
@@ -403,6 +405,8 @@ class SearchRun(runner.BatchRun):
             best = self.study.best_trial
             report.best_value, report.best_params = best.value, dict(best.params)
             self.log_best(client, best)
+            if self.search.save is not None:
+                report.saved = self.save_best(best, report.counts)
         self.log_artifacts(client)
         status = "FINISHED" if report.ok and report.best_value is not None else "FAILED"
         tracking.retry(client.set_terminated, self.parent, status)
@@ -421,6 +425,40 @@ class SearchRun(runner.BatchRun):
         texts |= {"mmlab.best_value": f"{best.value:.6g}", tracking.HEADLINE_TAG: "best_value"}
         tags = [RunTag(k, v) for k, v in texts.items()]
         tracking.retry(client.log_batch, self.parent, metrics=metrics, tags=tags)
+
+    def save_best(self, best: Any, counts: dict[str, int]) -> Path:
+        """Write the best parameters as entry `save.entry` of the YAML file `save.path`, keeping
+        its other entries, with what the search was: its parent run, metric and trial counts."""
+        import yaml
+
+        save = self.search.save
+        path = Path(save.path).expanduser()
+        path = path if path.is_absolute() else workspace.root() / path
+        document = yaml.safe_load(path.read_text()) if path.is_file() else None
+        if not isinstance(document, dict) or not isinstance(document.get("entries"), dict):
+            document = {"entries": {}}
+        document["entries"][save.entry] = {
+            "parameters": dict(best.params),
+            "search": {
+                "batch": self.batch.name,
+                "stage": self.stage,
+                "study": self.name,
+                "parent_run_id": self.parent,
+                "best_run_id": str(best.user_attrs.get(RUN_ATTR, "")),
+                "metric": self.search.metric,
+                "direction": self.search.direction,
+                "value": float(best.value),
+                "trials": {s.lower(): n for s, n in counts.items()},
+                "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            },
+        }
+        header = (
+            "# Per-method settings: each entry the best parameters of one search "
+            "(mmlab.batch.tune, `save:`).\n"
+        )
+        with workspace.atomic_path(path) as tmp:
+            tmp.write_text(header + yaml.safe_dump(document, sort_keys=False))
+        return path
 
     def log_artifacts(self, client: Any) -> None:
         """The trials table, the importance table and the parallel-coordinates figure."""
@@ -495,4 +533,6 @@ def summary(report: SearchReport) -> list[str]:
     if report.best_value is not None:
         params = " ".join(f"{k}={v!r}" for k, v in report.best_params.items())
         lines.append(f"  best value {report.best_value:.4g}: {params}")
+    if report.saved is not None:
+        lines.append(f"  best parameters written to {report.saved}")
     return lines
