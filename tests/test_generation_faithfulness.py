@@ -14,6 +14,7 @@ from mmlab.data import SceneTruthUnknown, load_dataset, synthetic_world
 from mmlab.generation.checker import (
     AttributeChecker,
     CheckerConfig,
+    checker_for,
     evaluate_checker,
     reading_accuracy,
     split_pixels,
@@ -231,3 +232,12 @@ def test_frechet_real_vs_real_is_below_real_vs_noise(ds, fit):
     assert 0 <= floor < noisy
     assert table["kid_mean"].iloc[1] < table["kid_mean"].iloc[0]
     assert table["fid_over_floor"].iloc[1] == pytest.approx(1.0)
+
+
+def test_checker_for_trains_once_then_loads_from_the_cache(ds):
+    config = CheckerConfig(width=8, epochs=1, batch_size=64)
+    first = checker_for(ds, config)
+    again = checker_for(ds, config)
+    images = split_pixels(ds["test"], 64)[:4]
+    assert torch.equal(first.outputs(images), again.outputs(images))
+    assert again.config == first.config and first.config.shapes == WORLD.kinds().shapes

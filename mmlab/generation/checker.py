@@ -42,6 +42,7 @@ from mmlab.train import loop
 
 MAX_OBJECTS = 8  # object slots per training image (the embedded world has at most 3)
 NORM_MEAN, NORM_STD = 0.5, 0.25
+MERGE = 0.75  # cells: detections closer than this are one object
 
 
 @dataclass
@@ -56,7 +57,9 @@ class CheckerConfig:
     patience: int = 4
     warmup: float = 0.1
     flip: bool = True  # mirror training images left-right (every shape is symmetric so)
-    threshold: float = 0.5  # objectness above which a cell holds an object
+    # objectness above which a cell holds an object: low, because an object centred on the line
+    # between two cells splits its objectness between them (the duplicate is then dropped)
+    threshold: float = 0.25
     seed: int = 0
     device: str = "cpu"
     shapes: tuple[str, ...] = ()  # class names, filled from the dataset's world when empty
@@ -97,10 +100,13 @@ class AttributeChecker(nn.Module):
             raise ValueError("CheckerConfig needs the class names: shapes=(...), colours=(...)")
         self.config = config
         downs = int(math.log2(config.image_size // config.grid))
-        widths = [config.width * 2 ** min(i, 2) for i in range(max(3, downs))]
+        n_stages = max(3, downs)
+        widths = [config.width * 2 ** min(i, 2) for i in range(n_stages)]
         stages, c_in = [], 3
         for i, w in enumerate(widths):
-            stages.append(_block(c_in, w, 2 if i < downs else 1))
+            # small images keep their full resolution in the first stages: a small object
+            # is a few pixels wide at 32x32
+            stages.append(_block(c_in, w, 2 if i >= n_stages - downs else 1))
             c_in = w
         self.trunk = nn.Sequential(*stages)
         self.head = nn.Sequential(
@@ -201,7 +207,8 @@ def to_unit(images) -> torch.Tensor:
 # ---------------------------------------------------------------------- targets and decoding
 def decode(out: torch.Tensor, config: CheckerConfig) -> list[list[dict]]:
     """Raw maps [N, K, G, G] -> objects per image: cells above the threshold, a cell dropped
-    when a stronger one's centre is closer than half a cell (one object seen twice)."""
+    when a stronger one's centre is closer than `MERGE` cells (one object seen twice; two objects
+    of the world's layout are farther apart)."""
     n_s = len(config.shapes)
     g = out.shape[-1]
     objectness = out[:, 0].sigmoid()
@@ -217,7 +224,7 @@ def decode(out: torch.Tensor, config: CheckerConfig) -> list[list[dict]]:
         kept: list[dict] = []
         for r, c in cells:
             x, y = float(xs[b, r, c]), float(ys[b, r, c])
-            if any(math.hypot(x - k["x"], y - k["y"]) < 0.5 / g for k in kept):
+            if any(math.hypot(x - k["x"], y - k["y"]) < MERGE / g for k in kept):
                 continue
             kept.append(
                 {
@@ -348,7 +355,7 @@ class CheckerFit:
     checker: AttributeChecker
     history: pd.DataFrame
     best_epoch: int
-    cpu_seconds: float  # process CPU time of the training (all threads)
+    cpu_seconds: float  # process CPU time (all threads): loading the images and training
     val: dict[str, float] = field(default_factory=dict)
 
 
