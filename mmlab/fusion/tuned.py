@@ -1,4 +1,4 @@
-"""Per-method settings found by a search, for notebook 02 (`tuned = "params/fusion_tuned.yaml"`).
+"""Per-method settings found by a search, for notebook 02 (`tuned = "params/tuned/fusion.yaml"`).
 
 The file is what `mmlab.batch.tune` writes for a search with `save:` (one entry per search):
 
