@@ -4,6 +4,7 @@ of the embedded world, the category scores, R-precision, and FID / KID on checke
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,11 @@ import torch
 
 from mmlab.data import SceneTruthUnknown, load_dataset, synthetic_world
 from mmlab.generation.checker import (
+    THRESHOLDS,
     AttributeChecker,
     CheckerConfig,
     checker_for,
+    decode,
     evaluate_checker,
     reading_accuracy,
     split_pixels,
@@ -184,6 +187,14 @@ def test_the_checker_trained_briefly_reads_real_images_well_above_chance(ds, fit
     # chance: a colour in six, a shape in five, a count in three
     assert scores["colour"] > 0.6 and scores["shape"] > 0.5 and scores["count"] > 0.6
     assert fit.best_epoch >= 1 and fit.cpu_seconds > 0
+    # the threshold calibrated on validation reads it at least as well as the default
+    assert fit.checker.config.threshold in THRESHOLDS
+    default = replace(fit.checker.config, threshold=CheckerConfig.threshold)
+    val = split_pixels(ds["validation"], 64)
+    by_default = reading_accuracy(
+        decode(fit.checker.outputs(val), default), ds["validation"]["objects"]
+    )
+    assert fit.val["exact"] >= by_default["exact"]
     assert list(fit.history["epoch"]) == list(range(1, len(fit.history) + 1))
 
 

@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from mmlab.train import loop
 MAX_OBJECTS = 8  # object slots per training image (the embedded world has at most 3)
 NORM_MEAN, NORM_STD = 0.5, 0.25
 MERGE = 0.75  # cells: detections closer than this are one object
+THRESHOLDS = (0.05, 0.1, 0.15, 0.25, 0.35, 0.5)  # the objectness thresholds `calibrate` tries
 
 
 @dataclass
@@ -60,6 +61,7 @@ class CheckerConfig:
     # objectness above which a cell holds an object: low, because an object centred on the line
     # between two cells splits its objectness between them (the duplicate is then dropped)
     threshold: float = 0.25
+    calibrate: bool = True  # after training, pick the threshold of `THRESHOLDS` best on validation
     seed: int = 0
     device: str = "cpu"
     shapes: tuple[str, ...] = ()  # class names, filled from the dataset's world when empty
@@ -391,7 +393,24 @@ def train_checker(
     history = pd.DataFrame(result.history)
     best = history.loc[history["epoch"] == result.best_epoch].iloc[0]
     val = {k[4:]: float(v) for k, v in best.items() if k.startswith("val_")}
+    if config.calibrate:
+        val = calibrate(model, *data["validation"])
     return CheckerFit(model, history, result.best_epoch, time.process_time() - started, val)
+
+
+def calibrate(model: AttributeChecker, pixels: torch.Tensor, scenes) -> dict[str, float]:
+    """Set the objectness threshold to the one of `THRESHOLDS` with the best `exact` reading of
+    the validation images (on a tie the higher: fewer phantom objects in generated images);
+    returns that threshold's validation accuracy."""
+    out = model.outputs(pixels)
+    best: tuple[float, float, dict] | None = None
+    for threshold in THRESHOLDS:
+        config = replace(model.config, threshold=threshold)
+        scores = reading_accuracy(decode(out, config), scenes)
+        if best is None or scores["exact"] >= best[0]:
+            best = (scores["exact"], threshold, scores)
+    model.config = replace(model.config, threshold=best[1])
+    return best[2]
 
 
 def _study(model: AttributeChecker, data: dict, config: CheckerConfig) -> loop.Study:
