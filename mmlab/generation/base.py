@@ -241,8 +241,12 @@ def _autoencoder_study(autoencoder, data: GenerationData, validation: Generation
         autoencoder.eval()
         images = validation.images[: config.validation_rows].to(device)
         value = float(autoencoder.loss(images)[1]["reconstruction"])
+        metrics = {"val_reconstruction": value}
+        if hasattr(autoencoder, "restart_dead_codes"):  # a VQ-VAE: revive unused codes
+            sample = data.images[: config.validation_rows * 2].to(device)
+            metrics["codes_restarted"] = float(autoencoder.restart_dead_codes(sample))
         autoencoder.train()
-        return {"val_reconstruction": value}
+        return metrics
 
     return Study(
         model=autoencoder,

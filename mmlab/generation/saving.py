@@ -131,7 +131,8 @@ def _model_arguments(generator: Generator, folder: Path) -> dict:
         artifacts={FILES: str(write_generator(generator, folder))},
         code_paths=[str(Path(mmlab.__file__).parent)],
         signature=signature(generator),
-        input_example=pd.DataFrame({"prompt": ["a red circle"]}),
+        # MLflow draws the example once to check the model serves it: few steps keep it cheap
+        input_example=(pd.DataFrame({"prompt": ["a red circle"]}), {"steps": 2}),
         pip_requirements=_requirements(),
     )
 
