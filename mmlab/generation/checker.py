@@ -470,6 +470,10 @@ def checker_for(ds, config: CheckerConfig | None = None, on_epoch=None) -> Attri
     if (folder / "config.json").is_file():
         return AttributeChecker.load(folder)
     fit = train_checker(ds, config, on_epoch)
-    with workspace.atomic_path(folder) as tmp:
-        fit.checker.save(tmp)
+    try:  # a checker another process cached meanwhile stays: it may be loading from it
+        with workspace.atomic_path(folder, replace=False) as tmp:
+            fit.checker.save(tmp)
+    except OSError:
+        if not (folder / "config.json").is_file():
+            raise
     return fit.checker
