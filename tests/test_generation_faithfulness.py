@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms.v2.functional import to_pil_image
 
 from mmlab.data import SceneTruthUnknown, load_dataset, synthetic_world
 from mmlab.generation.checker import (
@@ -28,6 +29,7 @@ from mmlab.generation.faithfulness import (
     frechet_table,
     judge,
     r_precision,
+    r_precision_encoded,
     r_precision_scored,
     score_prompts,
 )
@@ -252,3 +254,30 @@ def test_checker_for_trains_once_then_loads_from_the_cache(ds):
     images = split_pixels(ds["test"], 64)[:4]
     assert torch.equal(first.outputs(images), again.outputs(images))
     assert again.config == first.config and first.config.shapes == WORLD.kinds().shapes
+
+
+def test_r_precision_through_an_encoder_of_images_and_texts():
+    """An encoder that embeds each image exactly as its own prompt (looked up by its pixels)
+    ranks every prompt first; images paired with other prompts rank theirs first rarely."""
+    suite = prompt_suite(WORLD, per_category=20, seed=0)
+    images = torch.stack(
+        [
+            torch.from_numpy(np.array(WORLD.render(_scene(p, i), 64, seed=i))).permute(2, 0, 1)
+            for i, p in enumerate(suite)
+        ]
+    )
+    vectors = np.random.default_rng(0).normal(size=(len(suite), 32))
+    by_text = {p.text: v for p, v in zip(suite, vectors, strict=True)}
+    by_pixels = {
+        np.array(image).tobytes(): by_text[p.text]
+        for image, p in zip([to_pil_image(x) for x in images], suite, strict=True)
+    }
+
+    def encode(modality, items):
+        if modality == "image":
+            return np.stack([by_pixels[np.array(im).tobytes()] for im in items])
+        return np.stack([by_text.get(t, np.zeros(32)) for t in items])
+
+    assert r_precision_encoded(encode, images, suite, distractors=99) == 1.0
+    shuffled = images[torch.as_tensor(np.random.default_rng(1).permutation(len(suite)))]
+    assert r_precision_encoded(encode, shuffled, suite, distractors=99) < 0.1

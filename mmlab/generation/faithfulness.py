@@ -7,6 +7,7 @@ al. 2018) and Frechet distance and KID on the checker's features, beside their r
     table = category_table(per_prompt)                   # category, measure, accuracy, n
     per_prompt, table = faithfulness(checker, images, prompts)   # both in one call
     r_precision(image_vectors, prompt_vectors, pool_vectors, prompts=texts, pool=pool_texts)
+    r_precision_encoded(searcher.encode, images, prompts, pool)   # the same, embedding here
     frechet_table(checker, generated, real)              # FID / KID rows, generated and floor
 
 `images`: what the checker takes (float [N, 3, H, W] in [0, 1], uint8, or PIL), image i made
@@ -20,10 +21,11 @@ rule; NaN where none is stated). A prompt's `correct` is its category's measure:
 colour: `objects_ok`; two_objects: `shape_ok`; counting: `count_ok`; position: `relation_ok`;
 colour_binding: `objects_ok`; a held-out caption: all of count, objects and relations.
 
-R-precision takes embeddings (or, in `r_precision_scored`, a scoring callable), so this study
-needs no retrieval import: notebook 06 loads the retrieval model a retrieval run logged with
-`mmlab.retrieval.saving.load_searcher(uri)` and passes `searcher.encode("image", pil_images)`
-and `searcher.encode("text", texts)`."""
+R-precision takes embeddings (or, in `r_precision_scored`, a scoring callable, or in
+`r_precision_encoded` an encoder), so this study needs no retrieval import: notebook 06 loads
+the retrieval model a retrieval run logged with `mmlab.retrieval.saving.load_searcher(uri)`
+(a run id, `runs:/...`, `models:/mmlab-searcher@champion`, `latest`) and passes
+`searcher.encode` (`encode("image", pil_images)`, `encode("text", texts)`: unit vectors)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torchvision.transforms.v2.functional import to_pil_image
 
 from mmlab.core.extras import require
 from mmlab.data import synthetic_world
@@ -239,6 +242,34 @@ def r_precision_scored(
         scores = np.asarray(score(i, [prompt, *(pool[j] for j in drawn[i])]), dtype=float)
         hits.append(bool((scores[0] > scores[1:]).all()))
     return float(np.mean(hits))
+
+
+def r_precision_encoded(
+    encode: Callable[[str, list], np.ndarray],
+    images,
+    prompts: Sequence,
+    pool: Sequence | None = None,
+    *,
+    distractors: int = 99,
+    seed: int = 0,
+) -> float:
+    """`r_precision` with an encoder: `encode("image", pil_images)` and `encode("text", texts)`
+    give embeddings (a retrieval `Searcher.encode`, as `mmlab.retrieval.saving.load_searcher`
+    loads it); `images` as the checker takes them, `prompts` and `pool` texts or Prompts."""
+    texts = [str(getattr(p, "text", p)) for p in prompts]
+    pool_texts = None if pool is None else [str(getattr(p, "text", p)) for p in pool]
+    if isinstance(images, torch.Tensor):  # the encoder takes PIL images, as a user's query
+        images = [to_pil_image(x) for x in (to_unit(images) * 255).round().to(torch.uint8)]
+    pictures = list(images)
+    return r_precision(
+        encode("image", pictures),
+        encode("text", texts),
+        None if pool_texts is None else encode("text", pool_texts),
+        prompts=texts,
+        pool=pool_texts,
+        distractors=distractors,
+        seed=seed,
+    )
 
 
 # ---------------------------------------------------------------------- Frechet distance, KID
