@@ -188,7 +188,7 @@ class GenTrainConfig:
     weight_decay: float = 0.0
     drop: float = 0.1
     grad_clip: float | None = 1.0
-    device: str = "cpu"
+    device: str = "cpu"  # "auto": CUDA where there is one (mmlab.features.device)
     seed: int = 0
     evaluate: Callable | None = None
     evaluate_every: int = 0  # prior epochs between evaluations (0: none)
@@ -325,8 +325,12 @@ def train_generator(
     """Train the autoencoder, then the prior on the frozen autoencoder's latents, each through
     `mmlab.train.loop.fit`; `on_epoch(stage, epoch, metrics)` sees every epoch of both stages
     (`stage` "autoencoder" or "prior"), with `cpu_minutes` so far."""
+    from mmlab.features.device import resolve_device
+
     result = TrainResult()
     started = time.process_time()
+    device = str(resolve_device(config.device))
+    generator.to(device)
 
     def report(stage, history):
         def hook(epoch, metrics):
@@ -338,7 +342,7 @@ def train_generator(
         return hook
 
     loop = dict(weight_decay=config.weight_decay, grad_clip=config.grad_clip, seed=config.seed)
-    loop |= dict(device=config.device, dropout_seed=config.seed, patience=10**9)
+    loop |= dict(device=device, dropout_seed=config.seed, patience=10**9)
     if config.autoencoder_epochs > 0:
         fit(
             _autoencoder_study,
