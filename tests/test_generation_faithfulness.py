@@ -281,3 +281,21 @@ def test_r_precision_through_an_encoder_of_images_and_texts():
     assert r_precision_encoded(encode, images, suite, distractors=99) == 1.0
     shuffled = images[torch.as_tensor(np.random.default_rng(1).permutation(len(suite)))]
     assert r_precision_encoded(encode, shuffled, suite, distractors=99) < 0.1
+
+
+def test_a_shifted_training_image_moves_its_objects_with_it():
+    from mmlab.generation.checker import _shifted
+
+    x = torch.zeros(3, 3, 64, 64)
+    objs = torch.zeros(3, 8, 5)
+    for i, (col, row) in enumerate([(20, 10), (40, 33), (1, 62)]):
+        x[i, :, row, col] = 1.0
+        objs[i, 0] = torch.tensor([1.0, (col + 0.5) / 64, (row + 0.5) / 64, 0, 0])
+    moved, moved_objs = _shifted(x, objs, 0.1, torch.Generator().manual_seed(0))
+    for i in range(3):
+        if moved_objs[i, 0, 0] == 0:  # its centre left the image
+            continue
+        row, col = (moved[i, 0] == 1.0).nonzero()[0].tolist()
+        assert moved_objs[i, 0, 1] * 64 == pytest.approx(col + 0.5)
+        assert moved_objs[i, 0, 2] * 64 == pytest.approx(row + 0.5)
+    assert moved.shape == x.shape

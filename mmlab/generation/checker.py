@@ -16,8 +16,9 @@ YOLO (Redmon et al. 2016): a CNN maps the image to a `grid` x `grid` map whose c
 whether an object's centre falls in it (objectness), which shape and colour it has, and where
 in the cell the centre lies. Cells are smaller than the distance between two objects' centres
 in the world's layout, so one cell holds at most one object. Training goes through the
-workspace's one loop (`mmlab.train.loop.fit`); the epoch kept is the one with the best
-validation share of images read exactly right."""
+workspace's one loop (`mmlab.train.loop.fit`) on left-right flipped and slightly shifted real
+images; the epoch kept is the one with the best validation share of images read exactly right,
+and the objectness threshold is then calibrated on the same validation images."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ class CheckerConfig:
     patience: int = 4
     warmup: float = 0.1
     flip: bool = True  # mirror training images left-right (every shape is symmetric so)
+    # move training images by up to this share of the side (edges replicated): the world puts
+    # objects near the centres of a 3x3 layout, a generator anywhere
+    shift: float = 0.08
     # objectness above which a cell holds an object: low, because an object centred on the line
     # between two cells splits its objectness between them (the duplicate is then dropped)
     threshold: float = 0.25
@@ -428,6 +432,8 @@ def _study(model: AttributeChecker, data: dict, config: CheckerConfig) -> loop.S
                 flip = torch.rand(len(idx), generator=generator) < 0.5
                 x[flip] = x[flip].flip(-1)
                 objs[flip, :, 1] = 1 - objs[flip, :, 1]
+            if config.shift:
+                x, objs = _shifted(x, objs, config.shift, generator)
             x = ((x - NORM_MEAN) / NORM_STD).to(group.device)
             yield x, {k: v.to(group.device) for k, v in targets(objs, g).items()}
 
@@ -457,6 +463,24 @@ def _study(model: AttributeChecker, data: dict, config: CheckerConfig) -> loop.S
         validate,
         steps_per_epoch=max(1, -(-len(pixels) // config.batch_size)),
     )
+
+
+def _shifted(x: torch.Tensor, objs: torch.Tensor, share: float, generator):
+    """Each image moved by whole pixels, up to `share` of its side, its objects with it (one
+    whose centre leaves the image is dropped)."""
+    side = x.shape[-1]
+    most = max(1, round(share * side))
+    moves = torch.randint(-most, most + 1, (len(x), 2), generator=generator)
+    padded = F.pad(x, (most, most, most, most), mode="replicate")
+    out = torch.empty_like(x)
+    for i, (dx, dy) in enumerate(moves.tolist()):
+        out[i] = padded[i, :, most - dy : most - dy + side, most - dx : most - dx + side]
+    objs = objs.clone()
+    objs[..., 1] += moves[:, None, 0] / side
+    objs[..., 2] += moves[:, None, 1] / side
+    inside = ((objs[..., 1:3] >= 0) & (objs[..., 1:3] < 1)).all(-1)
+    objs[..., 0] *= inside
+    return out, objs
 
 
 def checker_for(ds, config: CheckerConfig | None = None, on_epoch=None) -> AttributeChecker:
