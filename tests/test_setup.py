@@ -59,7 +59,17 @@ def test_lock_files_pin_every_dependency_within_its_bounds():
     assert _pins("requirements.lock").items() <= _pins("requirements-dev.lock").items()
 
 
-EXTRAS_OF_ALL = ("lab", "audio", "video", "text", "retrieval", "ray", "server", "tune")
+EXTRAS_OF_ALL = (
+    "lab",
+    "audio",
+    "video",
+    "text",
+    "retrieval",
+    "ray",
+    "server",
+    "tune",
+    "generation",
+)
 
 
 def test_all_extra_is_the_union_of_the_others():
