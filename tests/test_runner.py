@@ -277,3 +277,55 @@ def test_progress_lines_show_the_cell_and_the_epoch_and_a_held_output_waits(home
         "epochs": "4",
         "pause": "1.0",
     }
+
+
+def test_a_kernel_that_never_answers_is_replaced_before_any_cell_runs(home, tmp_path, monkeypatch):
+    """Kernels launched together can race and one never answers (papermill#239): the job
+    starts another kernel instead of failing the execution. Here a real kernelspec whose first
+    launch hangs before starting ipykernel, and whose second launch is a plain ipykernel."""
+    import json
+
+    from mmlab.batch import job as jobs
+    from mmlab.batch import kernels
+
+    marker = tmp_path / "launched-once"
+    launcher = tmp_path / "flaky_kernel.py"
+    launcher.write_text(
+        "import pathlib, runpy, sys, time\n"
+        f"marker = pathlib.Path({str(marker)!r})\n"
+        "if not marker.exists():\n"
+        "    marker.touch()\n"
+        "    time.sleep(600)\n"
+        "runpy.run_module('ipykernel_launcher', run_name='__main__')\n"
+    )
+    spec = tmp_path / "jupyter" / "kernels" / "flaky"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, str(launcher), "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "flaky", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setattr(kernels, "kernel_name", lambda: "flaky")
+    monkeypatch.setattr(jobs, "START_TIMEOUT", 10)
+    uri = tracking.tracking_uri()
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("flaky-kernel")
+    run = client.create_run(experiment)
+    env = {"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": uri}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # execute() sets them for its kernel; undone after
+    output = home / "runs" / "flaky" / "ok.ipynb"
+    outcome = jobs.execute(
+        jobs.Job(
+            notebook=HERE / "notebooks" / "ok.ipynb",
+            output=output,
+            parameters={"x": 3},
+            env=env,
+            run_id=run.info.run_id,
+            tracking_uri=uri,
+        )
+    )
+    assert outcome.ok, outcome.error
+    assert marker.exists()  # the first kernel was launched, and hung
+    assert "starting another, attempt 2 of 3" in output.with_suffix(".log").read_text()
+    assert client.get_run(run.info.run_id).data.metrics["value"] == 6.0

@@ -139,6 +139,20 @@ def _progress_engine():
     return ProgressEngine
 
 
+# IPython kernels launched at the same moment by separate processes can race (papermill#239,
+# #776): one never answers its first kernel_info. No cell has run then, so a fresh kernel is safe.
+START_TIMEOUT = 120  # seconds for a kernel's first reply; a busy machine takes tens of seconds
+KERNEL_STARTS = 3
+
+
+def _kernel_never_started(error: BaseException) -> bool:
+    """jupyter_client's errors for a kernel that never answered its first kernel_info."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        text.startswith("Kernel didn't respond") or text.startswith("Kernel died before replying")
+    )
+
+
 def execute(job: Job) -> Outcome:
     """Run the notebook with Papermill, render it, attach both to the job's MLflow run. A failing
     cell or dead kernel is a failed Outcome; the executed notebook is still attached."""
@@ -157,20 +171,30 @@ def execute(job: Job) -> Outcome:
     # left by a runner killed mid-notebook; the runner holds this output's claim
     workspace.sweep_stale(job.output)
     with workspace.atomic_path(job.output) as tmp, _stderr_to(log):
-        try:
-            papermill.execute_notebook(
-                str(job.notebook),
-                str(tmp),
-                parameters=job.parameters,
-                kernel_name=kernels.kernel_name(),
-                progress_bar=False,
-                cwd=str(job.notebook.parent),
-                start_timeout=300,  # kernels start slowly when the machine is busy
-                execution_timeout=job.timeout,
-                engine_name="mmlab",
-            )
-        except Exception as raised:  # PapermillExecutionError, DeadKernelError, ...
-            error = raised
+        for attempt in range(1, KERNEL_STARTS + 1):
+            try:
+                papermill.execute_notebook(
+                    str(job.notebook),
+                    str(tmp),
+                    parameters=job.parameters,
+                    kernel_name=kernels.kernel_name(),
+                    progress_bar=False,
+                    cwd=str(job.notebook.parent),
+                    start_timeout=START_TIMEOUT,
+                    execution_timeout=job.timeout,
+                    engine_name="mmlab",
+                )
+            except Exception as raised:  # PapermillExecutionError, DeadKernelError, ...
+                error = raised
+                if _kernel_never_started(raised) and attempt < KERNEL_STARTS:
+                    line = (
+                        f"mmlab: the kernel did not start ({_error_line(raised)}); "
+                        f"starting another, attempt {attempt + 1} of {KERNEL_STARTS}\n"
+                    )
+                    os.write(2, line.encode())  # fd 2 is the job's log here
+                    error = None
+                    continue
+            break
         if not tmp.exists():  # failed before Papermill wrote anything (e.g. no kernel)
             nbformat.write(nbformat.read(job.notebook, as_version=4), tmp)
     nb = nbformat.read(job.output, as_version=4)
