@@ -211,40 +211,24 @@ def log_captioner(
 ):
     """Log the captioner under the active run as a pyfunc model; with `registered_model_name`,
     register a version and point `alias` at it. Returns MLflow's ModelInfo."""
-    import mlflow.pyfunc
-    from mlflow.tracking.fluent import active_run
-
-    from mmlab import tracking
     from mmlab.tracking import models
 
-    if active_run() is None:
-        raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
-    with tempfile.TemporaryDirectory() as tmp, models.quiet_transfers():
-        info = tracking.retry(
-            mlflow.pyfunc.log_model,
-            name=name,
-            registered_model_name=registered_model_name,
-            **_model_arguments(captioner, Path(tmp) / CAPTIONER_ARTIFACT),
-        )
-    if registered_model_name and alias:
-        models.set_alias(registered_model_name, alias, info.registered_model_version)
-    return info
+    return models.log_pyfunc(
+        lambda folder: _model_arguments(captioner, folder / CAPTIONER_ARTIFACT),
+        name,
+        registered_model_name,
+        alias,
+    )
 
 
 def save_checkpoint(captioner: Captioner, path: str | Path) -> Path:
     """The captioner as a local MLflow model folder (written atomically); load_captioner and
     `mlflow.pyfunc.load_model` read it."""
-    import mlflow.pyfunc
-
-    from mmlab.core.workspace import atomic_path
     from mmlab.tracking import models
 
-    path = Path(path)
-    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as extra, models.quiet_transfers():
-        mlflow.pyfunc.save_model(
-            str(tmp), **_model_arguments(captioner, Path(extra) / CAPTIONER_ARTIFACT)
-        )
-    return path
+    return models.save_pyfunc(
+        lambda folder: _model_arguments(captioner, folder / CAPTIONER_ARTIFACT), path
+    )
 
 
 def captioner_folder(model_dir: str | Path) -> Path:

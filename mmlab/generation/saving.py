@@ -10,12 +10,8 @@ moves) is resolved on every call, from a local SQLite store without importing ML
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from mmlab.generation.base import Generator, create
@@ -145,37 +141,21 @@ def log_generator(
 ):
     """Log the generator under the active run as a pyfunc; with `registered_model_name`,
     register a version and point `alias` at it. Returns MLflow's ModelInfo."""
-    import mlflow.pyfunc
-    from mlflow.tracking.fluent import active_run
-
-    from mmlab import tracking
     from mmlab.tracking import models
 
-    if active_run() is None:
-        raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
-    with tempfile.TemporaryDirectory() as tmp, models.quiet_transfers():
-        info = tracking.retry(
-            mlflow.pyfunc.log_model,
-            name=name,
-            registered_model_name=registered_model_name,
-            **_model_arguments(generator, Path(tmp) / FILES),
-        )
-    if registered_model_name and alias:
-        models.set_alias(registered_model_name, alias, info.registered_model_version)
-    return info
+    return models.log_pyfunc(
+        lambda folder: _model_arguments(generator, folder / FILES),
+        name,
+        registered_model_name,
+        alias,
+    )
 
 
 def save_model(generator: Generator, path: str | Path) -> Path:
     """The generator as a local MLflow model folder, written atomically."""
-    import mlflow.pyfunc
-
-    from mmlab.core.workspace import atomic_path
     from mmlab.tracking import models
 
-    path = Path(path)
-    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as extra, models.quiet_transfers():
-        mlflow.pyfunc.save_model(str(tmp), **_model_arguments(generator, Path(extra) / FILES))
-    return path
+    return models.save_pyfunc(lambda folder: _model_arguments(generator, folder / FILES), path)
 
 
 def _files_in(model: Path, source) -> Path:
@@ -191,52 +171,24 @@ def _files_in(model: Path, source) -> Path:
     return folder
 
 
-def _cached(uri: str) -> Path | None:
-    """Where a run's or a version's generator files are cached (None for an alias or any
-    other URI: nothing stable to key on). Versions are numbered per store, so keyed by it."""
-    from mmlab.core import workspace
-
-    match = re.fullmatch(r"(runs|models):/([^@]+)", uri)
-    if match is None:
-        return None
-    scope = "runs"
-    if match[1] == "models":
-        store = workspace.sqlite_path(workspace.tracking_uri()) or workspace.tracking_uri()
-        scope = hashlib.sha256(str(store).encode()).hexdigest()[:12]
-    return workspace.cache_dir() / "generator" / scope / match[2].strip("/")
-
-
 def load_generator(source: str | Path = DEFAULT_SOURCE, device: str = "cpu") -> Generator:
     """A generator from a generator folder, a local MLflow model folder, or any form
-    `mmlab.tracking.models.model_uri` resolves (run id, runs:/, models:/NAME@ALIAS, ...)."""
-    from mmlab.core import workspace
+    `mmlab.tracking.models.model_uri` resolves (run id, runs:/, models:/NAME@ALIAS, ...);
+    downloads are cached by run or version."""
     from mmlab.tracking import models
 
     path = Path(str(source)).expanduser()
     if path.is_dir():
         return read_generator(_files_in(path, source), device)
-    text = str(source).strip()
-    uri = models.sqlite_alias(text) or text
-    cached = _cached(uri)
-    if cached is None or not (cached / CONFIG_FILE).is_file():
-        uri = models.model_uri(uri, GENERATOR)
-        if "@" in uri:
-            version = models.version_of(uri)
-            if version is None:
-                raise LookupError(
-                    f"{uri}: no such registered model version (notebook 06 registers "
-                    f"{GENERATOR} with alias {DEFAULT_ALIAS!r})"
-                )
-            uri = f"models:/{version.name}/{version.version}"
-        cached = _cached(uri)
-        if cached is None or not (cached / CONFIG_FILE).is_file():
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = _files_in(models.download(uri, tmp, GENERATOR), source)
-                if cached is None:
-                    return read_generator(folder, device)
-                with workspace.atomic_path(cached) as target:
-                    shutil.copytree(folder, target)
-    return read_generator(cached, device)
+    return models.cached_files(
+        source,
+        GENERATOR,
+        "generator",
+        lambda model: _files_in(model, source),
+        lambda folder: read_generator(folder, device),
+        marker=CONFIG_FILE,
+        missing=f"(notebook 06 registers {GENERATOR} with alias {DEFAULT_ALIAS!r})",
+    )
 
 
 def png_bytes(images) -> list[bytes]:

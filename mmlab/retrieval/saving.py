@@ -3,10 +3,6 @@ Loading for search reads the artifacts directly, skipping MLflow's model loading
 
 from __future__ import annotations
 
-import hashlib
-import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from mmlab.retrieval.searcher import Searcher
@@ -38,26 +34,17 @@ def log_search_model(
 ) -> str:
     """Log the searcher as a pyfunc registered as `registered_model_name` with `alias`; returns the
     URI to load it from."""
-    import mlflow.pyfunc
-    from mlflow.tracking.fluent import active_run
-
     from mmlab import tracking
     from mmlab.tracking import models
 
-    if active_run() is None:
-        raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
-    with tempfile.TemporaryDirectory() as tmp, models.quiet_transfers():
-        folder = searcher.save(Path(tmp) / FILES)
-        info = tracking.retry(
-            mlflow.pyfunc.log_model,
-            name=name,
+    def arguments(folder: Path) -> dict:
+        return dict(
             python_model=str(ENTRY),
-            artifacts={FILES: str(folder)},
+            artifacts={FILES: str(searcher.save(folder / FILES))},
             pip_requirements=_requirements(),
-            registered_model_name=registered_model_name,
         )
-    if registered_model_name and alias:
-        models.set_alias(registered_model_name, alias, info.registered_model_version)
+
+    info = models.log_pyfunc(arguments, name, registered_model_name, alias)
     uri = models.logged_uri(info, registered_model_name)
     tracking.set_tags({MODEL_TAG: uri})
     return uri
@@ -67,36 +54,22 @@ def load_searcher(source: str | Path = f"models:/{SEARCHER}@{CHAMPION}", index: 
     """The Searcher of a logged model (any `model_uri` form) or of a `Searcher.save` folder.
     Downloads are cached by run or version; an alias, which may move, is resolved every time,
     from a local SQLite store without importing MLflow."""
+    from mmlab.tracking import models
+
     path = Path(str(source)).expanduser()
     if (path / "config.json").is_file():
         return Searcher.load(path, index)
-    text = str(source).strip()
-    from mmlab.tracking import models
-
-    cached = _cache_folder(models.sqlite_alias(text) or text)
-    if cached is not None and (cached / "config.json").is_file():
-        return Searcher.load(cached, index)
-    from mmlab.core import workspace
-
-    uri = models.model_uri(source, SEARCHER)
-    if "@" in uri:
-        version = models.version_of(uri)
-        if version is None:
-            raise LookupError(
-                f"{uri}: no such registered model version in the tracking store (notebook "
-                f"{models.TRAINED_BY[SEARCHER]} registers the searcher; the champion alias "
-                f"goes to the version with the best test R@1)"
-            )
-        uri = f"models:/{version.name}/{version.version}"
-    cached = _cache_folder(uri)
-    if cached is None or not (cached / "config.json").is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = _searcher_files(models.download(uri, tmp, SEARCHER), source)
-            if cached is None:  # another kind of artifact URI: nothing to key a cache on
-                return Searcher.load(folder, index)
-            with workspace.atomic_path(cached) as target:
-                shutil.copytree(folder, target)
-    return Searcher.load(cached, index)
+    return models.cached_files(
+        source,
+        SEARCHER,
+        "search",
+        lambda model: _searcher_files(model, source),
+        lambda folder: Searcher.load(folder, index),
+        missing=(
+            f"in the tracking store (notebook {models.TRAINED_BY[SEARCHER]} registers the "
+            f"searcher; the champion alias goes to the version with the best test R@1)"
+        ),
+    )
 
 
 def _searcher_files(model: Path, source) -> Path:
@@ -106,17 +79,3 @@ def _searcher_files(model: Path, source) -> Path:
             f"{source!r} is an MLflow model but not a retrieval model (no artifacts/{FILES} folder)"
         )
     return folder
-
-
-def _cache_folder(uri: str) -> Path | None:
-    """Where a run's or a version's model files are cached; None for an alias (it may move)."""
-    from mmlab.core import workspace
-
-    key = re.fullmatch(r"(runs|models):/([^@]+)", uri)
-    if not key:
-        return None
-    folder = workspace.cache_dir() / "search"
-    if key[1] == "models":  # versions are numbered per store: key them by it
-        store = str(workspace.sqlite_path(workspace.tracking_uri()) or workspace.tracking_uri())
-        folder = folder / hashlib.sha256(store.encode()).hexdigest()[:12]
-    return folder / key[2].strip("/")

@@ -9,9 +9,12 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 CAPTIONER, SEARCHER = "mmlab-captioner", "mmlab-searcher"
 REGISTERED_MODEL = CAPTIONER
 TRAINED_BY = {CAPTIONER: "03_caption_training", SEARCHER: "05_cross_modal_retrieval"}
@@ -293,3 +296,114 @@ __all__ = [
     "set_alias",
     "version_of",
 ]
+
+
+def log_pyfunc(
+    arguments: Callable[[Path], dict],
+    name: str = MODEL_ARTIFACT,
+    registered_model_name: str | None = None,
+    alias: str | None = None,
+):
+    """Log a pyfunc model under the active run and, with `registered_model_name`, register a
+    version and point `alias` at it. `arguments(folder)` writes the model's files under the
+    temporary `folder` and returns the rest of `mlflow.pyfunc.log_model`'s keyword arguments
+    (python_model, artifacts, ...). Returns MLflow's ModelInfo."""
+    import tempfile
+
+    import mlflow.pyfunc
+    from mlflow.tracking.fluent import active_run
+
+    from mmlab.tracking import store
+
+    if active_run() is None:
+        raise RuntimeError("no active MLflow run: call mmlab.tracking.start(notebook=...) first")
+    with tempfile.TemporaryDirectory() as tmp, quiet_transfers():
+        info = store.retry(
+            mlflow.pyfunc.log_model,
+            name=name,
+            registered_model_name=registered_model_name,
+            **arguments(Path(tmp)),
+        )
+    if registered_model_name and alias:
+        set_alias(registered_model_name, alias, info.registered_model_version)
+    return info
+
+
+def save_pyfunc(arguments: Callable[[Path], dict], path: str | Path) -> Path:
+    """The pyfunc model `arguments` describes (as for `log_pyfunc`) as a local MLflow model
+    folder at `path`, written atomically."""
+    import tempfile
+
+    import mlflow.pyfunc
+
+    from mmlab.core.workspace import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as extra, quiet_transfers():
+        mlflow.pyfunc.save_model(str(tmp), **arguments(Path(extra)))
+    return path
+
+
+def cache_folder(uri: str, kind: str) -> Path | None:
+    """Where the files of a run's or a version's model of `kind` are cached; None for an alias
+    or any other URI (an alias may move: nothing stable to key on). Versions are numbered per
+    store, so they are keyed by it."""
+    import hashlib
+
+    from mmlab.core import workspace
+
+    key = re.fullmatch(r"(runs|models):/([^@]+)", uri)
+    if key is None:
+        return None
+    folder = workspace.cache_dir() / kind
+    if key[1] == "models":
+        store = str(workspace.sqlite_path(workspace.tracking_uri()) or workspace.tracking_uri())
+        folder = folder / hashlib.sha256(store.encode()).hexdigest()[:12]
+    return folder / key[2].strip("/")
+
+
+def cached_files(
+    source: str | Path,
+    name: str,
+    kind: str,
+    files_in: Callable[[Path], Path],
+    use: Callable[[Path], T],
+    marker: str = "config.json",
+    missing: str = "",
+) -> T:
+    """`use(folder)` on the model files `source` names (any `model_uri` form), downloaded once
+    per run or version into `cache_folder(uri, kind)`. `files_in(model)` finds the files inside
+    a downloaded MLflow model; a complete cache folder holds `marker`. An alias is resolved
+    every time (from a local SQLite store without importing MLflow); `missing` ends the error
+    for an alias that names no version."""
+    import shutil
+    import tempfile
+
+    from mmlab.core import workspace
+
+    text = str(source).strip()
+
+    def ready(uri: str) -> Path | None:
+        folder = cache_folder(uri, kind)
+        return folder if folder is not None and (folder / marker).is_file() else None
+
+    found = ready(sqlite_alias(text) or text)
+    if found is not None:
+        return use(found)
+    uri = model_uri(source, name)
+    if "@" in uri:
+        version = version_of(uri)
+        if version is None:
+            raise LookupError(f"{uri}: no such registered model version {missing}".strip())
+        uri = f"models:/{version.name}/{version.version}"
+    found = ready(uri)
+    if found is not None:
+        return use(found)
+    cached = cache_folder(uri, kind)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = files_in(download(uri, tmp, name))
+        if cached is None:
+            return use(folder)
+        with workspace.atomic_path(cached) as target:
+            shutil.copytree(folder, target)
+    return use(cached)
