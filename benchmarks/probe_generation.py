@@ -4,9 +4,15 @@ minutes (`time.process_time`, this process's threads). Prints one row per evalua
     .venv/bin/python benchmarks/probe_generation.py diffusion --prior-epochs 14 --every 2
     .venv/bin/python benchmarks/probe_generation.py diffusion --snapshots DIR  # train only
     .venv/bin/python benchmarks/probe_generation.py score --snapshots DIR     # then score
+    .venv/bin/python benchmarks/probe_generation.py diffusion --prior-epochs 0 \
+        --options '{"downsamplings": 2, "objective": "l1_gradient"}'  # the ceiling alone
 
-With `--snapshots` the generator is saved at each evaluation (with its CPU minutes) instead of
-scored, so the scoring can wait for a checker. The rows go to benchmarks/RESULTS.md by hand, with the date and the machine's load."""
+After every autoencoder epoch the probe reports the ceiling: the checker's reading of real test
+images passed through the autoencoder (`reconstruction_ceiling`), which caps any prior. With
+`--snapshots` the generator is saved at each evaluation and autoencoder epoch (with its CPU
+minutes) instead of scored, so the scoring can wait for a checker. `cpu_min_train` leaves out
+the scoring and the saving. The rows go to benchmarks/RESULTS.md by hand, with the date and the
+machine's load."""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from mmlab.data import load_dataset
 from mmlab.data.text import Vocabulary
 from mmlab.generation import base
 from mmlab.generation.checker import AttributeChecker, CheckerConfig, checker_for
-from mmlab.generation.faithfulness import faithfulness
+from mmlab.generation.faithfulness import faithfulness, reconstruction_ceiling
 from mmlab.generation.prompts import prompt_suite
 from mmlab.generation.saving import read_generator, write_generator
 
@@ -45,6 +51,11 @@ def _score(generator, checker, prompts, args) -> dict:
     return metrics
 
 
+def _ceiling(generator, checker, ds, args) -> dict:
+    scores = reconstruction_ceiling(checker, generator, ds["test"], rows=args.ceiling_rows)
+    return {f"ceiling_{k}": round(scores[k], 3) for k in ("shape", "colour", "count", "exact")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("family")
@@ -60,6 +71,14 @@ def main() -> None:
     parser.add_argument("--options", default="{}", help="the family's options, JSON")
     parser.add_argument("--snapshots", type=Path, help="save the generator instead of scoring")
     parser.add_argument("--checker", type=Path, help="a saved checker folder (default: cached)")
+    parser.add_argument(
+        "--autoencoder-from",
+        type=Path,
+        help="a snapshot whose trained autoencoder to start from (with --autoencoder-epochs 0); "
+        "its CPU minutes count",
+    )
+    parser.add_argument("--pattern", default="*", help="score: the snapshot folders to score")
+    parser.add_argument("--ceiling-rows", type=int, default=300, help="test images (0: all)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     # one thread: on a shared machine a second OpenMP thread spins while it waits for a core,
@@ -69,34 +88,66 @@ def main() -> None:
     prompts = prompt_suite(ds, per_category=args.prompts, categories=("single",))
     if args.family == "score":
         checker = _checker(ds, args.checker)
-        for folder in sorted(args.snapshots.glob("*/"), key=lambda p: p.name):
+        for folder in sorted(args.snapshots.glob(f"{args.pattern}/"), key=lambda p: p.name):
             info = json.loads((folder / "probe.json").read_text())
             generator = read_generator(folder)
-            print(json.dumps({**info, **_score(generator, checker, prompts, args)}), flush=True)
+            if info.get("stage") == "autoencoder":
+                scores = _ceiling(generator, checker, ds, args)
+            else:
+                scores = _score(generator, checker, prompts, args)
+            print(json.dumps({**info, **scores}), flush=True)
         return
     checker = None if args.snapshots else _checker(ds, args.checker)
     vocab = Vocabulary.build(ds["train"]["captions"])
     train = base.generation_data(ds["train"], vocab, 64)
     validation = base.generation_data(ds["validation"], vocab, 64)
     started = time.process_time()
+    offset = 0.0  # CPU minutes of a snapshot's autoencoder training
+    excluded = 0.0  # CPU seconds of scoring and saving, left out of the training minutes
+
+    def training_minutes():
+        return round(offset + (time.process_time() - started - excluded) / 60, 2)
+
+    def snapshot(generator, name, info):
+        folder = write_generator(generator, args.snapshots / name)
+        (folder / "probe.json").write_text(json.dumps(info))
 
     def evaluate(generator, epoch):
+        nonlocal excluded
+        t, minutes = time.process_time(), training_minutes()
         if args.snapshots is None:
-            return _score(generator, checker, prompts, args)
-        folder = write_generator(generator, args.snapshots / f"{args.family}-{epoch:03d}")
-        minutes = (time.process_time() - started) / 60
-        info = {"family": args.family, "epoch": epoch, "cpu_min_total": round(minutes, 2)}
-        (folder / "probe.json").write_text(json.dumps(info))
-        return {}
+            scores = _score(generator, checker, prompts, args)
+        else:
+            info = {"family": args.family, "stage": "prior", "epoch": epoch}
+            snapshot(generator, f"{args.family}-{epoch:03d}", info | {"cpu_min_train": minutes})
+            scores = {}
+        excluded += time.process_time() - t
+        return scores
 
     def on_epoch(stage, epoch, metrics):
+        nonlocal excluded
+        t = time.process_time()
         row = {"stage": stage, "epoch": epoch}
         row |= {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-        row["cpu_min_total"] = round((time.process_time() - started) / 60, 2)
+        row.pop("cpu_minutes", None)
+        row["cpu_min_train"] = training_minutes()
+        if stage == "autoencoder":
+            mode = generator.autoencoder.training
+            if args.snapshots is not None:
+                info = {"family": args.family, "stage": stage, "epoch": epoch}
+                snapshot(generator, f"{args.family}-ae{epoch:03d}", info | row)
+            elif checker is not None:
+                row |= _ceiling(generator, checker, ds, args)
+            generator.autoencoder.train(mode)
+        excluded += time.process_time() - t
         print(json.dumps(row), flush=True)
 
     torch.manual_seed(0)
     generator = base.create(args.family, vocab, **json.loads(args.options))
+    if args.autoencoder_from:
+        trained = read_generator(args.autoencoder_from).autoencoder
+        generator.autoencoder.load_state_dict(trained.state_dict())
+        offset = json.loads((args.autoencoder_from / "probe.json").read_text())["cpu_min_train"]
     config = base.GenTrainConfig(
         autoencoder_epochs=args.autoencoder_epochs,
         prior_epochs=args.prior_epochs,
@@ -111,6 +162,8 @@ def main() -> None:
             {
                 "autoencoder_minutes": result.autoencoder_minutes,
                 "prior_minutes": result.prior_minutes,
+                "scoring_minutes_left_out": excluded / 60,
+                "cpu_min_train": training_minutes(),
             }
         )
     )

@@ -99,6 +99,44 @@ def test_bad_prompts_and_settings_raise_and_unknown_words_are_named(trained):
     assert any("zorblax" in str(w.message) for w in caught)
 
 
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_two_downsamplings_give_a_finer_grid_that_the_saved_model_keeps(data, family, tmp_path):
+    vocab = data[0]
+    torch.manual_seed(0)
+    generator = base.create(family, vocab, image_size=32, downsamplings=2, **TINY[family])
+    latents = generator.autoencoder.encoder(torch.zeros(2, 3, 32, 32))
+    assert latents.shape[-2:] == (8, 8)  # 32 / 2^2; three downsamplings give 4x4
+    assert generator.reconstruct(torch.zeros(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    reloaded = saving.read_generator(saving.write_generator(generator, tmp_path / "g"))
+    assert reloaded.options["downsamplings"] == 2
+    assert torch.equal(
+        reloaded.generate(["a red circle"], steps=2, seed=1),
+        generator.generate(["a red circle"], steps=2, seed=1),
+    )
+
+
+def test_the_l1_gradient_objective_is_zero_on_a_perfect_copy_and_names_bad_settings():
+    from mmlab.generation.autoencoder import Autoencoder, reconstruction_loss
+
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert float(reconstruction_loss(images, images, "l1_gradient")) == 0.0
+    blurred = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1)
+    # the same L1 on the pixels, but a blur also loses the differences between neighbours
+    assert reconstruction_loss(blurred, images, "l1_gradient") > torch.mean(
+        (blurred - images).abs()
+    )
+    loss, parts = Autoencoder(4, 8, downsamplings=2, objective="l1_gradient").loss(images)
+    assert torch.isfinite(loss) and "reconstruction" in parts
+    with pytest.raises(ValueError, match="mse, l1_gradient"):
+        Autoencoder(objective="perceptual")
+    with pytest.raises(ValueError, match="multiple of 2\\^downsamplings"):
+        base.create("diffusion", base_vocab(), image_size=36, downsamplings=3)
+
+
+def base_vocab():
+    return Vocabulary.build([["a red circle"]])
+
+
 def test_unknown_family_lists_the_valid_names(data):
     with pytest.raises(KeyError, match="diffusion, vq_transformer"):
         base.create("gan", data[0])

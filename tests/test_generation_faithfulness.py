@@ -31,6 +31,7 @@ from mmlab.generation.faithfulness import (
     r_precision,
     r_precision_encoded,
     r_precision_scored,
+    reconstruction_ceiling,
     score_prompts,
 )
 from mmlab.generation.prompts import CATEGORIES, caption_prompts, prompt_suite
@@ -299,3 +300,45 @@ def test_a_shifted_training_image_moves_its_objects_with_it():
         assert moved_objs[i, 0, 1] * 64 == pytest.approx(col + 0.5)
         assert moved_objs[i, 0, 2] * 64 == pytest.approx(row + 0.5)
     assert moved.shape == x.shape
+
+
+class _Identity(torch.nn.Module):
+    """An autoencoder that gives back what it was given: a perfect reconstruction."""
+
+    def reconstruct(self, images):
+        return images
+
+
+def test_the_ceiling_of_a_perfect_autoencoder_is_the_checker_on_real_images(ds, fit):
+    from mmlab.generation.base import Generator
+
+    class Perfect(Generator):
+        def __init__(self):
+            super().__init__(None, 64, {})
+            self.autoencoder = _Identity()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    test = ds["test"].select(range(40))
+    ceiling = reconstruction_ceiling(fit.checker, Perfect(), test)
+    real = evaluate_checker(fit.checker, test)
+    assert ceiling["shape"] == pytest.approx(real["shape"], abs=0.03)
+    assert ceiling["colour"] == pytest.approx(real["colour"], abs=0.03)
+
+
+def test_a_blurring_autoencoder_lowers_the_ceiling(ds, fit):
+    from mmlab.generation.base import Generator
+
+    class Blur(torch.nn.Module):
+        def reconstruct(self, images):  # what an 8x8 latent keeps of a 64 px image, at best
+            small = torch.nn.functional.avg_pool2d(images, 8)
+            return torch.nn.functional.interpolate(small, scale_factor=8, mode="bilinear")
+
+    class Blurring(Generator):
+        def __init__(self):
+            super().__init__(None, 64, {})
+            self.autoencoder = Blur()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    test = ds["test"].select(range(40))
+    ceiling = reconstruction_ceiling(fit.checker, Blurring(), test, rows=40)
+    assert ceiling["shape"] < evaluate_checker(fit.checker, test)["shape"] - 0.2

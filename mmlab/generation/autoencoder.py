@@ -1,9 +1,14 @@
-"""The image side of both families: a convolutional autoencoder that maps a 64x64 image to an
-8x8 grid (three stride-2 convolutions, GroupNorm and SiLU, mirrored by nearest upsampling and a
-final stride-2 transposed convolution in the decoder). Latent diffusion (Rombach et al. 2022) denoises its continuous 8x8x4 latent; the
-VQ-VAE (van den Oord et al. 2017) snaps each cell to the nearest of K codebook vectors, so an
-image becomes 64 tokens for the transformer. The grid is coarse on purpose: the prior then
-models 256 numbers or 64 tokens, which is what a few CPU minutes can train."""
+"""The image side of both families: a convolutional autoencoder that maps an S x S image to an
+S/2^d grid, d = `downsamplings` (stride-2 convolutions, GroupNorm and SiLU, mirrored by nearest
+upsampling and a final stride-2 transposed convolution in the decoder). Latent diffusion
+(Rombach et al. 2022) denoises its continuous latent; the VQ-VAE (van den Oord et al. 2017)
+snaps each cell to the nearest of K codebook vectors, so an image becomes a grid of tokens.
+Three downsamplings (64 -> 8x8) give the prior few numbers to model but lose the objects' shape;
+two (64 -> 16x16) keep it at four times the latent.
+
+The reconstruction objective is `mse`, or `l1_gradient`: L1 on the pixels plus L1 on the
+image's horizontal and vertical differences, the gradient difference loss of Mathieu et al.
+(2016), which MSE's blur would otherwise leave to the edges of the objects."""
 
 from __future__ import annotations
 
@@ -11,7 +16,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DOWNSAMPLINGS = 3  # 64 -> 8: the latent grid is image_size / 8
+DOWNSAMPLINGS = 3  # the default: 64 -> 8, the latent grid is image_size / 8
+OBJECTIVES = ("mse", "l1_gradient")
+
+
+def image_gradients(images: Tensor) -> tuple[Tensor, Tensor]:
+    """Differences between horizontal and between vertical neighbours."""
+    return images[..., :, 1:] - images[..., :, :-1], images[..., 1:, :] - images[..., :-1, :]
+
+
+def reconstruction_loss(output: Tensor, images: Tensor, objective: str = "mse") -> Tensor:
+    """`mse`, or `l1_gradient`: L1 on the pixels plus L1 on their neighbour differences."""
+    if objective == "mse":
+        return F.mse_loss(output, images)
+    if objective == "l1_gradient":
+        (ox, oy), (ix, iy) = image_gradients(output), image_gradients(images)
+        return F.l1_loss(output, images) + F.l1_loss(ox, ix) + F.l1_loss(oy, iy)
+    raise ValueError(f"unknown objective {objective!r}; valid names: {', '.join(OBJECTIVES)}")
+
+
+def check_downsamplings(image_size: int, downsamplings: int) -> int:
+    if not (isinstance(downsamplings, int) and 1 <= downsamplings <= 4):
+        raise ValueError(f"downsamplings must be 1, 2, 3 or 4, got {downsamplings!r}")
+    if image_size % 2**downsamplings:
+        raise ValueError(
+            f"image_size ({image_size}) must be a multiple of 2^downsamplings ({2**downsamplings})"
+        )
+    return image_size // 2**downsamplings
 
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -23,13 +54,18 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class ConvEncoder(nn.Module):
-    """`[B, 3, S, S]` in [-1, 1] -> `[B, out_channels, S/8, S/8]`. The first convolution has
-    stride 2, so no layer with many channels runs at full resolution (the costly part)."""
+def _widths(width: int, downsamplings: int) -> list[int]:
+    """Channels per resolution, finest first: `width`, then twice that."""
+    return [width] + [2 * width] * (downsamplings - 1)
 
-    def __init__(self, out_channels: int, width: int = 32):
+
+class ConvEncoder(nn.Module):
+    """`[B, 3, S, S]` in [-1, 1] -> `[B, out_channels, S/2^d, S/2^d]`. The first convolution
+    has stride 2, so no layer with many channels runs at full resolution (the costly part)."""
+
+    def __init__(self, out_channels: int, width: int = 32, downsamplings: int = DOWNSAMPLINGS):
         super().__init__()
-        widths = [width, 2 * width, 2 * width]
+        widths = _widths(width, downsamplings)
         layers = [nn.Conv2d(3, widths[0], 4, stride=2, padding=1), nn.SiLU()]
         layers.append(_block(widths[0], widths[0]))
         for a, b in zip(widths, widths[1:], strict=False):
@@ -42,12 +78,12 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """`[B, in_channels, S/8, S/8]` -> `[B, 3, S, S]` (unbounded; clamp to [-1, 1] to show);
-    the last layer is a stride-2 transposed convolution straight to the three colours."""
+    """`[B, in_channels, S/2^d, S/2^d]` -> `[B, 3, S, S]` (unbounded; clamp to [-1, 1] to
+    show); the last layer is a stride-2 transposed convolution straight to the three colours."""
 
-    def __init__(self, in_channels: int, width: int = 32):
+    def __init__(self, in_channels: int, width: int = 32, downsamplings: int = DOWNSAMPLINGS):
         super().__init__()
-        widths = [2 * width, 2 * width, width]
+        widths = _widths(width, downsamplings)[::-1]
         layers = [_block(in_channels, widths[0]), _block(widths[0], widths[0])]
         for a, b in zip(widths, widths[1:], strict=False):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), _block(a, b), _block(b, b)]
@@ -63,10 +99,21 @@ class Autoencoder(nn.Module):
     prior sees its latents divided by their standard deviation (`scale`, Rombach's scale
     factor), so the diffusion's unit-variance noise matches the data."""
 
-    def __init__(self, latent_channels: int = 4, width: int = 32):
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        width: int = 32,
+        downsamplings: int = DOWNSAMPLINGS,
+        objective: str = "mse",
+    ):
         super().__init__()
-        self.encoder = ConvEncoder(latent_channels, width)
-        self.decoder = ConvDecoder(latent_channels, width)
+        if objective not in OBJECTIVES:
+            raise ValueError(
+                f"unknown objective {objective!r}; valid names: {', '.join(OBJECTIVES)}"
+            )
+        self.encoder = ConvEncoder(latent_channels, width, downsamplings)
+        self.decoder = ConvDecoder(latent_channels, width, downsamplings)
+        self.objective = objective
         self.register_buffer("scale", torch.ones(()))
 
     def encode(self, images: Tensor) -> Tensor:
@@ -76,8 +123,13 @@ class Autoencoder(nn.Module):
         return self.decoder(latents * self.scale)
 
     def loss(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        reconstruction = F.mse_loss(self.decoder(self.encoder(images)), images)
-        return reconstruction, {"reconstruction": reconstruction}
+        output = self.decoder(self.encoder(images))
+        objective = reconstruction_loss(output, images, self.objective)
+        # `reconstruction` stays MSE whatever the objective, so validation compares recipes
+        return objective, {"reconstruction": F.mse_loss(output, images)}
+
+    def reconstruct(self, images: Tensor) -> Tensor:
+        return self.decode(self.encode(images))
 
     @torch.no_grad()
     def fit_scale(self, images: Tensor, batch_size: int = 256) -> None:
@@ -116,11 +168,23 @@ class VectorQuantizer(nn.Module):
 class VQVAE(nn.Module):
     """Encoder, vector quantizer over `codes` vectors of `code_dim`, decoder."""
 
-    def __init__(self, codes: int = 256, code_dim: int = 32, width: int = 32):
+    def __init__(
+        self,
+        codes: int = 256,
+        code_dim: int = 32,
+        width: int = 32,
+        downsamplings: int = DOWNSAMPLINGS,
+        objective: str = "mse",
+    ):
         super().__init__()
-        self.encoder = ConvEncoder(code_dim, width)
+        if objective not in OBJECTIVES:
+            raise ValueError(
+                f"unknown objective {objective!r}; valid names: {', '.join(OBJECTIVES)}"
+            )
+        self.encoder = ConvEncoder(code_dim, width, downsamplings)
         self.quantizer = VectorQuantizer(codes, code_dim)
-        self.decoder = ConvDecoder(code_dim, width)
+        self.decoder = ConvDecoder(code_dim, width, downsamplings)
+        self.objective = objective
 
     def encode(self, images: Tensor) -> Tensor:
         return self.quantizer.indices(self.encoder(images))
@@ -128,12 +192,16 @@ class VQVAE(nn.Module):
     def decode(self, ids: Tensor) -> Tensor:
         return self.decoder(self.quantizer.lookup(ids))
 
+    def reconstruct(self, images: Tensor) -> Tensor:
+        return self.decode(self.encode(images))
+
     def loss(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         quantized, vq_loss, ids = self.quantizer(self.encoder(images))
-        reconstruction = F.mse_loss(self.decoder(quantized), images)
+        output = self.decoder(quantized)
+        objective = reconstruction_loss(output, images, self.objective)
         used = torch.unique(ids).numel() / self.quantizer.codebook.num_embeddings
-        return reconstruction + vq_loss, {
-            "reconstruction": reconstruction,
+        return objective + vq_loss, {
+            "reconstruction": F.mse_loss(output, images),
             "codebook_used": torch.tensor(float(used)),
         }
 

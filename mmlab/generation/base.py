@@ -57,8 +57,8 @@ class Generator(nn.Module):
 
     def __init__(self, vocab: Vocabulary, image_size: int, options: dict):
         super().__init__()
-        if image_size % 8:
-            raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
+        if not (isinstance(image_size, int) and image_size > 0):
+            raise ValueError(f"image_size must be a positive whole number, got {image_size!r}")
         self.vocab, self.image_size, self.length = vocab, image_size, PROMPT_LENGTH
         self.options = {"image_size": image_size, **options}
 
@@ -73,6 +73,26 @@ class Generator(nn.Module):
 
     def sample(self, ids: Tensor, guidance: float, steps: int, generator: torch.Generator):
         raise NotImplementedError
+
+    @staticmethod
+    def check_side(image_size: int, downsamplings: int) -> int:
+        """The latent grid's side: `image_size / 2^downsamplings` (checked)."""
+        from mmlab.generation.autoencoder import check_downsamplings
+
+        return check_downsamplings(image_size, downsamplings)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, batch_size: int = 256) -> Tensor:
+        """Images `[N, 3, S, S]` in [-1, 1] through the autoencoder alone (encode, decode):
+        the best any prior over its latents or tokens can draw."""
+        self.autoencoder.eval()
+        device = next(self.parameters()).device
+        return torch.cat(
+            [
+                self.autoencoder.reconstruct(b.to(device)).clamp(-1, 1).cpu()
+                for b in images.split(batch_size)
+            ]
+        )
 
     def prior_parameters(self) -> int:
         """Parameters of the text encoder and the prior (what the second stage trains)."""

@@ -1,5 +1,5 @@
-"""Latent diffusion (Rombach et al. 2022): DDPM (Ho et al. 2020) in the 8x8x4 latent of a small
-autoencoder, with classifier-free guidance (Ho and Salimans 2022). diffusers supplies the
+"""Latent diffusion (Rombach et al. 2022): DDPM (Ho et al. 2020) in the latent of a small
+autoencoder (8x8x4 for 64 px images with three downsamplings, 16x16x4 with two), with classifier-free guidance (Ho and Salimans 2022). diffusers supplies the
 U-Net (`UNet2DConditionModel`, cross-attending to the prompt's token states) and the
 schedulers: `DDPMScheduler` to train and for ancestral sampling over all 1000 steps,
 `DDIMScheduler` (deterministic, eta = 0) for sampling in fewer steps. Guided noise:
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmlab.core.extras import require
-from mmlab.generation.autoencoder import Autoencoder
+from mmlab.generation.autoencoder import DOWNSAMPLINGS, Autoencoder
 from mmlab.generation.base import FAMILIES, Generator
 from mmlab.generation.text import TextEncoder, null_prompt
 
@@ -25,6 +25,23 @@ SAMPLERS = ("ddim", "ddpm")
 
 def _diffusers():
     return require("diffusers", "the diffusion generator (mmlab.generation.diffusion)")
+
+
+def default_unet_channels(side: int) -> tuple[int, ...]:
+    """Two levels on an 8x8 latent; on a larger one a narrow first level more (no attention
+    there), so that a training step costs not much more than at 8x8."""
+    return (64, 128) if side <= 8 else (32, 64, 128)
+
+
+def attention_blocks(side: int, levels: int, resolution: int) -> tuple[tuple, tuple]:
+    """The U-Net's down and up block types: cross-attention at the levels whose grid is at most
+    `resolution` cells a side, except the lowest (the mid block attends there); self-attention
+    over a 16x16 grid costs more than the rest of the step."""
+    sides = [side // 2**i for i in range(levels)]
+    attend = [s <= resolution and i < levels - 1 for i, s in enumerate(sides)]
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attend)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attend))
+    return down, up
 
 
 @FAMILIES.register("diffusion")
@@ -40,14 +57,22 @@ class LatentDiffusion(Generator):
         autoencoder_width: int = 32,
         text_width: int = 64,
         text_layers: int = 2,
-        unet_channels: tuple = (64, 128),
+        unet_channels: tuple | None = None,
         layers_per_block: int = 1,
         attention_head_dim: int = 8,
         sampler: str = "ddim",
+        downsamplings: int = DOWNSAMPLINGS,
+        objective: str = "mse",
+        attention_resolution: int = 8,
     ):
+        side = self.check_side(image_size, downsamplings)
+        unet_channels = tuple(unet_channels or default_unet_channels(side))
         options = dict(
             latent_channels=latent_channels,
             autoencoder_width=autoencoder_width,
+            downsamplings=downsamplings,
+            objective=objective,
+            attention_resolution=attention_resolution,
             text_width=text_width,
             text_layers=text_layers,
             unet_channels=list(unet_channels),
@@ -60,17 +85,18 @@ class LatentDiffusion(Generator):
             raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(SAMPLERS)}")
         diffusers = _diffusers()
         self.sampler = sampler
-        self.autoencoder = Autoencoder(latent_channels, autoencoder_width)
+        self.autoencoder = Autoencoder(latent_channels, autoencoder_width, downsamplings, objective)
         self.text = TextEncoder(len(vocab), self.length, text_width, text_layers)
-        levels = len(unet_channels)
+        self.side = side
+        down, up = attention_blocks(self.side, len(unet_channels), attention_resolution)
         self.unet = diffusers.UNet2DConditionModel(
-            sample_size=image_size // 8,
+            sample_size=self.side,
             in_channels=latent_channels,
             out_channels=latent_channels,
             block_out_channels=tuple(unet_channels),
             layers_per_block=layers_per_block,
-            down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+            down_block_types=down,
+            up_block_types=up,
             mid_block_type="UNetMidBlock2DCrossAttn",
             cross_attention_dim=text_width,
             attention_head_dim=attention_head_dim,
@@ -120,8 +146,7 @@ class LatentDiffusion(Generator):
         sampler: str | None = None,
     ) -> Tensor:
         b, device = ids.shape[0], ids.device
-        side = self.image_size // 8
-        shape = (b, self.autoencoder.encoder.net[-1].out_channels, side, side)
+        shape = (b, self.autoencoder.encoder.net[-1].out_channels, self.side, self.side)
         x = torch.randn(shape, generator=generator).to(device)
         scheduler = self.scheduler(steps, sampler)
         both = torch.cat([ids, null_prompt(self.vocab, b, ids.shape[1]).to(device)])

@@ -9,6 +9,7 @@ al. 2018) and Frechet distance and KID on the checker's features, beside their r
     r_precision(image_vectors, prompt_vectors, pool_vectors, prompts=texts, pool=pool_texts)
     r_precision_encoded(searcher.encode, images, prompts, pool)   # the same, embedding here
     frechet_table(checker, generated, real)              # FID / KID rows, generated and floor
+    reconstruction_ceiling(checker, generator, ds["test"])   # the checker on reconstructions
 
 `images`: what the checker takes (float [N, 3, H, W] in [0, 1], uint8, or PIL), image i made
 from prompt i. Tables are pandas DataFrames for `mmlab.tracking.log_table`.
@@ -41,7 +42,7 @@ from torchvision.transforms.v2.functional import to_pil_image
 
 from mmlab.core.extras import require
 from mmlab.data import synthetic_world
-from mmlab.generation.checker import AttributeChecker, to_unit
+from mmlab.generation.checker import AttributeChecker, reading_accuracy, split_pixels, to_unit
 from mmlab.generation.prompts import CAPTION, Prompt
 
 JUDGED = ("shape_ok", "colour_ok", "objects_ok", "count_ok", "relation_ok")
@@ -155,6 +156,23 @@ def faithfulness(
     """(`score_prompts`, `category_table`) of images made from `prompts`, read by `checker`."""
     per_prompt = score_prompts(prompts, checker.read(images))
     return per_prompt, category_table(per_prompt)
+
+
+# ---------------------------------------------------------------------- the ceiling
+def reconstruction_ceiling(checker: AttributeChecker, generator, split, rows: int = 0):
+    """`reading_accuracy` (shape, colour, count, ...) of the checker on real images of `split`
+    passed through `generator`'s autoencoder alone (`generator.reconstruct`): a prior over its
+    latents or tokens draws at best what the decoder can, so this caps the generator's
+    faithfulness, as the checker on the real images caps the reconstructions'. `rows`: the
+    first N images (0: all)."""
+    from mmlab.data import world_of
+
+    world = world_of(split)
+    if rows:
+        split = split.select(range(min(rows, len(split))))
+    real = split_pixels(split, generator.image_size).float() / 127.5 - 1.0
+    reconstructed = ((generator.reconstruct(real) + 1) * 127.5).round().to(torch.uint8)
+    return reading_accuracy(checker.read(reconstructed), world.scenes(split), world)
 
 
 # ---------------------------------------------------------------------- R-precision

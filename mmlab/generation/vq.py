@@ -1,5 +1,5 @@
 """The VQ transformer (Ramesh et al. 2021, DALL-E's shape at toy scale): a VQ-VAE turns an image
-into an 8x8 grid of codebook tokens; a decoder-only transformer reads the prompt's tokens, then
+into a grid of codebook tokens (8x8 for 64 px images with three downsamplings); a decoder-only transformer reads the prompt's tokens, then
 predicts the image tokens one by one in raster order under a causal mask. Sampling is top-k
 with classifier-free guidance on the logits (l = l(c) + w (l(c) - l(null))), with a key-value
 cache (`cache=True`): each new token attends to the stored keys and values of those before it
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmlab.generation.autoencoder import VQVAE
+from mmlab.generation.autoencoder import DOWNSAMPLINGS, VQVAE
 from mmlab.generation.base import FAMILIES, Generator
 from mmlab.generation.text import null_prompt
 
@@ -73,19 +73,23 @@ class VQTransformer(Generator):
         layers: int = 4,
         heads: int = 4,
         top_k: int = 32,
+        downsamplings: int = DOWNSAMPLINGS,
+        objective: str = "mse",
     ):
         options = dict(
             codes=codes,
             code_dim=code_dim,
             autoencoder_width=autoencoder_width,
+            downsamplings=downsamplings,
+            objective=objective,
             width=width,
             layers=layers,
             heads=heads,
             top_k=top_k,
         )
         super().__init__(vocab, image_size, options)
-        self.autoencoder = VQVAE(codes, code_dim, autoencoder_width)
-        self.grid = image_size // 8
+        self.autoencoder = VQVAE(codes, code_dim, autoencoder_width, downsamplings, objective)
+        self.grid = self.check_side(image_size, downsamplings)
         self.tokens = self.grid * self.grid
         self.top_k = top_k
         self.text_embed = nn.Embedding(len(vocab), width)
