@@ -55,7 +55,7 @@ def test_photos_batch_finishes_every_notebook_on_real_photos(tmp_path):
         runs["02_fusion_comparison"].info.run_id, "accuracy_by_kind.csv", str(tmp_path)
     )
     kinds = set(Path(table).read_text().splitlines()[0].split(",")[1:])
-    assert kinds <= {"positive", "other_image", "colour", "count", "object", "spatial"}
+    assert kinds <= {"all", "positive", "other_image", "colour", "count", "object", "spatial"}
     retrieval = runs["05_cross_modal_retrieval"]
     assert "test_text_to_image_recall_at_1" in retrieval.data.metrics
     # the searchable index of the photos, logged and registered as an MLflow model
