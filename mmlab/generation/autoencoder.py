@@ -94,7 +94,30 @@ class ConvDecoder(nn.Module):
         return self.net(latents)
 
 
-class Autoencoder(nn.Module):
+class ConvAutoencoder(nn.Module):
+    """The encoder and decoder both families share, with `channels` at each latent cell, and
+    the reconstruction objective."""
+
+    def __init__(self, channels: int, width: int, downsamplings: int, objective: str):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            valid = ", ".join(OBJECTIVES)
+            raise ValueError(f"unknown objective {objective!r}; valid names: {valid}")
+        self.encoder = ConvEncoder(channels, width, downsamplings)
+        self.decoder = ConvDecoder(channels, width, downsamplings)
+        self.objective = objective
+
+    def encode(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def reconstruct(self, images: Tensor) -> Tensor:
+        return self.decode(self.encode(images))
+
+
+class Autoencoder(ConvAutoencoder):
     """The continuous autoencoder of latent diffusion, trained on reconstruction alone; the
     prior sees its latents divided by their standard deviation (`scale`, Rombach's scale
     factor), so the diffusion's unit-variance noise matches the data."""
@@ -106,14 +129,7 @@ class Autoencoder(nn.Module):
         downsamplings: int = DOWNSAMPLINGS,
         objective: str = "mse",
     ):
-        super().__init__()
-        if objective not in OBJECTIVES:
-            raise ValueError(
-                f"unknown objective {objective!r}; valid names: {', '.join(OBJECTIVES)}"
-            )
-        self.encoder = ConvEncoder(latent_channels, width, downsamplings)
-        self.decoder = ConvDecoder(latent_channels, width, downsamplings)
-        self.objective = objective
+        super().__init__(latent_channels, width, downsamplings, objective)
         self.register_buffer("scale", torch.ones(()))
 
     def encode(self, images: Tensor) -> Tensor:
@@ -127,9 +143,6 @@ class Autoencoder(nn.Module):
         objective = reconstruction_loss(output, images, self.objective)
         # `reconstruction` stays MSE whatever the objective, so validation compares recipes
         return objective, {"reconstruction": F.mse_loss(output, images)}
-
-    def reconstruct(self, images: Tensor) -> Tensor:
-        return self.decode(self.encode(images))
 
     @torch.no_grad()
     def fit_scale(self, images: Tensor, batch_size: int = 256) -> None:
@@ -165,7 +178,7 @@ class VectorQuantizer(nn.Module):
         return z + (e - z).detach(), loss, ids
 
 
-class VQVAE(nn.Module):
+class VQVAE(ConvAutoencoder):
     """Encoder, vector quantizer over `codes` vectors of `code_dim`, decoder."""
 
     def __init__(
@@ -176,24 +189,14 @@ class VQVAE(nn.Module):
         downsamplings: int = DOWNSAMPLINGS,
         objective: str = "mse",
     ):
-        super().__init__()
-        if objective not in OBJECTIVES:
-            raise ValueError(
-                f"unknown objective {objective!r}; valid names: {', '.join(OBJECTIVES)}"
-            )
-        self.encoder = ConvEncoder(code_dim, width, downsamplings)
+        super().__init__(code_dim, width, downsamplings, objective)
         self.quantizer = VectorQuantizer(codes, code_dim)
-        self.decoder = ConvDecoder(code_dim, width, downsamplings)
-        self.objective = objective
 
     def encode(self, images: Tensor) -> Tensor:
         return self.quantizer.indices(self.encoder(images))
 
     def decode(self, ids: Tensor) -> Tensor:
         return self.decoder(self.quantizer.lookup(ids))
-
-    def reconstruct(self, images: Tensor) -> Tensor:
-        return self.decode(self.encode(images))
 
     def loss(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         quantized, vq_loss, ids = self.quantizer(self.encoder(images))

@@ -12,6 +12,7 @@ A family is a `Generator` subclass registered with `@FAMILIES.register("name")`;
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
@@ -73,6 +74,17 @@ class Generator(nn.Module):
 
     def sample(self, ids: Tensor, guidance: float, steps: int, generator: torch.Generator):
         raise NotImplementedError
+
+    @classmethod
+    def options_of(cls, arguments: dict) -> dict:
+        """The family's own keyword arguments (those of its `__init__` after `vocab` and
+        `image_size`) taken from `arguments` (its `locals()`): what `create` needs to build it
+        again, saved with the model."""
+        names = list(inspect.signature(cls.__init__).parameters)[3:]
+        return {
+            n: list(arguments[n]) if isinstance(arguments[n], tuple) else arguments[n]
+            for n in names
+        }
 
     @staticmethod
     def check_side(image_size: int, downsamplings: int) -> int:

@@ -67,19 +67,7 @@ class LatentDiffusion(Generator):
     ):
         side = self.check_side(image_size, downsamplings)
         unet_channels = tuple(unet_channels or default_unet_channels(side))
-        options = dict(
-            latent_channels=latent_channels,
-            autoencoder_width=autoencoder_width,
-            downsamplings=downsamplings,
-            objective=objective,
-            attention_resolution=attention_resolution,
-            text_width=text_width,
-            text_layers=text_layers,
-            unet_channels=list(unet_channels),
-            layers_per_block=layers_per_block,
-            attention_head_dim=attention_head_dim,
-            sampler=sampler,
-        )
+        options = self.options_of(locals())
         super().__init__(vocab, image_size, options)
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(SAMPLERS)}")

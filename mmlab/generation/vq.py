@@ -76,17 +76,7 @@ class VQTransformer(Generator):
         downsamplings: int = DOWNSAMPLINGS,
         objective: str = "mse",
     ):
-        options = dict(
-            codes=codes,
-            code_dim=code_dim,
-            autoencoder_width=autoencoder_width,
-            downsamplings=downsamplings,
-            objective=objective,
-            width=width,
-            layers=layers,
-            heads=heads,
-            top_k=top_k,
-        )
+        options = self.options_of(locals())
         super().__init__(vocab, image_size, options)
         self.autoencoder = VQVAE(codes, code_dim, autoencoder_width, downsamplings, objective)
         self.grid = self.check_side(image_size, downsamplings)
