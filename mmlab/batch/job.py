@@ -185,15 +185,14 @@ def execute(job: Job) -> Outcome:
                     engine_name="mmlab",
                 )
             except Exception as raised:  # PapermillExecutionError, DeadKernelError, ...
-                error = raised
                 if _kernel_never_started(raised) and attempt < KERNEL_STARTS:
                     line = (
                         f"mmlab: the kernel did not start ({_error_line(raised)}); "
                         f"starting another, attempt {attempt + 1} of {KERNEL_STARTS}\n"
                     )
                     os.write(2, line.encode())  # fd 2 is the job's log here
-                    error = None
                     continue
+                error = raised
             break
         if not tmp.exists():  # failed before Papermill wrote anything (e.g. no kernel)
             nbformat.write(nbformat.read(job.notebook, as_version=4), tmp)

@@ -25,14 +25,18 @@ def image_gradients(images: Tensor) -> tuple[Tensor, Tensor]:
     return images[..., :, 1:] - images[..., :, :-1], images[..., 1:, :] - images[..., :-1, :]
 
 
+def check_objective(objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; valid names: {', '.join(OBJECTIVES)}")
+    return objective
+
+
 def reconstruction_loss(output: Tensor, images: Tensor, objective: str = "mse") -> Tensor:
     """`mse`, or `l1_gradient`: L1 on the pixels plus L1 on their neighbour differences."""
-    if objective == "mse":
+    if check_objective(objective) == "mse":
         return F.mse_loss(output, images)
-    if objective == "l1_gradient":
-        (ox, oy), (ix, iy) = image_gradients(output), image_gradients(images)
-        return F.l1_loss(output, images) + F.l1_loss(ox, ix) + F.l1_loss(oy, iy)
-    raise ValueError(f"unknown objective {objective!r}; valid names: {', '.join(OBJECTIVES)}")
+    (ox, oy), (ix, iy) = image_gradients(output), image_gradients(images)
+    return F.l1_loss(output, images) + F.l1_loss(ox, ix) + F.l1_loss(oy, iy)
 
 
 def check_downsamplings(image_size: int, downsamplings: int) -> int:
@@ -100,12 +104,9 @@ class ConvAutoencoder(nn.Module):
 
     def __init__(self, channels: int, width: int, downsamplings: int, objective: str):
         super().__init__()
-        if objective not in OBJECTIVES:
-            valid = ", ".join(OBJECTIVES)
-            raise ValueError(f"unknown objective {objective!r}; valid names: {valid}")
+        self.objective = check_objective(objective)
         self.encoder = ConvEncoder(channels, width, downsamplings)
         self.decoder = ConvDecoder(channels, width, downsamplings)
-        self.objective = objective
 
     def encode(self, images: Tensor) -> Tensor:
         raise NotImplementedError

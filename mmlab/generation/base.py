@@ -86,13 +86,6 @@ class Generator(nn.Module):
             for n in names
         }
 
-    @staticmethod
-    def check_side(image_size: int, downsamplings: int) -> int:
-        """The latent grid's side: `image_size / 2^downsamplings` (checked)."""
-        from mmlab.generation.autoencoder import check_downsamplings
-
-        return check_downsamplings(image_size, downsamplings)
-
     @torch.no_grad()
     def reconstruct(self, images: Tensor, batch_size: int = 256) -> Tensor:
         """Images `[N, 3, S, S]` in [-1, 1] through the autoencoder alone (encode, decode):

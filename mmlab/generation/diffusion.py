@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmlab.core.extras import require
-from mmlab.generation.autoencoder import DOWNSAMPLINGS, Autoencoder
+from mmlab.generation.autoencoder import DOWNSAMPLINGS, Autoencoder, check_downsamplings
 from mmlab.generation.base import FAMILIES, Generator
 from mmlab.generation.text import TextEncoder, null_prompt
 
@@ -65,7 +65,7 @@ class LatentDiffusion(Generator):
         objective: str = "mse",
         attention_resolution: int = 8,
     ):
-        side = self.check_side(image_size, downsamplings)
+        side = check_downsamplings(image_size, downsamplings)
         unet_channels = tuple(unet_channels or default_unet_channels(side))
         options = self.options_of(locals())
         super().__init__(vocab, image_size, options)

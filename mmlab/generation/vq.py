@@ -1,10 +1,10 @@
 """The VQ transformer (Ramesh et al. 2021, DALL-E's shape at toy scale): a VQ-VAE turns an image
-into a grid of codebook tokens (8x8 for 64 px images with three downsamplings); a decoder-only transformer reads the prompt's tokens, then
-predicts the image tokens one by one in raster order under a causal mask. Sampling is top-k
-with classifier-free guidance on the logits (l = l(c) + w (l(c) - l(null))), with a key-value
-cache (`cache=True`): each new token attends to the stored keys and values of those before it
-instead of recomputing the whole prefix. Attention is nanoGPT's: one `qkv` Linear and
-`F.scaled_dot_product_attention`."""
+into a grid of codebook tokens (8x8 for 64 px images with three downsamplings); a decoder-only
+transformer reads the prompt's tokens, then predicts the image tokens one by one in raster
+order under a causal mask. Sampling is top-k with classifier-free guidance on the logits
+(l = l(c) + w (l(c) - l(null))), with a key-value cache (`cache=True`): each new token attends
+to the stored keys and values of those before it instead of recomputing the whole prefix.
+Attention is nanoGPT's: one `qkv` Linear and `F.scaled_dot_product_attention`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmlab.generation.autoencoder import DOWNSAMPLINGS, VQVAE
+from mmlab.generation.autoencoder import DOWNSAMPLINGS, VQVAE, check_downsamplings
 from mmlab.generation.base import FAMILIES, Generator
 from mmlab.generation.text import null_prompt
 
@@ -79,7 +79,7 @@ class VQTransformer(Generator):
         options = self.options_of(locals())
         super().__init__(vocab, image_size, options)
         self.autoencoder = VQVAE(codes, code_dim, autoencoder_width, downsamplings, objective)
-        self.grid = self.check_side(image_size, downsamplings)
+        self.grid = check_downsamplings(image_size, downsamplings)
         self.tokens = self.grid * self.grid
         self.top_k = top_k
         self.text_embed = nn.Embedding(len(vocab), width)
