@@ -211,3 +211,30 @@ def test_the_cli_draws_pngs_and_names_unknown_words(trained, tmp_path):
 def test_the_cli_rejects_bad_input_with_a_clear_error(args, message):
     done = _generate(*args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_the_sweep_crosses_guidance_with_the_first_sampler_and_samples_the_rest_at_one_w(
+    trained, tiny_synthetic
+):
+    from mmlab.generation import study
+    from mmlab.generation.prompts import prompt_suite
+
+    diffusion, _ = trained["diffusion"]
+    samplers = [["ddim", 25], ["ddim", 50], ["ddpm", 1000]]
+    swept = study.settings(diffusion, [0, 3], samplers, sampler_prompts=2)
+    assert [s.label for s in swept] == [
+        "ddim25 w=0",
+        "ddim25 w=3",
+        "ddim50 w=3",
+        "ddpm1000 w=3",
+    ]
+    prompts = prompt_suite(load_dataset(str(tiny_synthetic)), per_category=3, seed=0)
+    categories = {p.category for p in prompts}
+    assert swept[0].prompts(prompts) == prompts
+    drawn = swept[-1].prompts(prompts)
+    assert {p.category for p in drawn} == categories
+    assert all(sum(p.category == c for p in drawn) <= 2 for c in categories)
+    transformer, _ = trained["vq_transformer"]
+    assert {s.sampler for s in study.settings(transformer, [0, 3], samplers)} == {"top_k"}
+    with pytest.raises(ValueError, match="samplers is empty"):
+        study.settings(diffusion, [3], [])
