@@ -222,12 +222,7 @@ def test_the_sweep_crosses_guidance_with_the_first_sampler_and_samples_the_rest_
     diffusion, _ = trained["diffusion"]
     samplers = [["ddim", 25], ["ddim", 50], ["ddpm", 1000]]
     swept = study.settings(diffusion, [0, 3], samplers, sampler_prompts=2)
-    assert [s.label for s in swept] == [
-        "ddim25 w=0",
-        "ddim25 w=3",
-        "ddim50 w=3",
-        "ddpm1000 w=3",
-    ]
+    assert [s.label for s in swept] == ["ddim25 w=0", "ddim25 w=3", "ddim50 w=3", "ddpm1000 w=3"]
     prompts = prompt_suite(load_dataset(str(tiny_synthetic)), per_category=3, seed=0)
     categories = {p.category for p in prompts}
     assert swept[0].prompts(prompts) == prompts

@@ -58,7 +58,9 @@ def settings(
     if generator.family != "diffusion":
         samplers = [("top_k", generator.default_steps)]
     if not samplers:
-        raise ValueError("samplers is empty: name at least one (sampler, steps), e.g. [['ddim', 25]]")
+        raise ValueError(
+            "samplers is empty: name at least one (sampler, steps), e.g. [['ddim', 25]]"
+        )
     (first, first_steps), *further = samplers
     swept = [Setting(first, int(first_steps), float(w)) for w in guidance]
     return swept + [
