@@ -233,3 +233,5 @@ def test_the_sweep_crosses_guidance_with_the_first_sampler_and_samples_the_rest_
     assert {s.sampler for s in study.settings(transformer, [0, 3], samplers)} == {"top_k"}
     with pytest.raises(ValueError, match="samplers is empty"):
         study.settings(diffusion, [3], [])
+    with pytest.raises(ValueError, match="sampler_prompts must be 0"):
+        study.settings(diffusion, [3], samplers, sampler_prompts=-1)

@@ -54,13 +54,15 @@ def settings(
     """The settings to sweep: the first sampler at every `w` (the transformer: top-k, its one
     pass), then each further sampler (diffusion's other step counts) at `sampler_guidance`
     alone, on `sampler_prompts` prompts per category (0: all). A sampler sweep at one `w` keeps
-    DDPM's 1000 steps, 40 times DDIM 25's cost, from multiplying by the guidance sweep."""
+    DDPM's 1000 steps, 40 times DDIM 25's, from multiplying by the guidance sweep."""
     if generator.family != "diffusion":
         samplers = [("top_k", generator.default_steps)]
     if not samplers:
         raise ValueError(
             "samplers is empty: name at least one (sampler, steps), e.g. [['ddim', 25]]"
         )
+    if sampler_prompts < 0:
+        raise ValueError(f"sampler_prompts must be 0 (every prompt) or more, got {sampler_prompts}")
     (first, first_steps), *further = samplers
     swept = [Setting(first, int(first_steps), float(w)) for w in guidance]
     return swept + [
